@@ -1,0 +1,19 @@
+//! Types and seams shared by Herald's edge and router.
+//!
+//! # Layout
+//! - [`ids`]: validated identifiers (project, user, group, edge) and their alphabets.
+//! - [`codes`]: every client-facing close code, in one table.
+//! - [`projects`]: the project (tenant) configuration: JWT keys and API keys.
+//! - [`registry`]: the [`Registry`](registry::Registry) trait (where interest lies) and its
+//!   in-process implementation.
+//! - [`bus`]: the [`Bus`](bus::Bus) trait (how envelopes and operator calls reach edges) and its
+//!   in-process implementation.
+#![deny(rust_2018_idioms)]
+
+pub mod bus;
+pub mod codes;
+pub mod ids;
+pub mod projects;
+pub mod registry;
+
+pub use herald_proto as proto;

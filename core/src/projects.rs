@@ -1,0 +1,131 @@
+//! Project (tenant) configuration: who may connect (JWT keys) and who may publish (API keys).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ProjectId;
+
+/// A JWT signature algorithm. The algorithm is pinned per key; a token's header never chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    /// HMAC with SHA-256 and a shared secret. For development.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// One key that verifies client tokens of a project.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id, matched against the token header's `kid`. May be omitted when the project has a
+    /// single key; a project with several keys requires tokens to name theirs.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The algorithm this key verifies.
+    pub alg: KeyAlgorithm,
+    /// The shared secret, for HS256 only.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A PEM file holding the public key (RS256, ES256, EdDSA).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// The public key as inline PEM text, instead of a file.
+    #[serde(default)]
+    pub public_key_pem: Option<String>,
+}
+
+/// One project (tenant).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The project id (`[a-z0-9_-]{1,64}`), as used in client URLs and API calls.
+    pub id: String,
+    /// API keys that may publish to and manage this project (`authorization: Bearer <key>`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Keys that verify client tokens.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+impl ProjectConfig {
+    /// The validated project id.
+    pub fn project_id(&self) -> Result<ProjectId, crate::ids::IdError> {
+        ProjectId::new(&self.id)
+    }
+}
+
+/// Checks a list of projects and returns every problem found, each naming the setting.
+pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in projects.iter().enumerate() {
+        let at = format!("projects[{i}] ({})", p.id);
+        if let Err(e) = ProjectId::validate(&p.id) {
+            problems.push(format!("{at}.id: {e}"));
+        }
+        if !seen.insert(p.id.as_str()) {
+            problems.push(format!("{at}.id: duplicate project id"));
+        }
+        for (j, k) in p.api_keys.iter().enumerate() {
+            if k.len() < 16 {
+                problems.push(format!(
+                    "{at}.api_keys[{j}]: shorter than 16 characters"
+                ));
+            }
+        }
+        let mut kids = std::collections::HashSet::new();
+        for (j, k) in p.keys.iter().enumerate() {
+            let at = format!("{at}.keys[{j}]");
+            if p.keys.len() > 1 && k.kid.is_none() {
+                problems.push(format!(
+                    "{at}.kid: required when a project has several keys"
+                ));
+            }
+            if let Some(kid) = &k.kid {
+                if !kids.insert(kid.as_str()) {
+                    problems.push(format!("{at}.kid: duplicate kid {kid:?}"));
+                }
+            }
+            match k.alg {
+                KeyAlgorithm::HS256 => {
+                    match &k.secret {
+                        None => problems.push(format!("{at}.secret: required for HS256")),
+                        Some(s) if s.len() < 32 => problems
+                            .push(format!("{at}.secret: shorter than 32 bytes")),
+                        Some(_) => {}
+                    }
+                    if k.public_key_file.is_some() || k.public_key_pem.is_some() {
+                        problems.push(format!("{at}: HS256 takes a secret, not a public key"));
+                    }
+                }
+                _ => {
+                    if k.secret.is_some() {
+                        problems.push(format!("{at}.secret: only HS256 takes a secret"));
+                    }
+                    match (&k.public_key_file, &k.public_key_pem) {
+                        (None, None) => problems.push(format!(
+                            "{at}: public_key_file or public_key_pem is required for {:?}",
+                            k.alg
+                        )),
+                        (Some(_), Some(_)) => problems.push(format!(
+                            "{at}: give public_key_file or public_key_pem, not both"
+                        )),
+                        (Some(f), None) if !f.is_file() => problems.push(format!(
+                            "{at}.public_key_file: cannot read {}",
+                            f.display()
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    problems
+}

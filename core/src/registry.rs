@@ -1,0 +1,191 @@
+//! The registry: which edges hold interest in which users and groups, which edges are alive, and
+//! which idempotency keys were seen. The router resolves targets through it; edges write to it.
+//!
+//! Entries are per (key, edge), never per connection: an edge adds a key when its first local
+//! connection needs it and removes it when its last one leaves.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use crate::ids::{EdgeId, GroupId, ProjectId, UserId};
+
+/// A key the registry tracks interest in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum InterestKey {
+    /// The devices of one user.
+    User(ProjectId, UserId),
+    /// The members of one group.
+    Group(ProjectId, GroupId),
+}
+
+/// A change of an edge's interest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterestChange {
+    /// The edge now holds connections for this key.
+    Add(InterestKey),
+    /// The edge no longer holds connections for this key.
+    Remove(InterestKey),
+}
+
+/// What can go wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry's backend is unreachable or failed.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where interest lies in the cluster.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Marks an edge alive (a heartbeat); the edge is forgotten when heartbeats stop.
+    async fn heartbeat(&self, edge: &EdgeId) -> Result<(), RegistryError>;
+    /// Applies a batch of interest changes of one edge; returns once the registry holds them.
+    async fn update(&self, edge: &EdgeId, changes: &[InterestChange]) -> Result<(), RegistryError>;
+    /// The live edges holding interest in `key`.
+    async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError>;
+    /// Every live edge.
+    async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError>;
+    /// Claims an idempotency key of a project for `window`. `false` means it was claimed already
+    /// within the window (a repeat).
+    async fn claim_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+        window: Duration,
+    ) -> Result<bool, RegistryError>;
+}
+
+/// The most idempotency keys the in-process registry keeps; past it, expired keys are purged and
+/// then the oldest keys are forgotten first.
+pub const MEMORY_IDEMPOTENCY_CAPACITY: usize = 1_000_000;
+
+/// The in-process registry of a single-node Herald.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    interest: Mutex<HashMap<InterestKey, Vec<EdgeId>>>,
+    edges: Mutex<Vec<EdgeId>>,
+    idempotency: Mutex<IdempotencyMap>,
+}
+
+#[derive(Default)]
+struct IdempotencyMap {
+    expiry: HashMap<(ProjectId, Box<str>), Instant>,
+    order: std::collections::VecDeque<(Instant, ProjectId, Box<str>)>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn heartbeat(&self, edge: &EdgeId) -> Result<(), RegistryError> {
+        let mut edges = self.edges.lock();
+        if !edges.contains(edge) {
+            edges.push(edge.clone());
+        }
+        Ok(())
+    }
+
+    async fn update(&self, edge: &EdgeId, changes: &[InterestChange]) -> Result<(), RegistryError> {
+        let mut interest = self.interest.lock();
+        for change in changes {
+            match change {
+                InterestChange::Add(key) => {
+                    let edges = interest.entry(key.clone()).or_default();
+                    if !edges.contains(edge) {
+                        edges.push(edge.clone());
+                    }
+                }
+                InterestChange::Remove(key) => {
+                    if let Some(edges) = interest.get_mut(key) {
+                        edges.retain(|e| e != edge);
+                        if edges.is_empty() {
+                            interest.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+        Ok(self.interest.lock().get(key).cloned().unwrap_or_default())
+    }
+
+    async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+        Ok(self.edges.lock().clone())
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+        window: Duration,
+    ) -> Result<bool, RegistryError> {
+        let now = Instant::now();
+        let mut map = self.idempotency.lock();
+        let map = &mut *map;
+        // Forget what expired, oldest first; past the capacity forget the oldest regardless.
+        while let Some((at, _, _)) = map.order.front() {
+            if *at > now && map.order.len() < MEMORY_IDEMPOTENCY_CAPACITY {
+                break;
+            }
+            if let Some((at, p, k)) = map.order.pop_front() {
+                let id = (p, k);
+                if map.expiry.get(&id) == Some(&at) {
+                    map.expiry.remove(&id);
+                }
+            }
+        }
+        let id = (project.clone(), Box::<str>::from(key));
+        if map.expiry.get(&id).is_some_and(|at| *at > now) {
+            return Ok(false);
+        }
+        let at = now + window;
+        map.expiry.insert(id.clone(), at);
+        map.order.push_back((at, id.0, id.1));
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ProjectId {
+        ProjectId::new(s).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_repeat_within_window_only() {
+        let r = MemoryRegistry::new();
+        let w = Duration::from_millis(50);
+        assert!(r.claim_idempotency_key(&p("a"), "k", w).await.expect("ok"));
+        assert!(!r.claim_idempotency_key(&p("a"), "k", w).await.expect("ok"));
+        assert!(r.claim_idempotency_key(&p("b"), "k", w).await.expect("ok"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(r.claim_idempotency_key(&p("a"), "k", w).await.expect("ok"));
+    }
+
+    #[tokio::test]
+    async fn interest_is_per_key_and_edge() {
+        let r = MemoryRegistry::new();
+        let e1 = EdgeId::new("e1").expect("valid");
+        let e2 = EdgeId::new("e2").expect("valid");
+        let k = InterestKey::User(p("a"), UserId::new("u").expect("valid"));
+        r.update(&e1, &[InterestChange::Add(k.clone())]).await.expect("ok");
+        r.update(&e2, &[InterestChange::Add(k.clone())]).await.expect("ok");
+        assert_eq!(r.edges_for(&k).await.expect("ok").len(), 2);
+        r.update(&e1, &[InterestChange::Remove(k.clone())]).await.expect("ok");
+        assert_eq!(r.edges_for(&k).await.expect("ok"), vec![e2]);
+    }
+}

@@ -1,0 +1,280 @@
+//! Client authentication: JWTs verified with each project's own keys.
+//!
+//! The key is chosen by the token header's `kid` (or is the project's only key), and the
+//! algorithm is the one configured for that key, never the one the header names. `aud` must name
+//! the project the client connects to, `exp` and `sub` are required.
+
+use std::collections::HashMap;
+
+use herald_core::codes::CloseCode;
+use herald_core::ids::{GroupId, UserId};
+use herald_core::projects::{KeyAlgorithm, ProjectConfig};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// The claims Herald reads from a client token.
+#[derive(Debug, Deserialize)]
+struct RawClaims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+/// A verified client identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user (`sub`).
+    pub user: UserId,
+    /// Groups joined at connect (`groups` claim).
+    pub groups: Vec<GroupId>,
+    /// Patterns of groups the client may join itself (`channels` claim).
+    pub channels: Vec<String>,
+    /// Expiry, Unix seconds (`exp`).
+    pub expires_unix: u64,
+}
+
+impl Identity {
+    /// Whether the `channels` claim lets the client subscribe to `group` itself: a pattern is a
+    /// group name, or a prefix followed by `*` (`"news-*"`; `"*"` allows every group).
+    pub fn may_subscribe(&self, group: &str) -> bool {
+        self.channels.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => group.starts_with(prefix),
+            None => p == group,
+        })
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The project in the URL is not configured.
+    #[error("unknown project")]
+    UnknownProject,
+    /// No token was presented.
+    #[error("no token")]
+    Missing,
+    /// Not a JWT.
+    #[error("malformed token")]
+    Malformed,
+    /// The `kid` names no key of the project (or is missing where several keys exist).
+    #[error("unknown key id")]
+    UnknownKid,
+    /// The signature does not verify, or the header names another algorithm than the key's.
+    #[error("bad signature or algorithm")]
+    BadSignature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `aud` does not name this project.
+    #[error("token is for another project")]
+    WrongAudience,
+    /// A claim is missing or invalid.
+    #[error("invalid claims: {0}")]
+    BadClaims(String),
+}
+
+impl AuthError {
+    /// The close code that reports this refusal.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            AuthError::UnknownProject => CloseCode::UnknownProject,
+            AuthError::Missing => CloseCode::AuthRequired,
+            AuthError::Malformed | AuthError::UnknownKid | AuthError::BadSignature => {
+                CloseCode::InvalidToken
+            }
+            AuthError::Expired => CloseCode::TokenExpired,
+            AuthError::WrongAudience | AuthError::BadClaims(_) => CloseCode::Forbidden,
+        }
+    }
+}
+
+struct LoadedKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The verification keys of every project, loaded from configuration.
+pub struct AuthKeys {
+    projects: HashMap<String, Vec<LoadedKey>>,
+}
+
+fn algorithm(alg: KeyAlgorithm) -> Algorithm {
+    match alg {
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+impl AuthKeys {
+    /// Loads every project's keys; returns every problem found, each naming the key.
+    pub fn load(projects: &[ProjectConfig], leeway_secs: u64) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut map = HashMap::new();
+        for (i, p) in projects.iter().enumerate() {
+            let mut keys = Vec::new();
+            for (j, k) in p.keys.iter().enumerate() {
+                let at = format!("projects[{i}] ({}).keys[{j}]", p.id);
+                let pem = match (&k.public_key_file, &k.public_key_pem) {
+                    (Some(f), _) => match std::fs::read(f) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            problems.push(format!(
+                                "{at}.public_key_file: cannot read {}: {e}",
+                                f.display()
+                            ));
+                            continue;
+                        }
+                    },
+                    (None, Some(s)) => Some(s.as_bytes().to_vec()),
+                    (None, None) => None,
+                };
+                let key = match (k.alg, &k.secret, pem) {
+                    (KeyAlgorithm::HS256, Some(secret), _) => {
+                        Ok(DecodingKey::from_secret(secret.as_bytes()))
+                    }
+                    (KeyAlgorithm::RS256, _, Some(pem)) => DecodingKey::from_rsa_pem(&pem),
+                    (KeyAlgorithm::ES256, _, Some(pem)) => DecodingKey::from_ec_pem(&pem),
+                    (KeyAlgorithm::EdDSA, _, Some(pem)) => DecodingKey::from_ed_pem(&pem),
+                    _ => {
+                        problems.push(format!("{at}: no key material for {:?}", k.alg));
+                        continue;
+                    }
+                };
+                let key = match key {
+                    Ok(key) => key,
+                    Err(e) => {
+                        problems.push(format!("{at}: not a {:?} public key in PEM: {e}", k.alg));
+                        continue;
+                    }
+                };
+                let mut validation = Validation::new(algorithm(k.alg));
+                validation.set_audience(&[&p.id]);
+                validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+                validation.leeway = leeway_secs;
+                keys.push(LoadedKey {
+                    kid: k.kid.clone(),
+                    key,
+                    validation,
+                });
+            }
+            map.insert(p.id.clone(), keys);
+        }
+        if problems.is_empty() {
+            Ok(Self { projects: map })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether the project exists.
+    pub fn has_project(&self, project: &str) -> bool {
+        self.projects.contains_key(project)
+    }
+
+    /// Verifies a client token for `project`.
+    pub fn verify(&self, project: &str, token: &str) -> Result<Identity, AuthError> {
+        let keys = self
+            .projects
+            .get(project)
+            .ok_or(AuthError::UnknownProject)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let key = match &header.kid {
+            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None if keys.len() == 1 => keys.first(),
+            None => None,
+        }
+        .ok_or(AuthError::UnknownKid)?;
+        let data = jsonwebtoken::decode::<RawClaims>(token, &key.key, &key.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::BadClaims(format!("missing claim {c}"))
+                }
+                ErrorKind::Json(_) => AuthError::BadClaims("claims of the wrong type".into()),
+                _ => AuthError::Malformed,
+            },
+        )?;
+        let c = data.claims;
+        let user = UserId::new(&c.sub).map_err(|e| AuthError::BadClaims(format!("sub: {e}")))?;
+        let groups = c
+            .groups
+            .iter()
+            .map(|g| GroupId::new(g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AuthError::BadClaims(format!("groups: {e}")))?;
+        Ok(Identity {
+            user,
+            groups,
+            channels: c.channels,
+            expires_unix: c.exp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::projects::KeyConfig;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn keys() -> AuthKeys {
+        let p = ProjectConfig {
+            id: "demo".into(),
+            api_keys: vec![],
+            keys: vec![KeyConfig {
+                kid: None,
+                alg: KeyAlgorithm::HS256,
+                secret: Some(SECRET.into()),
+                public_key_file: None,
+                public_key_pem: None,
+            }],
+        };
+        AuthKeys::load(&[p], 0).expect("keys load")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn exp() -> u64 {
+        jsonwebtoken::get_current_timestamp() + 600
+    }
+
+    #[test]
+    fn verifies_audience_and_claims() {
+        let k = keys();
+        let id = k
+            .verify(
+                "demo",
+                &token(serde_json::json!({"sub":"u1","aud":"demo","exp":exp(),"groups":["g"],"channels":["news-*"]})),
+            )
+            .expect("valid");
+        assert_eq!(id.user.as_str(), "u1");
+        assert!(id.may_subscribe("news-x"));
+        assert!(!id.may_subscribe("sport"));
+        let other = token(serde_json::json!({"sub":"u1","aud":"other","exp":exp()}));
+        assert_eq!(k.verify("demo", &other).err(), Some(AuthError::WrongAudience));
+        let bad_sub = token(serde_json::json!({"sub":"a.*","aud":"demo","exp":exp()}));
+        assert!(matches!(k.verify("demo", &bad_sub), Err(AuthError::BadClaims(_))));
+        assert_eq!(k.verify("demo", "x.y.z").err(), Some(AuthError::Malformed));
+        assert_eq!(k.verify("nope", "x").err(), Some(AuthError::UnknownProject));
+    }
+}

@@ -1,0 +1,96 @@
+//! The edge's settings: one serde struct, every field documented with its default.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of an edge node (`[edge]` in the TOML file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id, unique in a cluster (`[a-z0-9_-]`). Default `"edge-1"`.
+    pub id: String,
+    /// Address of the `ws` listener. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Deadline for the HTTP upgrade request, in milliseconds. Default 10,000.
+    pub handshake_timeout_ms: u64,
+    /// Deadline for the `auth` frame when no token came with the upgrade, in ms. Default 10,000.
+    pub auth_timeout_ms: u64,
+    /// Idle time after which the server pings a connection, in seconds. Default 25.
+    pub ping_interval_secs: u64,
+    /// Time a ping may stay unanswered before the connection closes (4006), in seconds. Default 20.
+    pub pong_timeout_secs: u64,
+    /// Largest message a client may send, in bytes (larger: close 1009). Default 65,536.
+    pub max_message_bytes: usize,
+    /// Most bytes queued for one connection before it closes as a slow consumer (4008).
+    /// Default 1,048,576.
+    pub max_queued_bytes: usize,
+    /// Initial read buffer of a connection, in bytes; it grows for larger frames. Default 256.
+    pub read_buffer_bytes: usize,
+    /// Most groups one connection may be in. Default 256.
+    pub max_groups_per_connection: usize,
+    /// Refuse failed authentication with HTTP 401/403/404 before the upgrade, instead of
+    /// accepting and closing with a 4xxx code (cheaper under attack; browsers cannot read it).
+    /// Default false.
+    pub refuse_before_upgrade: bool,
+    /// Clock skew tolerated on `exp`, in seconds. Default 5.
+    pub token_leeway_secs: u64,
+    /// Hub shards; 0 picks four per core. Default 0.
+    pub shards: usize,
+    /// On shutdown, clients are told to wait a random delay up to this many ms before
+    /// reconnecting. Default 5,000.
+    pub reconnect_jitter_ms: u32,
+    /// How long a closing connection may take to flush its close frame, in ms. Default 3,000.
+    pub close_timeout_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            id: "edge-1".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            handshake_timeout_ms: 10_000,
+            auth_timeout_ms: 10_000,
+            ping_interval_secs: 25,
+            pong_timeout_secs: 20,
+            max_message_bytes: 65_536,
+            max_queued_bytes: 1 << 20,
+            read_buffer_bytes: 256,
+            max_groups_per_connection: 256,
+            refuse_before_upgrade: false,
+            token_leeway_secs: 5,
+            shards: 0,
+            reconnect_jitter_ms: 5_000,
+            close_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Every problem with these settings, each naming its field.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = herald_core::ids::EdgeId::validate(&self.id) {
+            p.push(format!("edge.id: {e}"));
+        }
+        let positive = [
+            ("edge.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("edge.auth_timeout_ms", self.auth_timeout_ms),
+            ("edge.ping_interval_secs", self.ping_interval_secs),
+            ("edge.pong_timeout_secs", self.pong_timeout_secs),
+            ("edge.max_message_bytes", self.max_message_bytes as u64),
+            ("edge.max_queued_bytes", self.max_queued_bytes as u64),
+            ("edge.read_buffer_bytes", self.read_buffer_bytes as u64),
+            ("edge.max_groups_per_connection", self.max_groups_per_connection as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                p.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        if self.max_queued_bytes < 1024 {
+            p.push("edge.max_queued_bytes: must be at least 1024".into());
+        }
+        p
+    }
+}

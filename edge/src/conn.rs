@@ -1,0 +1,488 @@
+//! One client connection, from the accepted socket to its close.
+//!
+//! A single task per connection: it reads frames through tungstenite's [`WebSocketContext`]
+//! (which parses and answers pings and closes) and writes pre-framed bytes itself, taking every
+//! frame queued in the hub in one vectored write. No channel, no second task, no timer: the hub
+//! holds the queue and its ticker handles pings and expiry.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use herald_core::codes::{CloseCode, FrameError};
+use herald_core::ids::{GroupId, ProjectId};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::Shared;
+use crate::auth::{AuthError, Identity};
+use crate::handshake::{self, HandshakeError};
+use crate::hub::{ConnHandle, JoinOutcome, NewConn, Outgoing};
+use crate::protocol::{self, ClientFrame};
+
+/// Most frames written in one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Gives tungstenite a synchronous, non-blocking view of the socket: reads come from the socket,
+/// writes (pongs, close frames) are collected for the connection's own writer.
+struct Io<'a> {
+    tcp: &'a TcpStream,
+    out: &'a mut BytesMut,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.try_read(buf)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Frames on their way to the socket.
+#[derive(Default)]
+struct WriteQueue {
+    frames: VecDeque<Bytes>,
+    /// The first frame was partly written: it must be finished before anything else.
+    partial: bool,
+}
+
+impl WriteQueue {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.frames.push_back(b);
+        }
+    }
+
+    fn take_ctl(&mut self, ctl: &mut BytesMut) {
+        if !ctl.is_empty() {
+            self.push(std::mem::take(ctl).freeze());
+        }
+    }
+
+    /// Drops every frame not yet started.
+    fn discard_unsent(&mut self) {
+        if self.partial {
+            self.frames.truncate(1);
+        } else {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes as much as the socket takes, all queued frames in one call.
+    fn poll_write(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self
+                .frames
+                .iter()
+                .zip(slices.iter_mut())
+                .map(|(b, s)| *s = IoSlice::new(b))
+                .count();
+            let mut written = ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while written > 0 {
+                let Some(front) = self.frames.front_mut() else { break };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.frames.pop_front();
+                    self.partial = false;
+                } else {
+                    front.advance(written);
+                    written = 0;
+                    self.partial = true;
+                }
+            }
+        }
+        if self.frames.capacity() > MAX_IOVECS {
+            self.frames = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    async fn flush(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write(tcp, cx)).await
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    // Boxed so the upgrade's buffers do not stay in every connection's task for its lifetime.
+    let Some(session) = Box::pin(setup(&shared, &mut tcp, remote)).await else {
+        return;
+    };
+    run(&shared, tcp, session).await;
+}
+
+struct Session {
+    ctx: WebSocketContext,
+    handle: ConnHandle,
+    identity: Identity,
+    project: ProjectId,
+}
+
+fn ws_close(code: CloseCode) -> CloseFrame {
+    CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: code.reason().into(),
+    }
+}
+
+/// Handshake and authentication: returns the session, or refuses and closes.
+async fn setup(shared: &Shared, tcp: &mut TcpStream, remote: SocketAddr) -> Option<Session> {
+    let cfg = &shared.cfg;
+    let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
+    let mut up = match timeout(handshake_deadline, handshake::read_request(tcp)).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(HandshakeError::Io(_))) | Err(_) => {
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "io_or_timeout")
+                .increment(1);
+            return None;
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "refused")
+                .increment(1);
+            tracing::debug!(%remote, error = %e, "upgrade refused");
+            handshake::refuse(tcp, e.status(), &e.to_string()).await;
+            return None;
+        }
+    };
+    let keys = shared.keys.load();
+    let mut verified = None;
+    if cfg.refuse_before_upgrade {
+        let result = if !keys.has_project(&up.project) {
+            Err(AuthError::UnknownProject)
+        } else {
+            match &up.token {
+                Some(t) => keys.verify(&up.project, t),
+                None => Err(AuthError::Missing),
+            }
+        };
+        match result {
+            Ok(id) => verified = Some(id),
+            Err(e) => {
+                count_refusal(&e);
+                let code = e.close_code();
+                let status = http::StatusCode::from_u16(code.http_status())
+                    .unwrap_or(http::StatusCode::BAD_REQUEST);
+                handshake::refuse(tcp, status, code.reason()).await;
+                return None;
+            }
+        }
+    }
+    if timeout(handshake_deadline, handshake::accept(tcp, &mut up)).await.map_or(true, |r| r.is_err()) {
+        return None;
+    }
+    let mut ctx = WebSocketContext::from_partially_read(
+        std::mem::take(&mut up.leftover),
+        Role::Server,
+        Some(shared.ws_config),
+    );
+    let identity = match verified {
+        Some(id) => Ok(id),
+        None if !keys.has_project(&up.project) => Err(AuthError::UnknownProject),
+        None => match up.token.take() {
+            Some(t) => keys.verify(&up.project, &t),
+            None => {
+                let deadline = Duration::from_millis(cfg.auth_timeout_ms);
+                match timeout(deadline, read_auth_frame(tcp, &mut ctx)).await {
+                    Ok(Some(t)) => keys.verify(&up.project, &t),
+                    _ => Err(AuthError::Missing),
+                }
+            }
+        },
+    };
+    drop(keys);
+    let identity = match identity {
+        Ok(id) => id,
+        Err(e) => {
+            count_refusal(&e);
+            tracing::debug!(%remote, project = %up.project, error = %e, "authentication refused");
+            let mut q = WriteQueue::default();
+            close_and_finish(shared, tcp, &mut ctx, &mut q, e.close_code(), 0).await;
+            return None;
+        }
+    };
+    let project = ProjectId::new(&up.project).ok()?;
+    let handle = shared
+        .hub
+        .insert(NewConn {
+            project: project.clone(),
+            user: identity.user.clone(),
+            groups: identity.groups.clone(),
+            remote,
+            expires_unix: identity.expires_unix,
+        })
+        .await;
+    metrics::counter!("herald_edge_connects_total", "result" => "ok").increment(1);
+    Some(Session {
+        ctx,
+        handle,
+        identity,
+        project,
+    })
+}
+
+fn count_refusal(e: &AuthError) {
+    metrics::counter!("herald_edge_connects_total", "result" => e.close_code().label()).increment(1);
+}
+
+/// Reads frames until the first one; returns its token if it is an `auth` frame.
+async fn read_auth_frame(tcp: &mut TcpStream, ctx: &mut WebSocketContext) -> Option<String> {
+    let mut ctl = BytesMut::new();
+    loop {
+        let read = ctx.read(&mut Io {
+            tcp,
+            out: &mut ctl,
+        });
+        if !ctl.is_empty() {
+            tcp.write_all(&std::mem::take(&mut ctl)).await.ok()?;
+        }
+        match read {
+            Ok(Message::Text(t)) => {
+                return match protocol::parse(&t) {
+                    Ok(ClientFrame::Auth { token }) => Some(token.into_owned()),
+                    _ => None,
+                };
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(_) => return None,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.readable().await.ok()?;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+enum Event {
+    Message(Message),
+    Closing(crate::hub::Closing),
+    PeerClosed,
+    ReadError(WsError),
+    WriteError,
+}
+
+fn poll_conn(
+    cx: &mut Context<'_>,
+    shared: &Shared,
+    h: ConnHandle,
+    tcp: &mut TcpStream,
+    ctx: &mut WebSocketContext,
+    q: &mut WriteQueue,
+    ctl: &mut BytesMut,
+) -> Poll<Event> {
+    loop {
+        q.take_ctl(ctl);
+        let idle = match q.poll_write(tcp, cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
+            Poll::Pending => false,
+        };
+        // Take more from the hub only once everything taken before is written: the hub's bound
+        // then applies to what the socket could not absorb.
+        match shared.hub.poll_outgoing(h, cx, &mut q.frames, idle) {
+            Poll::Ready(Outgoing::Frames) => continue,
+            Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
+            Poll::Pending => {}
+        }
+        match ctx.read(&mut Io { tcp, out: ctl }) {
+            Ok(m) => return Poll::Ready(Event::Message(m)),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !ctl.is_empty() {
+                    continue;
+                }
+                match tcp.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadError(WsError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                return Poll::Ready(Event::PeerClosed);
+            }
+            Err(e) => return Poll::Ready(Event::ReadError(e)),
+        }
+    }
+}
+
+/// What to do after a client frame.
+enum Next {
+    Continue,
+    Close(CloseCode),
+}
+
+async fn run(shared: &Shared, mut tcp: TcpStream, mut s: Session) {
+    let hub = &shared.hub;
+    let h = s.handle;
+    let mut q = WriteQueue::default();
+    let mut ctl = BytesMut::new();
+    {
+        let groups: Vec<&str> = s.identity.groups.iter().map(|g| g.as_str()).collect();
+        q.push(protocol::welcome(
+            &hub.connection_id(h.number),
+            s.identity.user.as_str(),
+            &groups,
+            shared.cfg.ping_interval_secs,
+            s.identity.expires_unix,
+        ));
+    }
+    let (code, reconnect_after_ms) = loop {
+        let ev = poll_fn(|cx| poll_conn(cx, shared, h, &mut tcp, &mut s.ctx, &mut q, &mut ctl)).await;
+        match ev {
+            Event::Message(m) => {
+                hub.touch(h);
+                if let Next::Close(code) = on_message(shared, &mut s, &mut q, m).await {
+                    break (code, 0);
+                }
+            }
+            Event::Closing(c) => break (c.code, c.reconnect_after_ms),
+            Event::PeerClosed => {
+                q.take_ctl(&mut ctl);
+                let _ = timeout(Duration::from_millis(shared.cfg.close_timeout_ms), q.flush(&mut tcp)).await;
+                hub.remove(h);
+                metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
+                return;
+            }
+            Event::ReadError(e) => match e {
+                WsError::Capacity(_) => break (CloseCode::MessageTooBig, 0),
+                WsError::Protocol(_) | WsError::Utf8(_) => break (CloseCode::ProtocolError, 0),
+                _ => {
+                    hub.remove(h);
+                    metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+                    return;
+                }
+            },
+            Event::WriteError => {
+                hub.remove(h);
+                metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+                return;
+            }
+        }
+    };
+    hub.remove(h);
+    q.discard_unsent();
+    close_and_finish(shared, &mut tcp, &mut s.ctx, &mut q, code, reconnect_after_ms).await;
+}
+
+/// Sends the close (with a `disconnect` frame first when there is a reconnect hint), waits for
+/// the peer's answer within the close timeout, and shuts the socket.
+async fn close_and_finish(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    ctx: &mut WebSocketContext,
+    q: &mut WriteQueue,
+    code: CloseCode,
+    reconnect_after_ms: u32,
+) {
+    metrics::counter!("herald_edge_closes_total", "code" => code.label()).increment(1);
+    if reconnect_after_ms > 0 {
+        q.push(protocol::disconnect(code.code(), code.reason(), reconnect_after_ms));
+    }
+    let mut ctl = BytesMut::new();
+    let _ = ctx.close(&mut Io { tcp, out: &mut ctl }, Some(ws_close(code)));
+    q.take_ctl(&mut ctl);
+    let deadline = Duration::from_millis(shared.cfg.close_timeout_ms);
+    let _ = timeout(deadline, async {
+        q.flush(tcp).await?;
+        // Wait for the peer's close (or EOF) so our close frame is not lost to a reset.
+        loop {
+            match ctx.read(&mut Io { tcp, out: &mut ctl }) {
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tcp.readable().await?;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        q.take_ctl(&mut ctl);
+        q.flush(tcp).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+async fn on_message(shared: &Shared, s: &mut Session, q: &mut WriteQueue, m: Message) -> Next {
+    let text = match m {
+        Message::Text(t) => t,
+        Message::Binary(_) => {
+            q.push(protocol::error(0, FrameError::BinaryNotSupported, "binary frames are not part of herald.v1"));
+            return Next::Continue;
+        }
+        _ => return Next::Continue,
+    };
+    let frame = match protocol::parse(&text) {
+        Ok(f) => f,
+        Err(p) => {
+            q.push(protocol::error(p.id, p.code, p.message));
+            return Next::Continue;
+        }
+    };
+    let hub = &shared.hub;
+    match frame {
+        ClientFrame::Ping { id } => q.push(protocol::pong(id)),
+        ClientFrame::Subscribe { id, group } => {
+            let group = match GroupId::new(&group) {
+                Ok(g) => g,
+                Err(e) => {
+                    q.push(protocol::error(id, FrameError::BadName, &e.to_string()));
+                    return Next::Continue;
+                }
+            };
+            if !s.identity.may_subscribe(group.as_str()) {
+                q.push(protocol::error(id, FrameError::NotAllowed, "the token's channels claim does not allow this group"));
+                return Next::Continue;
+            }
+            match hub.join(s.handle, group, shared.cfg.max_groups_per_connection).await {
+                JoinOutcome::Joined => q.push(protocol::ack(id)),
+                JoinOutcome::TooMany => q.push(protocol::error(id, FrameError::TooManyGroups, "too many groups on this connection")),
+            }
+        }
+        ClientFrame::Unsubscribe { id, group } => {
+            match GroupId::new(&group) {
+                Ok(g) => {
+                    hub.leave(s.handle, &g);
+                    q.push(protocol::ack(id));
+                }
+                Err(e) => q.push(protocol::error(id, FrameError::BadName, &e.to_string())),
+            }
+        }
+        ClientFrame::Refresh { id, token } => {
+            let verified = shared.keys.load().verify(s.project.as_str(), &token);
+            match verified {
+                Ok(fresh) if fresh.user != s.identity.user => return Next::Close(CloseCode::RefreshMismatch),
+                Ok(fresh) => {
+                    hub.set_expiry(s.handle, fresh.expires_unix);
+                    s.identity.expires_unix = fresh.expires_unix;
+                    s.identity.channels = fresh.channels;
+                    q.push(protocol::ack(id));
+                }
+                Err(e) => q.push(protocol::error(id, FrameError::BadToken, &e.to_string())),
+            }
+        }
+        ClientFrame::Auth { .. } => {
+            q.push(protocol::error(0, FrameError::BadFrame, "already authenticated"));
+        }
+    }
+    Next::Continue
+}

@@ -1,0 +1,148 @@
+//! Server frames, pre-framed once: a WebSocket header (server frames are never masked) followed
+//! by the JSON text of the native protocol. A delivered message is encoded here once and the same
+//! [`Bytes`] go to every recipient's socket.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::proto::bus::{Envelope, TargetKind};
+
+/// WebSocket opcode of a text frame.
+const OP_TEXT: u8 = 0x1;
+/// WebSocket opcode of a ping frame.
+const OP_PING: u8 = 0x9;
+
+/// Writes the header of a final, unmasked frame with `opcode` and `len` payload bytes.
+fn put_header(buf: &mut BytesMut, opcode: u8, len: usize) {
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        buf.put_u8(126);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+}
+
+/// The size of the header for a payload of `len` bytes.
+fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= u16::MAX as usize {
+        4
+    } else {
+        10
+    }
+}
+
+/// Frames `text` as one final text frame.
+pub fn text_frame(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(header_len(text.len()) + text.len());
+    put_header(&mut buf, OP_TEXT, text.len());
+    buf.put_slice(text.as_bytes());
+    buf.freeze()
+}
+
+/// The ping frame the server sends to idle connections (empty payload).
+pub fn ping_frame() -> Bytes {
+    Bytes::from_static(&[0x80 | OP_PING, 0])
+}
+
+/// Encodes a delivered message once, as a framed `msg` text frame:
+/// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["seq":..,]"data"|"b64":..}`.
+pub fn message_frame(env: &Envelope) -> Bytes {
+    let payload_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).is_ok();
+    let mut json = String::with_capacity(64 + env.payload.len() * 4 / 3 + env.name.len());
+    json.push_str(r#"{"type":"msg","kind":"#);
+    match env.kind() {
+        TargetKind::Group => {
+            json.push_str(r#""group","group":""#);
+            json.push_str(&env.name);
+            json.push('"');
+        }
+        TargetKind::User => {
+            json.push_str(r#""user","user":""#);
+            json.push_str(&env.name);
+            json.push('"');
+        }
+        _ => json.push_str(r#""broadcast""#),
+    }
+    if !env.event.is_empty() {
+        json.push_str(r#","event":"#);
+        push_json_string(&mut json, &env.event);
+    }
+    if env.seq != 0 {
+        let _ = write!(json, r#","seq":{}"#, env.seq);
+    }
+    if payload_is_json {
+        json.push_str(r#","data":"#);
+        // Valid JSON is UTF-8 by definition.
+        json.push_str(std::str::from_utf8(&env.payload).unwrap_or("null"));
+    } else {
+        json.push_str(r#","b64":""#);
+        base64::engine::general_purpose::STANDARD.encode_string(&env.payload, &mut json);
+        json.push('"');
+    }
+    json.push('}');
+    text_frame(&json)
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_string(out: &mut String, s: &str) {
+    // serde_json escapes exactly as JSON requires; writing to a String cannot fail.
+    if let Ok(quoted) = serde_json::to_string(s) {
+        out.push_str(&quoted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(kind: TargetKind, name: &str, payload: &[u8]) -> Envelope {
+        Envelope {
+            version: 1,
+            project: "p".into(),
+            kind: kind as i32,
+            name: name.into(),
+            payload: payload.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn body(frame: &Bytes) -> serde_json::Value {
+        let skip = if frame[1] == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[skip..]).expect("json")
+    }
+
+    #[test]
+    fn json_payload_travels_as_is_and_costs_little() {
+        let payload = format!(r#"{{"x":"{}"}}"#, "a".repeat(92));
+        assert_eq!(payload.len(), 100);
+        let f = message_frame(&env(TargetKind::Broadcast, "", payload.as_bytes()));
+        assert!(f.len() < 150, "{} bytes on the wire", f.len());
+        let v = body(&f);
+        assert_eq!(v["kind"], "broadcast");
+        assert_eq!(v["data"]["x"].as_str().map(str::len), Some(92));
+    }
+
+    #[test]
+    fn other_bytes_travel_base64() {
+        let f = message_frame(&env(TargetKind::Group, "g", &[0xff, 0, 1]));
+        let v = body(&f);
+        assert_eq!(v["group"], "g");
+        assert_eq!(v["b64"], "/wAB");
+    }
+
+    #[test]
+    fn headers_match_lengths() {
+        for n in [0usize, 125, 126, 65535, 65536] {
+            let f = text_frame(&"a".repeat(n));
+            assert_eq!(f.len(), header_len(n) + n);
+            assert_eq!(f[0], 0x81);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The HTTP upgrade: reads the request (bounded in size), checks it with tungstenite's handshake
+//! rules, picks the sub-protocol, finds the project and the token, and writes the answer.
+
+use std::borrow::Cow;
+
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::server::create_response;
+
+use crate::protocol::SUPPORTED_PROTOCOLS;
+
+/// The largest upgrade request accepted (request line and headers).
+pub const MAX_REQUEST_BYTES: usize = 8192;
+
+/// A parsed, acceptable upgrade request.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The project named by the path `/ws/{project}`.
+    pub project: String,
+    /// A token from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
+    /// The sub-protocol to echo, when the client offered any.
+    pub protocol: Option<&'static str>,
+    /// The response to send (101), without the sub-protocol header yet.
+    response: http::Response<()>,
+    /// Bytes the client sent after the request (the start of its first frames).
+    pub leftover: Vec<u8>,
+}
+
+/// Why an upgrade was refused before it happened; answered with an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The socket failed or closed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request is larger than [`MAX_REQUEST_BYTES`].
+    #[error("request too large")]
+    TooLarge,
+    /// Not an HTTP request, or not a WebSocket upgrade.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The path is not `/ws/{project}`.
+    #[error("no such path")]
+    NotFound,
+    /// The client offered only sub-protocols this edge does not speak.
+    #[error("unsupported sub-protocol")]
+    UnsupportedProtocol,
+}
+
+impl HandshakeError {
+    /// The HTTP status answering this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::Io(_) | HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HandshakeError::NotFound => StatusCode::NOT_FOUND,
+            HandshakeError::UnsupportedProtocol => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Reads and checks the upgrade request.
+pub async fn read_request(tcp: &mut TcpStream) -> Result<Upgrade, HandshakeError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_REQUEST_BYTES {
+                return Err(HandshakeError::TooLarge);
+            }
+            buf.reserve(buf.len().min(MAX_REQUEST_BYTES - buf.len()));
+        }
+        let n = tcp.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(len)) => {
+                let request = to_http(&req)?;
+                let leftover = buf[len..].to_vec();
+                return check(request, leftover);
+            }
+            Err(e) => return Err(HandshakeError::BadRequest(e.to_string())),
+        }
+    }
+}
+
+fn to_http(req: &httparse::Request<'_, '_>) -> Result<Request<()>, HandshakeError> {
+    let mut b = Request::builder()
+        .method(req.method.unwrap_or("GET"))
+        .uri(req.path.unwrap_or("/"))
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    b.body(())
+        .map_err(|e| HandshakeError::BadRequest(e.to_string()))
+}
+
+fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeError> {
+    let project = request
+        .uri()
+        .path()
+        .strip_prefix("/ws/")
+        .map(|p| p.trim_end_matches('/'))
+        .filter(|p| !p.is_empty() && !p.contains('/'))
+        .ok_or(HandshakeError::NotFound)?
+        .to_string();
+    let response =
+        create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
+    let protocol = choose_protocol(&request)?;
+    let token = bearer(&request).or_else(|| query_token(&request));
+    Ok(Upgrade {
+        project,
+        token,
+        protocol,
+        response,
+        leftover,
+    })
+}
+
+/// The first offered sub-protocol Herald speaks; `None` when none was offered.
+fn choose_protocol(request: &Request<()>) -> Result<Option<&'static str>, HandshakeError> {
+    let mut offered = request
+        .headers()
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if offered.peek().is_none() {
+        return Ok(None);
+    }
+    offered
+        .find_map(|p| SUPPORTED_PROTOCOLS.iter().find(|s| **s == p).copied())
+        .map(Some)
+        .ok_or(HandshakeError::UnsupportedProtocol)
+}
+
+fn bearer(request: &Request<()>) -> Option<String> {
+    let v = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+fn query_token(request: &Request<()>) -> Option<String> {
+    let q = request.uri().query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v): (Cow<'_, str>, Cow<'_, str>)| v.into_owned())
+}
+
+/// Writes the 101 answer, echoing the chosen sub-protocol.
+pub async fn accept(tcp: &mut TcpStream, up: &mut Upgrade) -> std::io::Result<()> {
+    let mut out = String::with_capacity(256);
+    out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
+    let response = std::mem::take(&mut up.response);
+    for (name, value) in response.headers() {
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(value.to_str().unwrap_or_default());
+        out.push_str("\r\n");
+    }
+    if let Some(p) = up.protocol {
+        out.push_str("sec-websocket-protocol: ");
+        out.push_str(p);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    tcp.write_all(out.as_bytes()).await
+}
+
+/// Writes a plain HTTP refusal and closes.
+pub async fn refuse(tcp: &mut TcpStream, status: StatusCode, reason: &str) {
+    let body = format!("{reason}\n");
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}

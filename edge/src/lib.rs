@@ -1,0 +1,207 @@
+//! Herald's edge node: accepts WebSocket clients, authenticates them, keeps their subscriptions
+//! and writes delivered messages to their sockets.
+//!
+//! # Layout
+//! - [`config`]: the edge's settings.
+//! - [`handshake`]: the HTTP upgrade (sub-protocol, project, token).
+//! - [`auth`]: JWT verification with each project's keys.
+//! - [`protocol`]: the native `herald.v1` frames; [`frame`]: pre-framed server frames.
+//! - [`hub`]: the sharded hub holding every connection's state and queue; local fan-out.
+//! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
+//! - `conn`: the one task per connection that reads frames and writes queued bytes.
+#![deny(rust_2018_idioms)]
+
+pub mod auth;
+pub mod config;
+mod conn;
+pub mod frame;
+pub mod handshake;
+pub mod hub;
+pub mod interest;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use herald_core::bus::{Bus, ControlReply, ControlRequest, EdgeHandler};
+use herald_core::codes::CloseCode;
+use herald_core::ids::EdgeId;
+use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope};
+use herald_core::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::AuthKeys;
+pub use config::EdgeConfig;
+use hub::{Hub, HubConfig};
+
+/// What can stop an edge from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The edge id is invalid.
+    #[error("edge.id: {0}")]
+    Id(#[from] herald_core::ids::IdError),
+    /// The bus refused the edge.
+    #[error(transparent)]
+    Bus(#[from] herald_core::bus::BusError),
+}
+
+/// State every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) cfg: EdgeConfig,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) keys: Arc<ArcSwap<AuthKeys>>,
+    pub(crate) ws_config: WebSocketConfig,
+}
+
+/// A bound edge, ready to run.
+pub struct Edge {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    registry: Arc<dyn Registry>,
+}
+
+struct HubHandler(Arc<Hub>);
+
+impl EdgeHandler for HubHandler {
+    fn deliver(&self, envelope: &Envelope) {
+        if envelope.version != ENVELOPE_VERSION {
+            metrics::counter!("herald_edge_envelopes_dropped_total", "reason" => "version")
+                .increment(1);
+            return;
+        }
+        self.0.deliver(envelope);
+    }
+
+    fn control(&self, request: &ControlRequest) -> ControlReply {
+        self.0.control(request)
+    }
+}
+
+impl Edge {
+    /// Binds the listener and attaches the edge to the registry and the bus.
+    pub async fn bind(
+        cfg: EdgeConfig,
+        keys: Arc<ArcSwap<AuthKeys>>,
+        registry: Arc<dyn Registry>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, EdgeError> {
+        let edge_id = EdgeId::new(&cfg.id)?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| EdgeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let shards = if cfg.shards == 0 {
+            4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.shards
+        };
+        let interest = interest::Interest::start(edge_id.clone(), registry.clone());
+        let hub = Hub::new(
+            edge_id.clone(),
+            HubConfig {
+                shards,
+                max_queued_bytes: cfg.max_queued_bytes,
+                ping_interval: Duration::from_secs(cfg.ping_interval_secs),
+                pong_timeout: Duration::from_secs(cfg.pong_timeout_secs),
+            },
+            interest,
+        );
+        if let Err(e) = registry.heartbeat(&edge_id).await {
+            tracing::warn!(error = %e, "first registry heartbeat failed");
+        }
+        bus.attach(edge_id, Arc::new(HubHandler(hub.clone()))).await?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(cfg.read_buffer_bytes)
+            .write_buffer_size(0)
+            .max_message_size(Some(cfg.max_message_bytes))
+            .max_frame_size(Some(cfg.max_message_bytes));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg,
+                hub,
+                keys,
+                ws_config,
+            }),
+            listener,
+            registry,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The hub (for embedding and tests).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// Accepts clients until `cancel` fires, then closes every client with going-away and waits
+    /// up to `grace` for them to finish.
+    pub async fn run(self, cancel: CancellationToken, grace: Duration) {
+        let tracker = TaskTracker::new();
+        let shared = self.shared.clone();
+        let ticker = tokio::spawn(tick_loop(shared.clone(), self.registry.clone(), cancel.clone()));
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => break,
+                a = self.listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, remote)) => {
+                    tracker.spawn(conn::serve(shared.clone(), tcp, remote));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, never spin or exit.
+                    metrics::counter!("herald_edge_accept_errors_total").increment(1);
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        tracker.close();
+        let n = shared
+            .hub
+            .close_all(CloseCode::GoingAway, shared.cfg.reconnect_jitter_ms);
+        tracing::info!(connections = n, "edge draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(left = shared.hub.len(), "drain deadline passed");
+        }
+        ticker.abort();
+    }
+}
+
+async fn tick_loop(shared: Arc<Shared>, registry: Arc<dyn Registry>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        shared.hub.tick();
+        n += 1;
+        if n % 5 == 0 {
+            if let Err(e) = registry.heartbeat(shared.hub.edge()).await {
+                tracing::warn!(error = %e, "registry heartbeat failed");
+            }
+        }
+    }
+}
