@@ -1,1 +1,43 @@
-fn main() {}
+//! `herald`: a complete single-node Herald (edge and router in one process, in-process registry
+//! and bus) and the operator CLI that talks to any router over gRPC.
+#![deny(rust_2018_idioms)]
+
+mod admin;
+mod cli;
+mod config;
+mod serve;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    // One crypto provider for the whole process, chosen explicitly.
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let args = cli::Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            cli::Command::Serve(opts) => serve::run(opts).await,
+            cli::Command::Dev(mut opts) => {
+                opts.dev = true;
+                serve::run(opts).await
+            }
+            other => cli::run(other).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            match e.downcast_ref::<config::ConfigErrors>() {
+                Some(_) => std::process::ExitCode::from(64),
+                None => std::process::ExitCode::FAILURE,
+            }
+        }
+    }
+}

@@ -1,1 +1,95 @@
-//! x
+//! Herald's router: the gRPC API that back-end services publish to and operators manage with.
+//!
+//! # Layout
+//! - [`config`]: the router's settings.
+//! - [`keys`]: API keys and what each may do.
+//! - [`service`]: the `herald.v1.Herald` service: validation, target resolution through the
+//!   [`Registry`](herald_core::registry::Registry), hand-off to the [`Bus`](herald_core::bus::Bus).
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod keys;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use herald_core::bus::Bus;
+use herald_core::proto::v1::herald_server::HeraldServer;
+use herald_core::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RouterConfig;
+pub use keys::ApiKeys;
+pub use service::RouterService;
+
+/// What can stop a router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound router, ready to serve.
+pub struct Router {
+    listener: TcpListener,
+    service: RouterService,
+}
+
+impl Router {
+    /// Binds the gRPC listener.
+    pub async fn bind(
+        cfg: RouterConfig,
+        keys: Arc<ArcSwap<ApiKeys>>,
+        registry: Arc<dyn Registry>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, RouterError> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| RouterError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            service: RouterService::new(cfg, keys, registry, bus),
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `cancel` fires, then finishes calls in flight.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), RouterError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<HeraldServer<RouterService>>()
+            .await;
+        let max = self.service.max_message_bytes();
+        let herald = HeraldServer::new(self.service)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(herald)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                cancel.cancelled_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! The command line: `serve`, `dev`, and the operator commands that call a router over gRPC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use herald_core::proto::v1::herald_client::HeraldClient;
+use herald_core::proto::v1::{
+    Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest,
+    PublishRequest, Resolution, Target, disconnect_request, list_connections_request, target,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+/// Herald: a push fabric for WebSocket clients.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a single-node Herald (edge and router in one process).
+    Serve(ServeOpts),
+    /// Run a single-node Herald with a development project, key and API key, and print how to
+    /// connect and publish.
+    Dev(ServeOpts),
+    /// Publish one message.
+    Publish(PublishOpts),
+    /// Count connections per project.
+    Count(CountOpts),
+    /// List the connections of a user or a group.
+    List(ListOpts),
+    /// Disconnect a connection or every connection of a user.
+    Disconnect(DisconnectOpts),
+    /// Sign a development (HS256) client token.
+    Token(TokenOpts),
+}
+
+/// Options of `serve` and `dev`.
+#[derive(Debug, ClapArgs, Default)]
+pub struct ServeOpts {
+    /// TOML configuration file (also `HERALD_CONFIG`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Add a development project `demo` with fresh keys when none is configured.
+    #[arg(long)]
+    pub dev: bool,
+    /// WebSocket listen address (`edge.listen`).
+    #[arg(long)]
+    pub ws_listen: Option<SocketAddr>,
+    /// gRPC listen address (`router.listen`).
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Admin HTTP listen address (`admin.listen`).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How to reach a router.
+#[derive(Debug, ClapArgs)]
+pub struct Conn {
+    /// The router's gRPC address.
+    #[arg(long, env = "HERALD_ROUTER", default_value = "http://127.0.0.1:50051")]
+    pub router: String,
+    /// An API key of the project, or an admin key.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+}
+
+/// Options of `publish`.
+#[derive(Debug, ClapArgs)]
+pub struct PublishOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id.
+    #[arg(long, short)]
+    project: String,
+    /// Send to every connection of the project.
+    #[arg(long, conflicts_with_all = ["group", "user"])]
+    broadcast: bool,
+    /// Send to the members of a group.
+    #[arg(long, conflicts_with = "user")]
+    group: Option<String>,
+    /// Send to every device of a user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Event name passed to clients.
+    #[arg(long, default_value = "")]
+    event: String,
+    /// Idempotency key: a repeat within the window is not delivered again.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// The payload (JSON travels as is, anything else base64).
+    data: String,
+}
+
+/// Options of `count`.
+#[derive(Debug, ClapArgs)]
+pub struct CountOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id (default: every project the key may see).
+    #[arg(long, short, default_value = "")]
+    project: String,
+}
+
+/// Options of `list`.
+#[derive(Debug, ClapArgs)]
+pub struct ListOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id.
+    #[arg(long, short)]
+    project: String,
+    /// The user whose connections to list.
+    #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+    user: Option<String>,
+    /// The group whose connections to list.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+/// Options of `disconnect`.
+#[derive(Debug, ClapArgs)]
+pub struct DisconnectOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id.
+    #[arg(long, short)]
+    project: String,
+    /// Every connection of this user.
+    #[arg(long, conflicts_with = "connection", required_unless_present = "connection")]
+    user: Option<String>,
+    /// One connection, by id.
+    #[arg(long)]
+    connection: Option<String>,
+    /// Ask clients not to reconnect before this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    reconnect_after_ms: u32,
+}
+
+/// Options of `token`.
+#[derive(Debug, ClapArgs)]
+pub struct TokenOpts {
+    /// The project's HS256 secret.
+    #[arg(long, env = "HERALD_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The project (the token's `aud`).
+    #[arg(long, short)]
+    project: String,
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Groups joined at connect (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Group patterns the client may subscribe to itself (comma-separated, `prefix*` allowed).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Key id to put in the header.
+    #[arg(long)]
+    kid: Option<String>,
+}
+
+type Client = HeraldClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(conn.router.clone())
+        .with_context(|| format!("bad router address {:?}", conn.router))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the router at {}", conn.router))?;
+    let value = format!("Bearer {}", conn.api_key)
+        .parse()
+        .context("the API key holds characters not allowed in metadata")?;
+    Ok(HeraldClient::with_interceptor(channel, Auth(value)))
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+/// Runs an operator command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::Dev(_) => unreachable!("handled by main"),
+        Command::Token(o) => {
+            let now = jsonwebtoken::get_current_timestamp();
+            let claims = serde_json::json!({
+                "sub": o.sub, "aud": o.project, "iat": now, "exp": now + o.ttl,
+                "groups": o.groups, "channels": o.channels,
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+            header.kid = o.kid;
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(o.secret.as_bytes()),
+            )?;
+            println!("{token}");
+        }
+        Command::Publish(o) => {
+            let kind = match (o.broadcast, o.group, o.user) {
+                (true, None, None) => target::Kind::Broadcast(Broadcast {}),
+                (false, Some(g), None) => target::Kind::Group(g),
+                (false, None, Some(u)) => target::Kind::User(u),
+                _ => bail!("give exactly one of --broadcast, --group, --user"),
+            };
+            let mut client = connect(&o.conn).await?;
+            let reply = client
+                .publish(PublishRequest {
+                    project: o.project,
+                    target: Some(Target { kind: Some(kind) }),
+                    payload: o.data.into_bytes().into(),
+                    event: o.event,
+                    idempotency_key: o.idempotency_key,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let resolution = Resolution::try_from(reply.resolution)
+                .map_or("unknown", |r| r.as_str_name());
+            println!(
+                "message {} {} (edges: {})",
+                reply.message_id, resolution, reply.edges
+            );
+        }
+        Command::Count(o) => {
+            let mut client = connect(&o.conn).await?;
+            let reply = client
+                .count_connections(CountConnectionsRequest { project: o.project })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut rows: Vec<_> = reply.connections.into_iter().collect();
+            rows.sort();
+            for (p, n) in rows {
+                println!("{p}\t{n}");
+            }
+            warn_missing(&reply.missing_edges);
+        }
+        Command::List(o) => {
+            let of = match (o.user, o.group) {
+                (Some(u), _) => list_connections_request::Of::User(u),
+                (None, Some(g)) => list_connections_request::Of::Group(g),
+                (None, None) => bail!("give --user or --group"),
+            };
+            let mut client = connect(&o.conn).await?;
+            let reply = client
+                .list_connections(ListConnectionsRequest {
+                    project: o.project,
+                    of: Some(of),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("id\tuser\tremote\tsince_unix_ms\tgroups");
+            for c in reply.connections {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    c.user,
+                    c.remote_addr,
+                    c.connected_since_unix_ms,
+                    c.groups.join(",")
+                );
+            }
+            warn_missing(&reply.missing_edges);
+        }
+        Command::Disconnect(o) => {
+            let who = match (o.user, o.connection) {
+                (Some(u), _) => disconnect_request::Who::User(u),
+                (None, Some(c)) => disconnect_request::Who::ConnectionId(c),
+                (None, None) => bail!("give --user or --connection"),
+            };
+            let mut client = connect(&o.conn).await?;
+            let reply = client
+                .disconnect(DisconnectRequest {
+                    project: o.project,
+                    who: Some(who),
+                    reconnect_after_ms: o.reconnect_after_ms,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("disconnected {}", reply.disconnected);
+            warn_missing(&reply.missing_edges);
+        }
+    }
+    Ok(())
+}
+
+fn warn_missing(edges: &[String]) {
+    if !edges.is_empty() {
+        eprintln!("warning: these edges did not answer in time: {}", edges.join(", "));
+    }
+}

@@ -1,0 +1,206 @@
+//! `herald serve`: edge, router and admin endpoint in one process, with the in-process registry
+//! and bus; signals for reload (SIGHUP) and graceful shutdown (SIGTERM, SIGINT).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use herald_core::bus::{Bus, MemoryBus};
+use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
+use herald_core::registry::{MemoryRegistry, Registry};
+use herald_edge::{AuthKeys, Edge};
+use herald_router::{ApiKeys, Router};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::cli::ServeOpts;
+use crate::config::{self, Config, ConfigErrors, Overrides};
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+fn dev_project() -> ProjectConfig {
+    ProjectConfig {
+        id: "demo".into(),
+        api_keys: vec![format!("dev-{}", random_hex(16))],
+        keys: vec![KeyConfig {
+            kid: Some("dev".into()),
+            alg: KeyAlgorithm::HS256,
+            secret: Some(random_hex(32)),
+            public_key_file: None,
+            public_key_pem: None,
+        }],
+    }
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the keys of both halves; every problem is reported.
+fn load_keys(cfg: &Config) -> Result<(AuthKeys, ApiKeys), ConfigErrors> {
+    let auth = AuthKeys::load(&cfg.projects, cfg.edge.token_leeway_secs).map_err(ConfigErrors)?;
+    let api = ApiKeys::new(&cfg.projects, &cfg.router.admin_api_keys);
+    Ok((auth, api))
+}
+
+/// Runs a single-node Herald until SIGTERM or SIGINT.
+pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
+    let file = config::file_from(opts.config.clone());
+    let overrides = Overrides {
+        ws_listen: opts.ws_listen,
+        grpc_listen: opts.grpc_listen,
+        admin_listen: opts.admin_listen,
+    };
+    let mut cfg = config::load(file.as_deref(), &overrides)?;
+    if opts.dev && cfg.projects.is_empty() {
+        cfg.projects.push(dev_project());
+    }
+    init_logs(&cfg);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let (auth, api) = load_keys(&cfg)?;
+    let auth = Arc::new(ArcSwap::from_pointee(auth));
+    let api = Arc::new(ArcSwap::from_pointee(api));
+
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let edge = Edge::bind(cfg.edge.clone(), auth.clone(), registry.clone(), bus.clone()).await?;
+    let router = Router::bind(cfg.router.clone(), api.clone(), registry, bus).await?;
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+
+    let ws = edge.local_addr()?;
+    let grpc = router.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    // One machine-readable line for scripts and tests, then the human guide in dev mode.
+    println!("herald ready ws={ws} grpc={grpc} admin={admin_addr}");
+    tracing::info!(%ws, %grpc, admin = %admin_addr, projects = cfg.projects.len(), "herald ready");
+    if opts.dev {
+        print_dev_guide(&cfg, ws, grpc);
+    }
+
+    let cancel = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    tokio::spawn(signals(cancel.clone(), ready.clone(), file, overrides, auth, api));
+
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState { ready, metrics },
+        cancel.clone(),
+    ));
+    let router_task = tokio::spawn(router.run(cancel.clone()));
+    let grace = Duration::from_secs(cfg.admin.shutdown_grace_secs);
+    edge.run(cancel.clone(), grace).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), router_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+async fn signals(
+    cancel: CancellationToken,
+    ready: Arc<AtomicBool>,
+    file: Option<PathBuf>,
+    overrides: Overrides,
+    auth: Arc<ArcSwap<AuthKeys>>,
+    api: Arc<ArcSwap<ApiKeys>>,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(file.as_deref(), &overrides, &auth, &api),
+        }
+    }
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
+    cancel.cancel();
+    Ok(())
+}
+
+/// Re-reads projects and keys; a bad file is reported and the running keys stay.
+fn reload(
+    file: Option<&std::path::Path>,
+    overrides: &Overrides,
+    auth: &ArcSwap<AuthKeys>,
+    api: &ArcSwap<ApiKeys>,
+) {
+    let Some(path) = file else {
+        tracing::warn!("SIGHUP: no config file to reload");
+        return;
+    };
+    match config::load(Some(path), overrides).and_then(|cfg| {
+        let keys = load_keys(&cfg)?;
+        Ok((cfg, keys))
+    }) {
+        Ok((cfg, (a, k))) => {
+            auth.store(Arc::new(a));
+            api.store(Arc::new(k));
+            tracing::info!(projects = cfg.projects.len(), "reloaded projects and keys");
+            println!("herald reloaded projects={}", cfg.projects.len());
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; keeping the running keys"),
+    }
+}
+
+fn print_dev_guide(cfg: &Config, ws: std::net::SocketAddr, grpc: std::net::SocketAddr) {
+    let Some(p) = cfg.projects.first() else { return };
+    let secret = p.keys.first().and_then(|k| k.secret.clone()).unwrap_or_default();
+    let api_key = p.api_keys.first().cloned().unwrap_or_default();
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": "alice", "aud": p.id, "exp": now + 86_400, "groups": ["news"], "channels": ["*"],
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("dev".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default();
+    let host = if ws.ip().is_unspecified() { "127.0.0.1".to_string() } else { ws.ip().to_string() };
+    let grpc_host = if grpc.ip().is_unspecified() { "127.0.0.1".to_string() } else { grpc.ip().to_string() };
+    println!(
+        r#"
+Development project "{project}" (keys are new at every start; do not use in production).
+
+Connect a WebSocket client as user "alice" (in group "news"), e.g. with websocat:
+  websocat 'ws://{host}:{port}/ws/{project}?token={token}'
+
+Publish with the CLI (another terminal):
+  export HERALD_ROUTER=http://{grpc_host}:{grpc_port} HERALD_API_KEY={api_key}
+  cargo run -q -p herald -- publish -p {project} --broadcast '{{"hello":"everyone"}}'
+  cargo run -q -p herald -- publish -p {project} --group news '{{"headline":"hi"}}'
+  cargo run -q -p herald -- publish -p {project} --user alice '{{"note":"just for you"}}'
+  cargo run -q -p herald -- list -p {project} --user alice
+
+Tokens for other users:
+  cargo run -q -p herald -- token --secret {secret} --kid dev -p {project} --sub bob --groups news
+"#,
+        project = p.id,
+        port = ws.port(),
+        grpc_port = grpc.port(),
+    );
+}

@@ -1,0 +1,55 @@
+//! The router's settings: one serde struct, every field documented with its default.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of a router (`[router]` in the TOML file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Address of the gRPC listener. Default `0.0.0.0:50051`.
+    pub listen: SocketAddr,
+    /// Largest payload accepted, in bytes (larger: `INVALID_ARGUMENT`). Default 65,536.
+    pub max_payload_bytes: usize,
+    /// How long an idempotency key is remembered, in seconds. Default 300.
+    pub idempotency_window_secs: u64,
+    /// Deadline for operator calls that ask every edge, in milliseconds. Default 2,000.
+    pub control_timeout_ms: u64,
+    /// API keys allowed to do everything, in every project. Default none.
+    pub admin_api_keys: Vec<String>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            max_payload_bytes: 65_536,
+            idempotency_window_secs: 300,
+            control_timeout_ms: 2_000,
+            admin_api_keys: Vec::new(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Every problem with these settings, each naming its field.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > 16 << 20 {
+            p.push("router.max_payload_bytes: must be between 1 and 16 MiB".into());
+        }
+        if self.idempotency_window_secs == 0 {
+            p.push("router.idempotency_window_secs: must be greater than 0".into());
+        }
+        if self.control_timeout_ms == 0 {
+            p.push("router.control_timeout_ms: must be greater than 0".into());
+        }
+        for (i, k) in self.admin_api_keys.iter().enumerate() {
+            if k.len() < 16 {
+                p.push(format!("router.admin_api_keys[{i}]: shorter than 16 characters"));
+            }
+        }
+        p
+    }
+}

@@ -1,0 +1,82 @@
+//! API keys: a project key publishes to and manages its own project; an admin key may do all.
+
+use std::collections::{HashMap, HashSet};
+
+use herald_core::projects::ProjectConfig;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+/// What a key may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything, in every project.
+    Admin,
+    /// One project.
+    Project(String),
+}
+
+impl Scope {
+    /// Checks that this scope may act on `project`.
+    pub fn allow(&self, project: &str) -> Result<(), Status> {
+        match self {
+            Scope::Admin => Ok(()),
+            Scope::Project(p) if p == project => Ok(()),
+            Scope::Project(_) => Err(Status::permission_denied(
+                "this API key does not belong to that project",
+            )),
+        }
+    }
+}
+
+/// Every API key and the known projects.
+#[derive(Debug, Default)]
+pub struct ApiKeys {
+    keys: HashMap<String, Scope>,
+    projects: HashSet<String>,
+}
+
+impl ApiKeys {
+    /// Builds the key table from the projects and the admin keys.
+    pub fn new(projects: &[ProjectConfig], admin_keys: &[String]) -> Self {
+        let mut keys = HashMap::new();
+        for p in projects {
+            for k in &p.api_keys {
+                keys.insert(k.clone(), Scope::Project(p.id.clone()));
+            }
+        }
+        for k in admin_keys {
+            keys.insert(k.clone(), Scope::Admin);
+        }
+        Self {
+            keys,
+            projects: projects.iter().map(|p| p.id.clone()).collect(),
+        }
+    }
+
+    /// Whether the project exists.
+    pub fn has_project(&self, project: &str) -> bool {
+        self.projects.contains(project)
+    }
+
+    /// The known projects.
+    pub fn projects(&self) -> impl Iterator<Item = &str> {
+        self.projects.iter().map(String::as_str)
+    }
+
+    /// The scope of the key in `authorization: Bearer <key>`.
+    pub fn authenticate(&self, md: &MetadataMap) -> Result<Scope, Status> {
+        let value = md
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <api key>"))?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("authorization is not text"))?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <api key>"))?;
+        self.keys
+            .get(key.trim())
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unknown API key"))
+    }
+}
