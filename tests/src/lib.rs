@@ -1,1 +1,481 @@
-//! End-to-end test support.
+//! The end-to-end sandbox: starts the real `herald` binary with a generated configuration on
+//! loopback ports chosen by the kernel, and gives tests real WebSocket and gRPC clients.
+//!
+//! ```ignore
+//! let herald = herald().edge("ping_interval_secs", 1).start().await;
+//! let mut alice = herald.connect("alpha", &token("alpha", "alice")).await;
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use herald_core::proto::v1::herald_client::HeraldClient;
+use herald_core::proto::v1::{Broadcast, PublishReply, PublishRequest, Target, target};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+/// Project `alpha`'s HS256 secret in the default sandbox.
+pub const ALPHA_SECRET: &str = "alpha-secret-0123456789abcdef0123456789";
+/// Project `beta`'s HS256 secret in the default sandbox.
+pub const BETA_SECRET: &str = "beta-secret-0123456789abcdef0123456789ab";
+/// Project `alpha`'s API key.
+pub const ALPHA_KEY: &str = "alpha-api-key-0123456789";
+/// Project `beta`'s API key.
+pub const BETA_KEY: &str = "beta-api-key-0123456789";
+/// The admin API key.
+pub const ADMIN_KEY: &str = "admin-api-key-0123456789";
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The `herald` binary: `HERALD_BIN`, or the one cargo built beside this test.
+pub fn herald_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERALD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .expect("target directory");
+    let bin = dir.join("herald");
+    assert!(
+        bin.is_file(),
+        "herald binary not found at {}: build it with `cargo build -p herald` \
+         (`cargo nextest run --workspace` builds it), or set HERALD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The directory of test-only key pairs.
+pub fn keys_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("keys")
+}
+
+/// A sandbox configuration under construction.
+pub struct HeraldBuilder {
+    config: toml::Table,
+}
+
+/// A sandbox with projects `alpha` and `beta` (HS256 keys without `kid`) and an admin key.
+pub fn herald() -> HeraldBuilder {
+    let config = toml::toml! {
+        [router]
+        admin_api_keys = ["admin-api-key-0123456789"]
+
+        [admin]
+        shutdown_grace_secs = 5
+
+        [edge]
+        close_timeout_ms = 1000
+
+        [[projects]]
+        id = "alpha"
+        api_keys = ["alpha-api-key-0123456789"]
+        [[projects.keys]]
+        alg = "HS256"
+        secret = "alpha-secret-0123456789abcdef0123456789"
+
+        [[projects]]
+        id = "beta"
+        api_keys = ["beta-api-key-0123456789"]
+        [[projects.keys]]
+        alg = "HS256"
+        secret = "beta-secret-0123456789abcdef0123456789ab"
+    };
+    HeraldBuilder { config }
+}
+
+impl HeraldBuilder {
+    /// Sets `[edge] key = value`.
+    pub fn edge(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section("edge").insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets `[router] key = value`.
+    pub fn router(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section("router").insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the projects with the `[[projects]]` tables in `toml_text`.
+    pub fn projects(mut self, toml_text: &str) -> Self {
+        let parsed: toml::Table = toml_text.parse().expect("projects toml");
+        self.config.insert(
+            "projects".into(),
+            parsed.get("projects").cloned().expect("[[projects]] tables"),
+        );
+        self
+    }
+
+    fn section(&mut self, name: &str) -> &mut toml::Table {
+        self.config
+            .entry(name)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .expect("a table")
+    }
+
+    /// Writes the configuration and starts the binary; waits until it is ready.
+    pub async fn start(self) -> Herald {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("herald.toml");
+        std::fs::write(&config_path, toml::to_string(&self.config).expect("toml")).expect("write config");
+        let mut child = Command::new(herald_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = tokio::time::timeout(WAIT, async {
+            loop {
+                match lines.recv().await {
+                    Some(l) if l.starts_with("herald ready ") => return l,
+                    Some(_) => continue,
+                    None => panic!("herald exited before it was ready"),
+                }
+            }
+        })
+        .await
+        .expect("herald ready in time");
+        let addr = |name: &str| -> SocketAddr {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .and_then(|a| a.parse().ok())
+                .expect("address in the ready line")
+        };
+        Herald {
+            ws: addr("ws"),
+            grpc: addr("grpc"),
+            admin: addr("admin"),
+            child,
+            lines,
+            config_path,
+            _dir: dir,
+        }
+    }
+}
+
+/// A running `herald` process.
+pub struct Herald {
+    /// WebSocket listener.
+    pub ws: SocketAddr,
+    /// gRPC listener.
+    pub grpc: SocketAddr,
+    /// Admin HTTP listener.
+    pub admin: SocketAddr,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// The configuration file it was started with.
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A WebSocket client stream.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A gRPC client with an API key.
+pub type Grpc = HeraldClient<
+    tonic::service::interceptor::InterceptedService<Channel, ApiKeyInterceptor>,
+>;
+
+/// Adds an `authorization` header to every call.
+#[derive(Clone)]
+pub struct ApiKeyInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for ApiKeyInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+impl Herald {
+    /// The URL of a project's endpoint, with an optional query.
+    pub fn url(&self, project: &str, query: &str) -> String {
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        format!("ws://{}/ws/{project}{q}", self.ws)
+    }
+
+    /// Opens a WebSocket with extra request headers; returns the stream and the response.
+    pub async fn open(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let tcp = TcpStream::connect(self.ws).await.map_err(tungstenite::Error::Io)?;
+        tokio_tungstenite::client_async(req, tcp).await
+    }
+
+    /// Connects with a token in the query and waits for the welcome frame.
+    pub async fn connect(&self, project: &str, token: &str) -> Client {
+        let (ws, _) = self
+            .open(&self.url(project, &format!("token={token}")), &[])
+            .await
+            .expect("websocket upgrade");
+        let mut c = Client { ws };
+        let welcome = c.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        c
+    }
+
+    /// A gRPC client using `api_key` (or none).
+    pub async fn grpc(&self, api_key: Option<&str>) -> Grpc {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("grpc connect");
+        let value = api_key.map(|k| format!("Bearer {k}").parse().expect("metadata"));
+        HeraldClient::with_interceptor(channel, ApiKeyInterceptor(value))
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub async fn wait_line(&mut self, prefix: &str) -> String {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.lines.recv().await {
+                    Some(l) if l.starts_with(prefix) => return l,
+                    Some(_) => continue,
+                    None => panic!("stdout closed before {prefix:?}"),
+                }
+            }
+        })
+        .await
+        .expect("line in time")
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait")
+    }
+
+    /// GETs a path on the admin endpoint; returns status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the admin endpoint needs nothing more).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A connected WebSocket client.
+pub struct Client {
+    /// The stream.
+    pub ws: Ws,
+}
+
+impl Client {
+    /// Sends a JSON text frame.
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    /// The next text frame as JSON (control frames skipped); fails on close or timeout.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("stream open")
+                .expect("a frame");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).expect("json text frame"),
+                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame that is a delivered message (`type` = `msg`).
+    pub async fn next_msg(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == "msg" {
+                return v;
+            }
+        }
+    }
+
+    /// Subscribes and returns the answer (`ack` or `error`).
+    pub async fn subscribe(&mut self, id: u64, group: &str) -> Value {
+        self.send_json(json!({"type":"subscribe","id":id,"group":group})).await;
+        self.next_json().await
+    }
+
+    /// Reads until the close frame; returns its code, reason and the text frames before it.
+    pub async fn expect_close(&mut self) -> (u16, String, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
+            match m {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string(), before);
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new(), before),
+                Some(Ok(Message::Text(t))) => {
+                    before.push(serde_json::from_str(&t).expect("json"));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before the close frame: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    /// Asserts that no message arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let r = tokio::time::timeout(d, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(t)) = r {
+            panic!("expected silence, got {t}");
+        }
+    }
+}
+
+/// Claims for a user of a project, valid for ten minutes.
+pub fn claims(project: &str, sub: &str) -> Value {
+    json!({"sub": sub, "aud": project, "exp": jsonwebtoken::get_current_timestamp() + 600})
+}
+
+/// Signs claims with an HS256 secret (and an optional `kid`).
+pub fn hs256(secret: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = kid.map(String::from);
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+        .expect("sign")
+}
+
+/// A token of the default sandbox: `alpha` or `beta`, for `sub`.
+pub fn token(project: &str, sub: &str) -> String {
+    let secret = if project == "beta" { BETA_SECRET } else { ALPHA_SECRET };
+    hs256(secret, None, &claims(project, sub))
+}
+
+/// Signs claims with one of the test key pairs (`es256`, `rs256`, `eddsa`).
+pub fn signed(alg: &str, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(keys_dir().join(format!("{alg}-private.pem"))).expect("key");
+    let (a, key) = match alg {
+        "es256" => (jsonwebtoken::Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem)),
+        "rs256" => (jsonwebtoken::Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem)),
+        "eddsa" => (jsonwebtoken::Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_pem(&pem)),
+        _ => panic!("unknown test key {alg}"),
+    };
+    let mut h = jsonwebtoken::Header::new(a);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, &key.expect("pem")).expect("sign")
+}
+
+/// A publish request.
+pub fn publish(project: &str, to: To<'_>, payload: &str) -> PublishRequest {
+    let kind = match to {
+        To::Broadcast => target::Kind::Broadcast(Broadcast {}),
+        To::Group(g) => target::Kind::Group(g.into()),
+        To::User(u) => target::Kind::User(u.into()),
+    };
+    PublishRequest {
+        project: project.into(),
+        target: Some(Target { kind: Some(kind) }),
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// A publish target.
+#[derive(Debug, Clone, Copy)]
+pub enum To<'a> {
+    /// Every connection of the project.
+    Broadcast,
+    /// A group.
+    Group(&'a str),
+    /// A user's devices.
+    User(&'a str),
+}
+
+/// Publishes and returns the reply; fails the test on an error status.
+pub async fn send(grpc: &mut Grpc, req: PublishRequest) -> PublishReply {
+    grpc.publish(req).await.expect("publish").into_inner()
+}
+
+/// The numeric value of a close code.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
