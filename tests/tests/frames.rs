@@ -1,0 +1,170 @@
+//! Bad client input, slow consumers, dead peers and shutdown: each gets its documented answer and
+//! never disturbs other clients.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use herald_tests::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn malformed_unknown_and_binary_frames_get_error_frames() {
+    let herald = herald().start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut bystander = herald.connect("alpha", &token("alpha", "by")).await;
+    let mut c = herald.connect("alpha", &token("alpha", "bad")).await;
+
+    c.ws.send(Message::text("{not json")).await.expect("send");
+    let e = c.next_json().await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(4400))
+    );
+    c.send_json(json!({"type":"dance","id":9})).await;
+    let e = c.next_json().await;
+    assert_eq!(
+        (e["code"].as_u64(), e["id"].as_u64()),
+        (Some(4401), Some(9))
+    );
+    c.send_json(json!({"type":"subscribe","id":3})).await;
+    assert_eq!(c.next_json().await["code"], 4400);
+    c.ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(c.next_json().await["code"], 4415);
+    c.send_json(json!({"type":"ping","id":42})).await;
+    assert_eq!(c.next_json().await, json!({"type":"pong","id":42}));
+
+    // Still connected and receiving, and so is everyone else.
+    send(&mut grpc, publish("alpha", To::Broadcast, "7")).await;
+    assert_eq!(c.next_msg().await["data"], 7);
+    assert_eq!(bystander.next_msg().await["data"], 7);
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009_and_others_keep_receiving() {
+    let herald = herald().edge("max_message_bytes", 4096).start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut bystander = herald.connect("alpha", &token("alpha", "by")).await;
+    let mut c = herald.connect("alpha", &token("alpha", "big")).await;
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(10_000));
+    c.ws.send(Message::text(big)).await.expect("send");
+    let (code, _, _) = c.expect_close().await;
+    assert_eq!(code, 1009);
+    send(&mut grpc, publish("alpha", To::Broadcast, "1")).await;
+    assert_eq!(bystander.next_msg().await["data"], 1);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
+    // The close frame waits behind what the kernel buffered; give the slow reader time to get there.
+    let herald = herald()
+        .edge("max_queued_bytes", 65_536)
+        .edge("close_timeout_ms", 20_000)
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut fast = herald.connect("alpha", &token("alpha", "fast")).await;
+
+    // A client with a tiny receive buffer that stops reading.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(herald.ws).await.expect("connect");
+    let url = herald.url("alpha", &format!("token={}", token("alpha", "slow")));
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade");
+    let mut slow = Client { ws };
+    assert_eq!(slow.next_json().await["type"], "welcome");
+
+    // 4,000 messages of 4 KiB (16 MiB): far more than socket buffers and the queue. They go in
+    // steps the reading client can keep up with, so only the one that stopped reading falls behind.
+    let payload = format!(r#""{}""#, "p".repeat(4096));
+    let n = 4000u64;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    let fast_reader = tokio::spawn(async move {
+        while counter.load(std::sync::atomic::Ordering::Relaxed) < n {
+            fast.next_msg().await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    for sent in (10..=n).step_by(10) {
+        for _ in 0..10 {
+            send(&mut grpc, publish("alpha", To::Broadcast, &payload)).await;
+        }
+        tokio::time::timeout(WAIT, async {
+            while received.load(std::sync::atomic::Ordering::Relaxed) < sent {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the reading client keeps up");
+    }
+    tokio::time::timeout(WAIT, fast_reader)
+        .await
+        .expect("fast in time")
+        .expect("join");
+
+    // The slow client reads what was buffered, then the close frame with 4008.
+    let (code, reason, before) = slow.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4008, "slow consumer"));
+    assert!(
+        (before.len() as u64) < n,
+        "the slow client cannot have received everything"
+    );
+}
+
+#[tokio::test]
+async fn server_pings_and_closes_peers_that_stop_answering() {
+    let herald = herald()
+        .edge("ping_interval_secs", 1)
+        .edge("pong_timeout_secs", 2)
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    // An answering client: tungstenite answers pings while we read.
+    let mut live = herald.connect("alpha", &token("alpha", "live")).await;
+    // A silent client: reads nothing, so it never answers.
+    let mut dead = herald.connect("alpha", &token("alpha", "dead")).await;
+
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, live.ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(m))) => panic!("unexpected {m:?}"),
+            Ok(other) => panic!("live client lost: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(pings >= 2, "answered {pings} pings in 5 s");
+    let (code, reason, _) = dead.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4006, "ping timeout"));
+    send(&mut grpc, publish("alpha", To::Broadcast, "1")).await;
+    assert_eq!(live.next_msg().await["data"], 1);
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_going_away_and_exits_zero() {
+    let mut herald = herald().edge("reconnect_jitter_ms", 4000).start().await;
+    let mut a = herald.connect("alpha", &token("alpha", "a")).await;
+    let mut b = herald.connect("beta", &token("beta", "b")).await;
+    herald.signal("TERM");
+    for c in [&mut a, &mut b] {
+        let (code, _, before) = c.expect_close().await;
+        assert_eq!(code, 1001);
+        let hint = before
+            .iter()
+            .find(|f| f["type"] == "disconnect")
+            .expect("disconnect frame");
+        let ms = hint["reconnect_after_ms"].as_u64().expect("hint");
+        assert!(
+            (1000..=4000).contains(&ms),
+            "reconnect hint {ms} within jitter range"
+        );
+    }
+    let status = herald.wait_exit().await;
+    assert!(status.success(), "exit status {status}");
+}
