@@ -104,7 +104,13 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&["config", "api_key", "router"]));
+    // `HERALD_CONFIG`, `HERALD_API_KEY`, `HERALD_ROUTER` and `HERALD_TOKEN_SECRET` are the CLI's.
+    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&[
+        "config",
+        "api_key",
+        "router",
+        "token_secret",
+    ]));
     if let Some(a) = overrides.ws_listen {
         fig = fig.merge(Serialized::default("edge.listen", a));
     }
