@@ -142,6 +142,9 @@ impl HeraldBuilder {
             .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            // The sandbox's own variables: the server reads every `HERALD_*` as configuration.
+            .env_remove("HERALD_BIN")
+            .env_remove("HERALD_TEST_LOG")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
