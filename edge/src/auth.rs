@@ -38,14 +38,22 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether the `channels` claim lets the client subscribe to `group` itself: a pattern is a
-    /// group name, or a prefix followed by `*` (`"news-*"`; `"*"` allows every group).
+    /// Whether the `channels` claim lets the client subscribe to `group` itself.
     pub fn may_subscribe(&self, group: &str) -> bool {
-        self.channels.iter().any(|p| match p.strip_suffix('*') {
+        channels_allow(&self.channels, group)
+    }
+}
+
+/// Whether `channels` patterns allow `group`: a pattern is a group name, or a prefix followed by
+/// `*` (`"news-*"`; `"*"` allows every group).
+pub fn channels_allow<S: AsRef<str>>(channels: &[S], group: &str) -> bool {
+    channels.iter().any(|p| {
+        let p = p.as_ref();
+        match p.strip_suffix('*') {
             Some(prefix) => group.starts_with(prefix),
             None => p == group,
-        })
-    }
+        }
+    })
 }
 
 /// Why a token was refused.
@@ -271,9 +279,15 @@ mod tests {
         assert!(id.may_subscribe("news-x"));
         assert!(!id.may_subscribe("sport"));
         let other = token(serde_json::json!({"sub":"u1","aud":"other","exp":exp()}));
-        assert_eq!(k.verify("demo", &other).err(), Some(AuthError::WrongAudience));
+        assert_eq!(
+            k.verify("demo", &other).err(),
+            Some(AuthError::WrongAudience)
+        );
         let bad_sub = token(serde_json::json!({"sub":"a.*","aud":"demo","exp":exp()}));
-        assert!(matches!(k.verify("demo", &bad_sub), Err(AuthError::BadClaims(_))));
+        assert!(matches!(
+            k.verify("demo", &bad_sub),
+            Err(AuthError::BadClaims(_))
+        ));
         assert_eq!(k.verify("demo", "x.y.z").err(), Some(AuthError::Malformed));
         assert_eq!(k.verify("nope", "x").err(), Some(AuthError::UnknownProject));
     }

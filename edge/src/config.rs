@@ -81,7 +81,10 @@ impl EdgeConfig {
             ("edge.max_message_bytes", self.max_message_bytes as u64),
             ("edge.max_queued_bytes", self.max_queued_bytes as u64),
             ("edge.read_buffer_bytes", self.read_buffer_bytes as u64),
-            ("edge.max_groups_per_connection", self.max_groups_per_connection as u64),
+            (
+                "edge.max_groups_per_connection",
+                self.max_groups_per_connection as u64,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use herald_core::codes::{CloseCode, FrameError};
-use herald_core::ids::{GroupId, ProjectId};
+use herald_core::ids::{GroupId, ProjectId, UserId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContex
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::Shared;
-use crate::auth::{AuthError, Identity};
+use crate::auth::{AuthError, channels_allow};
 use crate::handshake::{self, HandshakeError};
 use crate::hub::{ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::protocol::{self, ClientFrame};
@@ -101,7 +101,9 @@ impl WriteQueue {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while written > 0 {
-                let Some(front) = self.frames.front_mut() else { break };
+                let Some(front) = self.frames.front_mut() else {
+                    break;
+                };
                 if written >= front.len() {
                     written -= front.len();
                     self.frames.pop_front();
@@ -125,19 +127,25 @@ impl WriteQueue {
 }
 
 /// Serves one accepted socket until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     // Boxed so the upgrade's buffers do not stay in every connection's task for its lifetime.
-    let Some(session) = Box::pin(setup(&shared, &mut tcp, remote)).await else {
+    let Some(session) = Box::pin(setup(&shared, tcp, remote)).await else {
         return;
     };
-    run(&shared, tcp, session).await;
+    run(&shared, session).await;
 }
 
+/// Everything a live connection holds, in one allocation of exactly its size; the task's own
+/// future stays a few words.
 struct Session {
+    tcp: TcpStream,
     ctx: WebSocketContext,
+    q: WriteQueue,
+    ctl: BytesMut,
     handle: ConnHandle,
-    identity: Identity,
+    user: UserId,
+    channels: Box<[Box<str>]>,
     project: ProjectId,
 }
 
@@ -149,7 +157,8 @@ fn ws_close(code: CloseCode) -> CloseFrame {
 }
 
 /// Handshake and authentication: returns the session, or refuses and closes.
-async fn setup(shared: &Shared, tcp: &mut TcpStream, remote: SocketAddr) -> Option<Session> {
+async fn setup(shared: &Shared, mut stream: TcpStream, remote: SocketAddr) -> Option<Box<Session>> {
+    let tcp = &mut stream;
     let cfg = &shared.cfg;
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
     let mut up = match timeout(handshake_deadline, handshake::read_request(tcp)).await {
@@ -190,7 +199,10 @@ async fn setup(shared: &Shared, tcp: &mut TcpStream, remote: SocketAddr) -> Opti
             }
         }
     }
-    if timeout(handshake_deadline, handshake::accept(tcp, &mut up)).await.map_or(true, |r| r.is_err()) {
+    if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
         return None;
     }
     let mut ctx = WebSocketContext::from_partially_read(
@@ -235,26 +247,42 @@ async fn setup(shared: &Shared, tcp: &mut TcpStream, remote: SocketAddr) -> Opti
         })
         .await;
     metrics::counter!("herald_edge_connects_total", "result" => "ok").increment(1);
-    Some(Session {
+    let mut q = WriteQueue::default();
+    let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
+    q.push(protocol::welcome(
+        &shared.hub.connection_id(handle.number),
+        identity.user.as_str(),
+        &groups,
+        cfg.ping_interval_secs,
+        identity.expires_unix,
+    ));
+    drop(groups);
+    Some(Box::new(Session {
+        tcp: stream,
         ctx,
+        q,
+        ctl: BytesMut::new(),
         handle,
-        identity,
+        user: identity.user,
+        channels: identity
+            .channels
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect(),
         project,
-    })
+    }))
 }
 
 fn count_refusal(e: &AuthError) {
-    metrics::counter!("herald_edge_connects_total", "result" => e.close_code().label()).increment(1);
+    metrics::counter!("herald_edge_connects_total", "result" => e.close_code().label())
+        .increment(1);
 }
 
 /// Reads frames until the first one; returns its token if it is an `auth` frame.
 async fn read_auth_frame(tcp: &mut TcpStream, ctx: &mut WebSocketContext) -> Option<String> {
     let mut ctl = BytesMut::new();
     loop {
-        let read = ctx.read(&mut Io {
-            tcp,
-            out: &mut ctl,
-        });
+        let read = ctx.read(&mut Io { tcp, out: &mut ctl });
         if !ctl.is_empty() {
             tcp.write_all(&std::mem::take(&mut ctl)).await.ok()?;
         }
@@ -332,34 +360,27 @@ enum Next {
     Close(CloseCode),
 }
 
-async fn run(shared: &Shared, mut tcp: TcpStream, mut s: Session) {
+async fn run(shared: &Shared, mut session: Box<Session>) {
     let hub = &shared.hub;
+    let s = &mut *session;
     let h = s.handle;
-    let mut q = WriteQueue::default();
-    let mut ctl = BytesMut::new();
-    {
-        let groups: Vec<&str> = s.identity.groups.iter().map(|g| g.as_str()).collect();
-        q.push(protocol::welcome(
-            &hub.connection_id(h.number),
-            s.identity.user.as_str(),
-            &groups,
-            shared.cfg.ping_interval_secs,
-            s.identity.expires_unix,
-        ));
-    }
     let (code, reconnect_after_ms) = loop {
-        let ev = poll_fn(|cx| poll_conn(cx, shared, h, &mut tcp, &mut s.ctx, &mut q, &mut ctl)).await;
+        let ev =
+            poll_fn(|cx| poll_conn(cx, shared, h, &mut s.tcp, &mut s.ctx, &mut s.q, &mut s.ctl))
+                .await;
         match ev {
             Event::Message(m) => {
                 hub.touch(h);
-                if let Next::Close(code) = on_message(shared, &mut s, &mut q, m).await {
+                // Boxed: client frames are rare, and an idle task should not carry this space.
+                if let Next::Close(code) = Box::pin(on_message(shared, s, m)).await {
                     break (code, 0);
                 }
             }
             Event::Closing(c) => break (c.code, c.reconnect_after_ms),
             Event::PeerClosed => {
-                q.take_ctl(&mut ctl);
-                let _ = timeout(Duration::from_millis(shared.cfg.close_timeout_ms), q.flush(&mut tcp)).await;
+                s.q.take_ctl(&mut s.ctl);
+                let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+                let _ = Box::pin(timeout(close_timeout, s.q.flush(&mut s.tcp))).await;
                 hub.remove(h);
                 metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
                 return;
@@ -381,8 +402,16 @@ async fn run(shared: &Shared, mut tcp: TcpStream, mut s: Session) {
         }
     };
     hub.remove(h);
-    q.discard_unsent();
-    close_and_finish(shared, &mut tcp, &mut s.ctx, &mut q, code, reconnect_after_ms).await;
+    s.q.discard_unsent();
+    Box::pin(close_and_finish(
+        shared,
+        &mut s.tcp,
+        &mut s.ctx,
+        &mut s.q,
+        code,
+        reconnect_after_ms,
+    ))
+    .await;
 }
 
 /// Sends the close (with a `disconnect` frame first when there is a reconnect hint), waits for
@@ -397,7 +426,11 @@ async fn close_and_finish(
 ) {
     metrics::counter!("herald_edge_closes_total", "code" => code.label()).increment(1);
     if reconnect_after_ms > 0 {
-        q.push(protocol::disconnect(code.code(), code.reason(), reconnect_after_ms));
+        q.push(protocol::disconnect(
+            code.code(),
+            code.reason(),
+            reconnect_after_ms,
+        ));
     }
     let mut ctl = BytesMut::new();
     let _ = ctx.close(&mut Io { tcp, out: &mut ctl }, Some(ws_close(code)));
@@ -422,11 +455,16 @@ async fn close_and_finish(
     .await;
 }
 
-async fn on_message(shared: &Shared, s: &mut Session, q: &mut WriteQueue, m: Message) -> Next {
+async fn on_message(shared: &Shared, s: &mut Session, m: Message) -> Next {
+    let q = &mut s.q;
     let text = match m {
         Message::Text(t) => t,
         Message::Binary(_) => {
-            q.push(protocol::error(0, FrameError::BinaryNotSupported, "binary frames are not part of herald.v1"));
+            q.push(protocol::error(
+                0,
+                FrameError::BinaryNotSupported,
+                "binary frames are not part of herald.v1",
+            ));
             return Next::Continue;
         }
         _ => return Next::Continue,
@@ -449,40 +487,74 @@ async fn on_message(shared: &Shared, s: &mut Session, q: &mut WriteQueue, m: Mes
                     return Next::Continue;
                 }
             };
-            if !s.identity.may_subscribe(group.as_str()) {
-                q.push(protocol::error(id, FrameError::NotAllowed, "the token's channels claim does not allow this group"));
+            if !channels_allow(&s.channels, group.as_str()) {
+                q.push(protocol::error(
+                    id,
+                    FrameError::NotAllowed,
+                    "the token's channels claim does not allow this group",
+                ));
                 return Next::Continue;
             }
-            match hub.join(s.handle, group, shared.cfg.max_groups_per_connection).await {
+            match hub
+                .join(s.handle, group, shared.cfg.max_groups_per_connection)
+                .await
+            {
                 JoinOutcome::Joined => q.push(protocol::ack(id)),
-                JoinOutcome::TooMany => q.push(protocol::error(id, FrameError::TooManyGroups, "too many groups on this connection")),
+                JoinOutcome::TooMany => q.push(protocol::error(
+                    id,
+                    FrameError::TooManyGroups,
+                    "too many groups on this connection",
+                )),
             }
         }
-        ClientFrame::Unsubscribe { id, group } => {
-            match GroupId::new(&group) {
-                Ok(g) => {
-                    hub.leave(s.handle, &g);
-                    q.push(protocol::ack(id));
-                }
-                Err(e) => q.push(protocol::error(id, FrameError::BadName, &e.to_string())),
+        ClientFrame::Unsubscribe { id, group } => match GroupId::new(&group) {
+            Ok(g) => {
+                hub.leave(s.handle, &g);
+                q.push(protocol::ack(id));
             }
-        }
+            Err(e) => q.push(protocol::error(id, FrameError::BadName, &e.to_string())),
+        },
         ClientFrame::Refresh { id, token } => {
             let verified = shared.keys.load().verify(s.project.as_str(), &token);
             match verified {
-                Ok(fresh) if fresh.user != s.identity.user => return Next::Close(CloseCode::RefreshMismatch),
+                Ok(fresh) if fresh.user != s.user => {
+                    return Next::Close(CloseCode::RefreshMismatch);
+                }
                 Ok(fresh) => {
                     hub.set_expiry(s.handle, fresh.expires_unix);
-                    s.identity.expires_unix = fresh.expires_unix;
-                    s.identity.channels = fresh.channels;
+                    s.channels = fresh
+                        .channels
+                        .into_iter()
+                        .map(String::into_boxed_str)
+                        .collect();
                     q.push(protocol::ack(id));
                 }
                 Err(e) => q.push(protocol::error(id, FrameError::BadToken, &e.to_string())),
             }
         }
         ClientFrame::Auth { .. } => {
-            q.push(protocol::error(0, FrameError::BadFrame, "already authenticated"));
+            q.push(protocol::error(
+                0,
+                FrameError::BadFrame,
+                "already authenticated",
+            ));
         }
     }
     Next::Continue
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        println!("ctx {}", size_of::<super::WebSocketContext>());
+        println!("tcp {}", size_of::<super::TcpStream>());
+        println!("session {}", size_of::<super::Session>());
+        println!("wq {}", size_of::<super::WriteQueue>());
+        println!(
+            "config {}",
+            size_of::<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>()
+        );
+    }
 }

@@ -108,7 +108,7 @@ mod tests {
             project: "p".into(),
             kind: kind as i32,
             name: name.into(),
-            payload: payload.to_vec().into(),
+            payload: payload.to_vec(),
             ..Default::default()
         }
     }

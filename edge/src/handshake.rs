@@ -143,7 +143,11 @@ fn choose_protocol(request: &Request<()>) -> Result<Option<&'static str>, Handsh
 }
 
 fn bearer(request: &Request<()>) -> Option<String> {
-    let v = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

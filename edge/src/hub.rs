@@ -216,9 +216,14 @@ impl Hub {
     pub async fn insert(&self, c: NewConn) -> ConnHandle {
         let number = self.next_number.fetch_add(1, Ordering::Relaxed);
         let shard_ix = (number % self.shards.len() as u64) as u32;
-        let keys: Vec<InterestKey> = std::iter::once(InterestKey::User(c.project.clone(), c.user.clone()))
-            .chain(c.groups.iter().map(|g| InterestKey::Group(c.project.clone(), g.clone())))
-            .collect();
+        let keys: Vec<InterestKey> =
+            std::iter::once(InterestKey::User(c.project.clone(), c.user.clone()))
+                .chain(
+                    c.groups
+                        .iter()
+                        .map(|g| InterestKey::Group(c.project.clone(), g.clone())),
+                )
+                .collect();
         let slot = {
             let mut shard = self.shards[shard_ix as usize].lock();
             let shard = &mut *shard;
@@ -262,7 +267,11 @@ impl Hub {
         let conn = {
             let mut shard = self.shards[h.shard as usize].lock();
             let shard = &mut *shard;
-            if !shard.conns.get(h.slot as usize).is_some_and(|c| c.number == h.number) {
+            if shard
+                .conns
+                .get(h.slot as usize)
+                .is_none_or(|c| c.number != h.number)
+            {
                 return;
             }
             let conn = shard.conns.remove(h.slot as usize);
@@ -273,14 +282,21 @@ impl Hub {
             conn
         };
         metrics::gauge!("herald_edge_connections").decrement(1.0);
-        let keys = std::iter::once(InterestKey::User(conn.project.clone(), conn.user))
-            .chain(conn.groups.into_iter().map(|g| InterestKey::Group(conn.project.clone(), g)));
+        let keys = std::iter::once(InterestKey::User(conn.project.clone(), conn.user)).chain(
+            conn.groups
+                .into_iter()
+                .map(|g| InterestKey::Group(conn.project.clone(), g)),
+        );
         self.interest.remove(keys);
     }
 
     fn with_conn<R>(&self, h: ConnHandle, f: impl FnOnce(&mut Shard, u32) -> R) -> Option<R> {
         let mut shard = self.shards[h.shard as usize].lock();
-        if shard.conns.get(h.slot as usize).is_some_and(|c| c.number == h.number) {
+        if shard
+            .conns
+            .get(h.slot as usize)
+            .is_some_and(|c| c.number == h.number)
+        {
             Some(f(&mut shard, h.slot))
         } else {
             None
@@ -305,7 +321,9 @@ impl Hub {
         match added {
             Some(Err(())) => JoinOutcome::TooMany,
             Some(Ok(Some(project))) => {
-                self.interest.add([InterestKey::Group(project, group)]).await;
+                self.interest
+                    .add([InterestKey::Group(project, group)])
+                    .await;
                 JoinOutcome::Joined
             }
             // Already a member (or gone): wait behind any pending write of that interest.
@@ -328,7 +346,8 @@ impl Hub {
         });
         match removed.flatten() {
             Some(project) => {
-                self.interest.remove([InterestKey::Group(project, group.clone())]);
+                self.interest
+                    .remove([InterestKey::Group(project, group.clone())]);
                 true
             }
             None => false,
@@ -347,7 +366,9 @@ impl Hub {
 
     /// Sets a new token expiry after a refresh.
     pub fn set_expiry(&self, h: ConnHandle, expires_unix: u64) {
-        self.with_conn(h, |shard, slot| shard.conns[slot as usize].expires_unix = expires_unix);
+        self.with_conn(h, |shard, slot| {
+            shard.conns[slot as usize].expires_unix = expires_unix
+        });
     }
 
     /// Moves queued frames into `into` (when `take_frames`), or reports that the connection must
@@ -360,7 +381,11 @@ impl Hub {
         take_frames: bool,
     ) -> Poll<Outgoing> {
         let mut shard = self.shards[h.shard as usize].lock();
-        let Some(c) = shard.conns.get_mut(h.slot as usize).filter(|c| c.number == h.number) else {
+        let Some(c) = shard
+            .conns
+            .get_mut(h.slot as usize)
+            .filter(|c| c.number == h.number)
+        else {
             return Poll::Ready(Outgoing::Close(Closing {
                 code: CloseCode::InternalError,
                 reconnect_after_ms: 0,
@@ -407,9 +432,15 @@ impl Hub {
                 }
                 TargetKind::Group | TargetKind::User => {
                     let slots = if kind == TargetKind::Group {
-                        shard.groups.get(&project).and_then(|m| m.get(env.name.as_str()))
+                        shard
+                            .groups
+                            .get(&project)
+                            .and_then(|m| m.get(env.name.as_str()))
                     } else {
-                        shard.users.get(&project).and_then(|m| m.get(env.name.as_str()))
+                        shard
+                            .users
+                            .get(&project)
+                            .and_then(|m| m.get(env.name.as_str()))
                     };
                     for slot in slots.into_iter().flatten() {
                         if let Some(c) = shard.conns.get_mut(*slot as usize) {
@@ -454,7 +485,13 @@ impl Hub {
                     } else {
                         rng.random_range(max_reconnect_ms / 4..=max_reconnect_ms)
                     };
-                    close(c, Closing { code, reconnect_after_ms });
+                    close(
+                        c,
+                        Closing {
+                            code,
+                            reconnect_after_ms,
+                        },
+                    );
                     n += 1;
                 }
             }
@@ -555,10 +592,22 @@ impl Hub {
                     continue;
                 }
                 if c.expires_unix <= now_unix {
-                    close(c, Closing { code: CloseCode::TokenExpired, reconnect_after_ms: 0 });
+                    close(
+                        c,
+                        Closing {
+                            code: CloseCode::TokenExpired,
+                            reconnect_after_ms: 0,
+                        },
+                    );
                 } else if let Some(at) = c.ping_sent_at {
                     if now.saturating_sub(at) >= pong_within {
-                        close(c, Closing { code: CloseCode::PingTimeout, reconnect_after_ms: 0 });
+                        close(
+                            c,
+                            Closing {
+                                code: CloseCode::PingTimeout,
+                                reconnect_after_ms: 0,
+                            },
+                        );
                     }
                 } else if now.saturating_sub(c.last_seen) >= ping_every {
                     c.ping_sent_at = Some(now);
@@ -580,16 +629,20 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize) -> bool {
     }
     if c.queued + frame.len() > max {
         metrics::counter!("herald_edge_slow_consumers_total").increment(1);
-        close(c, Closing { code: CloseCode::SlowConsumer, reconnect_after_ms: 0 });
+        close(
+            c,
+            Closing {
+                code: CloseCode::SlowConsumer,
+                reconnect_after_ms: 0,
+            },
+        );
         return false;
     }
     let was_empty = c.outbox.is_empty();
     c.queued += frame.len();
     c.outbox.push_back(frame.clone());
-    if was_empty {
-        if let Some(w) = c.waker.take() {
-            w.wake();
-        }
+    if was_empty && let Some(w) = c.waker.take() {
+        w.wake();
     }
     true
 }

@@ -124,7 +124,8 @@ impl Edge {
         if let Err(e) = registry.heartbeat(&edge_id).await {
             tracing::warn!(error = %e, "first registry heartbeat failed");
         }
-        bus.attach(edge_id, Arc::new(HubHandler(hub.clone()))).await?;
+        bus.attach(edge_id, Arc::new(HubHandler(hub.clone())))
+            .await?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer_bytes)
             .write_buffer_size(0)
@@ -157,7 +158,11 @@ impl Edge {
     pub async fn run(self, cancel: CancellationToken, grace: Duration) {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
-        let ticker = tokio::spawn(tick_loop(shared.clone(), self.registry.clone(), cancel.clone()));
+        let ticker = tokio::spawn(tick_loop(
+            shared.clone(),
+            self.registry.clone(),
+            cancel.clone(),
+        ));
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -198,10 +203,44 @@ async fn tick_loop(shared: Arc<Shared>, registry: Arc<dyn Registry>, cancel: Can
         }
         shared.hub.tick();
         n += 1;
-        if n % 5 == 0 {
-            if let Err(e) = registry.heartbeat(shared.hub.edge()).await {
-                tracing::warn!(error = %e, "registry heartbeat failed");
-            }
+        if n.is_multiple_of(5)
+            && let Err(e) = registry.heartbeat(shared.hub.edge()).await
+        {
+            tracing::warn!(error = %e, "registry heartbeat failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::bus::MemoryBus;
+    use herald_core::registry::MemoryRegistry;
+
+    /// Every idle connection holds one task whose future is this big: keep it small.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let cfg = EdgeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        let keys = Arc::new(ArcSwap::from_pointee(
+            AuthKeys::load(&[], 0).expect("no keys"),
+        ));
+        let edge = Edge::bind(
+            cfg,
+            keys,
+            Arc::new(MemoryRegistry::new()),
+            Arc::new(MemoryBus::new()),
+        )
+        .await
+        .expect("bind");
+        let addr = edge.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (tcp, remote) = edge.listener.accept().await.expect("accept");
+        let fut = conn::serve(edge.shared.clone(), tcp, remote);
+        let size = std::mem::size_of_val(&fut);
+        println!("connection future: {size} bytes");
+        assert!(size <= 512, "connection future grew to {size} bytes");
     }
 }

@@ -93,7 +93,9 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
         },
         "subscribe" => ClientFrame::Subscribe {
             id,
-            group: raw.group.ok_or_else(|| missing("subscribe needs \"group\""))?,
+            group: raw
+                .group
+                .ok_or_else(|| missing("subscribe needs \"group\""))?,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             id,
@@ -104,7 +106,9 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
         "ping" => ClientFrame::Ping { id },
         "refresh" => ClientFrame::Refresh {
             id,
-            token: raw.token.ok_or_else(|| missing("refresh needs \"token\""))?,
+            token: raw
+                .token
+                .ok_or_else(|| missing("refresh needs \"token\""))?,
         },
         _ => {
             return Err(FrameProblem {
@@ -128,7 +132,10 @@ pub fn pong(id: u64) -> Bytes {
 
 /// `{"type":"error","id":N,"code":C,"message":".."}`.
 pub fn error(id: u64, code: FrameError, message: &str) -> Bytes {
-    let mut s = format!(r#"{{"type":"error","id":{id},"code":{},"message":"#, code.code());
+    let mut s = format!(
+        r#"{{"type":"error","id":{id},"code":{},"message":"#,
+        code.code()
+    );
     push_json_string(&mut s, message);
     s.push('}');
     text_frame(&s)
