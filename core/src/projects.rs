@@ -75,9 +75,7 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
         }
         for (j, k) in p.api_keys.iter().enumerate() {
             if k.len() < 16 {
-                problems.push(format!(
-                    "{at}.api_keys[{j}]: shorter than 16 characters"
-                ));
+                problems.push(format!("{at}.api_keys[{j}]: shorter than 16 characters"));
             }
         }
         let mut kids = std::collections::HashSet::new();
@@ -88,17 +86,18 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
                     "{at}.kid: required when a project has several keys"
                 ));
             }
-            if let Some(kid) = &k.kid {
-                if !kids.insert(kid.as_str()) {
-                    problems.push(format!("{at}.kid: duplicate kid {kid:?}"));
-                }
+            if let Some(kid) = &k.kid
+                && !kids.insert(kid.as_str())
+            {
+                problems.push(format!("{at}.kid: duplicate kid {kid:?}"));
             }
             match k.alg {
                 KeyAlgorithm::HS256 => {
                     match &k.secret {
                         None => problems.push(format!("{at}.secret: required for HS256")),
-                        Some(s) if s.len() < 32 => problems
-                            .push(format!("{at}.secret: shorter than 32 bytes")),
+                        Some(s) if s.len() < 32 => {
+                            problems.push(format!("{at}.secret: shorter than 32 bytes"))
+                        }
                         Some(_) => {}
                     }
                     if k.public_key_file.is_some() || k.public_key_pem.is_some() {
@@ -117,10 +116,8 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
                         (Some(_), Some(_)) => problems.push(format!(
                             "{at}: give public_key_file or public_key_pem, not both"
                         )),
-                        (Some(f), None) if !f.is_file() => problems.push(format!(
-                            "{at}.public_key_file: cannot read {}",
-                            f.display()
-                        )),
+                        (Some(f), None) if !f.is_file() => problems
+                            .push(format!("{at}.public_key_file: cannot read {}", f.display())),
                         _ => {}
                     }
                 }

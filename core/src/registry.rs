@@ -57,6 +57,13 @@ pub trait Registry: Send + Sync + 'static {
         key: &str,
         window: Duration,
     ) -> Result<bool, RegistryError>;
+    /// Releases a claimed idempotency key, when the message it guarded could not be handed on,
+    /// so that the publisher's retry is delivered.
+    async fn release_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+    ) -> Result<(), RegistryError>;
 }
 
 /// The most idempotency keys the in-process registry keeps; past it, expired keys are purged and
@@ -66,9 +73,45 @@ pub const MEMORY_IDEMPOTENCY_CAPACITY: usize = 1_000_000;
 /// The in-process registry of a single-node Herald.
 #[derive(Default)]
 pub struct MemoryRegistry {
-    interest: Mutex<HashMap<InterestKey, Vec<EdgeId>>>,
+    interest: Mutex<HashMap<InterestKey, Edges>>,
     edges: Mutex<Vec<EdgeId>>,
     idempotency: Mutex<IdempotencyMap>,
+}
+
+/// The edges holding one key; usually one, which then needs no allocation.
+#[derive(Debug)]
+enum Edges {
+    One(EdgeId),
+    Many(Vec<EdgeId>),
+}
+
+impl Edges {
+    fn add(&mut self, edge: &EdgeId) {
+        match self {
+            Edges::One(e) if e == edge => {}
+            Edges::One(e) => *self = Edges::Many(vec![e.clone(), edge.clone()]),
+            Edges::Many(v) if v.contains(edge) => {}
+            Edges::Many(v) => v.push(edge.clone()),
+        }
+    }
+
+    /// Removes `edge`; returns whether none is left.
+    fn remove(&mut self, edge: &EdgeId) -> bool {
+        match self {
+            Edges::One(e) => e == edge,
+            Edges::Many(v) => {
+                v.retain(|e| e != edge);
+                v.is_empty()
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<EdgeId> {
+        match self {
+            Edges::One(e) => vec![e.clone()],
+            Edges::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -98,18 +141,15 @@ impl Registry for MemoryRegistry {
         let mut interest = self.interest.lock();
         for change in changes {
             match change {
-                InterestChange::Add(key) => {
-                    let edges = interest.entry(key.clone()).or_default();
-                    if !edges.contains(edge) {
-                        edges.push(edge.clone());
+                InterestChange::Add(key) => match interest.get_mut(key) {
+                    Some(edges) => edges.add(edge),
+                    None => {
+                        interest.insert(key.clone(), Edges::One(edge.clone()));
                     }
-                }
+                },
                 InterestChange::Remove(key) => {
-                    if let Some(edges) = interest.get_mut(key) {
-                        edges.retain(|e| e != edge);
-                        if edges.is_empty() {
-                            interest.remove(key);
-                        }
+                    if interest.get_mut(key).is_some_and(|e| e.remove(edge)) {
+                        interest.remove(key);
                     }
                 }
             }
@@ -118,7 +158,12 @@ impl Registry for MemoryRegistry {
     }
 
     async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
-        Ok(self.interest.lock().get(key).cloned().unwrap_or_default())
+        Ok(self
+            .interest
+            .lock()
+            .get(key)
+            .map(Edges::to_vec)
+            .unwrap_or_default())
     }
 
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
@@ -155,6 +200,16 @@ impl Registry for MemoryRegistry {
         map.order.push_back((at, id.0, id.1));
         Ok(true)
     }
+
+    async fn release_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+    ) -> Result<(), RegistryError> {
+        let id = (project.clone(), Box::<str>::from(key));
+        self.idempotency.lock().expiry.remove(&id);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -182,10 +237,16 @@ mod tests {
         let e1 = EdgeId::new("e1").expect("valid");
         let e2 = EdgeId::new("e2").expect("valid");
         let k = InterestKey::User(p("a"), UserId::new("u").expect("valid"));
-        r.update(&e1, &[InterestChange::Add(k.clone())]).await.expect("ok");
-        r.update(&e2, &[InterestChange::Add(k.clone())]).await.expect("ok");
+        r.update(&e1, &[InterestChange::Add(k.clone())])
+            .await
+            .expect("ok");
+        r.update(&e2, &[InterestChange::Add(k.clone())])
+            .await
+            .expect("ok");
         assert_eq!(r.edges_for(&k).await.expect("ok").len(), 2);
-        r.update(&e1, &[InterestChange::Remove(k.clone())]).await.expect("ok");
+        r.update(&e1, &[InterestChange::Remove(k.clone())])
+            .await
+            .expect("ok");
         assert_eq!(r.edges_for(&k).await.expect("ok"), vec![e2]);
     }
 }

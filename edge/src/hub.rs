@@ -20,7 +20,7 @@ use herald_core::codes::CloseCode;
 use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use herald_core::proto::v1::ConnectionInfo;
-use herald_core::registry::InterestKey;
+use herald_core::registry::{InterestChange, InterestKey};
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -38,6 +38,8 @@ pub struct HubConfig {
     pub ping_interval: Duration,
     /// Time a ping may go unanswered before the connection is closed.
     pub pong_timeout: Duration,
+    /// Clock skew tolerated on token expiry (the same leeway the connect check allows).
+    pub token_leeway: Duration,
 }
 
 /// Why and how a connection is being closed by the server.
@@ -71,7 +73,7 @@ struct Conn {
     number: u64,
     project: ProjectId,
     user: UserId,
-    groups: Vec<GroupId>,
+    groups: Box<[GroupId]>,
     remote: SocketAddr,
     since_unix_ms: i64,
     expires_unix: u64,
@@ -86,61 +88,96 @@ struct Conn {
 #[derive(Default)]
 struct Shard {
     conns: Slab<Conn>,
-    groups: HashMap<ProjectId, HashMap<GroupId, Vec<u32>>>,
-    users: HashMap<ProjectId, HashMap<UserId, Vec<u32>>>,
+    groups: Index<GroupId>,
+    users: Index<UserId>,
 }
 
-fn index_add<K: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<ProjectId, HashMap<K, Vec<u32>>>,
-    project: &ProjectId,
-    key: &K,
-    slot: u32,
-) -> K {
-    let inner = map.entry(project.clone()).or_default();
-    // Reuse the key already in the map, so connections share one copy of each name.
-    let (k, slots) = inner.entry(key.clone()).or_default_kv();
-    slots.push(slot);
-    k
+/// The slots of one key in a shard: most users have one device, so one needs no allocation.
+#[derive(Debug)]
+enum Slots {
+    One(u32),
+    Many(Vec<u32>),
 }
 
-trait EntryExt<'a, K, V> {
-    fn or_default_kv(self) -> (K, &'a mut V);
-}
-
-impl<'a, K: Clone, V: Default> EntryExt<'a, K, V> for std::collections::hash_map::Entry<'a, K, V> {
-    fn or_default_kv(self) -> (K, &'a mut V) {
+impl Slots {
+    fn push(&mut self, slot: u32) {
         match self {
-            std::collections::hash_map::Entry::Occupied(o) => {
-                let k = o.key().clone();
-                (k, o.into_mut())
+            Slots::One(first) => *self = Slots::Many(vec![*first, slot]),
+            Slots::Many(v) => v.push(slot),
+        }
+    }
+
+    /// Removes `slot`; returns whether none is left.
+    fn remove(&mut self, slot: u32) -> bool {
+        match self {
+            Slots::One(s) => *s == slot,
+            Slots::Many(v) => {
+                if let Some(i) = v.iter().position(|s| *s == slot) {
+                    v.swap_remove(i);
+                }
+                match v.as_slice() {
+                    [] => true,
+                    [only] => {
+                        *self = Slots::One(*only);
+                        false
+                    }
+                    _ => false,
+                }
             }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let k = v.key().clone();
-                (k, v.insert(V::default()))
-            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Slots::One(s) => std::slice::from_ref(s),
+            Slots::Many(v) => v,
         }
     }
 }
 
-fn index_remove<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<ProjectId, HashMap<K, Vec<u32>>>,
+type Index<K> = HashMap<ProjectId, HashMap<K, Slots>>;
+
+/// Adds `slot` under `key`; returns the map's copy of the key (so connections share one copy of
+/// each name) and whether the key is new in this shard.
+fn index_add<K: std::hash::Hash + Eq + Clone>(
+    map: &mut Index<K>,
     project: &ProjectId,
     key: &K,
     slot: u32,
-) {
-    if let Some(inner) = map.get_mut(project) {
-        if let Some(slots) = inner.get_mut(key) {
-            if let Some(i) = slots.iter().position(|s| *s == slot) {
-                slots.swap_remove(i);
-            }
-            if slots.is_empty() {
-                inner.remove(key);
-            }
+) -> (K, bool) {
+    use std::collections::hash_map::Entry;
+    let inner = map.entry(project.clone()).or_default();
+    match inner.entry(key.clone()) {
+        Entry::Occupied(mut o) => {
+            o.get_mut().push(slot);
+            (o.key().clone(), false)
         }
-        if inner.is_empty() {
-            map.remove(project);
+        Entry::Vacant(v) => {
+            let k = v.key().clone();
+            v.insert(Slots::One(slot));
+            (k, true)
         }
     }
+}
+
+/// Removes `slot` from `key`; returns whether the key left this shard.
+fn index_remove<K: std::hash::Hash + Eq>(
+    map: &mut Index<K>,
+    project: &ProjectId,
+    key: &K,
+    slot: u32,
+) -> bool {
+    let Some(inner) = map.get_mut(project) else {
+        return false;
+    };
+    let gone = inner.get_mut(key).is_some_and(|slots| slots.remove(slot));
+    if gone {
+        inner.remove(key);
+    }
+    if inner.is_empty() {
+        map.remove(project);
+    }
+    gone
 }
 
 /// The hub of one edge.
@@ -212,35 +249,51 @@ impl Hub {
         format!("{}-{number}", self.edge)
     }
 
+    /// The shard of a user: all devices of a user share one, so a user message locks one shard
+    /// and the shard's index alone knows when a user arrives on or leaves this edge.
+    fn user_shard(&self, project: &str, user: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        project.hash(&mut h);
+        user.hash(&mut h);
+        (h.finish() % self.shards.len() as u64) as usize
+    }
+
     /// Registers an authenticated connection; resolves once the registry holds its interest.
     pub async fn insert(&self, c: NewConn) -> ConnHandle {
         let number = self.next_number.fetch_add(1, Ordering::Relaxed);
-        let shard_ix = (number % self.shards.len() as u64) as u32;
-        let keys: Vec<InterestKey> =
-            std::iter::once(InterestKey::User(c.project.clone(), c.user.clone()))
-                .chain(
-                    c.groups
-                        .iter()
-                        .map(|g| InterestKey::Group(c.project.clone(), g.clone())),
-                )
-                .collect();
-        let slot = {
-            let mut shard = self.shards[shard_ix as usize].lock();
+        let shard_ix = self.user_shard(c.project.as_str(), c.user.as_str());
+        let (slot, registered) = {
+            let mut shard = self.shards[shard_ix].lock();
             let shard = &mut *shard;
             let entry = shard.conns.vacant_entry();
             let slot = entry.key() as u32;
-            let user = index_add(&mut shard.users, &c.project, &c.user, slot);
-            let mut groups = Vec::with_capacity(c.groups.len());
+            let (user, first) = index_add(&mut shard.users, &c.project, &c.user, slot);
+            let mut groups: Vec<GroupId> = Vec::with_capacity(c.groups.len());
             for g in &c.groups {
                 if !groups.contains(g) {
-                    groups.push(index_add(&mut shard.groups, &c.project, g, slot));
+                    groups.push(index_add(&mut shard.groups, &c.project, g, slot).0);
                 }
             }
+            let changes = if first {
+                vec![InterestChange::Add(InterestKey::User(
+                    c.project.clone(),
+                    user.clone(),
+                ))]
+            } else {
+                Vec::new()
+            };
+            let registered = self.interest.add(
+                changes,
+                groups
+                    .iter()
+                    .map(|g| InterestKey::Group(c.project.clone(), g.clone())),
+            );
             entry.insert(Conn {
                 number,
                 project: c.project,
                 user,
-                groups,
+                groups: groups.into_boxed_slice(),
                 remote: c.remote,
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
@@ -251,12 +304,12 @@ impl Hub {
                 last_seen: self.now(),
                 ping_sent_at: None,
             });
-            slot
+            (slot, registered)
         };
         metrics::gauge!("herald_edge_connections").increment(1.0);
-        self.interest.add(keys).await;
+        let _ = registered.await;
         ConnHandle {
-            shard: shard_ix,
+            shard: shard_ix as u32,
             slot,
             number,
         }
@@ -264,7 +317,7 @@ impl Hub {
 
     /// Removes a connection and its interest.
     pub fn remove(&self, h: ConnHandle) {
-        let conn = {
+        {
             let mut shard = self.shards[h.shard as usize].lock();
             let shard = &mut *shard;
             if shard
@@ -275,19 +328,24 @@ impl Hub {
                 return;
             }
             let conn = shard.conns.remove(h.slot as usize);
-            index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
-            for g in &conn.groups {
+            let mut changes = Vec::new();
+            if index_remove(&mut shard.users, &conn.project, &conn.user, h.slot) {
+                changes.push(InterestChange::Remove(InterestKey::User(
+                    conn.project.clone(),
+                    conn.user.clone(),
+                )));
+            }
+            for g in conn.groups.iter() {
                 index_remove(&mut shard.groups, &conn.project, g, h.slot);
             }
-            conn
-        };
+            self.interest.remove(
+                changes,
+                conn.groups
+                    .iter()
+                    .map(|g| InterestKey::Group(conn.project.clone(), g.clone())),
+            );
+        }
         metrics::gauge!("herald_edge_connections").decrement(1.0);
-        let keys = std::iter::once(InterestKey::User(conn.project.clone(), conn.user)).chain(
-            conn.groups
-                .into_iter()
-                .map(|g| InterestKey::Group(conn.project.clone(), g)),
-        );
-        self.interest.remove(keys);
     }
 
     fn with_conn<R>(&self, h: ConnHandle, f: impl FnOnce(&mut Shard, u32) -> R) -> Option<R> {
@@ -305,53 +363,52 @@ impl Hub {
 
     /// Joins a group; resolves once the registry holds the interest.
     pub async fn join(&self, h: ConnHandle, group: GroupId, max_groups: usize) -> JoinOutcome {
-        let added = self.with_conn(h, |shard, slot| {
+        let outcome = self.with_conn(h, |shard, slot| {
             let conn = &shard.conns[slot as usize];
             if conn.groups.contains(&group) {
-                return Ok(None);
+                // Already a member: wait behind any pending write of that interest.
+                return Ok(self.interest.add(Vec::new(), []));
             }
             if conn.groups.len() >= max_groups {
                 return Err(());
             }
             let project = conn.project.clone();
-            let g = index_add(&mut shard.groups, &project, &group, slot);
-            shard.conns[slot as usize].groups.push(g);
-            Ok(Some(project))
+            let (g, _) = index_add(&mut shard.groups, &project, &group, slot);
+            let conn = &mut shard.conns[slot as usize];
+            let mut groups = std::mem::take(&mut conn.groups).into_vec();
+            groups.push(g);
+            conn.groups = groups.into_boxed_slice();
+            Ok(self
+                .interest
+                .add(Vec::new(), [InterestKey::Group(project, group)]))
         });
-        match added {
+        match outcome {
             Some(Err(())) => JoinOutcome::TooMany,
-            Some(Ok(Some(project))) => {
-                self.interest
-                    .add([InterestKey::Group(project, group)])
-                    .await;
+            Some(Ok(registered)) => {
+                let _ = registered.await;
                 JoinOutcome::Joined
             }
-            // Already a member (or gone): wait behind any pending write of that interest.
-            _ => {
-                self.interest.add([]).await;
-                JoinOutcome::Joined
-            }
+            None => JoinOutcome::Joined,
         }
     }
 
     /// Leaves a group. Returns whether the connection was in it.
     pub fn leave(&self, h: ConnHandle, group: &GroupId) -> bool {
-        let removed = self.with_conn(h, |shard, slot| {
+        self.with_conn(h, |shard, slot| {
             let conn = &mut shard.conns[slot as usize];
-            let i = conn.groups.iter().position(|g| g == group)?;
-            conn.groups.swap_remove(i);
+            let Some(i) = conn.groups.iter().position(|g| g == group) else {
+                return false;
+            };
+            let mut groups = std::mem::take(&mut conn.groups).into_vec();
+            groups.swap_remove(i);
+            conn.groups = groups.into_boxed_slice();
             let project = conn.project.clone();
             index_remove(&mut shard.groups, &project, group, slot);
-            Some(project)
-        });
-        match removed.flatten() {
-            Some(project) => {
-                self.interest
-                    .remove([InterestKey::Group(project, group.clone())]);
-                true
-            }
-            None => false,
-        }
+            self.interest
+                .remove(Vec::new(), [InterestKey::Group(project, group.clone())]);
+            true
+        })
+        .unwrap_or(false)
     }
 
     /// Records activity from the client (any frame read): it is alive.
@@ -416,39 +473,45 @@ impl Hub {
             return;
         };
         let kind = env.kind();
+        if kind == TargetKind::Unspecified {
+            return;
+        }
         let frame = message_frame(env);
         let max = self.cfg.max_queued_bytes;
         let mut delivered = 0u64;
-        for shard in self.shards.iter() {
+        let shards = match kind {
+            TargetKind::User => {
+                let i = self.user_shard(&env.project, &env.name);
+                &self.shards[i..=i]
+            }
+            _ => &self.shards[..],
+        };
+        for shard in shards {
             let mut shard = shard.lock();
             let shard = &mut *shard;
-            match kind {
-                TargetKind::Broadcast => {
-                    for (_, c) in shard.conns.iter_mut() {
-                        if c.project == project {
-                            delivered += push(c, &frame, max) as u64;
-                        }
+            if kind == TargetKind::Broadcast {
+                for (_, c) in shard.conns.iter_mut() {
+                    if c.project == project {
+                        delivered += push(c, &frame, max) as u64;
                     }
                 }
-                TargetKind::Group | TargetKind::User => {
-                    let slots = if kind == TargetKind::Group {
-                        shard
-                            .groups
-                            .get(&project)
-                            .and_then(|m| m.get(env.name.as_str()))
-                    } else {
-                        shard
-                            .users
-                            .get(&project)
-                            .and_then(|m| m.get(env.name.as_str()))
-                    };
-                    for slot in slots.into_iter().flatten() {
-                        if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                            delivered += push(c, &frame, max) as u64;
-                        }
-                    }
+                continue;
+            }
+            let slots = if kind == TargetKind::Group {
+                shard
+                    .groups
+                    .get(&project)
+                    .and_then(|m| m.get(env.name.as_str()))
+            } else {
+                shard
+                    .users
+                    .get(&project)
+                    .and_then(|m| m.get(env.name.as_str()))
+            };
+            for slot in slots.map(Slots::as_slice).unwrap_or_default() {
+                if let Some(c) = shard.conns.get_mut(*slot as usize) {
+                    delivered += push(c, &frame, max) as u64;
                 }
-                TargetKind::Unspecified => return,
             }
         }
         metrics::counter!("herald_edge_deliveries_total").increment(delivered);
@@ -531,7 +594,7 @@ impl Hub {
                         ListOf::User(u) => shard.users.get(project).and_then(|m| m.get(u)),
                         ListOf::Group(g) => shard.groups.get(project).and_then(|m| m.get(g)),
                     };
-                    for slot in slots.into_iter().flatten() {
+                    for slot in slots.map(Slots::as_slice).unwrap_or_default() {
                         if let Some(c) = shard.conns.get(*slot as usize) {
                             out.push(ConnectionInfo {
                                 id: self.connection_id(c.number),
@@ -560,10 +623,11 @@ impl Hub {
                         self.close_where(closing, |c| c.project == *project && c.user == *u)
                     }
                     DisconnectWho::Connection(id) => {
+                        // Only the canonical form `<edge>-<number>` names a connection.
                         let number = id
                             .strip_prefix(self.edge.as_str())
                             .and_then(|rest| rest.strip_prefix('-'))
-                            .and_then(|n| n.parse::<u64>().ok());
+                            .and_then(|n| n.parse::<u64>().ok().filter(|v| v.to_string() == n));
                         match number {
                             Some(number) => self.close_where(closing, |c| {
                                 c.project == *project && c.number == number
@@ -581,7 +645,7 @@ impl Hub {
     pub fn tick(&self) {
         let now = self.started.elapsed().as_secs() as u32;
         self.clock.store(now, Ordering::Relaxed);
-        let now_unix = unix_now().as_secs();
+        let now_unix = unix_now().saturating_sub(self.cfg.token_leeway).as_secs();
         let ping_every = self.cfg.ping_interval.as_secs().max(1) as u32;
         let pong_within = self.cfg.pong_timeout.as_secs().max(1) as u32;
         let ping = ping_frame();

@@ -15,8 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 type Batch = (Vec<InterestChange>, Option<oneshot::Sender<()>>);
 
 /// This edge's interest, mirrored into the registry.
+///
+/// User keys need no count here: all devices of a user live in one hub shard, whose index tells
+/// when the first arrives and the last leaves; the shard reports those changes under its lock.
+/// Group members spread over shards, so groups are counted here.
 pub struct Interest {
-    counts: Mutex<HashMap<InterestKey, u32>>,
+    group_counts: Mutex<HashMap<InterestKey, u32>>,
     tx: mpsc::UnboundedSender<Batch>,
 }
 
@@ -26,36 +30,42 @@ impl Interest {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(edge, registry, rx));
         Arc::new(Self {
-            counts: Mutex::new(HashMap::new()),
+            group_counts: Mutex::new(HashMap::new()),
             tx,
         })
     }
 
-    /// Adds one reference to each key; resolves once the registry holds them all.
-    pub async fn add(&self, keys: impl IntoIterator<Item = InterestKey>) {
+    /// Queues `changes` plus one reference to each group key; returns a receiver that resolves
+    /// once the registry holds them all. Call it under the lock that decided `changes`, so
+    /// changes of one key are queued in the order they happened.
+    pub fn add(
+        &self,
+        mut changes: Vec<InterestChange>,
+        groups: impl IntoIterator<Item = InterestKey>,
+    ) -> oneshot::Receiver<()> {
         let (done, wait) = oneshot::channel();
-        {
-            let mut counts = self.counts.lock();
-            let mut changes = Vec::new();
-            for key in keys {
-                let n = counts.entry(key.clone()).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    changes.push(InterestChange::Add(key));
-                }
+        let mut counts = self.group_counts.lock();
+        for key in groups {
+            let n = counts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                changes.push(InterestChange::Add(key));
             }
-            // Sent under the lock so the writer sees changes in the order counts moved; an empty
-            // batch is a barrier behind any pending write of the same keys.
-            let _ = self.tx.send((changes, Some(done)));
         }
-        let _ = wait.await;
+        // Sent under the lock so the writer sees changes in the order counts moved; an empty
+        // batch is a barrier behind any pending write of the same keys.
+        let _ = self.tx.send((changes, Some(done)));
+        wait
     }
 
-    /// Drops one reference to each key; does not wait for the registry.
-    pub fn remove(&self, keys: impl IntoIterator<Item = InterestKey>) {
-        let mut counts = self.counts.lock();
-        let mut changes = Vec::new();
-        for key in keys {
+    /// Queues `changes` plus dropping one reference to each group key; does not wait.
+    pub fn remove(
+        &self,
+        mut changes: Vec<InterestChange>,
+        groups: impl IntoIterator<Item = InterestKey>,
+    ) {
+        let mut counts = self.group_counts.lock();
+        for key in groups {
             if let Some(n) = counts.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
@@ -67,6 +77,11 @@ impl Interest {
         if !changes.is_empty() {
             let _ = self.tx.send((changes, None));
         }
+    }
+
+    /// Whether this edge holds a member of a group.
+    pub fn has_group(&self, key: &InterestKey) -> bool {
+        self.group_counts.lock().contains_key(key)
     }
 }
 

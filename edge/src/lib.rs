@@ -118,6 +118,7 @@ impl Edge {
                 max_queued_bytes: cfg.max_queued_bytes,
                 ping_interval: Duration::from_secs(cfg.ping_interval_secs),
                 pong_timeout: Duration::from_secs(cfg.pong_timeout_secs),
+                token_leeway: Duration::from_secs(cfg.token_leeway_secs),
             },
             interest,
         );

@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{
-    Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest,
-    PublishRequest, Resolution, Target, disconnect_request, list_connections_request, target,
+    Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PublishRequest,
+    Resolution, Target, disconnect_request, list_connections_request, target,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -135,7 +135,11 @@ pub struct DisconnectOpts {
     #[arg(long, short)]
     project: String,
     /// Every connection of this user.
-    #[arg(long, conflicts_with = "connection", required_unless_present = "connection")]
+    #[arg(
+        long,
+        conflicts_with = "connection",
+        required_unless_present = "connection"
+    )]
     user: Option<String>,
     /// One connection, by id.
     #[arg(long)]
@@ -231,15 +235,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .publish(PublishRequest {
                     project: o.project,
                     target: Some(Target { kind: Some(kind) }),
-                    payload: o.data.into_bytes().into(),
+                    payload: o.data.into_bytes(),
                     event: o.event,
                     idempotency_key: o.idempotency_key,
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            let resolution = Resolution::try_from(reply.resolution)
-                .map_or("unknown", |r| r.as_str_name());
+            let resolution =
+                Resolution::try_from(reply.resolution).map_or("unknown", |r| r.as_str_name());
             println!(
                 "message {} {} (edges: {})",
                 reply.message_id, resolution, reply.edges
@@ -312,6 +316,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 fn warn_missing(edges: &[String]) {
     if !edges.is_empty() {
-        eprintln!("warning: these edges did not answer in time: {}", edges.join(", "));
+        eprintln!(
+            "warning: these edges did not answer in time: {}",
+            edges.join(", ")
+        );
     }
 }

@@ -21,7 +21,9 @@ use crate::cli::ServeOpts;
 use crate::config::{self, Config, ConfigErrors, Overrides};
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 fn dev_project() -> ProjectConfig {
@@ -81,7 +83,13 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
 
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let edge = Edge::bind(cfg.edge.clone(), auth.clone(), registry.clone(), bus.clone()).await?;
+    let edge = Edge::bind(
+        cfg.edge.clone(),
+        auth.clone(),
+        registry.clone(),
+        bus.clone(),
+    )
+    .await?;
     let router = Router::bind(cfg.router.clone(), api.clone(), registry, bus).await?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
@@ -99,7 +107,14 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(true));
-    tokio::spawn(signals(cancel.clone(), ready.clone(), file, overrides, auth, api));
+    tokio::spawn(signals(
+        cancel.clone(),
+        ready.clone(),
+        file,
+        overrides,
+        auth,
+        api,
+    ));
 
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -165,8 +180,14 @@ fn reload(
 }
 
 fn print_dev_guide(cfg: &Config, ws: std::net::SocketAddr, grpc: std::net::SocketAddr) {
-    let Some(p) = cfg.projects.first() else { return };
-    let secret = p.keys.first().and_then(|k| k.secret.clone()).unwrap_or_default();
+    let Some(p) = cfg.projects.first() else {
+        return;
+    };
+    let secret = p
+        .keys
+        .first()
+        .and_then(|k| k.secret.clone())
+        .unwrap_or_default();
     let api_key = p.api_keys.first().cloned().unwrap_or_default();
     let now = jsonwebtoken::get_current_timestamp();
     let claims = serde_json::json!({
@@ -180,8 +201,16 @@ fn print_dev_guide(cfg: &Config, ws: std::net::SocketAddr, grpc: std::net::Socke
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap_or_default();
-    let host = if ws.ip().is_unspecified() { "127.0.0.1".to_string() } else { ws.ip().to_string() };
-    let grpc_host = if grpc.ip().is_unspecified() { "127.0.0.1".to_string() } else { grpc.ip().to_string() };
+    let host = if ws.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        ws.ip().to_string()
+    };
+    let grpc_host = if grpc.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        grpc.ip().to_string()
+    };
     println!(
         r#"
 Development project "{project}" (keys are new at every start; do not use in production).

@@ -23,7 +23,11 @@ public_key_file = "/nonexistent/es256.pem"
 "#,
     )
     .expect("write");
-    let out = herald().args(["serve", "--config"]).arg(&cfg).output().expect("run");
+    let out = herald()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/es256.pem"), "{err}");
@@ -33,14 +37,21 @@ public_key_file = "/nonexistent/es256.pem"
 
 #[test]
 fn missing_config_file_and_unknown_settings_are_named() {
-    let out = herald().args(["serve", "--config", "/nonexistent/herald.toml"]).output().expect("run");
+    let out = herald()
+        .args(["serve", "--config", "/nonexistent/herald.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/herald.toml"));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("h.toml");
     std::fs::write(&cfg, "[edge]\nlisten_port = 1\n").expect("write");
-    let out = herald().args(["serve", "--config"]).arg(&cfg).output().expect("run");
+    let out = herald()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
 }
@@ -48,7 +59,17 @@ fn missing_config_file_and_unknown_settings_are_named() {
 #[test]
 fn token_command_signs_a_verifiable_token() {
     let out = herald()
-        .args(["token", "--secret", "0123456789abcdef0123456789abcdef", "-p", "demo", "--sub", "alice", "--groups", "a,b"])
+        .args([
+            "token",
+            "--secret",
+            "0123456789abcdef0123456789abcdef",
+            "-p",
+            "demo",
+            "--sub",
+            "alice",
+            "--groups",
+            "a,b",
+        ])
         .output()
         .expect("run");
     assert!(out.status.success());

@@ -47,7 +47,9 @@ impl RouterConfig {
         }
         for (i, k) in self.admin_api_keys.iter().enumerate() {
             if k.len() < 16 {
-                p.push(format!("router.admin_api_keys[{i}]: shorter than 16 characters"));
+                p.push(format!(
+                    "router.admin_api_keys[{i}]: shorter than 16 characters"
+                ));
             }
         }
         p

@@ -75,9 +75,7 @@ impl Router {
     /// Serves until `cancel` fires, then finishes calls in flight.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), RouterError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<HeraldServer<RouterService>>()
-            .await;
+        health.set_serving::<HeraldServer<RouterService>>().await;
         let max = self.service.max_message_bytes();
         let herald = HeraldServer::new(self.service)
             .max_decoding_message_size(max)

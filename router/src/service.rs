@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt as _;
 use herald_core::bus::{
-    Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho,
-    ListOf,
+    Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho, ListOf,
 };
 use herald_core::ids::{GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
@@ -62,8 +61,7 @@ fn invalid(field: &str, e: impl std::fmt::Display) -> Status {
 
 fn valid_event(e: &str) -> bool {
     e.len() <= 64
-        && e
-            .bytes()
+        && e.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
@@ -106,22 +104,33 @@ impl RouterService {
         Ok(id)
     }
 
-    async fn publish_one(&self, scope: &Scope, req: PublishRequest) -> Result<PublishReply, Status> {
+    async fn publish_one(
+        &self,
+        scope: &Scope,
+        req: PublishRequest,
+    ) -> Result<PublishReply, Status> {
         let inner = &self.inner;
         let project = self.project(scope, &req.project)?;
-        let target = req
-            .target
-            .and_then(|t| t.kind)
-            .ok_or_else(|| Status::invalid_argument("target: required (broadcast, group or user)"))?;
+        let target = req.target.and_then(|t| t.kind).ok_or_else(|| {
+            Status::invalid_argument("target: required (broadcast, group or user)")
+        })?;
         let (kind, name, key) = match target {
             target::Kind::Broadcast(_) => (TargetKind::Broadcast, String::new(), None),
             target::Kind::Group(g) => {
                 let id = GroupId::new(&g).map_err(|e| invalid("target.group", e))?;
-                (TargetKind::Group, g, Some(InterestKey::Group(project.clone(), id)))
+                (
+                    TargetKind::Group,
+                    g,
+                    Some(InterestKey::Group(project.clone(), id)),
+                )
             }
             target::Kind::User(u) => {
                 let id = UserId::new(&u).map_err(|e| invalid("target.user", e))?;
-                (TargetKind::User, u, Some(InterestKey::User(project.clone(), id)))
+                (
+                    TargetKind::User,
+                    u,
+                    Some(InterestKey::User(project.clone(), id)),
+                )
             }
         };
         if req.payload.len() > inner.cfg.max_payload_bytes {
@@ -172,29 +181,18 @@ impl RouterService {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64),
         };
-        let edges = match &key {
-            None => {
-                let edges = inner.registry.live_edges().await.map_err(registry_status)?;
-                inner
-                    .bus
-                    .publish(Destination::Broadcast(&project), &envelope)
-                    .await
-                    .map_err(bus_status)?;
-                edges.len() as u32
-            }
-            Some(key) => {
-                let edges = inner.registry.edges_for(key).await.map_err(registry_status)?;
-                let mut sent = 0;
-                for edge in &edges {
-                    match inner.bus.publish(Destination::Edge(edge), &envelope).await {
-                        Ok(()) => sent += 1,
-                        Err(BusError::UnknownEdge(e)) => {
-                            tracing::debug!(edge = %e, "registry named an edge the bus does not know");
-                        }
-                        Err(e) => return Err(bus_status(e)),
-                    }
+        let handed = self.hand_off(&project, key.as_ref(), &envelope).await;
+        let edges = match handed {
+            Ok(edges) => edges,
+            Err(status) => {
+                if !req.idempotency_key.is_empty() {
+                    // Not handed on: the publisher's retry must not count as a repeat.
+                    let _ = inner
+                        .registry
+                        .release_idempotency_key(&project, &req.idempotency_key)
+                        .await;
                 }
-                sent
+                return Err(status);
             }
         };
         let resolution = if edges == 0 && key.is_some() {
@@ -211,9 +209,53 @@ impl RouterService {
         })
     }
 
+    /// Resolves the target and hands the envelope to every edge that must receive it; returns
+    /// the number of edges.
+    async fn hand_off(
+        &self,
+        project: &ProjectId,
+        key: Option<&InterestKey>,
+        envelope: &Envelope,
+    ) -> Result<u32, Status> {
+        let inner = &self.inner;
+        match key {
+            None => {
+                let edges = inner.registry.live_edges().await.map_err(registry_status)?;
+                inner
+                    .bus
+                    .publish(Destination::Broadcast(project), envelope)
+                    .await
+                    .map_err(bus_status)?;
+                Ok(edges.len() as u32)
+            }
+            Some(key) => {
+                let edges = inner
+                    .registry
+                    .edges_for(key)
+                    .await
+                    .map_err(registry_status)?;
+                let mut sent = 0;
+                for edge in &edges {
+                    match inner.bus.publish(Destination::Edge(edge), envelope).await {
+                        Ok(()) => sent += 1,
+                        Err(BusError::UnknownEdge(e)) => {
+                            tracing::debug!(edge = %e, "registry named an edge the bus does not know");
+                        }
+                        Err(e) => return Err(bus_status(e)),
+                    }
+                }
+                Ok(sent)
+            }
+        }
+    }
+
     async fn control(&self, req: ControlRequest) -> Result<ControlOutcome, Status> {
         let deadline = Duration::from_millis(self.inner.cfg.control_timeout_ms);
-        self.inner.bus.control(&req, deadline).await.map_err(bus_status)
+        self.inner
+            .bus
+            .control(&req, deadline)
+            .await
+            .map_err(bus_status)
     }
 }
 
@@ -253,7 +295,9 @@ impl Herald for RouterService {
                     Some(next) => next,
                     None => {
                         if !acks.is_empty() {
-                            let batch = PublishStreamReply { acks: std::mem::take(&mut acks) };
+                            let batch = PublishStreamReply {
+                                acks: std::mem::take(&mut acks),
+                            };
                             if tx.send(Ok(batch)).await.is_err() {
                                 return;
                             }
@@ -269,7 +313,11 @@ impl Herald for RouterService {
                             Some(msg) => this.publish_one(&scope, msg).await,
                         };
                         acks.push(match ack {
-                            Ok(reply) => PublishAck { request_id, reply: Some(reply), ..Default::default() },
+                            Ok(reply) => PublishAck {
+                                request_id,
+                                reply: Some(reply),
+                                ..Default::default()
+                            },
                             Err(s) => PublishAck {
                                 request_id,
                                 reply: None,
@@ -278,7 +326,9 @@ impl Herald for RouterService {
                             },
                         });
                         if acks.len() >= MAX_ACK_BATCH {
-                            let batch = PublishStreamReply { acks: std::mem::take(&mut acks) };
+                            let batch = PublishStreamReply {
+                                acks: std::mem::take(&mut acks),
+                            };
                             if tx.send(Ok(batch)).await.is_err() {
                                 return;
                             }
@@ -307,7 +357,11 @@ impl Herald for RouterService {
             (Scope::Project(p), true) => Some(self.project(&scope, &p.clone())?),
             (_, false) => Some(self.project(&scope, &req.project)?),
         };
-        let outcome = self.control(ControlRequest::Count { project: project.clone() }).await?;
+        let outcome = self
+            .control(ControlRequest::Count {
+                project: project.clone(),
+            })
+            .await?;
         let mut connections: HashMap<String, u64> = HashMap::new();
         match &project {
             Some(p) => {
@@ -346,7 +400,11 @@ impl Herald for RouterService {
             Some(list_connections_request::Of::Group(g)) => {
                 ListOf::Group(GroupId::new(&g).map_err(|e| invalid("group", e))?)
             }
-            None => return Err(Status::invalid_argument("of: a user or a group is required")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "of: a user or a group is required",
+                ));
+            }
         };
         let outcome = self.control(ControlRequest::List { project, of }).await?;
         let mut connections = Vec::new();

@@ -19,10 +19,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -48,7 +48,13 @@ pub fn herald_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target directory");
     let bin = dir.join("herald");
     assert!(
@@ -117,7 +123,10 @@ impl HeraldBuilder {
         let parsed: toml::Table = toml_text.parse().expect("projects toml");
         self.config.insert(
             "projects".into(),
-            parsed.get("projects").cloned().expect("[[projects]] tables"),
+            parsed
+                .get("projects")
+                .cloned()
+                .expect("[[projects]] tables"),
         );
         self
     }
@@ -134,14 +143,18 @@ impl HeraldBuilder {
     pub async fn start(self) -> Herald {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("herald.toml");
-        std::fs::write(&config_path, toml::to_string(&self.config).expect("toml")).expect("write config");
+        std::fs::write(&config_path, toml::to_string(&self.config).expect("toml"))
+            .expect("write config");
         let mut child = Command::new(herald_bin())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
             .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             // The sandbox's own variables: the server reads every `HERALD_*` as configuration.
             .env_remove("HERALD_BIN")
             .env_remove("HERALD_TEST_LOG")
@@ -208,9 +221,8 @@ pub struct Herald {
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// A gRPC client with an API key.
-pub type Grpc = HeraldClient<
-    tonic::service::interceptor::InterceptedService<Channel, ApiKeyInterceptor>,
->;
+pub type Grpc =
+    HeraldClient<tonic::service::interceptor::InterceptedService<Channel, ApiKeyInterceptor>>;
 
 /// Adds an `authorization` header to every call.
 #[derive(Clone)]
@@ -228,7 +240,11 @@ impl tonic::service::Interceptor for ApiKeyInterceptor {
 impl Herald {
     /// The URL of a project's endpoint, with an optional query.
     pub fn url(&self, project: &str, query: &str) -> String {
-        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         format!("ws://{}/ws/{project}{q}", self.ws)
     }
 
@@ -245,7 +261,9 @@ impl Herald {
                 v.parse().expect("header value"),
             );
         }
-        let tcp = TcpStream::connect(self.ws).await.map_err(tungstenite::Error::Io)?;
+        let tcp = TcpStream::connect(self.ws)
+            .await
+            .map_err(tungstenite::Error::Io)?;
         tokio_tungstenite::client_async(req, tcp).await
     }
 
@@ -326,7 +344,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -339,7 +360,10 @@ pub struct Client {
 impl Client {
     /// Sends a JSON text frame.
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     /// The next text frame as JSON (control frames skipped); fails on close or timeout.
@@ -370,7 +394,8 @@ impl Client {
 
     /// Subscribes and returns the answer (`ack` or `error`).
     pub async fn subscribe(&mut self, id: u64, group: &str) -> Value {
-        self.send_json(json!({"type":"subscribe","id":id,"group":group})).await;
+        self.send_json(json!({"type":"subscribe","id":id,"group":group}))
+            .await;
         self.next_json().await
     }
 
@@ -423,13 +448,21 @@ pub fn claims(project: &str, sub: &str) -> Value {
 pub fn hs256(secret: &str, kid: Option<&str>, claims: &Value) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = kid.map(String::from);
-    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .expect("sign")
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
 }
 
 /// A token of the default sandbox: `alpha` or `beta`, for `sub`.
 pub fn token(project: &str, sub: &str) -> String {
-    let secret = if project == "beta" { BETA_SECRET } else { ALPHA_SECRET };
+    let secret = if project == "beta" {
+        BETA_SECRET
+    } else {
+        ALPHA_SECRET
+    };
     hs256(secret, None, &claims(project, sub))
 }
 
@@ -437,9 +470,18 @@ pub fn token(project: &str, sub: &str) -> String {
 pub fn signed(alg: &str, kid: &str, claims: &Value) -> String {
     let pem = std::fs::read(keys_dir().join(format!("{alg}-private.pem"))).expect("key");
     let (a, key) = match alg {
-        "es256" => (jsonwebtoken::Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem)),
-        "rs256" => (jsonwebtoken::Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem)),
-        "eddsa" => (jsonwebtoken::Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_pem(&pem)),
+        "es256" => (
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        ),
+        "rs256" => (
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        ),
+        "eddsa" => (
+            jsonwebtoken::Algorithm::EdDSA,
+            jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+        ),
         _ => panic!("unknown test key {alg}"),
     };
     let mut h = jsonwebtoken::Header::new(a);
@@ -457,7 +499,7 @@ pub fn publish(project: &str, to: To<'_>, payload: &str) -> PublishRequest {
     PublishRequest {
         project: project.into(),
         target: Some(Target { kind: Some(kind) }),
-        payload: payload.as_bytes().to_vec().into(),
+        payload: payload.as_bytes().to_vec(),
         ..Default::default()
     }
 }

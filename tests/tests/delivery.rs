@@ -23,13 +23,24 @@ async fn broadcast_group_and_user_reach_exactly_their_recipients() {
         assert_eq!(m["data"], json!({"n":1}));
     }
 
-    let r = send(&mut grpc, publish("alpha", To::Group("news"), r#""headline""#)).await;
+    let r = send(
+        &mut grpc,
+        publish("alpha", To::Group("news"), r#""headline""#),
+    )
+    .await;
     assert_eq!(r.resolution(), Resolution::Delivered);
     assert_eq!(r.edges, 1);
     let m = alice.next_msg().await;
-    assert_eq!((m["kind"].as_str(), m["group"].as_str(), m["data"].as_str()), (Some("group"), Some("news"), Some("headline")));
+    assert_eq!(
+        (m["kind"].as_str(), m["group"].as_str(), m["data"].as_str()),
+        (Some("group"), Some("news"), Some("headline"))
+    );
 
-    let r = send(&mut grpc, publish("alpha", To::User("bob"), "not json \u{1}")).await;
+    let r = send(
+        &mut grpc,
+        publish("alpha", To::User("bob"), "not json \u{1}"),
+    )
+    .await;
     assert_eq!(r.resolution(), Resolution::Delivered);
     let m = bob.next_msg().await;
     assert_eq!(m["kind"], "user");
@@ -51,10 +62,23 @@ async fn subscribe_joins_a_group_allowed_by_the_channels_claim() {
     let mut c = herald
         .connect("alpha", &hs256(ALPHA_SECRET, None, &json!({"sub":"carol","aud":"alpha","exp":jsonwebtoken::get_current_timestamp()+600,"channels":["sport-*","weather"]})))
         .await;
-    assert_eq!(c.subscribe(1, "sport-f1").await, json!({"type":"ack","id":1}));
-    assert_eq!(c.subscribe(2, "weather").await, json!({"type":"ack","id":2}));
+    assert_eq!(
+        c.subscribe(1, "sport-f1").await,
+        json!({"type":"ack","id":1})
+    );
+    assert_eq!(
+        c.subscribe(2, "weather").await,
+        json!({"type":"ack","id":2})
+    );
     let denied = c.subscribe(3, "news").await;
-    assert_eq!((denied["type"].as_str(), denied["code"].as_u64(), denied["id"].as_u64()), (Some("error"), Some(4403), Some(3)));
+    assert_eq!(
+        (
+            denied["type"].as_str(),
+            denied["code"].as_u64(),
+            denied["id"].as_u64()
+        ),
+        (Some("error"), Some(4403), Some(3))
+    );
     let bad = c.subscribe(4, "a.*").await;
     assert_eq!(bad["code"], 4422);
 
@@ -63,7 +87,8 @@ async fn subscribe_joins_a_group_allowed_by_the_channels_claim() {
     send(&mut grpc, publish("alpha", To::Group("news"), "2")).await;
     c.expect_silence(Duration::from_millis(300)).await;
 
-    c.send_json(json!({"type":"unsubscribe","id":5,"group":"sport-f1"})).await;
+    c.send_json(json!({"type":"unsubscribe","id":5,"group":"sport-f1"}))
+        .await;
     assert_eq!(c.next_json().await, json!({"type":"ack","id":5}));
     let r = send(&mut grpc, publish("alpha", To::Group("sport-f1"), "3")).await;
     assert_eq!(r.resolution(), Resolution::NoRecipients);
@@ -81,7 +106,11 @@ async fn every_device_of_a_user_receives_user_messages() {
     let mut laptop = herald.connect("alpha", &token("alpha", "erin")).await;
     let mut other = herald.connect("alpha", &token("alpha", "frank")).await;
     for i in 0..5 {
-        send(&mut grpc, publish("alpha", To::User("erin"), &i.to_string())).await;
+        send(
+            &mut grpc,
+            publish("alpha", To::User("erin"), &i.to_string()),
+        )
+        .await;
     }
     for dev in [&mut phone, &mut laptop] {
         for i in 0..5 {
@@ -97,11 +126,19 @@ async fn projects_are_isolated_even_with_equal_names() {
     let mut ga = herald.grpc(Some(ALPHA_KEY)).await;
     let mut gb = herald.grpc(Some(BETA_KEY)).await;
     let groups = |p: &str| json!({"sub":"same","aud":p,"exp":jsonwebtoken::get_current_timestamp()+600,"groups":["shared"]});
-    let mut a = herald.connect("alpha", &hs256(ALPHA_SECRET, None, &groups("alpha"))).await;
-    let mut b = herald.connect("beta", &hs256(BETA_SECRET, None, &groups("beta"))).await;
+    let mut a = herald
+        .connect("alpha", &hs256(ALPHA_SECRET, None, &groups("alpha")))
+        .await;
+    let mut b = herald
+        .connect("beta", &hs256(BETA_SECRET, None, &groups("beta")))
+        .await;
 
     send(&mut ga, publish("alpha", To::Broadcast, r#""a-broadcast""#)).await;
-    send(&mut ga, publish("alpha", To::Group("shared"), r#""a-group""#)).await;
+    send(
+        &mut ga,
+        publish("alpha", To::Group("shared"), r#""a-group""#),
+    )
+    .await;
     send(&mut ga, publish("alpha", To::User("same"), r#""a-user""#)).await;
     for want in ["a-broadcast", "a-group", "a-user"] {
         assert_eq!(a.next_msg().await["data"], want);
@@ -114,7 +151,10 @@ async fn projects_are_isolated_even_with_equal_names() {
 
     // A token of alpha never opens a connection to beta, even where the secrets were shared.
     let (ws, _) = herald
-        .open(&herald.url("beta", &format!("token={}", token("alpha", "x"))), &[])
+        .open(
+            &herald.url("beta", &format!("token={}", token("alpha", "x"))),
+            &[],
+        )
         .await
         .expect("upgrade");
     let (code, _, _) = Client { ws }.expect_close().await;
@@ -122,12 +162,21 @@ async fn projects_are_isolated_even_with_equal_names() {
 
     // Hostile ids are refused by the API, never matched as patterns.
     for bad in ["a.*", ">", "*", "sha{red}", "a b"] {
-        let e = ga.publish(publish("alpha", To::Group(bad), "1")).await.expect_err(bad);
+        let e = ga
+            .publish(publish("alpha", To::Group(bad), "1"))
+            .await
+            .expect_err(bad);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
-        let e = ga.publish(publish("alpha", To::User(bad), "1")).await.expect_err(bad);
+        let e = ga
+            .publish(publish("alpha", To::User(bad), "1"))
+            .await
+            .expect_err(bad);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
     }
-    let e = ga.publish(publish("a.*", To::Broadcast, "1")).await.expect_err("bad project");
+    let e = ga
+        .publish(publish("a.*", To::Broadcast, "1"))
+        .await
+        .expect_err("bad project");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
 
@@ -153,9 +202,17 @@ async fn shared_keys_still_pin_the_audience() {
         ))
         .start()
         .await;
-    let (ws, _) = herald.open(&herald.url("beta", &format!("token={}", token("alpha", "x"))), &[]).await.expect("upgrade");
+    let (ws, _) = herald
+        .open(
+            &herald.url("beta", &format!("token={}", token("alpha", "x"))),
+            &[],
+        )
+        .await
+        .expect("upgrade");
     let mut c = Client { ws };
     let (code, reason, _) = c.expect_close().await;
     assert_eq!((code, reason.as_str()), (4003, "forbidden"));
-    herald.connect("beta", &hs256(ALPHA_SECRET, None, &claims("beta", "x"))).await;
+    herald
+        .connect("beta", &hs256(ALPHA_SECRET, None, &claims("beta", "x")))
+        .await;
 }
