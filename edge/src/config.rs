@@ -25,7 +25,7 @@ pub struct EdgeConfig {
     /// Most bytes queued for one connection before it closes as a slow consumer (4008).
     /// Default 1,048,576.
     pub max_queued_bytes: usize,
-    /// Initial read buffer of a connection, in bytes; it grows for larger frames. Default 256.
+    /// Initial read buffer of a connection, in bytes; it grows for larger frames. Default 128.
     pub read_buffer_bytes: usize,
     /// Most groups one connection may be in. Default 256.
     pub max_groups_per_connection: usize,
@@ -55,7 +55,7 @@ impl Default for EdgeConfig {
             pong_timeout_secs: 20,
             max_message_bytes: 65_536,
             max_queued_bytes: 1 << 20,
-            read_buffer_bytes: 256,
+            read_buffer_bytes: 128,
             max_groups_per_connection: 256,
             refuse_before_upgrade: false,
             token_leeway_secs: 5,

@@ -6,7 +6,7 @@
 //! holds the queue and its ticker handles pings and expiry.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -115,9 +115,8 @@ impl WriteQueue {
                 }
             }
         }
-        if self.frames.capacity() > MAX_IOVECS {
-            self.frames = VecDeque::new();
-        }
+        // Idle connections hold no buffer: the next batch brings its own.
+        self.frames = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 
@@ -126,14 +125,81 @@ impl WriteQueue {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    // Boxed so the upgrade's buffers do not stay in every connection's task for its lifetime.
-    let Some(session) = Box::pin(setup(&shared, tcp, remote)).await else {
-        return;
-    };
-    run(&shared, session).await;
+/// A connection's task: a hand-written future of a few words, so every idle connection's tokio
+/// task fits the smallest task cell. Everything else lives in the boxed [`Session`]; the rare
+/// steps that must wait (the upgrade, a client frame, the close) run as boxed futures.
+pub(crate) struct ConnTask {
+    shared: Arc<Shared>,
+    state: TaskState,
+}
+
+type Step = Pin<Box<dyn Future<Output = Option<Box<Session>>> + Send>>;
+
+enum TaskState {
+    /// Waiting for a step; `Some(session)` when it ends means the connection goes on.
+    Busy(Step),
+    /// Reading frames and writing queued ones.
+    Live(Box<Session>),
+    Done,
+}
+
+impl ConnTask {
+    /// A task serving one accepted socket until it closes.
+    pub(crate) fn new(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Self {
+        let _ = tcp.set_nodelay(true);
+        let for_setup = shared.clone();
+        Self {
+            shared,
+            state: TaskState::Busy(Box::pin(
+                async move { setup(&for_setup, tcp, remote).await },
+            )),
+        }
+    }
+}
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                TaskState::Busy(step) => match step.as_mut().poll(cx) {
+                    Poll::Ready(Some(session)) => this.state = TaskState::Live(session),
+                    Poll::Ready(None) => {
+                        this.state = TaskState::Done;
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                TaskState::Live(s) => {
+                    let ev = ready!(poll_conn(
+                        cx,
+                        &this.shared,
+                        s.handle,
+                        &mut s.tcp,
+                        &mut s.ctx,
+                        &mut s.q,
+                        &mut s.ctl
+                    ));
+                    if let Event::Message(m) = &ev {
+                        this.shared.hub.touch(s.handle);
+                        // Pings, pongs and the peer's close are answered by tungstenite.
+                        if !matches!(m, Message::Text(_) | Message::Binary(_)) {
+                            continue;
+                        }
+                    }
+                    let TaskState::Live(session) =
+                        std::mem::replace(&mut this.state, TaskState::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    this.state = TaskState::Busy(Box::pin(step(this.shared.clone(), session, ev)));
+                }
+                TaskState::Done => return Poll::Ready(()),
+            }
+        }
+    }
 }
 
 /// Everything a live connection holds, in one allocation of exactly its size; the task's own
@@ -360,58 +426,45 @@ enum Next {
     Close(CloseCode),
 }
 
-async fn run(shared: &Shared, mut session: Box<Session>) {
+/// Handles one event of a live connection; returns the session when the connection goes on.
+async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box<Session>> {
     let hub = &shared.hub;
-    let s = &mut *session;
     let h = s.handle;
-    let (code, reconnect_after_ms) = loop {
-        let ev =
-            poll_fn(|cx| poll_conn(cx, shared, h, &mut s.tcp, &mut s.ctx, &mut s.q, &mut s.ctl))
-                .await;
-        match ev {
-            Event::Message(m) => {
-                hub.touch(h);
-                // Boxed: client frames are rare, and an idle task should not carry this space.
-                if let Next::Close(code) = Box::pin(on_message(shared, s, m)).await {
-                    break (code, 0);
-                }
-            }
-            Event::Closing(c) => break (c.code, c.reconnect_after_ms),
-            Event::PeerClosed => {
-                s.q.take_ctl(&mut s.ctl);
-                let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-                let _ = Box::pin(timeout(close_timeout, s.q.flush(&mut s.tcp))).await;
-                hub.remove(h);
-                metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
-                return;
-            }
-            Event::ReadError(e) => match e {
-                WsError::Capacity(_) => break (CloseCode::MessageTooBig, 0),
-                WsError::Protocol(_) | WsError::Utf8(_) => break (CloseCode::ProtocolError, 0),
-                _ => {
-                    hub.remove(h);
-                    metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
-                    return;
-                }
-            },
-            Event::WriteError => {
-                hub.remove(h);
-                metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
-                return;
-            }
+    let (code, reconnect_after_ms) = match ev {
+        Event::Message(m) => match on_message(&shared, &mut s, m).await {
+            Next::Continue => return Some(s),
+            Next::Close(code) => (code, 0),
+        },
+        Event::Closing(c) => (c.code, c.reconnect_after_ms),
+        Event::PeerClosed => {
+            s.q.take_ctl(&mut s.ctl);
+            let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+            let _ = timeout(close_timeout, s.q.flush(&mut s.tcp)).await;
+            hub.remove(h);
+            metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
+            return None;
+        }
+        Event::ReadError(WsError::Capacity(_)) => (CloseCode::MessageTooBig, 0),
+        Event::ReadError(WsError::Protocol(_) | WsError::Utf8(_)) => (CloseCode::ProtocolError, 0),
+        Event::ReadError(_) | Event::WriteError => {
+            hub.remove(h);
+            metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+            return None;
         }
     };
     hub.remove(h);
     s.q.discard_unsent();
-    Box::pin(close_and_finish(
-        shared,
+    let s = &mut *s;
+    close_and_finish(
+        &shared,
         &mut s.tcp,
         &mut s.ctx,
         &mut s.q,
         code,
         reconnect_after_ms,
-    ))
+    )
     .await;
+    None
 }
 
 /// Sends the close (with a `disconnect` frame first when there is a reconnect hint), waits for

@@ -453,7 +453,7 @@ impl Hub {
         }
         if take_frames && !c.outbox.is_empty() {
             if into.is_empty() {
-                std::mem::swap(into, &mut c.outbox);
+                *into = std::mem::take(&mut c.outbox);
             } else {
                 into.append(&mut c.outbox);
             }

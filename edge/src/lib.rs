@@ -171,7 +171,7 @@ impl Edge {
             };
             match accepted {
                 Ok((tcp, remote)) => {
-                    tracker.spawn(conn::serve(shared.clone(), tcp, remote));
+                    tracker.spawn(conn::ConnTask::new(shared.clone(), tcp, remote));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off, never spin or exit.
@@ -239,9 +239,9 @@ mod tests {
         let addr = edge.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (tcp, remote) = edge.listener.accept().await.expect("accept");
-        let fut = conn::serve(edge.shared.clone(), tcp, remote);
+        let fut = conn::ConnTask::new(edge.shared.clone(), tcp, remote);
         let size = std::mem::size_of_val(&fut);
         println!("connection future: {size} bytes");
-        assert!(size <= 512, "connection future grew to {size} bytes");
+        assert!(size <= 64, "connection future grew to {size} bytes");
     }
 }
