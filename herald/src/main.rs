@@ -9,6 +9,11 @@ mod serve;
 
 use clap::Parser as _;
 
+/// jemalloc keeps the many small per-connection allocations compact: 1.87 KiB per idle
+/// connection against 2.21 KiB with glibc's malloc (benches/README.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     // One crypto provider for the whole process, chosen explicitly.
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
