@@ -5,10 +5,18 @@
 //! - `servers`: starting the server under test (Herald, or a bare tokio-tungstenite baseline).
 //! - `idle`: the `idle` scenario: N connections that subscribed, received one message and
 //!   answered a ping; server memory per connection.
+//! - `fanout`: M subscribers of one group at rate R, against Herald and its peers in one run.
+//! - `clients`: subscribers of every protocol (herald.v1, MQTT over ws, NATS over ws, plain ws).
+//! - `peers`: starting mosquitto, nats-server and a Node `ws` server.
+//! - `report`: JSON, Markdown and SVG results.
 #![deny(rust_2018_idioms)]
 
+mod clients;
+mod fanout;
 mod idle;
+mod peers;
 mod proc_stats;
+mod report;
 mod servers;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +33,8 @@ struct Args {
 enum Scenario {
     /// Idle connections: server RSS per connection.
     Idle(idle::IdleOpts),
+    /// Broadcast fan-out to one group: latency, throughput, CPU and writes per delivery.
+    Fanout(fanout::FanoutOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
     BaselineServer(servers::BaselineOpts),
 }
@@ -38,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match args.scenario {
             Scenario::Idle(o) => idle::run(o).await,
+            Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
             Scenario::BaselineServer(o) => servers::baseline(o).await,
         }
     })

@@ -15,7 +15,6 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// CPU time (user + system) of `pid`, in clock ticks.
-#[allow(dead_code)]
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
@@ -39,4 +38,18 @@ pub fn open_files_limit() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(1024)
+}
+
+/// Write system calls made by `pid` so far (`syscw` in `/proc/PID/io`).
+pub fn write_syscalls(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("syscw missing")
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on Linux).
+pub fn clock_ticks_per_sec() -> u64 {
+    100
 }

@@ -1,0 +1,373 @@
+//! Subscriber clients of every protocol the harness speaks, and the payload they carry.
+//!
+//! Each client connects, subscribes, reports ready, then records the latency of every message
+//! from the send timestamp in its payload (`{"t":<unix ns>,...}`) until told to stop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The wire protocol a subscriber speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Herald's native protocol (`herald.v1`).
+    Herald,
+    /// MQTT 3.1.1 over WebSocket (QoS 0).
+    Mqtt,
+    /// The NATS protocol over WebSocket.
+    Nats,
+    /// Plain WebSocket: every text frame is a payload.
+    Ws,
+}
+
+/// Unix time in nanoseconds.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A JSON payload of exactly `size` bytes (at least 40) carrying the send time.
+pub fn payload(size: usize) -> Vec<u8> {
+    let head = format!(r#"{{"t":{},"p":""#, now_ns());
+    let pad = size.saturating_sub(head.len() + 2).max(1);
+    let mut v = head.into_bytes();
+    v.extend(std::iter::repeat_n(b'x', pad));
+    v.extend_from_slice(br#""}"#);
+    v
+}
+
+/// The send time in a payload, if any.
+pub fn sent_at(bytes: &[u8]) -> Option<u64> {
+    let i = bytes.windows(4).position(|w| w == br#""t":"#)? + 4;
+    let digits = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&bytes[i..i + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Where and how to subscribe.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The server's WebSocket address.
+    pub server: SocketAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Group / topic / subject to subscribe to.
+    pub topic: String,
+}
+
+/// A connected, subscribed client.
+pub struct Subscriber {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    protocol: Protocol,
+    buf: Vec<u8>,
+}
+
+/// Opens a TCP connection from `src` (spreading client ends over 127.0.0.0/8).
+pub async fn connect_from(
+    src: Ipv4Addr,
+    server: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
+    Ok(sock.connect(server).await?)
+}
+
+/// A loopback source address for client number `i`.
+pub fn source_ip(i: u64) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1 + (i / 62_500) as u8, 1 + ((i / 250) % 250) as u8)
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+}
+
+impl Subscriber {
+    /// Connects and subscribes; `token` is for Herald.
+    pub async fn connect(t: &Target, src: Ipv4Addr, token: &str) -> anyhow::Result<Self> {
+        let tcp = connect_from(src, t.server).await?;
+        let url = match t.protocol {
+            Protocol::Herald => format!("ws://{}/ws/bench?token={token}", t.server),
+            _ => format!("ws://{}/", t.server),
+        };
+        let mut req = url.into_client_request()?;
+        if t.protocol == Protocol::Mqtt {
+            req.headers_mut()
+                .insert("sec-websocket-protocol", "mqtt".parse()?);
+        }
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config())).await?;
+        let mut s = Self {
+            ws,
+            protocol: t.protocol,
+            buf: Vec::new(),
+        };
+        s.subscribe(&t.topic).await?;
+        Ok(s)
+    }
+
+    async fn next_frame(&mut self) -> anyhow::Result<Vec<u8>> {
+        loop {
+            match self.ws.next().await.context("stream ended")?? {
+                Message::Text(t) => return Ok(t.as_bytes().to_vec()),
+                Message::Binary(b) => return Ok(b.to_vec()),
+                Message::Ping(_) => self.ws.flush().await?,
+                Message::Close(c) => bail!("closed by server: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, topic: &str) -> anyhow::Result<()> {
+        match self.protocol {
+            Protocol::Herald => {
+                let welcome = self.next_frame().await?;
+                if !welcome.windows(9).any(|w| w == br#""welcome""#) {
+                    bail!(
+                        "expected welcome, got {}",
+                        String::from_utf8_lossy(&welcome)
+                    );
+                }
+                let sub = format!(r#"{{"type":"subscribe","id":1,"group":"{topic}"}}"#);
+                self.ws.send(Message::text(sub)).await?;
+                let ack = self.next_frame().await?;
+                if !ack.windows(5).any(|w| w == br#""ack""#) {
+                    bail!("subscribe refused: {}", String::from_utf8_lossy(&ack));
+                }
+            }
+            Protocol::Mqtt => {
+                let id = format!("b{}", now_ns());
+                self.ws.send(Message::binary(mqtt_connect(&id))).await?;
+                let connack = self.next_mqtt().await?;
+                if connack.0 != 2 {
+                    bail!("expected CONNACK, got packet type {}", connack.0);
+                }
+                self.ws.send(Message::binary(mqtt_subscribe(topic))).await?;
+                let suback = self.next_mqtt().await?;
+                if suback.0 != 9 {
+                    bail!("expected SUBACK, got packet type {}", suback.0);
+                }
+            }
+            Protocol::Nats => {
+                let cmd = format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\nSUB {topic} 1\r\nPING\r\n"
+                );
+                self.ws.send(Message::binary(cmd.into_bytes())).await?;
+                loop {
+                    match self.next_nats().await? {
+                        NatsEvent::Pong => break,
+                        NatsEvent::Err(e) => bail!("nats: {e}"),
+                        _ => {}
+                    }
+                }
+            }
+            Protocol::Ws => {}
+        }
+        Ok(())
+    }
+
+    /// The next delivered payload.
+    pub async fn next_payload(&mut self) -> anyhow::Result<Vec<u8>> {
+        match self.protocol {
+            Protocol::Herald => loop {
+                let f = self.next_frame().await?;
+                if f.starts_with(br#"{"type":"msg""#) {
+                    return Ok(f);
+                }
+            },
+            Protocol::Ws => self.next_frame().await,
+            Protocol::Mqtt => loop {
+                let (kind, body) = self.next_mqtt().await?;
+                if kind == 3 && body.len() >= 2 {
+                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    return Ok(body.get(2 + tl..).unwrap_or_default().to_vec());
+                }
+            },
+            Protocol::Nats => loop {
+                match self.next_nats().await? {
+                    NatsEvent::Msg(p) => return Ok(p),
+                    NatsEvent::Ping => {
+                        self.ws.send(Message::binary(b"PONG\r\n".to_vec())).await?;
+                    }
+                    NatsEvent::Err(e) => bail!("nats: {e}"),
+                    NatsEvent::Pong => {}
+                }
+            },
+        }
+    }
+
+    /// Reads one MQTT packet: (type, body).
+    async fn next_mqtt(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
+        loop {
+            if let Some((kind, start, end)) = mqtt_split(&self.buf) {
+                let body = self.buf[start..end].to_vec();
+                self.buf.drain(..end);
+                return Ok((kind, body));
+            }
+            let f = self.next_frame().await?;
+            self.buf.extend_from_slice(&f);
+        }
+    }
+
+    async fn next_nats(&mut self) -> anyhow::Result<NatsEvent> {
+        loop {
+            if let Some((ev, used)) = nats_split(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(ev);
+            }
+            let f = self.next_frame().await?;
+            self.buf.extend_from_slice(&f);
+        }
+    }
+}
+
+enum NatsEvent {
+    Msg(Vec<u8>),
+    Ping,
+    Pong,
+    Err(String),
+}
+
+/// Splits one NATS protocol operation off the front of `buf`.
+fn nats_split(buf: &[u8]) -> anyhow::Result<Option<(NatsEvent, usize)>> {
+    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = std::str::from_utf8(&buf[..eol])?;
+    let after = eol + 2;
+    let op = line.split_whitespace().next().unwrap_or("");
+    Ok(Some(match op {
+        "MSG" => {
+            let size: usize = line
+                .split_whitespace()
+                .last()
+                .and_then(|s| s.parse().ok())
+                .context("MSG size")?;
+            if buf.len() < after + size + 2 {
+                return Ok(None);
+            }
+            (
+                NatsEvent::Msg(buf[after..after + size].to_vec()),
+                after + size + 2,
+            )
+        }
+        "PING" => (NatsEvent::Ping, after),
+        "PONG" => (NatsEvent::Pong, after),
+        "-ERR" => (NatsEvent::Err(line.to_string()), after),
+        // INFO, +OK
+        _ => return nats_split(&buf[after..]).map(|o| o.map(|(e, n)| (e, n + after))),
+    }))
+}
+
+/// MQTT remaining-length encoding.
+fn mqtt_len(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn mqtt_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// MQTT 3.1.1 CONNECT, clean session, keep-alive 300 s.
+pub fn mqtt_connect(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str("MQTT", &mut body);
+    body.extend_from_slice(&[4, 0x02, 0x01, 0x2c]);
+    mqtt_str(client_id, &mut body);
+    let mut p = vec![0x10];
+    mqtt_len(body.len(), &mut p);
+    p.extend(body);
+    p
+}
+
+fn mqtt_subscribe(topic: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    mqtt_str(topic, &mut body);
+    body.push(0);
+    let mut p = vec![0x82];
+    mqtt_len(body.len(), &mut p);
+    p.extend(body);
+    p
+}
+
+/// MQTT PUBLISH, QoS 0.
+pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x30];
+    mqtt_len(2 + topic.len() + payload.len(), &mut p);
+    mqtt_str(topic, &mut p);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Splits one MQTT packet off the front: (type, body start, body end).
+pub fn mqtt_split(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let kind = *buf.first()? >> 4;
+    let (mut len, mut mult, mut i) = (0usize, 1usize, 1usize);
+    loop {
+        let b = *buf.get(i)?;
+        len += (b & 0x7f) as usize * mult;
+        mult *= 128;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    (buf.len() >= i + len).then_some((kind, i, i + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_its_time_and_size() {
+        let p = payload(100);
+        assert_eq!(p.len(), 100);
+        assert!(serde_json::from_slice::<serde_json::Value>(&p).is_ok());
+        assert!(sent_at(&p).is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn mqtt_packets_round_trip() {
+        let p = mqtt_publish("fan", &[7u8; 300]);
+        let (kind, s, e) = mqtt_split(&p).expect("whole packet");
+        assert_eq!((kind, e - s), (3, 2 + 3 + 300));
+        assert!(mqtt_split(&p[..p.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn nats_messages_split_across_reads() {
+        let buf = b"INFO {}\r\nMSG fan 1 5\r\nhello\r\nPING\r\n";
+        let (ev, n) = nats_split(buf).expect("ok").expect("msg");
+        assert!(matches!(ev, NatsEvent::Msg(ref p) if p == b"hello"));
+        assert!(matches!(
+            nats_split(&buf[n..]).expect("ok"),
+            Some((NatsEvent::Ping, _))
+        ));
+        assert!(nats_split(&buf[..20]).expect("ok").is_none());
+    }
+}

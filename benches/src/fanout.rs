@@ -1,0 +1,466 @@
+//! The `fanout` scenario: M subscribers of one group (topic, subject), messages at rate R for D
+//! seconds; latency from the send time in each payload, achieved deliveries, server CPU and write
+//! syscalls per delivery, anything not delivered. Herald and its peers run the same load.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::SinkExt as _;
+use hdrhistogram::Histogram;
+use herald_core::proto::v1::herald_client::HeraldClient;
+use herald_core::proto::v1::{PublishRequest, PublishStreamRequest, Target as ApiTarget, target};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::clients::{self, Protocol, Subscriber, Target};
+use crate::{peers, proc_stats, report, servers};
+
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// Herald (the real binary), native protocol, gRPC publisher.
+    Herald,
+    /// nats-server: NATS over WebSocket, publisher over TCP.
+    Nats,
+    /// mosquitto: MQTT 3.1.1 over WebSocket, publisher over TCP.
+    Mosquitto,
+    /// Node `ws`: plain WebSocket broadcast, publisher over WebSocket.
+    Ws,
+}
+
+/// Options of `fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutOpts {
+    /// A preset: F1 (1,000 × 50 msg/s), F2 (1,000 × 200 msg/s), F3 (5,000 × 320 msg/s).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Subscribers (overrides the preset).
+    #[arg(long)]
+    subscribers: Option<u64>,
+    /// Messages per second (overrides the preset).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Servers to run, one after the other, in the same run.
+    #[arg(long, value_delimiter = ',', default_value = "herald")]
+    servers: Vec<ServerKind>,
+    /// The herald binary (default: next to this one).
+    #[arg(long)]
+    herald_bin: Option<PathBuf>,
+    /// Directory for the JSON, Markdown and SVG results.
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+}
+
+/// The figures of one run against one server.
+#[derive(Debug, Serialize)]
+pub struct FanoutResult {
+    /// Server.
+    pub server: ServerKind,
+    /// Subscribers connected.
+    pub subscribers: u64,
+    /// Offered messages per second.
+    pub rate: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Deliveries expected (published × subscribers).
+    pub expected: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// Expected but not received (lost, dropped or disconnected).
+    pub missing: u64,
+    /// Subscribers that failed to connect or were disconnected.
+    pub client_errors: u64,
+    /// Offered deliveries per second.
+    pub offered_per_sec: f64,
+    /// Achieved deliveries per second (over the publishing time plus drain).
+    pub achieved_per_sec: f64,
+    /// Latency percentiles in milliseconds: p50, p90, p99, p99.9, max.
+    pub latency_ms: [f64; 5],
+    /// Server CPU per delivery, microseconds.
+    pub server_cpu_us_per_delivery: f64,
+    /// Server write syscalls per delivery.
+    pub server_writes_per_delivery: f64,
+    /// Server CPU use over the run, percent of one core.
+    pub server_cpu_percent: f64,
+    /// Harness CPU use over the run, percent of one core.
+    pub harness_cpu_percent: f64,
+    /// Deliveries per second, second by second.
+    pub timeline: Vec<u64>,
+}
+
+fn preset(o: &FanoutOpts) -> anyhow::Result<(u64, u64)> {
+    let (s, r) = match o.preset.as_deref() {
+        Some("F1") | Some("f1") => (1000, 50),
+        Some("F2") | Some("f2") => (1000, 200),
+        Some("F3") | Some("f3") => (5000, 320),
+        Some(other) => bail!("unknown preset {other:?}: F1, F2 or F3"),
+        None => (100, 10),
+    };
+    Ok((o.subscribers.unwrap_or(s), o.rate.unwrap_or(r)))
+}
+
+/// Runs the scenario against every requested server and prints a table with ratios.
+pub async fn run(o: FanoutOpts) -> anyhow::Result<Vec<FanoutResult>> {
+    let (subs, rate) = preset(&o)?;
+    let limit = proc_stats::open_files_limit();
+    if subs + 200 > limit {
+        bail!("{subs} subscribers need more open files than this process may have ({limit})");
+    }
+    let mut results = Vec::new();
+    for server in &o.servers {
+        eprintln!(
+            "fanout: {server:?}, {subs} subscribers × {rate} msg/s × {} s",
+            o.seconds
+        );
+        let r = run_one(&o, *server, subs, rate).await?;
+        eprintln!(
+            "fanout: {server:?}: {:.0} deliveries/s, p99 {:.1} ms, missing {}",
+            r.achieved_per_sec, r.latency_ms[2], r.missing
+        );
+        results.push(r);
+    }
+    let name = o.preset.clone().unwrap_or_else(|| format!("{subs}x{rate}"));
+    report::write_fanout(&o.out, &name, &results)?;
+    Ok(results)
+}
+
+enum Publisher {
+    Herald(mpsc::Sender<PublishStreamRequest>, u64),
+    Tcp(TcpStream, ServerKind),
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+}
+
+impl Publisher {
+    async fn send(&mut self, n: u64, size: usize, topic: &str) -> anyhow::Result<()> {
+        match self {
+            Publisher::Herald(tx, next) => {
+                for _ in 0..n {
+                    *next += 1;
+                    let msg = PublishRequest {
+                        project: "bench".into(),
+                        target: Some(ApiTarget {
+                            kind: Some(target::Kind::Group(topic.into())),
+                        }),
+                        payload: clients::payload(size),
+                        ..Default::default()
+                    };
+                    tx.send(PublishStreamRequest {
+                        request_id: *next,
+                        message: Some(msg),
+                    })
+                    .await
+                    .context("publish stream closed")?;
+                }
+            }
+            Publisher::Tcp(s, kind) => {
+                let mut buf = Vec::with_capacity(n as usize * (size + 32));
+                for _ in 0..n {
+                    let p = clients::payload(size);
+                    if *kind == ServerKind::Mosquitto {
+                        buf.extend(clients::mqtt_publish(topic, &p));
+                    } else {
+                        buf.extend_from_slice(format!("PUB {topic} {}\r\n", p.len()).as_bytes());
+                        buf.extend_from_slice(&p);
+                        buf.extend_from_slice(b"\r\n");
+                    }
+                }
+                s.write_all(&buf).await?;
+            }
+            Publisher::Ws(ws) => {
+                for _ in 0..n {
+                    ws.feed(Message::binary(clients::payload(size))).await?;
+                }
+                ws.flush().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Running {
+    pid: u32,
+    target: Target,
+    publisher: Publisher,
+    _keep: Box<dyn std::any::Any + Send>,
+    ack_errors: Option<tokio::task::JoinHandle<u64>>,
+}
+
+async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
+    let topic = "fan".to_string();
+    Ok(match kind {
+        ServerKind::Herald => {
+            let s =
+                servers::start_herald(o.herald_bin.clone(), "max_queued_bytes = 4194304").await?;
+            let grpc = s.grpc.context("grpc address")?;
+            let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
+            let (tx, rx) = mpsc::channel(4096);
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", servers::API_KEY).parse()?,
+            );
+            let mut acks = client.publish_stream(req).await?.into_inner();
+            let ack_errors = tokio::spawn(async move {
+                let mut errors = 0;
+                while let Ok(Some(batch)) = acks.message().await {
+                    errors += batch.acks.iter().filter(|a| a.error_code != 0).count() as u64;
+                }
+                errors
+            });
+            Running {
+                pid: s.pid,
+                target: Target {
+                    server: s.ws,
+                    protocol: Protocol::Herald,
+                    topic,
+                },
+                publisher: Publisher::Herald(tx, 0),
+                _keep: Box::new(s),
+                ack_errors: Some(ack_errors),
+            }
+        }
+        ServerKind::Nats => {
+            let p = peers::nats().await?;
+            let mut tcp = TcpStream::connect(p.publish).await?;
+            let mut info = String::new();
+            BufReader::new(&mut tcp).read_line(&mut info).await?;
+            tcp.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+                .await?;
+            Running {
+                pid: p.pid,
+                target: Target {
+                    server: p.ws,
+                    protocol: Protocol::Nats,
+                    topic,
+                },
+                publisher: Publisher::Tcp(tcp, kind),
+                _keep: Box::new(p),
+                ack_errors: None,
+            }
+        }
+        ServerKind::Mosquitto => {
+            let p = peers::mosquitto().await?;
+            let mut tcp = TcpStream::connect(p.publish).await?;
+            tcp.write_all(&clients::mqtt_connect("herald-bench-pub"))
+                .await?;
+            let mut connack = [0u8; 4];
+            tcp.read_exact(&mut connack).await?;
+            Running {
+                pid: p.pid,
+                target: Target {
+                    server: p.ws,
+                    protocol: Protocol::Mqtt,
+                    topic,
+                },
+                publisher: Publisher::Tcp(tcp, kind),
+                _keep: Box::new(p),
+                ack_errors: None,
+            }
+        }
+        ServerKind::Ws => {
+            let p = peers::node_ws().await?;
+            let tcp = TcpStream::connect(p.publish).await?;
+            let (ws, _) =
+                tokio_tungstenite::client_async(format!("ws://{}/", p.publish), tcp).await?;
+            Running {
+                pid: p.pid,
+                target: Target {
+                    server: p.ws,
+                    protocol: Protocol::Ws,
+                    topic,
+                },
+                publisher: Publisher::Ws(Box::new(ws)),
+                _keep: Box::new(p),
+                ack_errors: None,
+            }
+        }
+    })
+}
+
+async fn run_one(
+    o: &FanoutOpts,
+    kind: ServerKind,
+    subs: u64,
+    rate: u64,
+) -> anyhow::Result<FanoutResult> {
+    let mut srv = start(o, kind).await?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let key = jsonwebtoken::EncodingKey::from_secret(servers::SECRET.as_bytes());
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    let mut clients = Vec::with_capacity(subs as usize);
+    for i in 0..subs {
+        let claims = serde_json::json!({"sub": format!("s{i}"), "aud": "bench", "exp": exp, "channels": ["*"]});
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?;
+        let (t, d, e, r, s) = (
+            srv.target.clone(),
+            delivered.clone(),
+            errors.clone(),
+            ready.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::new();
+            let mut sub = match Subscriber::connect(&t, clients::source_ip(i), &token).await {
+                Ok(sub) => sub,
+                Err(_) => {
+                    e.fetch_add(1, Ordering::Relaxed);
+                    return lat;
+                }
+            };
+            r.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    p = sub.next_payload() => match p {
+                        Ok(p) => {
+                            if let Some(t0) = clients::sent_at(&p) {
+                                let us = clients::now_ns().saturating_sub(t0) / 1000;
+                                lat.push(us.min(u32::MAX as u64) as u32);
+                            }
+                            d.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            e.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+        // A steady ramp: at most 2,000 handshakes in flight.
+        while i + 1 - ready.load(Ordering::Relaxed) - errors.load(Ordering::Relaxed) > 2000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < subs {
+        if Instant::now() > deadline {
+            bail!("subscribers not ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the last subscriptions settle on every server before timing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cpu0 = proc_stats::cpu_ticks(srv.pid)?;
+    let io0 = proc_stats::write_syscalls(srv.pid).unwrap_or(0);
+    let me0 = proc_stats::cpu_ticks(std::process::id())?;
+    let t0 = Instant::now();
+    let monitor = {
+        let d = delivered.clone();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let mut timeline = Vec::new();
+            let mut last = d.load(Ordering::Relaxed);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let now = d.load(Ordering::Relaxed);
+                timeline.push(now - last);
+                last = now;
+            }
+            timeline
+        })
+    };
+    let total = rate * o.seconds;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total {
+        tick.tick().await;
+        let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if due > sent {
+            srv.publisher.send(due - sent, o.payload, "fan").await?;
+            sent = due;
+        }
+    }
+    let live = subs - errors.load(Ordering::Relaxed);
+    let expected = total * subs;
+    // Drain: until everything arrived, or nothing moved for 2 s (at most 60 s).
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut still = Instant::now();
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while delivered.load(Ordering::Relaxed) < total * live && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = proc_stats::cpu_ticks(srv.pid)? - cpu0;
+    let io = proc_stats::write_syscalls(srv.pid)
+        .unwrap_or(0)
+        .saturating_sub(io0);
+    let me = proc_stats::cpu_ticks(std::process::id())? - me0;
+    stop.cancel();
+    let timeline = monitor.await.unwrap_or_default();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for c in clients {
+        for us in c.await.unwrap_or_default() {
+            hist.saturating_record(u64::from(us).max(1));
+        }
+    }
+    if let Some(a) = srv.ack_errors.take() {
+        drop(srv.publisher);
+        let errs = tokio::time::timeout(Duration::from_secs(5), a)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        if errs > 0 {
+            eprintln!("fanout: {errs} publishes refused");
+        }
+    }
+    let got = delivered.load(Ordering::Relaxed);
+    let ticks_per_sec = proc_stats::clock_ticks_per_sec() as f64;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(FanoutResult {
+        server: kind,
+        subscribers: subs,
+        rate,
+        published: total,
+        expected,
+        delivered: got,
+        missing: expected.saturating_sub(got),
+        client_errors: errors.load(Ordering::Relaxed),
+        offered_per_sec: (rate * subs) as f64,
+        achieved_per_sec: got as f64 / elapsed.max(o.seconds as f64),
+        latency_ms: [
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            hist.max() as f64 / 1000.0,
+        ],
+        server_cpu_us_per_delivery: cpu as f64 / ticks_per_sec * 1e6 / got.max(1) as f64,
+        server_writes_per_delivery: io as f64 / got.max(1) as f64,
+        server_cpu_percent: cpu as f64 / ticks_per_sec / elapsed * 100.0,
+        harness_cpu_percent: me as f64 / ticks_per_sec / elapsed * 100.0,
+        timeline,
+    })
+}
