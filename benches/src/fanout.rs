@@ -53,6 +53,10 @@ pub struct FanoutOpts {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// `unicast`: every message goes to one subscriber (Herald: a user target; peers: a topic
+    /// per subscriber), round robin, instead of one group to all.
+    #[arg(long)]
+    unicast: bool,
     /// Servers to run, one after the other, in the same run.
     #[arg(long, value_delimiter = ',', default_value = "herald")]
     servers: Vec<ServerKind>,
@@ -132,7 +136,11 @@ pub async fn run(o: FanoutOpts) -> anyhow::Result<Vec<FanoutResult>> {
         );
         results.push(r);
     }
-    let name = o.preset.clone().unwrap_or_else(|| format!("{subs}x{rate}"));
+    let mode = if o.unicast { "unicast" } else { "fanout" };
+    let name = format!(
+        "{mode}-{}",
+        o.preset.clone().unwrap_or_else(|| format!("{subs}x{rate}"))
+    );
     report::write_fanout(&o.out, &name, &results)?;
     Ok(results)
 }
@@ -144,16 +152,19 @@ enum Publisher {
 }
 
 impl Publisher {
-    async fn send(&mut self, n: u64, size: usize, topic: &str) -> anyhow::Result<()> {
+    /// Sends `n` messages; `to` names the target of each (a group / topic, or a user).
+    async fn send(&mut self, n: u64, size: usize, to: &mut Addressing) -> anyhow::Result<()> {
         match self {
             Publisher::Herald(tx, next) => {
                 for _ in 0..n {
                     *next += 1;
+                    let kind = match to.next() {
+                        (topic, None) => target::Kind::Group(topic),
+                        (_, Some(user)) => target::Kind::User(user),
+                    };
                     let msg = PublishRequest {
                         project: "bench".into(),
-                        target: Some(ApiTarget {
-                            kind: Some(target::Kind::Group(topic.into())),
-                        }),
+                        target: Some(ApiTarget { kind: Some(kind) }),
                         payload: clients::payload(size),
                         ..Default::default()
                     };
@@ -169,8 +180,9 @@ impl Publisher {
                 let mut buf = Vec::with_capacity(n as usize * (size + 32));
                 for _ in 0..n {
                     let p = clients::payload(size);
+                    let (topic, _) = to.next();
                     if *kind == ServerKind::Mosquitto {
-                        buf.extend(clients::mqtt_publish(topic, &p));
+                        buf.extend(clients::mqtt_publish(&topic, &p));
                     } else {
                         buf.extend_from_slice(format!("PUB {topic} {}\r\n", p.len()).as_bytes());
                         buf.extend_from_slice(&p);
@@ -180,6 +192,9 @@ impl Publisher {
                 s.write_all(&buf).await?;
             }
             Publisher::Ws(ws) => {
+                if to.unicast {
+                    bail!("the plain ws peer only broadcasts: no unicast");
+                }
                 for _ in 0..n {
                     ws.feed(Message::binary(clients::payload(size))).await?;
                 }
@@ -187,6 +202,25 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+}
+
+/// Who each message goes to: the group, or subscribers one after the other.
+struct Addressing {
+    unicast: bool,
+    subscribers: u64,
+    cursor: u64,
+}
+
+impl Addressing {
+    /// The topic (group, subject) and, for Herald unicast, the user of the next message.
+    fn next(&mut self) -> (String, Option<String>) {
+        if !self.unicast {
+            return ("fan".into(), None);
+        }
+        let i = self.cursor % self.subscribers;
+        self.cursor += 1;
+        (format!("u{i}"), Some(format!("s{i}")))
     }
 }
 
@@ -307,8 +341,12 @@ async fn run_one(
     for i in 0..subs {
         let claims = serde_json::json!({"sub": format!("s{i}"), "aud": "bench", "exp": exp, "channels": ["*"]});
         let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?;
+        let mut t = srv.target.clone();
+        if o.unicast {
+            t.topic = format!("u{i}");
+        }
         let (t, d, e, r, s) = (
-            srv.target.clone(),
+            t,
             delivered.clone(),
             errors.clone(),
             ready.clone(),
@@ -384,6 +422,11 @@ async fn run_one(
         })
     };
     let total = rate * o.seconds;
+    let mut to = Addressing {
+        unicast: o.unicast,
+        subscribers: subs,
+        cursor: 0,
+    };
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -391,17 +434,19 @@ async fn run_one(
         tick.tick().await;
         let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
-            srv.publisher.send(due - sent, o.payload, "fan").await?;
+            srv.publisher.send(due - sent, o.payload, &mut to).await?;
             sent = due;
         }
     }
     let live = subs - errors.load(Ordering::Relaxed);
-    let expected = total * subs;
+    let fan = if o.unicast { 1 } else { subs };
+    let expected = total * fan;
     // Drain: until everything arrived, or nothing moved for 2 s (at most 60 s).
     let mut last = delivered.load(Ordering::Relaxed);
     let mut still = Instant::now();
     let drain_deadline = Instant::now() + Duration::from_secs(60);
-    while delivered.load(Ordering::Relaxed) < total * live && Instant::now() < drain_deadline {
+    let reachable = if o.unicast { total } else { total * live };
+    while delivered.load(Ordering::Relaxed) < reachable && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = delivered.load(Ordering::Relaxed);
         if now != last {
@@ -448,7 +493,7 @@ async fn run_one(
         delivered: got,
         missing: expected.saturating_sub(got),
         client_errors: errors.load(Ordering::Relaxed),
-        offered_per_sec: (rate * subs) as f64,
+        offered_per_sec: (rate * fan) as f64,
         achieved_per_sec: got as f64 / elapsed.max(o.seconds as f64),
         latency_ms: [
             ms(0.5),

@@ -9,6 +9,7 @@
 //! - `clients`: subscribers of every protocol (herald.v1, MQTT over ws, NATS over ws, plain ws).
 //! - `peers`: starting mosquitto, nats-server and a Node `ws` server.
 //! - `report`: JSON, Markdown and SVG results.
+//! - `storm`: connects per second and handshake latency.
 #![deny(rust_2018_idioms)]
 
 mod clients;
@@ -18,6 +19,7 @@ mod peers;
 mod proc_stats;
 mod report;
 mod servers;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -33,8 +35,11 @@ struct Args {
 enum Scenario {
     /// Idle connections: server RSS per connection.
     Idle(idle::IdleOpts),
-    /// Broadcast fan-out to one group: latency, throughput, CPU and writes per delivery.
+    /// Broadcast fan-out to one group (or `--unicast`): latency, throughput, CPU and writes per
+    /// delivery.
     Fanout(fanout::FanoutOpts),
+    /// Connects per second and handshake latency.
+    Storm(storm::StormOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
     BaselineServer(servers::BaselineOpts),
 }
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         match args.scenario {
             Scenario::Idle(o) => idle::run(o).await,
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
+            Scenario::Storm(o) => storm::run(o).await,
             Scenario::BaselineServer(o) => servers::baseline(o).await,
         }
     })

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use crate::fanout::FanoutResult;
 
-/// Writes `fanout-<name>.{json,md,svg}` into `dir` and prints the Markdown table.
+/// Writes `<name>.{json,md,svg}` into `dir` and prints the Markdown table.
 pub fn write_fanout(dir: &Path, name: &str, results: &[FanoutResult]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let base = dir.join(format!("fanout-{name}"));
+    let base = dir.join(name);
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_vec_pretty(results)?,
@@ -77,7 +77,7 @@ fn svg(name: &str, results: &[FanoutResult]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="14">fanout {name}</text>"#
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="14">{name}</text>"#
     );
     // Left: grouped bars of p50, p90, p99, p99.9 on a log scale from 0.01 ms to 10 s.
     let (x0, y0, pw, ph) = (50.0, 40.0, 380.0, 270.0);
