@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -86,7 +86,7 @@ fn fanout(c: &mut Criterion) {
         b.iter(|| {
             hub.deliver(black_box(&env));
             for h in &handles {
-                if let Poll::Ready(_) = hub.poll_outgoing(*h, &mut cx, &mut taken, true) {
+                if hub.poll_outgoing(*h, &mut cx, &mut taken, true).is_ready() {
                     taken.clear();
                 }
             }
