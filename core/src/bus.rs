@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 
 use crate::ids::{EdgeId, GroupId, ProjectId, UserId};
+use crate::proto::bus as wire;
 use crate::proto::bus::Envelope;
 use crate::proto::v1::ConnectionInfo;
 
@@ -114,12 +115,18 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, to: Destination<'_>, envelope: &Envelope) -> Result<(), BusError>;
     /// Attaches an edge: from now on what is addressed to it reaches `handler`.
     async fn attach(&self, edge: EdgeId, handler: Arc<dyn EdgeHandler>) -> Result<(), BusError>;
-    /// Asks every edge and gathers the answers that come within `deadline`.
+    /// Asks every edge and gathers the answers that come within `deadline`; the edges of `live`
+    /// (the registry's live edges) that did not answer are returned as missing.
     async fn control(
         &self,
         request: &ControlRequest,
+        live: &[EdgeId],
         deadline: Duration,
     ) -> Result<ControlOutcome, BusError>;
+    /// Why the bus's backend is degraded (disconnected, reconnecting), or `None` when it is fine.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The in-process bus of a single-node Herald: a publish is a direct call into the edge's hub,
@@ -167,16 +174,181 @@ impl Bus for MemoryBus {
     async fn control(
         &self,
         request: &ControlRequest,
+        live: &[EdgeId],
         _deadline: Duration,
     ) -> Result<ControlOutcome, BusError> {
         let handlers: Vec<_> = self.edges.read().clone();
+        let missing = live
+            .iter()
+            .filter(|e| !handlers.iter().any(|(id, _)| id == *e))
+            .cloned()
+            .collect();
         let replies = handlers
             .into_iter()
             .map(|(id, h)| (id, h.control(request)))
             .collect();
-        Ok(ControlOutcome {
-            replies,
-            missing: Vec::new(),
+        Ok(ControlOutcome { replies, missing })
+    }
+}
+
+/// Why a control message from the bus was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlDecodeError {
+    /// The message names no call or no result.
+    #[error("empty control message")]
+    Empty,
+    /// An identifier in the message is invalid.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
+    /// The message's format version is unknown.
+    #[error("unknown control format version {0}")]
+    Version(u32),
+}
+
+/// The control format version this build writes and reads.
+pub const CONTROL_VERSION: u32 = 1;
+
+impl From<&ControlRequest> for wire::ControlRequest {
+    fn from(r: &ControlRequest) -> Self {
+        let call = match r {
+            ControlRequest::Count { project } => {
+                wire::control_request::Call::Count(wire::CountCall {
+                    project: project.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                })
+            }
+            ControlRequest::List { project, of } => {
+                wire::control_request::Call::List(wire::ListCall {
+                    project: project.to_string(),
+                    of: Some(match of {
+                        ListOf::User(u) => wire::list_call::Of::User(u.to_string()),
+                        ListOf::Group(g) => wire::list_call::Of::Group(g.to_string()),
+                    }),
+                })
+            }
+            ControlRequest::Disconnect {
+                project,
+                who,
+                reconnect_after_ms,
+            } => wire::control_request::Call::Disconnect(wire::DisconnectCall {
+                project: project.to_string(),
+                who: Some(match who {
+                    DisconnectWho::User(u) => wire::disconnect_call::Who::User(u.to_string()),
+                    DisconnectWho::Connection(c) => {
+                        wire::disconnect_call::Who::ConnectionId(c.clone())
+                    }
+                }),
+                reconnect_after_ms: *reconnect_after_ms,
+            }),
+        };
+        wire::ControlRequest {
+            version: CONTROL_VERSION,
+            call: Some(call),
+        }
+    }
+}
+
+impl TryFrom<wire::ControlRequest> for ControlRequest {
+    type Error = ControlDecodeError;
+
+    fn try_from(r: wire::ControlRequest) -> Result<Self, ControlDecodeError> {
+        if r.version != CONTROL_VERSION {
+            return Err(ControlDecodeError::Version(r.version));
+        }
+        Ok(match r.call.ok_or(ControlDecodeError::Empty)? {
+            wire::control_request::Call::Count(c) => ControlRequest::Count {
+                project: if c.project.is_empty() {
+                    None
+                } else {
+                    Some(ProjectId::new(&c.project)?)
+                },
+            },
+            wire::control_request::Call::List(l) => ControlRequest::List {
+                project: ProjectId::new(&l.project)?,
+                of: match l.of.ok_or(ControlDecodeError::Empty)? {
+                    wire::list_call::Of::User(u) => ListOf::User(UserId::new(&u)?),
+                    wire::list_call::Of::Group(g) => ListOf::Group(GroupId::new(&g)?),
+                },
+            },
+            wire::control_request::Call::Disconnect(d) => ControlRequest::Disconnect {
+                project: ProjectId::new(&d.project)?,
+                who: match d.who.ok_or(ControlDecodeError::Empty)? {
+                    wire::disconnect_call::Who::User(u) => DisconnectWho::User(UserId::new(&u)?),
+                    wire::disconnect_call::Who::ConnectionId(c) => DisconnectWho::Connection(c),
+                },
+                reconnect_after_ms: d.reconnect_after_ms,
+            },
         })
+    }
+}
+
+impl ControlReply {
+    /// The wire form of this reply, from `edge`.
+    pub fn to_wire(&self, edge: &EdgeId) -> wire::ControlReply {
+        let result = match self {
+            ControlReply::Count(counts) => wire::control_reply::Result::Count(wire::CountResult {
+                connections: counts.clone(),
+            }),
+            ControlReply::List(list) => wire::control_reply::Result::List(wire::ListResult {
+                connections: list.clone(),
+            }),
+            ControlReply::Disconnected(n) => wire::control_reply::Result::Disconnected(*n),
+        };
+        wire::ControlReply {
+            edge: edge.to_string(),
+            result: Some(result),
+        }
+    }
+
+    /// Reads a reply from the wire: the answering edge and its answer.
+    pub fn from_wire(r: wire::ControlReply) -> Result<(EdgeId, Self), ControlDecodeError> {
+        let edge = EdgeId::new(&r.edge)?;
+        let reply = match r.result.ok_or(ControlDecodeError::Empty)? {
+            wire::control_reply::Result::Count(c) => ControlReply::Count(c.connections),
+            wire::control_reply::Result::List(l) => ControlReply::List(l.connections),
+            wire::control_reply::Result::Disconnected(n) => ControlReply::Disconnected(n),
+        };
+        Ok((edge, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_survive_the_wire() {
+        let p = ProjectId::new("alpha").expect("valid");
+        let reqs = [
+            ControlRequest::Count { project: None },
+            ControlRequest::Count {
+                project: Some(p.clone()),
+            },
+            ControlRequest::List {
+                project: p.clone(),
+                of: ListOf::Group(GroupId::new("news").expect("valid")),
+            },
+            ControlRequest::Disconnect {
+                project: p,
+                who: DisconnectWho::User(UserId::new("alice").expect("valid")),
+                reconnect_after_ms: 7,
+            },
+        ];
+        for r in reqs {
+            let back = ControlRequest::try_from(wire::ControlRequest::from(&r)).expect("decodes");
+            assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        }
+        let bad = wire::ControlRequest {
+            version: CONTROL_VERSION,
+            call: Some(wire::control_request::Call::List(wire::ListCall {
+                project: "alpha".into(),
+                of: Some(wire::list_call::Of::User("a.*".into())),
+            })),
+        };
+        assert!(ControlRequest::try_from(bad).is_err());
+        let e = EdgeId::new("e1").expect("valid");
+        let (edge, reply) =
+            ControlReply::from_wire(ControlReply::Disconnected(3).to_wire(&e)).expect("decodes");
+        assert_eq!(edge, e);
+        assert!(matches!(reply, ControlReply::Disconnected(3)));
     }
 }

@@ -1,6 +1,7 @@
 //! Types and seams shared by Herald's edge and router.
 //!
 //! # Layout
+//! - [`backoff`]: retry delays with jitter.
 //! - [`ids`]: validated identifiers (project, user, group, edge) and their alphabets.
 //! - [`codes`]: every client-facing close code, in one table.
 //! - [`projects`]: the project (tenant) configuration: JWT keys and API keys.
@@ -10,6 +11,7 @@
 //!   in-process implementation.
 #![deny(rust_2018_idioms)]
 
+pub mod backoff;
 pub mod bus;
 pub mod codes;
 pub mod ids;

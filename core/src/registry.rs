@@ -38,17 +38,43 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The edge was alive and stays so.
+    Renewed,
+    /// The edge was not known alive (first start, expired, or the registry lost its state): it
+    /// is alive now, and must write its whole interest again ([`Registry::resync`]).
+    Registered,
+    /// The edge was declared dead and its entries are being removed; it may not register until
+    /// that is done. Try again shortly, then resync.
+    Fenced,
+}
+
 /// Where interest lies in the cluster.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Marks an edge alive (a heartbeat); the edge is forgotten when heartbeats stop.
-    async fn heartbeat(&self, edge: &EdgeId) -> Result<(), RegistryError>;
+    async fn heartbeat(&self, edge: &EdgeId) -> Result<Liveness, RegistryError>;
+    /// How often an edge should heartbeat: well within the liveness TTL.
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(5)
+    }
     /// Applies a batch of interest changes of one edge; returns once the registry holds them.
     async fn update(&self, edge: &EdgeId, changes: &[InterestChange]) -> Result<(), RegistryError>;
+    /// Replaces everything the registry holds for `edge` with `keys`: after a registry restart,
+    /// an expiry or a start, the edge writes its whole local interest again.
+    async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError>;
+    /// Forgets an edge that is shutting down, with its entries, at once rather than at expiry.
+    async fn deregister(&self, edge: &EdgeId) -> Result<(), RegistryError>;
     /// The live edges holding interest in `key`.
     async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError>;
     /// Every live edge.
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError>;
+    /// Why the registry's backend is degraded (unreachable, failing), or `None` when it is fine.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
     /// Claims an idempotency key of a project for `window`. `false` means it was claimed already
     /// within the window (a repeat).
     async fn claim_idempotency_key(
@@ -125,15 +151,34 @@ impl MemoryRegistry {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Removes every entry of `edge`.
+    fn forget(&self, edge: &EdgeId) {
+        self.interest.lock().retain(|_, edges| !edges.remove(edge));
+    }
 }
 
 #[async_trait]
 impl Registry for MemoryRegistry {
-    async fn heartbeat(&self, edge: &EdgeId) -> Result<(), RegistryError> {
+    async fn heartbeat(&self, edge: &EdgeId) -> Result<Liveness, RegistryError> {
         let mut edges = self.edges.lock();
-        if !edges.contains(edge) {
+        if edges.contains(edge) {
+            Ok(Liveness::Renewed)
+        } else {
             edges.push(edge.clone());
+            Ok(Liveness::Registered)
         }
+    }
+
+    async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError> {
+        self.forget(edge);
+        let changes: Vec<_> = keys.iter().cloned().map(InterestChange::Add).collect();
+        self.update(edge, &changes).await
+    }
+
+    async fn deregister(&self, edge: &EdgeId) -> Result<(), RegistryError> {
+        self.forget(edge);
+        self.edges.lock().retain(|e| e != edge);
         Ok(())
     }
 

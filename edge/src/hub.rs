@@ -411,6 +411,20 @@ impl Hub {
         .unwrap_or(false)
     }
 
+    /// Whether a local connection holds interest in `key` (a user's device or a group member).
+    pub fn holds(&self, key: &InterestKey) -> bool {
+        match key {
+            InterestKey::User(project, user) => {
+                let shard = self.shards[self.user_shard(project.as_str(), user.as_str())].lock();
+                shard
+                    .users
+                    .get(project)
+                    .is_some_and(|m| m.contains_key(user))
+            }
+            InterestKey::Group(..) => self.interest.has_group(key),
+        }
+    }
+
     /// Records activity from the client (any frame read): it is alive.
     pub fn touch(&self, h: ConnHandle) {
         let now = self.now();
@@ -469,9 +483,7 @@ impl Hub {
 
     /// Delivers an envelope to every local recipient: encoded once, shared by all.
     pub fn deliver(&self, env: &Envelope) {
-        let Ok(project) = ProjectId::new(&env.project) else {
-            return;
-        };
+        let project = env.project.as_str();
         let kind = env.kind();
         if kind == TargetKind::Unspecified {
             return;
@@ -479,39 +491,46 @@ impl Hub {
         let frame = message_frame(env);
         let max = self.cfg.max_queued_bytes;
         let mut delivered = 0u64;
+        let mut wake = Vec::new();
         let shards = match kind {
             TargetKind::User => {
-                let i = self.user_shard(&env.project, &env.name);
+                let i = self.user_shard(project, &env.name);
                 &self.shards[i..=i]
             }
             _ => &self.shards[..],
         };
         for shard in shards {
-            let mut shard = shard.lock();
-            let shard = &mut *shard;
-            if kind == TargetKind::Broadcast {
-                for (_, c) in shard.conns.iter_mut() {
-                    if c.project == project {
-                        delivered += push(c, &frame, max) as u64;
+            {
+                let mut shard = shard.lock();
+                let shard = &mut *shard;
+                if kind == TargetKind::Broadcast {
+                    for (_, c) in shard.conns.iter_mut() {
+                        if c.project.as_str() == project {
+                            delivered += push(c, &frame, max, &mut wake) as u64;
+                        }
+                    }
+                } else {
+                    let index = if kind == TargetKind::Group {
+                        shard
+                            .groups
+                            .get(project)
+                            .and_then(|m| m.get(env.name.as_str()))
+                    } else {
+                        shard
+                            .users
+                            .get(project)
+                            .and_then(|m| m.get(env.name.as_str()))
+                    };
+                    let slots = index.map(Slots::as_slice).unwrap_or_default();
+                    for slot in slots {
+                        if let Some(c) = shard.conns.get_mut(*slot as usize) {
+                            delivered += push(c, &frame, max, &mut wake) as u64;
+                        }
                     }
                 }
-                continue;
             }
-            let slots = if kind == TargetKind::Group {
-                shard
-                    .groups
-                    .get(&project)
-                    .and_then(|m| m.get(env.name.as_str()))
-            } else {
-                shard
-                    .users
-                    .get(&project)
-                    .and_then(|m| m.get(env.name.as_str()))
-            };
-            for slot in slots.map(Slots::as_slice).unwrap_or_default() {
-                if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                    delivered += push(c, &frame, max) as u64;
-                }
+            for w in wake.drain(..) {
+                w.wake();
             }
         }
         metrics::counter!("herald_edge_deliveries_total").increment(delivered);
@@ -684,10 +703,29 @@ impl Hub {
             }
         }
     }
+
+    /// Every user key this edge holds (for re-registering its whole interest).
+    pub fn user_keys(&self) -> Vec<InterestKey> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (project, users) in &shard.users {
+                out.extend(
+                    users
+                        .keys()
+                        .map(|u| InterestKey::User(project.clone(), u.clone())),
+                );
+            }
+        }
+        out
+    }
 }
 
 /// Appends a frame to a connection's queue; closes it as a slow consumer on overflow.
-fn push(c: &mut Conn, frame: &Bytes, max: usize) -> bool {
+/// Appends a frame to a connection's queue; closes it as a slow consumer on overflow. The task
+/// to wake (its queue was empty) goes to `wake`, woken once the shard lock is released so it
+/// does not run into the lock still held by the delivery.
+fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool {
     if c.closing.is_some() {
         return false;
     }
@@ -706,7 +744,7 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize) -> bool {
     c.queued += frame.len();
     c.outbox.push_back(frame.clone());
     if was_empty && let Some(w) = c.waker.take() {
-        w.wake();
+        wake.push(w);
     }
     true
 }

@@ -8,6 +8,7 @@
 //! - [`protocol`]: the native `herald.v1` frames; [`frame`]: pre-framed server frames.
 //! - [`hub`]: the sharded hub holding every connection's state and queue; local fan-out.
 //! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
+//! - [`local`]: the registry of a single-node Herald, answered by the hub itself.
 //! - `conn`: the one task per connection that reads frames and writes queued bytes.
 #![deny(rust_2018_idioms)]
 
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hub;
 pub mod interest;
+pub mod local;
 pub mod protocol;
 
 use std::net::SocketAddr;
@@ -25,11 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use herald_core::backoff::backoff;
 use herald_core::bus::{Bus, ControlReply, ControlRequest, EdgeHandler};
 use herald_core::codes::CloseCode;
 use herald_core::ids::EdgeId;
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope};
-use herald_core::registry::Registry;
+use herald_core::registry::{Liveness, Registry};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +74,7 @@ pub struct Edge {
     shared: Arc<Shared>,
     listener: TcpListener,
     registry: Arc<dyn Registry>,
+    interest: Arc<interest::Interest>,
 }
 
 struct HubHandler(Arc<Hub>);
@@ -120,10 +124,15 @@ impl Edge {
                 pong_timeout: Duration::from_secs(cfg.pong_timeout_secs),
                 token_leeway: Duration::from_secs(cfg.token_leeway_secs),
             },
-            interest,
+            interest.clone(),
         );
-        if let Err(e) = registry.heartbeat(&edge_id).await {
-            tracing::warn!(error = %e, "first registry heartbeat failed");
+        interest.set_hub(&hub);
+        // Known alive before the first client is accepted, so a router never drops its messages
+        // as addressed to an unknown edge. Failing that, the liveness loop keeps trying.
+        match tokio::time::timeout(Duration::from_secs(5), registry.heartbeat(&edge_id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "first registry heartbeat failed"),
+            Err(_) => tracing::warn!("first registry heartbeat timed out"),
         }
         bus.attach(edge_id, Arc::new(HubHandler(hub.clone())))
             .await?;
@@ -141,6 +150,7 @@ impl Edge {
             }),
             listener,
             registry,
+            interest,
         })
     }
 
@@ -159,8 +169,10 @@ impl Edge {
     pub async fn run(self, cancel: CancellationToken, grace: Duration) {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
-        let ticker = tokio::spawn(tick_loop(
-            shared.clone(),
+        let ticker = tokio::spawn(tick_loop(shared.clone(), cancel.clone()));
+        let liveness = tokio::spawn(liveness_loop(
+            shared.hub.clone(),
+            self.interest.clone(),
             self.registry.clone(),
             cancel.clone(),
         ));
@@ -191,23 +203,72 @@ impl Edge {
             tracing::warn!(left = shared.hub.len(), "drain deadline passed");
         }
         ticker.abort();
+        liveness.abort();
+        // Routing to this edge stops now rather than at the liveness expiry.
+        let edge = shared.hub.edge();
+        match tokio::time::timeout(Duration::from_secs(2), self.registry.deregister(edge)).await {
+            Ok(Ok(())) => tracing::info!("edge deregistered"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistration failed; entries expire"),
+            Err(_) => tracing::warn!("deregistration timed out; entries expire"),
+        }
     }
 }
 
-async fn tick_loop(shared: Arc<Shared>, registry: Arc<dyn Registry>, cancel: CancellationToken) {
+async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
-    let mut n = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = every.tick() => {}
         }
         shared.hub.tick();
-        n += 1;
-        if n.is_multiple_of(5)
-            && let Err(e) = registry.heartbeat(shared.hub.edge()).await
-        {
-            tracing::warn!(error = %e, "registry heartbeat failed");
+    }
+}
+
+/// Heartbeats the registry. Whenever the edge was not known alive (first start, a restarted or
+/// flushed registry, an expiry while unreachable) or the registry was unreachable, the edge's
+/// whole interest is written again. Failures are retried with backoff and jitter; the edge goes
+/// on serving its clients meanwhile.
+async fn liveness_loop(
+    hub: Arc<Hub>,
+    interest: Arc<interest::Interest>,
+    registry: Arc<dyn Registry>,
+    cancel: CancellationToken,
+) {
+    let edge = hub.edge().clone();
+    let mut failures = 0u32;
+    let mut first = true;
+    loop {
+        let outcome = registry.heartbeat(&edge).await;
+        let wait = match outcome {
+            Ok(Liveness::Fenced) => {
+                tracing::warn!("edge is being cleaned up as dead; registering again after it");
+                failures += 1;
+                backoff(failures, Duration::from_millis(200), Duration::from_secs(2))
+            }
+            Ok(liveness) => {
+                // Queued, not awaited: heartbeats go on while a large interest is rewritten,
+                // and resyncs queued together are written once.
+                if liveness == Liveness::Registered || failures > 0 || first {
+                    tracing::info!(?liveness, "registering the edge's whole interest");
+                    metrics::counter!("herald_edge_resyncs_total").increment(1);
+                    drop(interest.resync());
+                }
+                first = false;
+                failures = 0;
+                registry.heartbeat_interval()
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "registry heartbeat failed; retrying with backoff");
+                }
+                failures += 1;
+                backoff(failures, Duration::from_millis(100), Duration::from_secs(5))
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The admin HTTP endpoint: `/healthz` (alive), `/readyz` (serving, 503 while draining) and
 //! `/metrics` (Prometheus text format).
+//!
+//! Degraded is not unready: while Redis or NATS is unreachable the node still serves its clients,
+//! so `/readyz` stays 200 and says `degraded` with the reasons in its body (a probe that drained
+//! every edge on a Redis blip would turn a blip into an outage).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +12,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use herald_core::bus::Bus;
+use herald_core::registry::Registry;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +25,10 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The Prometheus recorder's handle.
     pub metrics: PrometheusHandle,
+    /// The registry, asked whether it is degraded.
+    pub registry: Arc<dyn Registry>,
+    /// The bus, asked whether it is degraded.
+    pub bus: Arc<dyn Bus>,
 }
 
 /// Serves the admin endpoint until `cancel` fires.
@@ -34,11 +44,22 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
     }
 }
 
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    let reasons: Vec<String> = [s.registry.degraded(), s.bus.degraded()]
+        .into_iter()
+        .flatten()
+        .collect();
+    metrics::gauge!("herald_degraded").set(if reasons.is_empty() { 0.0 } else { 1.0 });
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        (
+            StatusCode::OK,
+            format!("ready, degraded: {}\n", reasons.join("; ")),
+        )
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ServeOpts {
     /// Admin HTTP listen address (`admin.listen`).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// What this process runs in a cluster (`cluster.role`): the edge, the router or both.
+    #[arg(long, value_enum)]
+    pub role: Option<crate::config::Role>,
 }
 
 /// How to reach a router.

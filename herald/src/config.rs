@@ -25,6 +25,162 @@ pub struct Config {
     pub log: LogConfig,
     /// The projects (tenants).
     pub projects: Vec<ProjectConfig>,
+    /// Embedded (default) or clustered over Redis and NATS, and which roles this process runs.
+    pub cluster: ClusterConfig,
+}
+
+/// Which registry (`[cluster] registry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// In this process (single node).
+    Memory,
+    /// Redis, single or Cluster.
+    Redis,
+}
+
+/// Which bus (`[cluster] bus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In this process (single node).
+    Memory,
+    /// NATS (a server or a cluster).
+    Nats,
+}
+
+/// What a process runs (`[cluster] role`, or `--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The WebSocket edge only.
+    Edge,
+    /// The gRPC router only.
+    Router,
+    /// Both (the only choice with the in-process registry and bus).
+    All,
+}
+
+impl Role {
+    /// Whether the edge runs.
+    pub fn edge(self) -> bool {
+        matches!(self, Role::Edge | Role::All)
+    }
+
+    /// Whether the router runs.
+    pub fn router(self) -> bool {
+        matches!(self, Role::Router | Role::All)
+    }
+}
+
+/// The `[cluster]` section: embedded by default; `registry = "redis"` with `bus = "nats"` makes
+/// the process one node of a cluster of stateless edges and routers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `"memory"` or `"redis"`. Default `"memory"`.
+    pub registry: RegistryKind,
+    /// Redis URLs: one for a single Redis, seed nodes for a Redis Cluster.
+    /// Default `["redis://127.0.0.1:6379"]`.
+    pub redis_urls: Vec<String>,
+    /// Whether `redis_urls` name a Redis Cluster. Default false.
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key and NATS subject (`[a-z0-9_-]`), so clusters can share servers.
+    /// Default `"herald"`.
+    pub prefix: String,
+    /// `"memory"` or `"nats"`. Default `"memory"`.
+    pub bus: BusKind,
+    /// NATS URLs; several name a NATS cluster. Default `["nats://127.0.0.1:4222"]`.
+    pub nats_urls: Vec<String>,
+    /// An edge is dead this long after its last heartbeat (it heartbeats every third of it);
+    /// routing to a dead edge stops within it. Seconds, at least 2. Default 15.
+    pub edge_ttl_secs: u64,
+    /// Deadline of one Redis call, in milliseconds. Default 3,000.
+    pub redis_timeout_ms: u64,
+    /// `"edge"`, `"router"` or `"all"`. Default `"all"`.
+    pub role: Role,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            registry: RegistryKind::Memory,
+            redis_urls: vec!["redis://127.0.0.1:6379".into()],
+            redis_cluster: false,
+            prefix: "herald".into(),
+            bus: BusKind::Memory,
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            edge_ttl_secs: 15,
+            redis_timeout_ms: 3_000,
+            role: Role::All,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this process is one node of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.registry == RegistryKind::Redis
+    }
+
+    /// Every problem, each naming its setting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match (self.registry, self.bus) {
+            (RegistryKind::Memory, BusKind::Memory) => {
+                if self.role != Role::All {
+                    p.push(
+                        "cluster.role: an embedded Herald runs edge and router together (\"all\"); \
+                         set registry = \"redis\" and bus = \"nats\" to split them"
+                            .into(),
+                    );
+                }
+            }
+            (RegistryKind::Redis, BusKind::Nats) => {}
+            _ => p.push(
+                "cluster.registry, cluster.bus: either both in-process (\"memory\") or \
+                 Redis and NATS (\"redis\", \"nats\")"
+                    .into(),
+            ),
+        }
+        if self.registry == RegistryKind::Redis {
+            if self.redis_urls.is_empty() {
+                p.push("cluster.redis_urls: at least one URL is needed".into());
+            }
+            if !self.redis_cluster && self.redis_urls.len() > 1 {
+                p.push(
+                    "cluster.redis_urls: a single Redis takes one URL (set redis_cluster = true \
+                     for a Redis Cluster)"
+                        .into(),
+                );
+            }
+            for (i, u) in self.redis_urls.iter().enumerate() {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    p.push(format!("cluster.redis_urls[{i}]: not a redis:// URL"));
+                }
+            }
+        }
+        if self.bus == BusKind::Nats {
+            if self.nats_urls.is_empty() {
+                p.push("cluster.nats_urls: at least one URL is needed".into());
+            }
+            for (i, u) in self.nats_urls.iter().enumerate() {
+                if u.parse::<async_nats::ServerAddr>().is_err() {
+                    p.push(format!("cluster.nats_urls[{i}]: not a NATS server address"));
+                }
+            }
+        }
+        if herald_core::ids::EdgeId::validate(&self.prefix).is_err() {
+            p.push("cluster.prefix: must be [a-z0-9_-], 1 to 64 characters".into());
+        }
+        if self.edge_ttl_secs < 2 {
+            p.push("cluster.edge_ttl_secs: must be at least 2".into());
+        }
+        if self.redis_timeout_ms == 0 {
+            p.push("cluster.redis_timeout_ms: must be greater than 0".into());
+        }
+        p
+    }
 }
 
 /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`) and shutdown.
@@ -90,6 +246,8 @@ pub struct Overrides {
     pub grpc_listen: Option<SocketAddr>,
     /// `admin.listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// `cluster.role`.
+    pub role: Option<Role>,
 }
 
 /// Reads the file (if any), the environment and the overrides; validates.
@@ -120,6 +278,9 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     if let Some(a) = overrides.admin_listen {
         fig = fig.merge(Serialized::default("admin.listen", a));
     }
+    if let Some(r) = overrides.role {
+        fig = fig.merge(Serialized::default("cluster.role", r));
+    }
     let config: Config = fig
         .extract()
         .map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))?;
@@ -137,6 +298,7 @@ impl Config {
         let mut p = self.edge.validate();
         p.extend(self.router.validate());
         p.extend(validate_projects(&self.projects));
+        p.extend(self.cluster.validate());
         if !matches!(self.log.format.as_str(), "text" | "json") {
             p.push("log.format: must be \"text\" or \"json\"".into());
         }

@@ -1,5 +1,7 @@
-//! `herald serve`: edge, router and admin endpoint in one process, with the in-process registry
-//! and bus; signals for reload (SIGHUP) and graceful shutdown (SIGTERM, SIGINT).
+//! `herald serve`: edge, router and admin endpoint in one process with the in-process registry
+//! and bus (embedded, the default), or one node of a cluster over Redis and NATS running the
+//! edge, the router or both (`[cluster]`, `--role`); signals for reload (SIGHUP) and graceful
+//! shutdown (SIGTERM, SIGINT).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisRegistry};
 use herald_core::bus::{Bus, MemoryBus};
+use herald_core::ids::EdgeId;
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
-use herald_core::registry::{MemoryRegistry, Registry};
+use herald_core::registry::Registry;
+use herald_edge::local::LocalRegistry;
 use herald_edge::{AuthKeys, Edge};
 use herald_router::{ApiKeys, Router};
 use tokio::signal::unix::{SignalKind, signal};
@@ -68,6 +73,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         ws_listen: opts.ws_listen,
         grpc_listen: opts.grpc_listen,
         admin_listen: opts.admin_listen,
+        role: opts.role,
     };
     let mut cfg = config::load(file.as_deref(), &overrides)?;
     if opts.dev && cfg.projects.is_empty() {
@@ -81,27 +87,30 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let auth = Arc::new(ArcSwap::from_pointee(auth));
     let api = Arc::new(ArcSwap::from_pointee(api));
 
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-    let edge = Edge::bind(
-        cfg.edge.clone(),
-        auth.clone(),
-        registry.clone(),
-        bus.clone(),
-    )
-    .await?;
-    let router = Router::bind(cfg.router.clone(), api.clone(), registry, bus).await?;
+    let nodes = build_nodes(&cfg, &auth, &api).await?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
 
-    let ws = edge.local_addr()?;
-    let grpc = router.local_addr()?;
+    let ws = nodes.edge.as_ref().map(Edge::local_addr).transpose()?;
+    let grpc = nodes.router.as_ref().map(Router::local_addr).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
     // One machine-readable line for scripts and tests, then the human guide in dev mode.
-    println!("herald ready ws={ws} grpc={grpc} admin={admin_addr}");
-    tracing::info!(%ws, %grpc, admin = %admin_addr, projects = cfg.projects.len(), "herald ready");
-    if opts.dev {
+    let mut line = String::from("herald ready");
+    if let Some(ws) = ws {
+        line.push_str(&format!(" ws={ws}"));
+    }
+    if let Some(grpc) = grpc {
+        line.push_str(&format!(" grpc={grpc}"));
+    }
+    println!("{line} admin={admin_addr}");
+    tracing::info!(
+        ws = ?ws, grpc = ?grpc, admin = %admin_addr, role = ?cfg.cluster.role,
+        clustered = cfg.cluster.clustered(), projects = cfg.projects.len(), "herald ready"
+    );
+    if opts.dev
+        && let (Some(ws), Some(grpc)) = (ws, grpc)
+    {
         print_dev_guide(&cfg, ws, grpc);
     }
 
@@ -118,16 +127,125 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
 
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
-        AdminState { ready, metrics },
+        AdminState {
+            ready,
+            metrics,
+            registry: nodes.registry.clone(),
+            bus: nodes.bus.clone(),
+        },
         cancel.clone(),
     ));
-    let router_task = tokio::spawn(router.run(cancel.clone()));
+    let router_task = nodes.router.map(|r| tokio::spawn(r.run(cancel.clone())));
     let grace = Duration::from_secs(cfg.admin.shutdown_grace_secs);
-    edge.run(cancel.clone(), grace).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), router_task).await;
+    match nodes.edge {
+        Some(edge) => edge.run(cancel.clone(), grace).await,
+        None => cancel.cancelled().await,
+    }
+    if let Some(t) = router_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// What this process runs, bound and ready.
+struct Nodes {
+    edge: Option<Edge>,
+    router: Option<Router>,
+    registry: Arc<dyn Registry>,
+    bus: Arc<dyn Bus>,
+}
+
+/// Builds the registry and bus the configuration names, then the edge and the router its role
+/// asks for.
+async fn build_nodes(
+    cfg: &Config,
+    auth: &Arc<ArcSwap<AuthKeys>>,
+    api: &Arc<ArcSwap<ApiKeys>>,
+) -> anyhow::Result<Nodes> {
+    if !cfg.cluster.clustered() {
+        // One edge in this process: its hub answers the router's lookups, nothing is kept twice.
+        let local = LocalRegistry::new(EdgeId::new(&cfg.edge.id)?);
+        let registry: Arc<dyn Registry> = local.clone();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let edge = Edge::bind(
+            cfg.edge.clone(),
+            auth.clone(),
+            registry.clone(),
+            bus.clone(),
+        )
+        .await?;
+        local.attach(edge.hub());
+        let router = Router::bind(
+            cfg.router.clone(),
+            api.clone(),
+            registry.clone(),
+            bus.clone(),
+        )
+        .await?;
+        return Ok(Nodes {
+            edge: Some(edge),
+            router: Some(router),
+            registry,
+            bus,
+        });
+    }
+    let c = &cfg.cluster;
+    let role = c.role;
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(&RedisConfig {
+        urls: c.redis_urls.clone(),
+        cluster: c.redis_cluster,
+        key_prefix: c.prefix.clone(),
+        edge_ttl: Duration::from_secs(c.edge_ttl_secs),
+        timeout: Duration::from_millis(c.redis_timeout_ms),
+    })?);
+    let name = if role.edge() {
+        cfg.edge.id.clone()
+    } else {
+        "router".to_string()
+    };
+    let bus: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(&NatsConfig {
+            urls: c.nats_urls.clone(),
+            subject_prefix: c.prefix.clone(),
+            name,
+            ..NatsConfig::default()
+        })
+        .await?,
+    );
+    let edge = if role.edge() {
+        Some(
+            Edge::bind(
+                cfg.edge.clone(),
+                auth.clone(),
+                registry.clone(),
+                bus.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let router = if role.router() {
+        Some(
+            Router::bind(
+                cfg.router.clone(),
+                api.clone(),
+                registry.clone(),
+                bus.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Nodes {
+        edge,
+        router,
+        registry,
+        bus,
+    })
 }
 
 async fn signals(

@@ -6,16 +6,29 @@
 //! The code is generated from `proto/` by `build.rs` and never edited; small helpers live here.
 #![deny(rust_2018_idioms)]
 
-/// The public API, package `herald.v1`.
+/// The generated packages, nested as their names say (the bus refers to `herald.v1` types).
 #[allow(missing_docs, clippy::all)]
-pub mod v1 {
-    tonic::include_proto!("herald.v1");
+mod generated {
+    pub mod herald {
+        pub mod v1 {
+            tonic::include_proto!("herald.v1");
+        }
+        pub mod bus {
+            pub mod v1 {
+                tonic::include_proto!("herald.bus.v1");
+            }
+        }
+    }
 }
 
-/// The bus envelope, package `herald.bus.v1`.
-#[allow(missing_docs, clippy::all)]
+/// The public API, package `herald.v1`.
+pub mod v1 {
+    pub use crate::generated::herald::v1::*;
+}
+
+/// The bus messages, package `herald.bus.v1`: the envelope and the operator calls.
 pub mod bus {
-    tonic::include_proto!("herald.bus.v1");
+    pub use crate::generated::herald::bus::v1::*;
 
     /// The envelope format version this build writes and reads.
     pub const ENVELOPE_VERSION: u32 = 1;

@@ -220,13 +220,20 @@ impl RouterService {
         let inner = &self.inner;
         match key {
             None => {
-                let edges = inner.registry.live_edges().await.map_err(registry_status)?;
                 inner
                     .bus
                     .publish(Destination::Broadcast(project), envelope)
                     .await
                     .map_err(bus_status)?;
-                Ok(edges.len() as u32)
+                // A broadcast needs no lookup: it is delivered even while the registry is
+                // unreachable; only the count of edges is then unknown (0).
+                match inner.registry.live_edges().await {
+                    Ok(edges) => Ok(edges.len() as u32),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broadcast sent; live edges unknown");
+                        Ok(0)
+                    }
+                }
             }
             Some(key) => {
                 let edges = inner
@@ -251,9 +258,17 @@ impl RouterService {
 
     async fn control(&self, req: ControlRequest) -> Result<ControlOutcome, Status> {
         let deadline = Duration::from_millis(self.inner.cfg.control_timeout_ms);
+        // Without the live edges no reply could say who is missing: refuse rather than
+        // silently undercount.
+        let live = self
+            .inner
+            .registry
+            .live_edges()
+            .await
+            .map_err(registry_status)?;
         self.inner
             .bus
-            .control(&req, deadline)
+            .control(&req, &live, deadline)
             .await
             .map_err(bus_status)
     }

@@ -1,0 +1,28 @@
+//! Herald's cluster backends: the same [`Registry`](herald_core::registry::Registry) and
+//! [`Bus`](herald_core::bus::Bus) seams as the in-process ones, backed by Redis and NATS, so that
+//! many edges and routers share one fabric. The key and subject layout is in `docs/cluster.md`.
+//!
+//! # Layout
+//! - [`redis_registry`]: [`RedisRegistry`], per-(key, edge) interest entries, edge liveness with
+//!   a TTL, cleanup of dead edges, cluster-wide idempotency keys; single Redis or Redis Cluster.
+//! - [`nats_bus`]: [`NatsBus`], one subject per edge, one broadcast subject per project, operator
+//!   calls by request/reply to every edge.
+#![deny(rust_2018_idioms)]
+
+pub mod nats_bus;
+pub mod redis_registry;
+
+pub use nats_bus::{NatsBus, NatsConfig};
+pub use redis_registry::{RedisConfig, RedisRegistry};
+
+/// What can stop a cluster backend from being built (bad settings; never a network failure,
+/// which is retried at run time).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A Redis URL or setting is invalid.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A NATS URL or setting is invalid.
+    #[error("nats: {0}")]
+    Nats(String),
+}

@@ -1,0 +1,780 @@
+//! The registry in Redis: which edges hold which users and groups, which edges are alive, and
+//! the idempotency keys of every router. Works on a single Redis and on Redis Cluster: every
+//! command and script touches keys of one hash tag only, and a tag is one user or group key (or
+//! one edge), never a project. The layout is documented in `docs/cluster.md`.
+//!
+//! Writes of one batch are pipelined: a batch costs two round trips whatever its size (one on
+//! each side of the edge's index, so a crash between them leaves nothing cleanup cannot find).
+//! On Redis Cluster the commands of one phase are sent concurrently and the multiplexed
+//! connection to each node pipelines them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use herald_core::ids::{EdgeId, ProjectId};
+use herald_core::registry::{InterestChange, InterestKey, Liveness, Registry, RegistryError};
+use parking_lot::{Mutex, RwLock};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use crate::ClusterError;
+
+/// Settings of the Redis registry.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` URLs: one for a single Redis, any number of seed nodes for a
+    /// cluster.
+    pub urls: Vec<String>,
+    /// Whether the URLs name a Redis Cluster.
+    pub cluster: bool,
+    /// Prefix of every key (no `{` or `}`).
+    pub key_prefix: String,
+    /// How long an edge stays alive after its last heartbeat.
+    pub edge_ttl: Duration,
+    /// Deadline of one registry call (connecting included).
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            key_prefix: "herald".into(),
+            edge_ttl: Duration::from_secs(15),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// How many members one command or pipeline carries at most, so a resync of a large edge does
+/// not build one enormous request.
+const CHUNK: usize = 2_000;
+
+/// How long a cleanup may hold an edge before another node may take over.
+const REAP_LEASE: Duration = Duration::from_secs(60);
+
+/// Live-edge knowledge younger than this is used as is.
+const LIVE_FRESH: Duration = Duration::from_secs(1);
+
+/// Heartbeat: renews the edge's liveness key unless the edge is being cleaned up.
+/// Returns 0 when the edge was not alive (registered anew), 1 when renewed, 2 when fenced.
+const HEARTBEAT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+local had = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1], 'GET')
+if had then return 1 end
+return 0
+";
+
+/// Starts a cleanup of a dead edge: only when its liveness key is gone, and only once.
+const REAP_START: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+";
+
+/// Key names; see `docs/cluster.md`.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The part of an interest key that is its hash tag and its member in the edge's index:
+    /// `<project>:u:<user>` or `<project>:g:<group>`. Ids hold no `:`, `{` or `}`.
+    fn member(key: &InterestKey) -> String {
+        match key {
+            InterestKey::User(p, u) => format!("{p}:u:{u}"),
+            InterestKey::Group(p, g) => format!("{p}:g:{g}"),
+        }
+    }
+
+    /// The set of edges holding a key, from its index member.
+    fn interest(&self, member: &str) -> String {
+        format!("{}:int:{{{member}}}", self.prefix)
+    }
+
+    fn alive(&self, edge: &str) -> String {
+        format!("{}:edge:{{{edge}}}:alive", self.prefix)
+    }
+
+    fn reaping(&self, edge: &str) -> String {
+        format!("{}:edge:{{{edge}}}:reaping", self.prefix)
+    }
+
+    fn index(&self, edge: &str) -> String {
+        format!("{}:edge:{{{edge}}}:keys", self.prefix)
+    }
+
+    fn edges(&self) -> String {
+        format!("{}:edges", self.prefix)
+    }
+
+    /// Idempotency keys are single-key commands: no tag is needed; whatever the publisher's key
+    /// holds only picks the slot.
+    fn idempotency(&self, project: &ProjectId, key: &str) -> String {
+        format!("{}:idem:{project}:{key}", self.prefix)
+    }
+}
+
+/// One connection kind or the other, both multiplexed, reconnecting and cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What the registry knows of live edges: each edge alive until its liveness key expires.
+#[derive(Default)]
+struct LiveEdges {
+    fetched: Option<Instant>,
+    /// Counts refreshes, so callers that queued behind one refresh do not repeat it.
+    generation: u64,
+    until: HashMap<EdgeId, Instant>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    cluster: bool,
+    ttl: Duration,
+    timeout: Duration,
+    heartbeat: Script,
+    reap_start: Script,
+    live: RwLock<LiveEdges>,
+    refreshing: tokio::sync::Mutex<()>,
+    reaping: Mutex<HashSet<EdgeId>>,
+    healthy: AtomicBool,
+    last_error: Mutex<String>,
+    round_trips: AtomicU64,
+}
+
+/// The registry in Redis (single or Cluster). Cheap to clone.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    inner: Arc<Inner>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisRegistry {
+    /// Builds the registry; connects lazily (a Redis that is down at start is retried).
+    /// Must be called inside a tokio runtime.
+    pub fn new(cfg: &RedisConfig) -> Result<Self, ClusterError> {
+        if cfg.key_prefix.is_empty() || cfg.key_prefix.contains(['{', '}']) {
+            return Err(ClusterError::Redis(
+                "key prefix must be non-empty and hold no '{' or '}'".into(),
+            ));
+        }
+        if cfg.urls.is_empty() {
+            return Err(ClusterError::Redis("no URL".into()));
+        }
+        let conn = if cfg.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
+                .connection_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout)
+                .retries(2)
+                .min_retry_wait(50)
+                .max_retry_wait(1_000)
+                .build()
+                .map_err(|e| ClusterError::Redis(e.to_string()))?;
+            Conn::Cluster(
+                client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(cfg.timeout)
+                        .set_response_timeout(cfg.timeout),
+                ),
+            )
+        } else {
+            if cfg.urls.len() != 1 {
+                return Err(ClusterError::Redis(
+                    "a single Redis takes exactly one URL (set cluster for several)".into(),
+                ));
+            }
+            let client = redis::Client::open(cfg.urls[0].as_str())
+                .map_err(|e| ClusterError::Redis(e.to_string()))?;
+            // The manager reconnects with jittered exponential backoff; it gives up after a
+            // few tries, and the next call starts over, so callers' own backoff paces it.
+            let manager_cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(cfg.timeout))
+                .set_response_timeout(Some(cfg.timeout))
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(2))
+                .set_number_of_retries(2);
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, manager_cfg)
+                    .map_err(|e| ClusterError::Redis(e.to_string()))?,
+            )
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                keys: Keys {
+                    prefix: cfg.key_prefix.clone(),
+                },
+                cluster: cfg.cluster,
+                ttl: cfg.edge_ttl,
+                timeout: cfg.timeout,
+                heartbeat: Script::new(HEARTBEAT),
+                reap_start: Script::new(REAP_START),
+                live: RwLock::new(LiveEdges::default()),
+                refreshing: tokio::sync::Mutex::new(()),
+                reaping: Mutex::new(HashSet::new()),
+                healthy: AtomicBool::new(true),
+                last_error: Mutex::new(String::new()),
+                round_trips: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Round trips to Redis so far (a pipeline, a script or a command each count one; on
+    /// Redis Cluster a phase sent to several nodes at once counts one).
+    pub fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Forgets what this process knows about live edges (tests).
+    pub fn forget_live_edges(&self) {
+        *self.inner.live.write() = LiveEdges::default();
+    }
+
+    /// Cleans up every edge whose liveness key is gone, now; returns how many were cleaned.
+    pub async fn reap_dead(&self) -> Result<usize, RegistryError> {
+        let dead = self.inner.refresh_live(None).await?;
+        let mut n = 0;
+        for edge in dead {
+            if self.inner.reap(&edge, false).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Inner {
+    /// Records the outcome of a call for readiness, metrics and the log.
+    fn outcome<T>(&self, r: redis::RedisResult<T>) -> Result<T, RegistryError> {
+        match r {
+            Ok(v) => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis reachable again");
+                    metrics::gauge!("herald_registry_up").set(1.0);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    fn failed(&self, msg: String) -> RegistryError {
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %msg, "redis unreachable; registry degraded");
+            metrics::gauge!("herald_registry_up").set(0.0);
+        }
+        metrics::counter!("herald_registry_errors_total").increment(1);
+        *self.last_error.lock() = msg.clone();
+        RegistryError::Unavailable(msg)
+    }
+
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_registry_round_trips_total").increment(1);
+    }
+
+    /// Runs one command with the call deadline.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RegistryError> {
+        self.trip();
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(r) => self.outcome(r),
+            Err(_) => Err(self.failed("redis call timed out".into())),
+        }
+    }
+
+    /// Runs a script on keys of one hash tag.
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, RegistryError> {
+        self.trip();
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(a.as_str());
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await {
+            Ok(r) => self.outcome(r),
+            Err(_) => Err(self.failed("redis call timed out".into())),
+        }
+    }
+
+    /// Runs independent commands as one phase: one pipeline on a single Redis; concurrently on a
+    /// cluster (each command to its slot's node, pipelined there by the multiplexed connection).
+    /// Replies come back in command order.
+    async fn phase(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.trip();
+        let run = async {
+            if self.cluster {
+                let replies: Vec<redis::RedisResult<Value>> =
+                    futures_util::stream::iter(cmds.into_iter().map(|cmd| {
+                        let mut conn = self.conn.clone();
+                        async move { cmd.query_async::<Value>(&mut conn).await }
+                    }))
+                    .buffered(CHUNK)
+                    .collect()
+                    .await;
+                replies
+                    .into_iter()
+                    .collect::<redis::RedisResult<Vec<Value>>>()
+            } else {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                let mut conn = self.conn.clone();
+                pipe.query_async::<Vec<Value>>(&mut conn).await
+            }
+        };
+        match tokio::time::timeout(self.timeout * 2, run).await {
+            Ok(r) => self.outcome(r),
+            Err(_) => Err(self.failed("redis pipeline timed out".into())),
+        }
+    }
+
+    /// Writes adds and removes of one edge: the index learns of an entry before the entry
+    /// exists and forgets it after it is gone, so cleanup always finds every entry.
+    async fn write(
+        &self,
+        edge: &EdgeId,
+        adds: &[String],
+        removes: &[String],
+    ) -> Result<(), RegistryError> {
+        let index = self.keys.index(edge.as_str());
+        for (adds, removes) in chunks(adds, removes) {
+            let mut first = Vec::new();
+            let mut second = Vec::new();
+            if !adds.is_empty() {
+                let mut c = redis::cmd("SADD");
+                c.arg(&index).arg(adds);
+                first.push(c);
+            }
+            for m in removes {
+                let mut c = redis::cmd("SREM");
+                c.arg(self.keys.interest(m)).arg(edge.as_str());
+                first.push(c);
+            }
+            for m in adds {
+                let mut c = redis::cmd("SADD");
+                c.arg(self.keys.interest(m)).arg(edge.as_str());
+                second.push(c);
+            }
+            if !removes.is_empty() {
+                let mut c = redis::cmd("SREM");
+                c.arg(&index).arg(removes);
+                second.push(c);
+            }
+            self.phase(first).await?;
+            self.phase(second).await?;
+        }
+        Ok(())
+    }
+
+    /// Every member of an edge's index.
+    async fn index_members(&self, edge: &str) -> Result<HashSet<String>, RegistryError> {
+        let index = self.keys.index(edge);
+        let mut cursor = "0".to_string();
+        let mut out = HashSet::new();
+        loop {
+            let mut c = redis::cmd("SSCAN");
+            c.arg(&index).arg(&cursor).arg("COUNT").arg(CHUNK);
+            let (next, members): (String, Vec<String>) = self.query(&c).await?;
+            out.extend(members);
+            if next == "0" {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Reads every known edge's liveness; returns the edges whose liveness key is gone. A caller
+    /// that waited behind a refresh begun after it asked (generation `seen`) uses that one.
+    async fn refresh_live(&self, seen: Option<u64>) -> Result<Vec<EdgeId>, RegistryError> {
+        let _single = self.refreshing.lock().await;
+        if seen.is_some_and(|g| g != self.live.read().generation) {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let names: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.edges()))
+            .await?;
+        let edges: Vec<EdgeId> = names.iter().filter_map(|n| EdgeId::new(n).ok()).collect();
+        let cmds = edges
+            .iter()
+            .map(|e| {
+                let mut c = redis::cmd("PTTL");
+                c.arg(self.keys.alive(e.as_str()));
+                c
+            })
+            .collect();
+        let ttls = self.phase(cmds).await?;
+        let mut until = HashMap::new();
+        let mut dead = Vec::new();
+        for (edge, ttl) in edges.into_iter().zip(ttls) {
+            match ttl {
+                Value::Int(ms) if ms > 0 => {
+                    until.insert(edge, started + Duration::from_millis(ms as u64));
+                }
+                // A key without expiry is never written by Herald; trust it for one TTL.
+                Value::Int(-1) => {
+                    until.insert(edge, started + self.ttl);
+                }
+                _ => dead.push(edge),
+            }
+        }
+        let mut live = self.live.write();
+        *live = LiveEdges {
+            fetched: Some(started),
+            generation: live.generation + 1,
+            until,
+        };
+        Ok(dead)
+    }
+
+    /// Refreshes when the live cache is older than [`LIVE_FRESH`], or when `unknown` (a
+    /// candidate edge the cache has never seen: it may have registered since), and cleans up
+    /// edges found dead in the background.
+    async fn ensure_live(self: &Arc<Self>, unknown: bool) -> Result<(), RegistryError> {
+        let (age, generation) = {
+            let live = self.live.read();
+            (live.fetched.map(|t| t.elapsed()), live.generation)
+        };
+        if !unknown && age.is_some_and(|a| a < LIVE_FRESH) {
+            return Ok(());
+        }
+        let dead = self.refresh_live(Some(generation)).await?;
+        for edge in dead {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.reap(&edge, false).await {
+                    tracing::debug!(edge = %edge, error = %e, "cleanup of a dead edge failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn alive_now(&self, edge: &EdgeId) -> Option<bool> {
+        self.live
+            .read()
+            .until
+            .get(edge)
+            .map(|t| *t > Instant::now())
+    }
+
+    /// Removes every entry of `edge` once its liveness is gone (or at once when `forced`, for
+    /// an edge that deregisters itself). Returns whether this call did the cleanup.
+    async fn reap(&self, edge: &EdgeId, forced: bool) -> Result<bool, RegistryError> {
+        if !self.reaping.lock().insert(edge.clone()) {
+            return Ok(false);
+        }
+        let r = self.reap_inner(edge, forced).await;
+        self.reaping.lock().remove(edge);
+        r
+    }
+
+    async fn reap_inner(&self, edge: &EdgeId, forced: bool) -> Result<bool, RegistryError> {
+        let (alive, reaping) = (
+            self.keys.alive(edge.as_str()),
+            self.keys.reaping(edge.as_str()),
+        );
+        if forced {
+            self.query::<()>(redis::cmd("DEL").arg(&alive)).await?;
+        }
+        let lease = REAP_LEASE.as_millis().to_string();
+        let won: i64 = self
+            .script(
+                &self.reap_start,
+                &[&alive, &reaping],
+                &[lease.clone(), unix_ms().to_string()],
+            )
+            .await?;
+        if won != 1 {
+            return Ok(false);
+        }
+        let members: Vec<String> = self
+            .index_members(edge.as_str())
+            .await?
+            .into_iter()
+            .collect();
+        for chunk in members.chunks(CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|m| {
+                    let mut c = redis::cmd("SREM");
+                    c.arg(self.keys.interest(m)).arg(edge.as_str());
+                    c
+                })
+                .collect();
+            self.phase(cmds).await?;
+            self.query::<()>(redis::cmd("PEXPIRE").arg(&reaping).arg(&lease))
+                .await?;
+        }
+        self.query::<()>(redis::cmd("DEL").arg(self.keys.index(edge.as_str())))
+            .await?;
+        self.query::<()>(redis::cmd("SREM").arg(self.keys.edges()).arg(edge.as_str()))
+            .await?;
+        self.query::<()>(redis::cmd("DEL").arg(&reaping)).await?;
+        self.live.write().until.remove(edge);
+        metrics::counter!("herald_registry_edges_reaped_total").increment(1);
+        tracing::info!(edge = %edge, entries = members.len(), forced, "dead edge cleaned up");
+        Ok(true)
+    }
+}
+
+/// Splits adds and removes into pieces of at most [`CHUNK`] members each.
+fn chunks<'a>(adds: &'a [String], removes: &'a [String]) -> Vec<(&'a [String], &'a [String])> {
+    let mut out = Vec::new();
+    let (mut a, mut r) = (adds, removes);
+    while !a.is_empty() || !r.is_empty() || out.is_empty() {
+        let ta = a.len().min(CHUNK);
+        let tr = r.len().min(CHUNK - ta);
+        out.push((&a[..ta], &r[..tr]));
+        a = &a[ta..];
+        r = &r[tr..];
+        if a.is_empty() && r.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn heartbeat(&self, edge: &EdgeId) -> Result<Liveness, RegistryError> {
+        let inner = &self.inner;
+        let (alive, reaping) = (
+            inner.keys.alive(edge.as_str()),
+            inner.keys.reaping(edge.as_str()),
+        );
+        let ttl = inner.ttl.as_millis().to_string();
+        let state: i64 = inner
+            .script(
+                &inner.heartbeat,
+                &[&alive, &reaping],
+                &[ttl, unix_ms().to_string()],
+            )
+            .await?;
+        if state == 2 {
+            return Ok(Liveness::Fenced);
+        }
+        inner
+            .live
+            .write()
+            .until
+            .insert(edge.clone(), Instant::now() + inner.ttl);
+        inner
+            .query::<()>(
+                redis::cmd("SADD")
+                    .arg(inner.keys.edges())
+                    .arg(edge.as_str()),
+            )
+            .await?;
+        // Edges notice dead peers too: whoever notices first cleans up.
+        if let Err(e) = inner.ensure_live(false).await {
+            tracing::debug!(error = %e, "live-edge refresh failed");
+        }
+        Ok(if state == 1 {
+            Liveness::Renewed
+        } else {
+            Liveness::Registered
+        })
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        (self.inner.ttl / 3).max(Duration::from_millis(200))
+    }
+
+    async fn update(&self, edge: &EdgeId, changes: &[InterestChange]) -> Result<(), RegistryError> {
+        // The last change of a key wins: a batch holds the edge's latest state of each key.
+        let mut last: HashMap<String, bool> = HashMap::with_capacity(changes.len());
+        for c in changes {
+            match c {
+                InterestChange::Add(k) => last.insert(Keys::member(k), true),
+                InterestChange::Remove(k) => last.insert(Keys::member(k), false),
+            };
+        }
+        let (mut adds, mut removes) = (Vec::new(), Vec::new());
+        for (m, add) in last {
+            if add {
+                adds.push(m);
+            } else {
+                removes.push(m);
+            }
+        }
+        self.inner.write(edge, &adds, &removes).await
+    }
+
+    async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError> {
+        let inner = &self.inner;
+        let old = inner.index_members(edge.as_str()).await?;
+        let now: HashSet<String> = keys.iter().map(Keys::member).collect();
+        let removes: Vec<String> = old.difference(&now).cloned().collect();
+        let adds: Vec<String> = now.into_iter().collect();
+        inner.write(edge, &adds, &removes).await?;
+        tracing::info!(edge = %edge, keys = adds.len(), stale = removes.len(), "interest re-registered");
+        Ok(())
+    }
+
+    async fn deregister(&self, edge: &EdgeId) -> Result<(), RegistryError> {
+        self.inner.reap(edge, true).await.map(|_| ())
+    }
+
+    async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+        let inner = &self.inner;
+        let names: Vec<String> = inner
+            .query(redis::cmd("SMEMBERS").arg(inner.keys.interest(&Keys::member(key))))
+            .await?;
+        let candidates: Vec<EdgeId> = names.iter().filter_map(|n| EdgeId::new(n).ok()).collect();
+        let unknown = candidates.iter().any(|e| inner.alive_now(e) != Some(true));
+        inner.ensure_live(unknown).await?;
+        // Never an edge whose liveness is known to have run out.
+        Ok(candidates
+            .into_iter()
+            .filter(|e| inner.alive_now(e) == Some(true))
+            .collect())
+    }
+
+    async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+        let inner = &self.inner;
+        inner.ensure_live(false).await?;
+        let now = Instant::now();
+        let mut edges: Vec<EdgeId> = inner
+            .live
+            .read()
+            .until
+            .iter()
+            .filter(|(_, t)| **t > now)
+            .map(|(e, _)| e.clone())
+            .collect();
+        edges.sort();
+        Ok(edges)
+    }
+
+    fn degraded(&self) -> Option<String> {
+        if self.inner.healthy.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(format!("redis: {}", self.inner.last_error.lock()))
+        }
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+        window: Duration,
+    ) -> Result<bool, RegistryError> {
+        let inner = &self.inner;
+        let set: Option<String> = inner
+            .query(
+                redis::cmd("SET")
+                    .arg(inner.keys.idempotency(project, key))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(window.as_millis().max(1) as u64),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        project: &ProjectId,
+        key: &str,
+    ) -> Result<(), RegistryError> {
+        let inner = &self.inner;
+        inner
+            .query::<()>(redis::cmd("DEL").arg(inner.keys.idempotency(project, key)))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_one_tag_per_user_group_or_edge() {
+        let k = Keys {
+            prefix: "herald".into(),
+        };
+        let p = ProjectId::new("alpha").expect("valid");
+        let u = InterestKey::User(p.clone(), "alice".parse().expect("valid"));
+        let g = InterestKey::Group(p, "alice".parse().expect("valid"));
+        assert_eq!(k.interest(&Keys::member(&u)), "herald:int:{alpha:u:alice}");
+        assert_eq!(k.interest(&Keys::member(&g)), "herald:int:{alpha:g:alice}");
+        assert_eq!(k.alive("e1"), "herald:edge:{e1}:alive");
+        assert_eq!(k.index("e1"), "herald:edge:{e1}:keys");
+    }
+
+    #[test]
+    fn chunks_cover_everything_once() {
+        let adds: Vec<String> = (0..CHUNK * 2 + 5).map(|i| i.to_string()).collect();
+        let removes: Vec<String> = (0..7).map(|i| format!("r{i}")).collect();
+        let parts = chunks(&adds, &removes);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts.iter().map(|(a, _)| a.len()).sum::<usize>(),
+            adds.len()
+        );
+        assert_eq!(parts.iter().map(|(_, r)| r.len()).sum::<usize>(), 7);
+        assert!(parts.iter().all(|(a, r)| a.len() + r.len() <= CHUNK));
+        assert_eq!(chunks(&[], &[]).len(), 1);
+    }
+}
