@@ -6,6 +6,8 @@
 //! let mut alice = herald.connect("alpha", &token("alpha", "alice")).await;
 //! ```
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -183,12 +185,13 @@ impl HeraldBuilder {
         })
         .await
         .expect("herald ready in time");
+        // A node without an edge or a router prints no address for it: 0.0.0.0:0 then.
         let addr = |name: &str| -> SocketAddr {
             ready
                 .split_whitespace()
                 .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .and_then(|a| a.parse().ok())
-                .expect("address in the ready line")
+                .map(|a| a.parse().expect("address in the ready line"))
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
         };
         Herald {
             ws: addr("ws"),
@@ -281,13 +284,7 @@ impl Herald {
 
     /// A gRPC client using `api_key` (or none).
     pub async fn grpc(&self, api_key: Option<&str>) -> Grpc {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("grpc connect");
-        let value = api_key.map(|k| format!("Bearer {k}").parse().expect("metadata"));
-        HeraldClient::with_interceptor(channel, ApiKeyInterceptor(value))
+        grpc_at(self.grpc, api_key).await
     }
 
     /// Sends a signal (`HUP`, `TERM`, ...) to the process.
@@ -328,6 +325,31 @@ impl Herald {
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
     }
+}
+
+/// A gRPC client of the router at `addr`, using `api_key` (or none).
+pub async fn grpc_at(addr: SocketAddr, api_key: Option<&str>) -> Grpc {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("grpc connect");
+    let value = api_key.map(|k| format!("Bearer {k}").parse().expect("metadata"));
+    HeraldClient::with_interceptor(channel, ApiKeyInterceptor(value))
+}
+
+/// Connects a WebSocket client to `url` and waits for the welcome frame.
+pub async fn connect_url(url: &str) -> Client {
+    let req = url.into_client_request().expect("request");
+    let authority = req.uri().authority().expect("host:port").to_string();
+    let tcp = TcpStream::connect(authority).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("websocket upgrade");
+    let mut c = Client { ws };
+    let welcome = c.next_json().await;
+    assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+    c
 }
 
 /// A minimal HTTP/1.1 GET (the admin endpoint needs nothing more).

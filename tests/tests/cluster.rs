@@ -1,0 +1,370 @@
+//! Herald as a cluster: real `redis-server` and a 3-node `nats-server` cluster, several edges and
+//! routers as separate `herald` processes.
+
+use std::time::{Duration, Instant};
+
+use herald_core::proto::v1::{
+    DisconnectRequest, ListConnectionsRequest, PublishRequest, Resolution, disconnect_request,
+    list_connections_request,
+};
+use herald_tests::cluster::Backends;
+use herald_tests::*;
+use serde_json::{Value, json};
+
+/// A node of the cluster: `role` is `edge`, `router` or `all`; `id` names its edge.
+async fn node(b: &Backends, role: &str, id: &str) -> Herald {
+    herald()
+        .clustered(b)
+        .role(role)
+        .edge("id", id)
+        .router("control_timeout_ms", 700)
+        .start()
+        .await
+}
+
+fn with_groups(project: &str, sub: &str, groups: &[&str]) -> String {
+    let secret = if project == "beta" {
+        BETA_SECRET
+    } else {
+        ALPHA_SECRET
+    };
+    let mut c = claims(project, sub);
+    c["groups"] = json!(groups);
+    hs256(secret, None, &c)
+}
+
+fn list_user(project: &str, user: &str) -> ListConnectionsRequest {
+    ListConnectionsRequest {
+        project: project.into(),
+        of: Some(list_connections_request::Of::User(user.into())),
+    }
+}
+
+/// Publishes until a publish reaches `edges` edges (the registry converges in the background),
+/// then returns its reply.
+async fn publish_until(grpc: &mut Grpc, req: PublishRequest, edges: u32, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let r = grpc.publish(req.clone()).await;
+        if let Ok(r) = &r
+            && r.get_ref().edges == edges
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "publish never reached {edges} edge(s): {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next message, skipping repeats of earlier publishes made while converging.
+async fn next_data(c: &mut Client) -> Value {
+    c.next_msg().await["data"].clone()
+}
+
+#[tokio::test]
+async fn clients_on_two_edges_get_user_group_and_broadcast_through_either_router() {
+    let b = Backends::start().await;
+    let (e1, e2) = (node(&b, "edge", "e1").await, node(&b, "edge", "e2").await);
+    let (r1, r2) = (
+        node(&b, "router", "r1").await,
+        node(&b, "router", "r2").await,
+    );
+    let mut alice = e1
+        .connect("alpha", &with_groups("alpha", "alice", &["news"]))
+        .await;
+    let mut bob = e2
+        .connect("alpha", &with_groups("alpha", "bob", &["news"]))
+        .await;
+    // Project beta has a user and a group with the same names, on both edges.
+    let mut beta_alice = e2
+        .connect("beta", &with_groups("beta", "alice", &["news"]))
+        .await;
+    let mut beta_news = e1
+        .connect("beta", &with_groups("beta", "carol", &["news"]))
+        .await;
+    let (mut g1, mut g2) = (
+        r1.grpc(Some(ALPHA_KEY)).await,
+        r2.grpc(Some(ALPHA_KEY)).await,
+    );
+
+    let r = send(&mut g1, publish("alpha", To::User("alice"), "1")).await;
+    assert_eq!((r.resolution(), r.edges), (Resolution::Delivered, 1));
+    assert_eq!(next_data(&mut alice).await, json!(1));
+
+    let r = send(&mut g2, publish("alpha", To::Group("news"), "2")).await;
+    assert_eq!((r.resolution(), r.edges), (Resolution::Delivered, 2));
+    assert_eq!(next_data(&mut alice).await, json!(2));
+    assert_eq!(next_data(&mut bob).await, json!(2));
+
+    let r = send(&mut g1, publish("alpha", To::Broadcast, "3")).await;
+    assert_eq!(r.resolution(), Resolution::Delivered);
+    assert_eq!(next_data(&mut alice).await, json!(3));
+    assert_eq!(next_data(&mut bob).await, json!(3));
+
+    let r = send(&mut g2, publish("alpha", To::User("bob"), "4")).await;
+    assert_eq!(r.edges, 1);
+    assert_eq!(next_data(&mut bob).await, json!(4));
+
+    // Hostile ids never reach the bus.
+    for bad in ["a.*", ">", "*", "news.>", "a b", "{x}"] {
+        for to in [To::User(bad), To::Group(bad)] {
+            let e = g1
+                .publish(publish("alpha", to, "x"))
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
+    // Beta only gets beta's messages, on either edge.
+    let mut gb = r2.grpc(Some(BETA_KEY)).await;
+    let r = send(&mut gb, publish("beta", To::Group("news"), "5")).await;
+    assert_eq!(r.edges, 2);
+    assert_eq!(next_data(&mut beta_alice).await, json!(5));
+    assert_eq!(next_data(&mut beta_news).await, json!(5));
+    beta_alice.expect_silence(Duration::from_millis(200)).await;
+    beta_news.expect_silence(Duration::from_millis(100)).await;
+    alice.expect_silence(Duration::from_millis(100)).await;
+    bob.expect_silence(Duration::from_millis(100)).await;
+
+    // Readiness: ready and not degraded.
+    let (status, body) = e1.admin_get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+}
+
+#[tokio::test]
+async fn a_user_on_two_edges_gets_everything_and_operator_calls_reach_both() {
+    let b = Backends::start().await;
+    let (n1, n2) = (node(&b, "all", "e1").await, node(&b, "all", "e2").await);
+    let mut d1 = n1.connect("alpha", &token("alpha", "dave")).await;
+    let mut d2 = n2.connect("alpha", &token("alpha", "dave")).await;
+    let (mut g1, mut g2) = (
+        n1.grpc(Some(ALPHA_KEY)).await,
+        n2.grpc(Some(ALPHA_KEY)).await,
+    );
+
+    for (i, g) in [&mut g1, &mut g2].into_iter().enumerate() {
+        let r = send(g, publish("alpha", To::User("dave"), &i.to_string())).await;
+        assert_eq!(r.edges, 2);
+        assert_eq!(next_data(&mut d1).await, json!(i));
+        assert_eq!(next_data(&mut d2).await, json!(i));
+    }
+
+    for g in [&mut g1, &mut g2] {
+        let list = g
+            .list_connections(list_user("alpha", "dave"))
+            .await
+            .expect("list")
+            .into_inner();
+        let mut edges: Vec<&str> = list.connections.iter().map(|c| c.edge.as_str()).collect();
+        edges.sort();
+        assert_eq!(edges, ["e1", "e2"]);
+        assert!(list.missing_edges.is_empty());
+    }
+
+    let r = g2
+        .disconnect(DisconnectRequest {
+            project: "alpha".into(),
+            who: Some(disconnect_request::Who::User("dave".into())),
+            reconnect_after_ms: 0,
+        })
+        .await
+        .expect("disconnect")
+        .into_inner();
+    assert_eq!(r.disconnected, 2);
+    assert!(r.missing_edges.is_empty());
+    for d in [&mut d1, &mut d2] {
+        assert_eq!(d.expect_close().await.0, 4009);
+    }
+}
+
+#[tokio::test]
+async fn an_edge_killed_stops_receiving_within_the_ttl_and_listings_name_it() {
+    let b = Backends::start().await;
+    let (n1, mut n2) = (node(&b, "all", "e1").await, node(&b, "all", "e2").await);
+    let mut a1 = n1.connect("alpha", &token("alpha", "alice")).await;
+    let _a2 = n2.connect("alpha", &token("alpha", "alice")).await;
+    let mut g1 = n1.grpc(Some(ALPHA_KEY)).await;
+    let r = send(&mut g1, publish("alpha", To::User("alice"), "0")).await;
+    assert_eq!(r.edges, 2);
+    assert_eq!(next_data(&mut a1).await, json!(0));
+
+    n2.signal("KILL");
+    let killed = Instant::now();
+    let _ = n2.wait_exit().await;
+    // Still alive in the registry: the listing says which edge did not answer.
+    let list = g1
+        .list_connections(list_user("alpha", "alice"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.connections.len(), 1);
+    assert_eq!(list.missing_edges, ["e2"]);
+    // The remaining edge keeps delivering all along.
+    let r = send(&mut g1, publish("alpha", To::User("alice"), "1")).await;
+    assert!(r.edges >= 1);
+    assert_eq!(next_data(&mut a1).await, json!(1));
+
+    // Within the TTL (3 s) routing to e2 stops; then it is gone from listings too.
+    publish_until(
+        &mut g1,
+        publish("alpha", To::User("alice"), "2"),
+        1,
+        Duration::from_secs(6),
+    )
+    .await;
+    let stopped = killed.elapsed();
+    assert!(stopped < Duration::from_secs(4), "took {stopped:?}");
+    let list = g1
+        .list_connections(list_user("alpha", "alice"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.missing_edges.is_empty(), "{:?}", list.missing_edges);
+    assert_eq!(list.connections.len(), 1);
+    loop {
+        let d = next_data(&mut a1).await;
+        if d == json!(2) {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn delivery_continues_when_a_nats_node_dies() {
+    let mut b = Backends::start().await;
+    // Each node is told one NATS server and learns the others from the cluster.
+    let url = |i: usize| toml::Value::Array(vec![b.nats[i].url().into()]);
+    let n1 = herald()
+        .clustered(&b)
+        .cluster("nats_urls", url(0))
+        .edge("id", "e1")
+        .start()
+        .await;
+    let n2 = herald()
+        .clustered(&b)
+        .cluster("nats_urls", url(1))
+        .edge("id", "e2")
+        .start()
+        .await;
+    let mut a = n1.connect("alpha", &token("alpha", "alice")).await;
+    let mut bob = n2.connect("alpha", &token("alpha", "bob")).await;
+    let mut g2 = n2.grpc(Some(ALPHA_KEY)).await;
+    let mut g1 = n1.grpc(Some(ALPHA_KEY)).await;
+    send(&mut g2, publish("alpha", To::User("alice"), "0")).await;
+    assert_eq!(next_data(&mut a).await, json!(0));
+
+    b.nats[0].kill().await;
+    // n1 reconnects to a surviving node; messages published meanwhile may be lost (at most
+    // once), so publish until one arrives, then every later one must.
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut n = 1;
+    loop {
+        send(&mut g2, publish("alpha", To::User("alice"), &n.to_string())).await;
+        let got = tokio::time::timeout(Duration::from_millis(300), a.next_msg()).await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no delivery after the NATS node died"
+        );
+        n += 1;
+    }
+    for i in 100..105 {
+        send(&mut g2, publish("alpha", To::User("alice"), &i.to_string())).await;
+        send(&mut g1, publish("alpha", To::User("bob"), &i.to_string())).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let d = next_data(&mut a).await;
+        if d.as_i64().is_some_and(|v| v >= 100) {
+            got.push(d);
+        }
+    }
+    assert_eq!(got, (100..105).map(|i| json!(i)).collect::<Vec<_>>());
+    for i in 100..105 {
+        assert_eq!(next_data(&mut bob).await, json!(i));
+    }
+    let (status, body) = n1.admin_get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+}
+
+#[tokio::test]
+async fn edges_re_register_after_redis_restarts_empty() {
+    let mut b = Backends::start_with(false, 1).await;
+    let (n1, n2) = (node(&b, "all", "e1").await, node(&b, "all", "e2").await);
+    let mut alice = n1
+        .connect("alpha", &with_groups("alpha", "alice", &["news"]))
+        .await;
+    let mut bob = n2
+        .connect("alpha", &with_groups("alpha", "bob", &["news"]))
+        .await;
+    let mut g2 = n2.grpc(Some(ALPHA_KEY)).await;
+    assert_eq!(
+        send(&mut g2, publish("alpha", To::Group("news"), "0"))
+            .await
+            .edges,
+        2
+    );
+    assert_eq!(next_data(&mut alice).await, json!(0));
+    assert_eq!(next_data(&mut bob).await, json!(0));
+
+    b.redis[0].kill().await;
+    // Degraded, not unready: the edge still serves its clients.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = n1.admin_get("/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        if body.contains("degraded") && body.contains("redis") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "readiness never said degraded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Existing clients keep being served: a broadcast needs no registry lookup.
+    send(&mut g2, publish("alpha", To::Broadcast, "\"down\"")).await;
+    assert_eq!(next_data(&mut alice).await, json!("down"));
+    assert_eq!(next_data(&mut bob).await, json!("down"));
+    b.redis[0].restart().await;
+
+    // No client reconnects: the edges write their whole interest again.
+    publish_until(
+        &mut g2,
+        publish("alpha", To::User("alice"), "1"),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    publish_until(
+        &mut g2,
+        publish("alpha", To::Group("news"), "2"),
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    loop {
+        if next_data(&mut alice).await == json!(2) {
+            break;
+        }
+    }
+    loop {
+        if next_data(&mut bob).await == json!(2) {
+            break;
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = n1.admin_get("/readyz").await;
+        if body == "ready\n" {
+            break;
+        }
+        assert!(Instant::now() < until, "still degraded: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,218 @@
+//! The Redis registry against a real `redis-server`, single and as a 3-master Redis Cluster
+//! (where a cross-slot command fails, so it fails here and not in production).
+
+use std::time::{Duration, Instant};
+
+use herald_cluster::{RedisConfig, RedisRegistry};
+use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
+use herald_core::registry::{InterestChange, InterestKey, Liveness, Registry};
+use herald_tests::cluster::{Backends, server_bin};
+
+fn edge(s: &str) -> EdgeId {
+    EdgeId::new(s).expect("valid edge id")
+}
+
+fn user(p: &str, u: &str) -> InterestKey {
+    InterestKey::User(
+        ProjectId::new(p).expect("project"),
+        UserId::new(u).expect("user"),
+    )
+}
+
+fn group(p: &str, g: &str) -> InterestKey {
+    InterestKey::Group(
+        ProjectId::new(p).expect("project"),
+        GroupId::new(g).expect("group"),
+    )
+}
+
+fn registry(b: &Backends, ttl: Duration) -> RedisRegistry {
+    RedisRegistry::new(&RedisConfig {
+        urls: b.redis_urls(),
+        cluster: b.redis_cluster,
+        key_prefix: b.prefix.clone(),
+        edge_ttl: ttl,
+        timeout: Duration::from_secs(2),
+    })
+    .expect("registry")
+}
+
+async fn sorted(r: &RedisRegistry, k: &InterestKey) -> Vec<EdgeId> {
+    let mut v = r.edges_for(k).await.expect("edges_for");
+    v.sort();
+    v
+}
+
+/// Everything the registry promises, on whatever Redis `b` runs.
+async fn conformance(b: &Backends) {
+    let r = registry(b, Duration::from_secs(2));
+    let (e1, e2) = (edge("e1"), edge("e2"));
+    assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Registered);
+    assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Renewed);
+    assert_eq!(r.heartbeat(&e2).await.expect("hb"), Liveness::Registered);
+
+    // Equal user and group names are different keys; projects never mix.
+    let (alice, news, alice_g) = (user("a", "alice"), group("a", "news"), group("a", "alice"));
+    r.update(
+        &e1,
+        &[
+            InterestChange::Add(alice.clone()),
+            InterestChange::Add(news.clone()),
+            InterestChange::Remove(news.clone()),
+            InterestChange::Add(news.clone()),
+        ],
+    )
+    .await
+    .expect("update");
+    r.update(&e2, &[InterestChange::Add(alice.clone())])
+        .await
+        .expect("update");
+    assert_eq!(sorted(&r, &alice).await, vec![e1.clone(), e2.clone()]);
+    assert_eq!(sorted(&r, &news).await, vec![e1.clone()]);
+    assert!(sorted(&r, &alice_g).await.is_empty());
+    assert!(sorted(&r, &user("b", "alice")).await.is_empty());
+    assert_eq!(
+        r.live_edges().await.expect("live"),
+        vec![e1.clone(), e2.clone()]
+    );
+
+    // A batch of thousands of keys costs a handful of round trips.
+    let keys: Vec<InterestKey> = (0..5_000).map(|i| user("a", &format!("u{i}"))).collect();
+    let changes: Vec<InterestChange> = keys.iter().cloned().map(InterestChange::Add).collect();
+    let before = r.round_trips();
+    r.update(&e1, &changes).await.expect("big update");
+    let trips = r.round_trips() - before;
+    assert!(trips <= 6, "5,000 adds took {trips} round trips");
+    assert_eq!(sorted(&r, &keys[4_321]).await, vec![e1.clone()]);
+
+    // A resync replaces the edge's whole interest: stale keys go, the rest stays.
+    r.resync(&e1, &[alice.clone(), keys[1].clone()])
+        .await
+        .expect("resync");
+    assert!(sorted(&r, &news).await.is_empty());
+    assert!(sorted(&r, &keys[4_321]).await.is_empty());
+    assert_eq!(sorted(&r, &keys[1]).await, vec![e1.clone()]);
+    assert_eq!(sorted(&r, &alice).await, vec![e1.clone(), e2.clone()]);
+
+    // Idempotency keys are claimed once per window, cluster-wide.
+    let p = ProjectId::new("a").expect("project");
+    let w = Duration::from_millis(400);
+    assert!(
+        r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    let other = registry(b, Duration::from_secs(2));
+    assert!(
+        !other
+            .claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    other
+        .release_idempotency_key(&p, "k{1}.*")
+        .await
+        .expect("release");
+    assert!(
+        r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+
+    // e2 stops heartbeating: within the TTL it is no longer served, then it is cleaned up by
+    // whoever notices first, and when it comes back it registers anew.
+    let started = Instant::now();
+    loop {
+        r.heartbeat(&e1).await.expect("hb");
+        if sorted(&r, &alice).await == vec![e1.clone()] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "dead edge still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(r.live_edges().await.expect("live"), vec![e1.clone()]);
+    other.forget_live_edges();
+    other.reap_dead().await.expect("reap");
+    r.heartbeat(&e1).await.expect("hb");
+    // While a cleanup runs the edge is fenced; then it registers anew.
+    let liveness = loop {
+        match r.heartbeat(&e2).await.expect("hb") {
+            Liveness::Fenced => tokio::time::sleep(Duration::from_millis(50)).await,
+            l => break l,
+        }
+    };
+    assert_eq!(liveness, Liveness::Registered);
+    // Its old entries are gone: it must resync to be found again.
+    assert_eq!(sorted(&r, &alice).await, vec![e1.clone()]);
+    r.resync(&e2, std::slice::from_ref(&alice))
+        .await
+        .expect("resync");
+    r.forget_live_edges();
+    assert_eq!(sorted(&r, &alice).await, vec![e1.clone(), e2.clone()]);
+
+    // A deregistered edge is gone at once.
+    r.deregister(&e2).await.expect("deregister");
+    r.forget_live_edges();
+    assert_eq!(sorted(&r, &alice).await, vec![e1.clone()]);
+    assert!(r.degraded().is_none());
+}
+
+#[tokio::test]
+async fn registry_on_a_single_redis() {
+    let b = Backends::start_with(false, 0).await;
+    conformance(&b).await;
+}
+
+#[tokio::test]
+async fn registry_on_a_redis_cluster() {
+    let b = Backends::start_with(true, 0).await;
+    // The sandbox is a real cluster: a cross-slot command is refused.
+    let out = tokio::process::Command::new(server_bin("redis-cli"))
+        .args(["-p", &b.redis[0].port.to_string(), "-c", "mget", "a", "b"])
+        .output()
+        .await
+        .expect("redis-cli");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CROSSSLOT"),
+        "not a cluster: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    conformance(&b).await;
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_then_recovers_and_reports_registration_lost() {
+    let mut b = Backends::start_with(false, 0).await;
+    let r = registry(&b, Duration::from_secs(5));
+    let e = edge("e1");
+    assert_eq!(r.heartbeat(&e).await.expect("hb"), Liveness::Registered);
+    r.update(&e, &[InterestChange::Add(user("a", "bob"))])
+        .await
+        .expect("update");
+    b.redis[0].kill().await;
+    assert!(r.heartbeat(&e).await.is_err());
+    assert!(r.degraded().is_some_and(|d| d.contains("redis")));
+    b.redis[0].restart().await;
+    // The manager reconnects; the restarted (empty) Redis no longer knows the edge.
+    let until = Instant::now() + Duration::from_secs(10);
+    let liveness = loop {
+        match r.heartbeat(&e).await {
+            Ok(l) => break l,
+            Err(_) => {
+                assert!(Instant::now() < until, "no reconnection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(liveness, Liveness::Registered);
+    assert!(r.degraded().is_none());
+}
