@@ -20,6 +20,7 @@ use herald_core::ids::{GroupId, ProjectId, UserId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -445,7 +446,13 @@ async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box
             return None;
         }
         Event::ReadError(WsError::Capacity(_)) => (CloseCode::MessageTooBig, 0),
-        Event::ReadError(WsError::Protocol(_) | WsError::Utf8(_)) => (CloseCode::ProtocolError, 0),
+        // A peer that drops TCP without a close frame is gone, not misbehaving: counted as io.
+        Event::ReadError(WsError::Protocol(p))
+            if !matches!(p, ProtocolError::ResetWithoutClosingHandshake) =>
+        {
+            (CloseCode::ProtocolError, 0)
+        }
+        Event::ReadError(WsError::Utf8(_)) => (CloseCode::ProtocolError, 0),
         Event::ReadError(_) | Event::WriteError => {
             hub.remove(h);
             metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);

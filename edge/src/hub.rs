@@ -186,6 +186,8 @@ pub struct Hub {
     cfg: HubConfig,
     shards: Box<[Mutex<Shard>]>,
     next_number: AtomicU64,
+    /// Set by [`Hub::close_all`]: the hint every connection inserted afterwards is closed with.
+    shutdown: Mutex<Option<(CloseCode, u32)>>,
     started: Instant,
     clock: AtomicU32,
     interest: Arc<Interest>,
@@ -228,7 +230,10 @@ impl Hub {
             edge,
             cfg,
             shards,
-            next_number: AtomicU64::new(1),
+            // Numbers start from the start time (ms << 20), so ids from before a restart do not
+            // name new connections: a run would need 2^20 connects per ms of uptime to collide.
+            next_number: AtomicU64::new(((unix_now().as_millis() as u64) << 20) | 1),
+            shutdown: Mutex::new(None),
             started: Instant::now(),
             clock: AtomicU32::new(0),
             interest,
@@ -304,6 +309,13 @@ impl Hub {
                 last_seen: self.now(),
                 ping_sent_at: None,
             });
+            // A connection that finished its handshake while the edge began to drain is closed
+            // like the others (checked under the shard lock `close_all` also takes).
+            if let Some((code, max_ms)) = *self.shutdown.lock()
+                && let Some(conn) = shard.conns.get_mut(slot as usize)
+            {
+                close(conn, shutdown_closing(code, max_ms));
+            }
             (slot, registered)
         };
         metrics::gauge!("herald_edge_connections").increment(1.0);
@@ -555,25 +567,13 @@ impl Hub {
     /// Closes every connection (shutdown), each with a reconnect hint spread over
     /// `0..max_reconnect_ms` so clients do not all come back at once.
     pub fn close_all(&self, code: CloseCode, max_reconnect_ms: u32) -> u32 {
-        use rand::Rng as _;
-        let mut rng = rand::rng();
+        *self.shutdown.lock() = Some((code, max_reconnect_ms));
         let mut n = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             for (_, c) in shard.conns.iter_mut() {
                 if c.closing.is_none() {
-                    let reconnect_after_ms = if max_reconnect_ms == 0 {
-                        0
-                    } else {
-                        rng.random_range(max_reconnect_ms / 4..=max_reconnect_ms)
-                    };
-                    close(
-                        c,
-                        Closing {
-                            code,
-                            reconnect_after_ms,
-                        },
-                    );
+                    close(c, shutdown_closing(code, max_reconnect_ms));
                     n += 1;
                 }
             }
@@ -747,6 +747,20 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool 
         wake.push(w);
     }
     true
+}
+
+/// A shutdown close with a reconnect hint spread over `max_ms / 4..=max_ms`.
+fn shutdown_closing(code: CloseCode, max_ms: u32) -> Closing {
+    use rand::Rng as _;
+    let reconnect_after_ms = if max_ms == 0 {
+        0
+    } else {
+        rand::rng().random_range(max_ms / 4..=max_ms)
+    };
+    Closing {
+        code,
+        reconnect_after_ms,
+    }
 }
 
 fn close(c: &mut Conn, closing: Closing) {

@@ -299,10 +299,43 @@ impl Config {
         p.extend(self.router.validate());
         p.extend(validate_projects(&self.projects));
         p.extend(self.cluster.validate());
+        p.extend(self.duplicate_api_keys());
         if !matches!(self.log.format.as_str(), "text" | "json") {
             p.push("log.format: must be \"text\" or \"json\"".into());
         }
         p
+    }
+}
+
+impl Config {
+    /// An API key used twice would grant one project's caller another's rights (or an admin's):
+    /// every key must be unique across projects and admin keys. Keys are never echoed.
+    fn duplicate_api_keys(&self) -> Vec<String> {
+        let mut owner: std::collections::HashMap<&str, String> = Default::default();
+        let mut problems = Vec::new();
+        let admin = self
+            .router
+            .admin_api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), format!("router.admin_api_keys[{i}]")));
+        let projects = self.projects.iter().enumerate().flat_map(|(i, p)| {
+            p.api_keys.iter().enumerate().map(move |(j, k)| {
+                (
+                    k.as_str(),
+                    format!("projects[{i}] ({}).api_keys[{j}]", p.id),
+                )
+            })
+        });
+        for (key, at) in admin.chain(projects) {
+            match owner.get(key) {
+                Some(first) => problems.push(format!("{at}: the same key as {first}")),
+                None => {
+                    owner.insert(key, at);
+                }
+            }
+        }
+        problems
     }
 }
 

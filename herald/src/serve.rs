@@ -125,6 +125,8 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         api,
     ));
 
+    // The admin endpoint outlives the drain, so probes see `/readyz` answer 503 "draining".
+    let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -133,7 +135,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
             registry: nodes.registry.clone(),
             bus: nodes.bus.clone(),
         },
-        cancel.clone(),
+        admin_stop.clone(),
     ));
     let router_task = nodes.router.map(|r| tokio::spawn(r.run(cancel.clone())));
     let grace = Duration::from_secs(cfg.admin.shutdown_grace_secs);
@@ -144,6 +146,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     if let Some(t) = router_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
+    admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("herald stopped");
     Ok(())
@@ -266,9 +269,10 @@ async fn signals(
             _ = hup.recv() => reload(file.as_deref(), &overrides, &auth, &api),
         }
     }
-    tracing::info!("shutting down");
+    // Stop first, log after: a closed stderr must not keep the process from shutting down.
     ready.store(false, Ordering::Relaxed);
     cancel.cancel();
+    tracing::info!("shutting down");
     Ok(())
 }
 

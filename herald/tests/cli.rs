@@ -84,3 +84,44 @@ fn token_command_signs_a_verifiable_token() {
     .expect("valid token");
     assert_eq!(data.claims["groups"], serde_json::json!(["a", "b"]));
 }
+
+#[test]
+fn an_api_key_used_twice_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("h.toml");
+    let text = r#"
+[router]
+admin_api_keys = ["shared-secret-key-0001"]
+
+[[projects]]
+id = "a"
+api_keys = ["shared-secret-key-0001"]
+[[projects.keys]]
+alg = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+
+[[projects]]
+id = "b"
+api_keys = ["project-b-key-000001", "project-b-key-000001"]
+[[projects.keys]]
+alg = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+"#;
+    std::fs::write(&cfg, text).expect("write");
+    let out = herald()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("projects[0] (a).api_keys[0]: the same key as router.admin_api_keys[0]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("projects[1] (b).api_keys[1]: the same key as projects[1] (b).api_keys[0]"),
+        "{err}"
+    );
+    assert!(!err.contains("shared-secret-key-0001"), "{err}");
+}

@@ -77,9 +77,11 @@ impl Router {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<HeraldServer<RouterService>>().await;
         let max = self.service.max_message_bytes();
+        // Requests are bounded by the payload limit; replies (connection listings, ack batches)
+        // are not: they are the router's own and may be larger.
         let herald = HeraldServer::new(self.service)
             .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+            .max_encoding_message_size(usize::MAX);
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(herald)

@@ -349,10 +349,19 @@ impl Herald for RouterService {
                             }
                         }
                     }
-                    Ok(None) | Err(_) => {
+                    Ok(None) => {
                         if !acks.is_empty() {
                             let _ = tx.send(Ok(PublishStreamReply { acks })).await;
                         }
+                        return;
+                    }
+                    Err(status) => {
+                        // A broken inbound stream (undecodable or oversized message, a reset)
+                        // ends the call with its status, never with OK.
+                        if !acks.is_empty() {
+                            let _ = tx.send(Ok(PublishStreamReply { acks })).await;
+                        }
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }

@@ -876,3 +876,77 @@ async fn admin_endpoint_reports_health_readiness_and_metrics() {
         "metrics:\n{body}"
     );
 }
+
+#[tokio::test]
+async fn large_listings_are_not_cut_by_the_request_size_limit() {
+    // Requests are limited to the payload limit plus an allowance; replies are not.
+    let herald = herald().router("max_payload_bytes", 1024).start().await;
+    let groups: Vec<String> = (0..20)
+        .map(|i| format!("{i:02}{}", "g".repeat(58)))
+        .collect();
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let tok = member("alpha", "big", &groups, &[]);
+    let mut clients = Vec::new();
+    for _ in 0..80 {
+        clients.push(connect_with_id(&herald, "alpha", &tok).await.0);
+    }
+    let mut admin = herald.grpc(Some(ADMIN_KEY)).await;
+    let list = admin
+        .list_connections(ListConnectionsRequest {
+            project: "alpha".into(),
+            of: Some(list_connections_request::Of::User("big".into())),
+        })
+        .await
+        .expect("a listing larger than the request limit")
+        .into_inner();
+    assert_eq!(list.connections.len(), 80);
+    assert!(list.connections.iter().all(|c| c.groups.len() == 20));
+    let size: usize = list
+        .connections
+        .iter()
+        .flat_map(|c| c.groups.iter().map(String::len))
+        .sum();
+    assert!(size > 1024 + 65_536, "the listing is only {size} bytes");
+}
+
+#[tokio::test]
+async fn publish_stream_broken_by_an_oversized_message_ends_with_an_error() {
+    let herald = herald().router("max_payload_bytes", 1024).start().await;
+    let mut c = herald.connect("alpha", &token("alpha", "ov")).await;
+    let mut alpha = herald.grpc(Some(ALPHA_KEY)).await;
+    let big = format!("\"{}\"", "x".repeat(200_000));
+    let reqs = vec![
+        PublishStreamRequest {
+            request_id: 1,
+            message: Some(publish("alpha", To::User("ov"), "1")),
+        },
+        PublishStreamRequest {
+            request_id: 2,
+            message: Some(publish("alpha", To::User("ov"), &big)),
+        },
+    ];
+    let mut replies = alpha
+        .publish_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut acks = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(WAIT, replies.message())
+            .await
+            .expect("in time")
+        {
+            Ok(Some(batch)) => acks.extend(batch.acks),
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    let status = end.expect("the call ends with an error status, not OK");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    let ids: Vec<u64> = acks.iter().map(|a| a.request_id).collect();
+    assert_eq!(ids, vec![1]);
+    assert_eq!(c.next_msg().await["data"], json!(1));
+}

@@ -168,3 +168,73 @@ async fn sigterm_closes_every_client_with_going_away_and_exits_zero() {
     let status = herald.wait_exit().await;
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn readiness_says_draining_until_the_drain_ends() {
+    let mut herald = herald().edge("close_timeout_ms", 60_000).start().await;
+    // A client that does not read: the drain waits for it (up to the grace period).
+    let mut stuck = herald.connect("alpha", &token("alpha", "stuck")).await;
+    let (status, body) = herald.admin_get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    herald.signal("TERM");
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = herald.admin_get("/readyz").await;
+        if status == 503 {
+            assert_eq!(body, "draining\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never draining: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _, _) = stuck.expect_close().await;
+    assert_eq!(code, 1001);
+    assert!(herald.wait_exit().await.success());
+}
+
+#[tokio::test]
+async fn a_handshake_finished_during_the_drain_is_closed_with_going_away() {
+    let mut herald = herald().edge("close_timeout_ms", 60_000).start().await;
+    let mut stuck = herald.connect("alpha", &token("alpha", "stuck")).await;
+    // An upgrade request sent in two parts, the second after the drain began.
+    let mut tcp = tokio::net::TcpStream::connect(herald.ws)
+        .await
+        .expect("tcp");
+    let tok = token("alpha", "late");
+    let head = format!(
+        "GET /ws/alpha?token={tok} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    herald.signal("TERM");
+    let until = std::time::Instant::now() + WAIT;
+    while herald.admin_get("/readyz").await.0 != 503 {
+        assert!(std::time::Instant::now() < until, "never draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tcp.write_all(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    // A server close frame (FIN + opcode 8) whose status is 1001 (0x03e9).
+    let has_close = |b: &[u8]| b.windows(4).any(|w| w[0] == 0x88 && w[2..] == [0x03, 0xe9]);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !has_close(&got) {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no close in time: {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(has_close(&got), "no close frame with 1001: {text}");
+    drop(tcp);
+    let (code, _, _) = stuck.expect_close().await;
+    assert_eq!(code, 1001);
+    assert!(herald.wait_exit().await.success());
+}
