@@ -66,14 +66,18 @@ fn fanout(c: &mut Criterion) {
         let mut handles = Vec::new();
         for i in 0..1000 {
             handles.push(
-                hub.insert(NewConn {
-                    project: project.clone(),
-                    user: UserId::new(&format!("u{i}")).expect("id"),
-                    groups: vec![group.clone()],
-                    remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
-                    expires_unix: u64::MAX,
-                })
-                .await,
+                hub.insert(
+                    NewConn {
+                        project: project.clone(),
+                        user: UserId::new(&format!("u{i}")).expect("id"),
+                        groups: vec![group.clone()],
+                        remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
+                        expires_unix: u64::MAX,
+                    },
+                    0,
+                )
+                .await
+                .expect("no per-user cap"),
             );
         }
         (hub, handles)
@@ -107,6 +111,7 @@ fn jwt(c: &mut Criterion) {
     let project = ProjectConfig {
         id: "bench".into(),
         api_keys: vec![],
+        limits: Default::default(),
         keys: vec![
             key("hs", KeyAlgorithm::HS256, None),
             key("es", KeyAlgorithm::ES256, Some("es256-public.pem")),

@@ -33,6 +33,10 @@ pub enum CloseCode {
     DisconnectedByOperator = 4009,
     /// 4010: the refreshed token names another user.
     RefreshMismatch = 4010,
+    /// 4011: the user already has the project's maximum of connections on this edge.
+    TooManyConnections = 4011,
+    /// 4029: the client sent frames faster than the per-connection rate limit.
+    RateLimited = 4029,
 }
 
 impl CloseCode {
@@ -58,6 +62,8 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::DisconnectedByOperator => "disconnected by operator",
             CloseCode::RefreshMismatch => "refreshed token names another user",
+            CloseCode::TooManyConnections => "too many connections for this user",
+            CloseCode::RateLimited => "too many messages",
         }
     }
 
@@ -67,6 +73,7 @@ impl CloseCode {
             CloseCode::AuthRequired | CloseCode::InvalidToken | CloseCode::TokenExpired => 401,
             CloseCode::Forbidden => 403,
             CloseCode::UnknownProject => 404,
+            CloseCode::TooManyConnections | CloseCode::RateLimited => 429,
             _ => 400,
         }
     }
@@ -88,6 +95,8 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::DisconnectedByOperator => "operator",
             CloseCode::RefreshMismatch => "refresh_mismatch",
+            CloseCode::TooManyConnections => "too_many_connections",
+            CloseCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -52,6 +52,32 @@ pub struct ProjectConfig {
     /// Keys that verify client tokens.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// This project's defences (`[projects.limits]`): address lists, origins and caps.
+    #[serde(default)]
+    pub limits: ProjectLimits,
+}
+
+/// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with
+/// the projects (SIGHUP).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectLimits {
+    /// Client networks (CIDR, IPv4 or IPv6) allowed to connect to this project; empty allows
+    /// every address not denied.
+    pub allow_ips: Vec<ipnet::IpNet>,
+    /// Client networks refused (HTTP 403); a deny wins over an allow.
+    pub deny_ips: Vec<ipnet::IpNet>,
+    /// Browser origins allowed (`https://app.example.com`, `https://*.example.com`); empty
+    /// falls back to the edge's `origins`.
+    pub origins: Vec<String>,
+    /// Refuse requests without an `Origin` header; unset falls back to the edge's setting.
+    pub require_origin: Option<bool>,
+    /// Most connections of this project on one edge (HTTP 503 beyond); 0: no cap.
+    pub max_connections: u32,
+    /// Most groups per connection, below the edge's `max_groups_per_connection`; 0: the edge's.
+    pub max_subscriptions_per_connection: u32,
+    /// Most connections (devices) of one user on one edge (close 4011 beyond); 0: no cap.
+    pub max_connections_per_user: u32,
 }
 
 impl ProjectConfig {
@@ -76,6 +102,11 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
         for (j, k) in p.api_keys.iter().enumerate() {
             if k.len() < 16 {
                 problems.push(format!("{at}.api_keys[{j}]: shorter than 16 characters"));
+            }
+        }
+        for (j, o) in p.limits.origins.iter().enumerate() {
+            if let Err(e) = check_origin_pattern(o) {
+                problems.push(format!("{at}.limits.origins[{j}]: {e}"));
             }
         }
         let mut kids = std::collections::HashSet::new();
@@ -125,4 +156,22 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Checks an `Origin` allow-list entry: `scheme://host[:port]`, the host may start with `*.`;
+/// `*` alone allows every origin.
+pub fn check_origin_pattern(o: &str) -> Result<(), &'static str> {
+    if o == "*" {
+        return Ok(());
+    }
+    let Some((scheme, host)) = o.split_once("://") else {
+        return Err("not scheme://host[:port] (e.g. https://app.example.com)");
+    };
+    if scheme.is_empty() || host.is_empty() || host.contains('/') {
+        return Err("not scheme://host[:port] (e.g. https://app.example.com)");
+    }
+    if host.trim_start_matches("*.").contains('*') {
+        return Err("a wildcard may only open the host (https://*.example.com)");
+    }
+    Ok(())
 }

@@ -242,6 +242,7 @@ mod tests {
         let p = ProjectConfig {
             id: "demo".into(),
             api_keys: vec![],
+            limits: Default::default(),
             keys: vec![KeyConfig {
                 kid: None,
                 alg: KeyAlgorithm::HS256,

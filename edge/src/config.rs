@@ -22,6 +22,9 @@ pub struct EdgeConfig {
     pub pong_timeout_secs: u64,
     /// Largest message a client may send, in bytes (larger: close 1009). Default 65,536.
     pub max_message_bytes: usize,
+    /// Largest single frame a client may send, in bytes (larger: close 1009); 0: the same as
+    /// `max_message_bytes`. Default 0.
+    pub max_frame_bytes: usize,
     /// Most bytes queued for one connection before it closes as a slow consumer (4008).
     /// Default 1,048,576.
     pub max_queued_bytes: usize,
@@ -42,6 +45,8 @@ pub struct EdgeConfig {
     pub reconnect_jitter_ms: u32,
     /// How long a closing connection may take to flush its close frame, in ms. Default 3,000.
     pub close_timeout_ms: u64,
+    /// The defences (`[edge.limits]`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for EdgeConfig {
@@ -54,6 +59,7 @@ impl Default for EdgeConfig {
             ping_interval_secs: 25,
             pong_timeout_secs: 20,
             max_message_bytes: 65_536,
+            max_frame_bytes: 0,
             max_queued_bytes: 1 << 20,
             read_buffer_bytes: 128,
             max_groups_per_connection: 256,
@@ -62,6 +68,7 @@ impl Default for EdgeConfig {
             shards: 0,
             reconnect_jitter_ms: 5_000,
             close_timeout_ms: 3_000,
+            limits: Default::default(),
         }
     }
 }
@@ -91,6 +98,7 @@ impl EdgeConfig {
                 p.push(format!("{name}: must be greater than 0"));
             }
         }
+        p.extend(self.limits.validate());
         if self.max_queued_bytes < 1024 {
             p.push("edge.max_queued_bytes: must be at least 1024".into());
         }

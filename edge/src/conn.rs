@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -29,6 +29,7 @@ use crate::Shared;
 use crate::auth::{AuthError, channels_allow};
 use crate::handshake::{self, HandshakeError};
 use crate::hub::{ConnHandle, JoinOutcome, NewConn, Outgoing};
+use crate::limits::{self, MessageBucket, Refusal};
 use crate::protocol::{self, ClientFrame};
 
 /// Most frames written in one vectored write.
@@ -132,6 +133,16 @@ impl WriteQueue {
 pub(crate) struct ConnTask {
     shared: Arc<Shared>,
     state: TaskState,
+    /// The client address while it counts against the limits; given back on drop.
+    admitted: Option<IpAddr>,
+}
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        if let Some(ip) = self.admitted.take() {
+            self.shared.limits.release(ip);
+        }
+    }
 }
 
 type Step = Pin<Box<dyn Future<Output = Option<Box<Session>>> + Send>>;
@@ -148,12 +159,25 @@ impl ConnTask {
     /// A task serving one accepted socket until it closes.
     pub(crate) fn new(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Self {
         let _ = tcp.set_nodelay(true);
+        let ip = limits::client_ip(remote);
         let for_setup = shared.clone();
+        let (step, admitted): (Step, _) = match shared.limits.admit(ip) {
+            Ok(()) => (
+                Box::pin(async move { start(for_setup, tcp, remote, ip).await }),
+                Some(ip),
+            ),
+            Err(r) => (
+                Box::pin(async move {
+                    shed(&for_setup, tcp, r).await;
+                    None
+                }),
+                None,
+            ),
+        };
         Self {
             shared,
-            state: TaskState::Busy(Box::pin(
-                async move { setup(&for_setup, tcp, remote).await },
-            )),
+            state: TaskState::Busy(step),
+            admitted,
         }
     }
 }
@@ -174,7 +198,7 @@ impl Future for ConnTask {
                     Poll::Pending => return Poll::Pending,
                 },
                 TaskState::Live(s) => {
-                    let ev = ready!(poll_conn(
+                    let mut ev = ready!(poll_conn(
                         cx,
                         &this.shared,
                         s.handle,
@@ -184,10 +208,14 @@ impl Future for ConnTask {
                         &mut s.ctl
                     ));
                     if let Event::Message(m) = &ev {
-                        this.shared.hub.touch(s.handle);
-                        // Pings, pongs and the peer's close are answered by tungstenite.
-                        if !matches!(m, Message::Text(_) | Message::Binary(_)) {
-                            continue;
+                        if !this.shared.limits.take_message(&mut s.bucket) {
+                            ev = Event::RateLimited;
+                        } else {
+                            this.shared.hub.touch(s.handle);
+                            // Pings, pongs and the peer's close are answered by tungstenite.
+                            if !matches!(m, Message::Text(_) | Message::Binary(_)) {
+                                continue;
+                            }
                         }
                     }
                     let TaskState::Live(session) =
@@ -214,6 +242,8 @@ struct Session {
     user: UserId,
     channels: Box<[Box<str>]>,
     project: ProjectId,
+    /// Inbound frame rate.
+    bucket: MessageBucket,
 }
 
 fn ws_close(code: CloseCode) -> CloseFrame {
@@ -223,8 +253,43 @@ fn ws_close(code: CloseCode) -> CloseFrame {
     }
 }
 
-/// Handshake and authentication: returns the session, or refuses and closes.
-async fn setup(shared: &Shared, mut stream: TcpStream, remote: SocketAddr) -> Option<Box<Session>> {
+/// Answers a client refused at accept (address lists, rates, caps) with its HTTP status, after
+/// reading its request within a short deadline so the answer is not lost to a reset.
+async fn shed(shared: &Shared, mut tcp: TcpStream, r: Refusal) {
+    r.count();
+    let deadline = Duration::from_millis(shared.cfg.handshake_timeout_ms.min(2_000));
+    let _ = timeout(deadline, handshake::read_request(&mut tcp)).await;
+    let retry = r.retry().then_some(shared.cfg.limits.retry_after_secs);
+    handshake::refuse_retry(&mut tcp, r.status(), r.label(), retry).await;
+}
+
+/// Runs the setup of an admitted connection; a connection that does not go live gives back
+/// its place in the project's count.
+async fn start(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    ip: IpAddr,
+) -> Option<Box<Session>> {
+    let mut entered = None;
+    let session = setup(&shared, tcp, remote, ip, &mut entered).await;
+    if session.is_none()
+        && let Some(project) = entered
+    {
+        shared.limits.leave_project(&project);
+    }
+    session
+}
+
+/// Handshake and authentication: returns the session, or refuses and closes. `entered` names
+/// the project once the connection counts against its cap.
+async fn setup(
+    shared: &Shared,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    ip: IpAddr,
+    entered: &mut Option<String>,
+) -> Option<Box<Session>> {
     let tcp = &mut stream;
     let cfg = &shared.cfg;
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
@@ -244,6 +309,30 @@ async fn setup(shared: &Shared, mut stream: TcpStream, remote: SocketAddr) -> Op
         }
     };
     let keys = shared.keys.load();
+    if keys.has_project(&up.project) {
+        let refused =
+            match shared
+                .limits
+                .policy()
+                .check_request(&up.project, ip, up.origin.as_deref())
+            {
+                Err(r) => Some(r),
+                Ok(()) if !shared.limits.enter_project(&up.project) => {
+                    Some(Refusal::ProjectConnections)
+                }
+                Ok(()) => {
+                    *entered = Some(up.project.clone());
+                    None
+                }
+            };
+        if let Some(r) = refused {
+            r.count();
+            tracing::debug!(%remote, project = %up.project, reason = r.label(), "refused");
+            let retry = r.retry().then_some(cfg.limits.retry_after_secs);
+            handshake::refuse_retry(tcp, r.status(), r.label(), retry).await;
+            return None;
+        }
+    }
     let mut verified = None;
     if cfg.refuse_before_upgrade {
         let result = if !keys.has_project(&up.project) {
@@ -303,16 +392,31 @@ async fn setup(shared: &Shared, mut stream: TcpStream, remote: SocketAddr) -> Op
         }
     };
     let project = ProjectId::new(&up.project).ok()?;
-    let handle = shared
+    let per_user = shared
+        .limits
+        .policy()
+        .project(project.as_str())
+        .map_or(0, |p| p.max_connections_per_user);
+    let inserted = shared
         .hub
-        .insert(NewConn {
-            project: project.clone(),
-            user: identity.user.clone(),
-            groups: identity.groups.clone(),
-            remote,
-            expires_unix: identity.expires_unix,
-        })
+        .insert(
+            NewConn {
+                project: project.clone(),
+                user: identity.user.clone(),
+                groups: identity.groups.clone(),
+                remote,
+                expires_unix: identity.expires_unix,
+            },
+            per_user,
+        )
         .await;
+    let Some(handle) = inserted else {
+        let code = CloseCode::TooManyConnections;
+        count_refusal_code(code);
+        let mut q = WriteQueue::default();
+        close_and_finish(shared, tcp, &mut ctx, &mut q, code, 0).await;
+        return None;
+    };
     metrics::counter!("herald_edge_connects_total", "result" => "ok").increment(1);
     let mut q = WriteQueue::default();
     let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
@@ -337,12 +441,16 @@ async fn setup(shared: &Shared, mut stream: TcpStream, remote: SocketAddr) -> Op
             .map(String::into_boxed_str)
             .collect(),
         project,
+        bucket: shared.limits.message_bucket(),
     }))
 }
 
 fn count_refusal(e: &AuthError) {
-    metrics::counter!("herald_edge_connects_total", "result" => e.close_code().label())
-        .increment(1);
+    count_refusal_code(e.close_code());
+}
+
+fn count_refusal_code(code: CloseCode) {
+    metrics::counter!("herald_edge_connects_total", "result" => code.label()).increment(1);
 }
 
 /// Reads frames until the first one; returns its token if it is an `auth` frame.
@@ -376,6 +484,8 @@ enum Event {
     PeerClosed,
     ReadError(WsError),
     WriteError,
+    /// The client sent frames faster than its rate limit.
+    RateLimited,
 }
 
 fn poll_conn(
@@ -428,14 +538,25 @@ enum Next {
 }
 
 /// Handles one event of a live connection; returns the session when the connection goes on.
+/// A connection that ends gives back its place in the project's count.
 async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box<Session>> {
+    if handle_event(&shared, &mut s, ev).await {
+        return Some(s);
+    }
+    shared.limits.leave_project(s.project.as_str());
+    None
+}
+
+/// Handles one event; returns whether the connection goes on.
+async fn handle_event(shared: &Arc<Shared>, s: &mut Session, ev: Event) -> bool {
     let hub = &shared.hub;
     let h = s.handle;
     let (code, reconnect_after_ms) = match ev {
-        Event::Message(m) => match on_message(&shared, &mut s, m).await {
-            Next::Continue => return Some(s),
+        Event::Message(m) => match on_message(shared, s, m).await {
+            Next::Continue => return true,
             Next::Close(code) => (code, 0),
         },
+        Event::RateLimited => (CloseCode::RateLimited, 0),
         Event::Closing(c) => (c.code, c.reconnect_after_ms),
         Event::PeerClosed => {
             s.q.take_ctl(&mut s.ctl);
@@ -443,7 +564,7 @@ async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box
             let _ = timeout(close_timeout, s.q.flush(&mut s.tcp)).await;
             hub.remove(h);
             metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
-            return None;
+            return false;
         }
         Event::ReadError(WsError::Capacity(_)) => (CloseCode::MessageTooBig, 0),
         // A peer that drops TCP without a close frame is gone, not misbehaving: counted as io.
@@ -456,14 +577,13 @@ async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box
         Event::ReadError(_) | Event::WriteError => {
             hub.remove(h);
             metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
-            return None;
+            return false;
         }
     };
     hub.remove(h);
     s.q.discard_unsent();
-    let s = &mut *s;
     close_and_finish(
-        &shared,
+        shared,
         &mut s.tcp,
         &mut s.ctx,
         &mut s.q,
@@ -471,7 +591,7 @@ async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box
         reconnect_after_ms,
     )
     .await;
-    None
+    false
 }
 
 /// Sends the close (with a `disconnect` frame first when there is a reconnect hint), waits for
@@ -555,10 +675,14 @@ async fn on_message(shared: &Shared, s: &mut Session, m: Message) -> Next {
                 ));
                 return Next::Continue;
             }
-            match hub
-                .join(s.handle, group, shared.cfg.max_groups_per_connection)
-                .await
-            {
+            let max_groups = match shared.limits.policy().project(s.project.as_str()) {
+                Some(p) if p.max_subscriptions_per_connection > 0 => {
+                    (p.max_subscriptions_per_connection as usize)
+                        .min(shared.cfg.max_groups_per_connection)
+                }
+                _ => shared.cfg.max_groups_per_connection,
+            };
+            match hub.join(s.handle, group, max_groups).await {
                 JoinOutcome::Joined => q.push(protocol::ack(id)),
                 JoinOutcome::TooMany => q.push(protocol::error(
                     id,

@@ -22,6 +22,8 @@ pub struct Upgrade {
     pub token: Option<String>,
     /// The sub-protocol to echo, when the client offered any.
     pub protocol: Option<&'static str>,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
     /// The response to send (101), without the sub-protocol header yet.
     response: http::Response<()>,
     /// Bytes the client sent after the request (the start of its first frames).
@@ -113,10 +115,15 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
     let protocol = choose_protocol(&request)?;
     let token = bearer(&request).or_else(|| query_token(&request));
+    let origin = request
+        .headers()
+        .get(http::header::ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     Ok(Upgrade {
         project,
         token,
         protocol,
+        origin,
         response,
         leftover,
     })
@@ -183,9 +190,22 @@ pub async fn accept(tcp: &mut TcpStream, up: &mut Upgrade) -> std::io::Result<()
 
 /// Writes a plain HTTP refusal and closes.
 pub async fn refuse(tcp: &mut TcpStream, status: StatusCode, reason: &str) {
+    refuse_retry(tcp, status, reason, None).await
+}
+
+/// Writes a plain HTTP refusal, with `Retry-After` when given (seconds), and closes.
+pub async fn refuse_retry(
+    tcp: &mut TcpStream,
+    status: StatusCode,
+    reason: &str,
+    retry_after_secs: Option<u32>,
+) {
     let body = format!("{reason}\n");
+    let retry = retry_after_secs
+        .map(|s| format!("retry-after: {s}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()

@@ -265,12 +265,23 @@ impl Hub {
     }
 
     /// Registers an authenticated connection; resolves once the registry holds its interest.
-    pub async fn insert(&self, c: NewConn) -> ConnHandle {
-        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+    /// `None` when the user already has `max_per_user` connections here (0: no cap).
+    pub async fn insert(&self, c: NewConn, max_per_user: u32) -> Option<ConnHandle> {
         let shard_ix = self.user_shard(c.project.as_str(), c.user.as_str());
-        let (slot, registered) = {
+        let (number, slot, registered) = {
             let mut shard = self.shards[shard_ix].lock();
             let shard = &mut *shard;
+            // All devices of a user share this shard: the count is exact under its lock.
+            if max_per_user > 0
+                && shard
+                    .users
+                    .get(&c.project)
+                    .and_then(|m| m.get(&c.user))
+                    .is_some_and(|s| s.as_slice().len() >= max_per_user as usize)
+            {
+                return None;
+            }
+            let number = self.next_number.fetch_add(1, Ordering::Relaxed);
             let entry = shard.conns.vacant_entry();
             let slot = entry.key() as u32;
             let (user, first) = index_add(&mut shard.users, &c.project, &c.user, slot);
@@ -316,15 +327,15 @@ impl Hub {
             {
                 close(conn, shutdown_closing(code, max_ms));
             }
-            (slot, registered)
+            (number, slot, registered)
         };
         metrics::gauge!("herald_edge_connections").increment(1.0);
         let _ = registered.await;
-        ConnHandle {
+        Some(ConnHandle {
             shard: shard_ix as u32,
             slot,
             number,
-        }
+        })
     }
 
     /// Removes a connection and its interest.

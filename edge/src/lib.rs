@@ -10,6 +10,7 @@
 //! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
 //! - [`local`]: the registry of a single-node Herald, answered by the hub itself.
 //! - `conn`: the one task per connection that reads frames and writes queued bytes.
+//! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hub;
 pub mod interest;
+pub mod limits;
 pub mod local;
 pub mod protocol;
 
@@ -67,6 +69,7 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     pub(crate) keys: Arc<ArcSwap<AuthKeys>>,
     pub(crate) ws_config: WebSocketConfig,
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 /// A bound edge, ready to run.
@@ -140,13 +143,19 @@ impl Edge {
             .read_buffer_size(cfg.read_buffer_bytes)
             .write_buffer_size(0)
             .max_message_size(Some(cfg.max_message_bytes))
-            .max_frame_size(Some(cfg.max_message_bytes));
+            .max_frame_size(Some(match cfg.max_frame_bytes {
+                0 => cfg.max_message_bytes,
+                n => n,
+            }));
+        let limits = Arc::new(limits::Limits::new(&cfg.limits));
+        tracing::info!(max_connections = limits.max_connections(), "connection cap");
         Ok(Self {
             shared: Arc::new(Shared {
                 cfg,
                 hub,
                 keys,
                 ws_config,
+                limits,
             }),
             listener,
             registry,
@@ -164,6 +173,11 @@ impl Edge {
         &self.shared.hub
     }
 
+    /// The edge's defences, to reload their policy ([`limits::Limits::reload`]).
+    pub fn limits(&self) -> Arc<limits::Limits> {
+        self.shared.limits.clone()
+    }
+
     /// Accepts clients until `cancel` fires, then closes every client with going-away and waits
     /// up to `grace` for them to finish.
     pub async fn run(self, cancel: CancellationToken, grace: Duration) {
@@ -176,6 +190,7 @@ impl Edge {
             self.registry.clone(),
             cancel.clone(),
         ));
+        let mut failures = 0u32;
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -183,13 +198,18 @@ impl Edge {
             };
             match accepted {
                 Ok((tcp, remote)) => {
+                    failures = 0;
                     tracker.spawn(conn::ConnTask::new(shared.clone(), tcp, remote));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off, never spin or exit.
-                    metrics::counter!("herald_edge_accept_errors_total").increment(1);
-                    tracing::warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let Some(wait) = accept_backoff(&e, &mut failures) else {
+                        continue;
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                 }
             }
         }
@@ -214,6 +234,31 @@ impl Edge {
     }
 }
 
+/// Counts a failed accept; the wait before the next one, `None` for a connection the peer
+/// aborted before it was accepted (nothing to wait for).
+fn accept_backoff(e: &std::io::Error, failures: &mut u32) -> Option<Duration> {
+    // EMFILE (24) and ENFILE (23): out of file descriptors; ENOBUFS, ENOMEM: out of memory.
+    let kind = match e.raw_os_error() {
+        Some(23 | 24) => "fd_exhausted",
+        Some(12 | 105) => "no_memory",
+        _ if e.kind() == std::io::ErrorKind::ConnectionAborted => {
+            metrics::counter!("herald_edge_accept_errors_total", "kind" => "aborted").increment(1);
+            return None;
+        }
+        _ => "other",
+    };
+    metrics::counter!("herald_edge_accept_errors_total", "kind" => kind).increment(1);
+    if *failures == 0 {
+        tracing::warn!(error = %e, kind, "accept failed; backing off");
+    }
+    *failures = failures.saturating_add(1);
+    Some(backoff(
+        *failures,
+        Duration::from_millis(5),
+        Duration::from_millis(500),
+    ))
+}
+
 async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -222,6 +267,7 @@ async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = every.tick() => {}
         }
         shared.hub.tick();
+        shared.limits.sweep();
     }
 }
 

@@ -15,6 +15,7 @@ use herald_core::bus::{Bus, MemoryBus};
 use herald_core::ids::EdgeId;
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
 use herald_core::registry::Registry;
+use herald_edge::limits::Limits;
 use herald_edge::local::LocalRegistry;
 use herald_edge::{AuthKeys, Edge};
 use herald_router::{ApiKeys, Router};
@@ -35,6 +36,7 @@ fn dev_project() -> ProjectConfig {
     ProjectConfig {
         id: "demo".into(),
         api_keys: vec![format!("dev-{}", random_hex(16))],
+        limits: Default::default(),
         keys: vec![KeyConfig {
             kid: Some("dev".into()),
             alg: KeyAlgorithm::HS256,
@@ -88,6 +90,10 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let api = Arc::new(ArcSwap::from_pointee(api));
 
     let nodes = build_nodes(&cfg, &auth, &api).await?;
+    let limits = nodes.edge.as_ref().map(Edge::limits);
+    if let Some(l) = &limits {
+        l.reload(&cfg.edge.limits, &cfg.projects);
+    }
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
@@ -123,6 +129,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         overrides,
         auth,
         api,
+        limits,
     ));
 
     // The admin endpoint outlives the drain, so probes see `/readyz` answer 503 "draining".
@@ -258,6 +265,7 @@ async fn signals(
     overrides: Overrides,
     auth: Arc<ArcSwap<AuthKeys>>,
     api: Arc<ArcSwap<ApiKeys>>,
+    limits: Option<Arc<Limits>>,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -266,7 +274,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(file.as_deref(), &overrides, &auth, &api),
+            _ = hup.recv() => reload(file.as_deref(), &overrides, &auth, &api, limits.as_deref()),
         }
     }
     // Stop first, log after: a closed stderr must not keep the process from shutting down.
@@ -276,12 +284,14 @@ async fn signals(
     Ok(())
 }
 
-/// Re-reads projects and keys; a bad file is reported and the running keys stay.
+/// Re-reads projects and keys, and the defences' lists and limits; a bad file is reported and
+/// the running ones stay.
 fn reload(
     file: Option<&std::path::Path>,
     overrides: &Overrides,
     auth: &ArcSwap<AuthKeys>,
     api: &ArcSwap<ApiKeys>,
+    limits: Option<&Limits>,
 ) {
     let Some(path) = file else {
         tracing::warn!("SIGHUP: no config file to reload");
@@ -294,6 +304,9 @@ fn reload(
         Ok((cfg, (a, k))) => {
             auth.store(Arc::new(a));
             api.store(Arc::new(k));
+            if let Some(l) = limits {
+                l.reload(&cfg.edge.limits, &cfg.projects);
+            }
             tracing::info!(projects = cfg.projects.len(), "reloaded projects and keys");
             println!("herald reloaded projects={}", cfg.projects.len());
         }
