@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use herald_core::codes::{CloseCode, FrameError};
 use herald_core::ids::{GroupId, ProjectId, UserId};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -295,8 +295,14 @@ async fn setup(
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
     let mut up = match timeout(handshake_deadline, handshake::read_request(tcp)).await {
         Ok(Ok(up)) => up,
-        Ok(Err(HandshakeError::Io(_))) | Err(_) => {
-            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "io_or_timeout")
+        Ok(Err(HandshakeError::Io(_))) => {
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "io")
+                .increment(1);
+            return None;
+        }
+        Err(_) => {
+            // Slowloris: a request trickled in is cut at the deadline, however it trickles.
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "timeout")
                 .increment(1);
             return None;
         }
@@ -619,6 +625,12 @@ async fn close_and_finish(
     let _ = timeout(deadline, async {
         q.flush(tcp).await?;
         // Wait for the peer's close (or EOF) so our close frame is not lost to a reset.
+        if code == CloseCode::MessageTooBig {
+            // The reader cannot go on after an oversized frame: discard the peer's bytes.
+            let mut sink = [0u8; 256];
+            while tcp.read(&mut sink).await? > 0 {}
+            return tcp.shutdown().await;
+        }
         loop {
             match ctx.read(&mut Io { tcp, out: &mut ctl }) {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {

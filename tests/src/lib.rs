@@ -76,6 +76,7 @@ pub fn keys_dir() -> PathBuf {
 /// A sandbox configuration under construction.
 pub struct HeraldBuilder {
     config: toml::Table,
+    nofile: Option<u64>,
 }
 
 /// A sandbox with projects `alpha` and `beta` (HS256 keys without `kid`) and an admin key.
@@ -104,7 +105,10 @@ pub fn herald() -> HeraldBuilder {
         alg = "HS256"
         secret = "beta-secret-0123456789abcdef0123456789ab"
     };
-    HeraldBuilder { config }
+    HeraldBuilder {
+        config,
+        nofile: None,
+    }
 }
 
 impl HeraldBuilder {
@@ -133,6 +137,12 @@ impl HeraldBuilder {
         self
     }
 
+    /// Runs the binary with this open-file limit (soft and hard), through `prlimit`.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     fn section(&mut self, name: &str) -> &mut toml::Table {
         self.config
             .entry(name)
@@ -147,7 +157,18 @@ impl HeraldBuilder {
         let config_path = dir.path().join("herald.toml");
         std::fs::write(&config_path, toml::to_string(&self.config).expect("toml"))
             .expect("write config");
-        let mut child = Command::new(herald_bin())
+        let mut command = match self.nofile {
+            // prlimit sets the limit and execs the binary: the pid stays the server's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(herald_bin());
+                c
+            }
+            None => Command::new(herald_bin()),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -285,6 +306,11 @@ impl Herald {
     /// A gRPC client using `api_key` (or none).
     pub async fn grpc(&self, api_key: Option<&str>) -> Grpc {
         grpc_at(self.grpc, api_key).await
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// Sends a signal (`HUP`, `TERM`, ...) to the process.

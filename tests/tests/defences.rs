@@ -1,0 +1,578 @@
+//! The edge's defences through real sockets: each is triggered and answered with its documented
+//! HTTP status or close code, counted in its metric, while an unrelated client keeps receiving.
+//! Clients take distinct loopback source addresses (127.0.0.x) to be distinct client addresses.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt as _;
+use herald_tests::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// A TCP connection to the edge from the loopback address `127.0.0.{last}`.
+async fn tcp_from(herald: &Herald, last: u8) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, last), 0)))?;
+    sock.connect(herald.ws).await
+}
+
+/// Opens a WebSocket from `127.0.0.{last}` with extra headers.
+async fn open_from(
+    herald: &Herald,
+    last: u8,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            v.parse().expect("header value"),
+        );
+    }
+    let tcp = tcp_from(herald, last)
+        .await
+        .map_err(tungstenite::Error::Io)?;
+    tokio_tungstenite::client_async(req, tcp).await
+}
+
+fn url(herald: &Herald, project: &str, sub: &str) -> String {
+    herald.url(project, &format!("token={}", token(project, sub)))
+}
+
+/// Connects from `127.0.0.{last}` and waits for the welcome frame.
+async fn welcomed_from(herald: &Herald, last: u8, project: &str, sub: &str) -> Client {
+    welcomed_with(herald, last, &url(herald, project, sub), &[]).await
+}
+
+async fn welcomed_with(herald: &Herald, last: u8, url: &str, headers: &[(&str, &str)]) -> Client {
+    let (ws, _) = open_from(herald, last, url, headers)
+        .await
+        .expect("websocket upgrade");
+    let mut c = Client { ws };
+    let w = c.next_json().await;
+    assert_eq!(w["type"], "welcome", "first frame: {w}");
+    c
+}
+
+/// Expects the upgrade to be refused with an HTTP status; returns it and `Retry-After`.
+async fn refused(
+    herald: &Herald,
+    last: u8,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>) {
+    match open_from(herald, last, url, headers).await {
+        Err(tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        ),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+/// The value of one series on `/metrics` (0 when absent).
+async fn metric(herald: &Herald, series: &str) -> f64 {
+    let (status, body) = herald.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+}
+
+/// Publishes a broadcast to `project` and checks `c` receives it.
+async fn still_receives(herald: &Herald, key: &str, project: &str, c: &mut Client, n: u64) {
+    let mut grpc = herald.grpc(Some(key)).await;
+    send(&mut grpc, publish(project, To::Broadcast, &n.to_string())).await;
+    assert_eq!(
+        c.next_msg().await["data"],
+        n,
+        "the unrelated client receives"
+    );
+}
+
+fn table(t: toml::Table) -> toml::Value {
+    toml::Value::Table(t)
+}
+
+#[tokio::test]
+async fn address_lists_refuse_with_403_and_reload_on_sighup() {
+    let mut herald = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                deny_ips = ["127.0.0.2/32", "2001:db8::/32"]
+            }),
+        )
+        .projects(&format!(
+            r#"
+            [[projects]]
+            id = "alpha"
+            api_keys = ["{ALPHA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{ALPHA_SECRET}"
+
+            [[projects]]
+            id = "beta"
+            api_keys = ["{BETA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{BETA_SECRET}"
+            [projects.limits]
+            allow_ips = ["127.0.0.0/30", "::1/128"]
+            deny_ips = ["127.0.0.3/32"]
+            "#
+        ))
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+
+    // Denied by the edge: refused at accept, for every project.
+    let (status, retry) = refused(&herald, 2, &url(&herald, "alpha", "x"), &[]).await;
+    assert_eq!((status, retry), (403, None));
+    // Beta allows 127.0.0.0/30 but denies 127.0.0.3 (deny wins), and nothing outside.
+    assert_eq!(
+        refused(&herald, 3, &url(&herald, "beta", "x"), &[]).await.0,
+        403
+    );
+    assert_eq!(
+        refused(&herald, 9, &url(&herald, "beta", "x"), &[]).await.0,
+        403
+    );
+    welcomed_from(&herald, 1, "beta", "in-range").await;
+    // Alpha has no list of its own.
+    welcomed_from(&herald, 9, "alpha", "anywhere").await;
+    assert_eq!(
+        metric(&herald, r#"herald_edge_refused_total{reason="ip_denied"}"#).await,
+        3.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+
+    // Reload: the edge no longer denies 127.0.0.2; beta now denies 127.0.0.1.
+    let text = std::fs::read_to_string(&herald.config_path).expect("read config");
+    let text = text
+        .replace(r#""127.0.0.2/32", "#, "")
+        .replace(r#""127.0.0.3/32""#, r#""127.0.0.1/32""#);
+    std::fs::write(&herald.config_path, text).expect("write config");
+    herald.signal("HUP");
+    herald.wait_line("herald reloaded").await;
+    welcomed_from(&herald, 2, "alpha", "now-allowed").await;
+    welcomed_from(&herald, 3, "beta", "now-allowed").await;
+    assert_eq!(
+        refused(&herald, 1, &url(&herald, "beta", "x"), &[]).await.0,
+        403
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 2).await;
+}
+
+#[tokio::test]
+async fn the_global_cap_sheds_with_503_and_retry_after_before_the_upgrade() {
+    let herald = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                max_connections = 2
+                retry_after_secs = 7
+            }),
+        )
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    let second = welcomed_from(&herald, 2, "alpha", "second").await;
+    let (status, retry) = refused(&herald, 3, &url(&herald, "alpha", "x"), &[]).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("7")));
+    assert_eq!(
+        metric(&herald, r#"herald_edge_refused_total{reason="overloaded"}"#).await,
+        1.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+    // A place frees up once a connection ends.
+    drop(second);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match open_from(&herald, 3, &url(&herald, "alpha", "later"), &[]).await {
+            Ok(_) => break,
+            Err(tungstenite::Error::Http(r)) if r.status() == 503 => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the freed place was not given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 2).await;
+}
+
+#[tokio::test]
+async fn per_address_connection_cap_and_connect_rate_answer_429() {
+    let herald = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                per_ip_max_connections = 2
+                per_ip_connect_rate = 1
+                per_ip_connect_burst = 3
+                retry_after_secs = 2
+            }),
+        )
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+
+    // Two connections held from 127.0.0.2; the third is over the cap.
+    let _a = welcomed_from(&herald, 2, "alpha", "a").await;
+    let _b = welcomed_from(&herald, 2, "alpha", "b").await;
+    let (status, retry) = refused(&herald, 2, &url(&herald, "alpha", "c"), &[]).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("2")));
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_refused_total{reason="ip_connections"}"#
+        )
+        .await,
+        1.0
+    );
+
+    // 127.0.0.3 connects and leaves three times (the burst); the fourth is too fast.
+    for i in 0..3 {
+        let c = welcomed_from(&herald, 3, "alpha", &format!("r{i}")).await;
+        drop(c);
+    }
+    assert_eq!(
+        refused(&herald, 3, &url(&herald, "alpha", "r4"), &[])
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        metric(&herald, r#"herald_edge_refused_total{reason="ip_rate"}"#).await,
+        1.0
+    );
+    // Other addresses are not affected.
+    welcomed_from(&herald, 4, "alpha", "other").await;
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+    // The bucket refills at one per second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    welcomed_from(&herald, 3, "alpha", "refilled").await;
+}
+
+#[tokio::test]
+async fn project_caps_on_connections_devices_and_subscriptions() {
+    let herald = herald()
+        .projects(&format!(
+            r#"
+            [[projects]]
+            id = "alpha"
+            api_keys = ["{ALPHA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{ALPHA_SECRET}"
+            [projects.limits]
+            max_connections = 3
+            max_connections_per_user = 2
+            max_subscriptions_per_connection = 1
+
+            [[projects]]
+            id = "beta"
+            api_keys = ["{BETA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{BETA_SECRET}"
+            "#
+        ))
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "beta", "by").await;
+
+    let _bob1 = welcomed_from(&herald, 1, "alpha", "bob").await;
+    let _bob2 = welcomed_from(&herald, 1, "alpha", "bob").await;
+    let (ws, _) = open_from(&herald, 1, &url(&herald, "alpha", "bob"), &[])
+        .await
+        .expect("upgrade");
+    let (code, reason, _) = Client { ws }.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4011, "too many connections for this user")
+    );
+
+    let channels = json!({"sub":"carol","aud":"alpha","channels":["*"],
+        "exp": jsonwebtoken::get_current_timestamp() + 600});
+    let carol_url = herald.url(
+        "alpha",
+        &format!("token={}", hs256(ALPHA_SECRET, None, &channels)),
+    );
+    let mut carol = welcomed_with(&herald, 1, &carol_url, &[]).await;
+    assert_eq!(carol.subscribe(1, "g1").await["type"], "ack");
+    let e = carol.subscribe(2, "g2").await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(4429))
+    );
+
+    // Three alpha connections: the project is full on this edge; beta is not affected.
+    let (status, retry) = refused(&herald, 1, &url(&herald, "alpha", "dave"), &[]).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("5")));
+    welcomed_from(&herald, 1, "beta", "eve").await;
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_refused_total{reason="project_connections"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_connects_total{result="too_many_connections"}"#
+        )
+        .await,
+        1.0
+    );
+    still_receives(&herald, BETA_KEY, "beta", &mut bystander, 1).await;
+}
+
+#[tokio::test]
+async fn origins_are_checked_against_the_allow_lists() {
+    let herald = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                origins = ["https://app.example.com"]
+            }),
+        )
+        .projects(&format!(
+            r#"
+            [[projects]]
+            id = "alpha"
+            api_keys = ["{ALPHA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{ALPHA_SECRET}"
+
+            [[projects]]
+            id = "beta"
+            api_keys = ["{BETA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{BETA_SECRET}"
+            [projects.limits]
+            origins = ["https://*.beta.example"]
+            require_origin = true
+            "#
+        ))
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    let alpha = url(&herald, "alpha", "a");
+    let beta = url(&herald, "beta", "b");
+    // Alpha: the edge's list; a native client without Origin is allowed.
+    welcomed_with(&herald, 1, &alpha, &[]).await;
+    welcomed_with(&herald, 1, &alpha, &[("origin", "https://app.example.com")]).await;
+    assert_eq!(
+        refused(&herald, 1, &alpha, &[("origin", "https://evil.example")])
+            .await
+            .0,
+        403
+    );
+    // Beta: its own list replaces the edge's, and it requires an Origin.
+    welcomed_with(&herald, 1, &beta, &[("origin", "https://m.beta.example")]).await;
+    assert_eq!(refused(&herald, 1, &beta, &[]).await.0, 403);
+    assert_eq!(
+        refused(&herald, 1, &beta, &[("origin", "https://app.example.com")])
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        metric(&herald, r#"herald_edge_refused_total{reason="origin"}"#).await,
+        3.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+}
+
+#[tokio::test]
+async fn a_client_sending_too_fast_is_closed_with_4029() {
+    let herald = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                message_rate = 5
+                message_burst = 10
+            }),
+        )
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    let mut c = welcomed_from(&herald, 1, "alpha", "fast").await;
+    // Within the burst: answered.
+    for id in 0..5 {
+        c.send_json(json!({"type":"ping","id":id})).await;
+        assert_eq!(c.next_json().await["type"], "pong");
+    }
+    for id in 0..40 {
+        if c.ws
+            .send(Message::text(json!({"type":"ping","id":id}).to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason, _) = c.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4029, "too many messages"));
+    assert_eq!(
+        metric(&herald, r#"herald_edge_closes_total{code="rate_limited"}"#).await,
+        1.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+}
+
+#[tokio::test]
+async fn a_frame_over_max_frame_bytes_closes_1009() {
+    let herald = herald()
+        .edge("max_message_bytes", 65_536)
+        .edge("max_frame_bytes", 1024)
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    let mut small = welcomed_from(&herald, 1, "alpha", "small").await;
+    let pad = "x".repeat(900);
+    small
+        .send_json(json!({"type":"ping","id":1,"pad":pad}))
+        .await;
+    assert_eq!(small.next_json().await["type"], "pong");
+    let mut big = welcomed_from(&herald, 1, "alpha", "big").await;
+    let pad = "x".repeat(2000);
+    big.send_json(json!({"type":"ping","id":1,"pad":pad})).await;
+    let (code, _, _) = big.expect_close().await;
+    assert_eq!(code, 1009);
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_request_is_cut_at_the_handshake_deadline() {
+    let herald = herald().edge("handshake_timeout_ms", 1000).start().await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    let mut slow = tcp_from(&herald, 2).await.expect("connect");
+    let start = Instant::now();
+    let request = format!(
+        "GET /ws/alpha?token={} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        token("alpha", "slow")
+    );
+    // One byte every 100 ms: the request would take far longer than the deadline.
+    let mut cut = None;
+    for b in request.bytes().chain(std::iter::repeat(b'x')) {
+        if slow.write_all(&[b]).await.is_err() {
+            cut = Some(start.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                cut = Some(start.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never cut");
+    }
+    let cut = cut.expect("cut");
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_millis(2500),
+        "cut after {cut:?}"
+    );
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_handshake_failures_total{reason="timeout"}"#
+        )
+        .await,
+        1.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = stat.rsplit_once(')').expect("stat format").1;
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_counts_and_recovers() {
+    let herald = herald()
+        .nofile(64)
+        .edge("handshake_timeout_ms", 30_000)
+        .edge(
+            "limits",
+            table(toml::toml! {
+                max_connections = 10000
+            }),
+        )
+        .start()
+        .await;
+    let pid = herald.pid();
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    // Connections that never send a request hold a descriptor each until the deadline.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(
+            tcp_from(&herald, 2)
+                .await
+                .expect("connect (kernel backlog)"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Out of descriptors: the accept loop must back off, not spin.
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 30,
+        "the server used {used} ticks of CPU in 1 s while out of descriptors"
+    );
+    // The established client keeps receiving meanwhile.
+    send(&mut grpc, publish("alpha", To::Broadcast, "1")).await;
+    assert_eq!(bystander.next_msg().await["data"], 1);
+    drop(idle);
+    // Recovered: new clients are served again.
+    let deadline = Instant::now() + WAIT;
+    let mut c = loop {
+        match open_from(&herald, 3, &url(&herald, "alpha", "after"), &[]).await {
+            Ok((ws, _)) => break Client { ws },
+            Err(e) => {
+                assert!(Instant::now() < deadline, "not recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(c.next_json().await["type"], "welcome");
+    assert!(
+        metric(
+            &herald,
+            r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#
+        )
+        .await
+            >= 1.0
+    );
+    send(&mut grpc, publish("alpha", To::Broadcast, "2")).await;
+    assert_eq!(bystander.next_msg().await["data"], 2);
+    assert_eq!(c.next_msg().await["data"], 2);
+}
