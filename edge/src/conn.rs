@@ -293,7 +293,11 @@ async fn setup(
     let tcp = &mut stream;
     let cfg = &shared.cfg;
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
-    let mut up = match timeout(handshake_deadline, handshake::read_request(tcp)).await {
+    // One deadline from the accept for everything before the request is whole (a TLS handshake
+    // included), however slowly the bytes trickle in.
+    let request_deadline = tokio::time::Instant::now() + handshake_deadline;
+    let mut up = match tokio::time::timeout_at(request_deadline, handshake::read_request(tcp)).await
+    {
         Ok(Ok(up)) => up,
         Ok(Err(HandshakeError::Io(_))) => {
             metrics::counter!("herald_edge_handshake_failures_total", "reason" => "io")

@@ -54,9 +54,9 @@ pub struct LimitsConfig {
     /// Most concurrent connections from one client address (HTTP 429 beyond); 0: no cap.
     /// Default 10,000 (a carrier NAT puts thousands of phones behind one address).
     pub per_ip_max_connections: u32,
-    /// New connections per second one address may open, sustained (HTTP 429 beyond); 0: no
-    /// limit. Default 200.
-    pub per_ip_connect_rate: u32,
+    /// New connections per second one address may open, sustained (HTTP 429 beyond); may be
+    /// fractional; 0: no limit. Default 200.
+    pub per_ip_connect_rate: f64,
     /// Connections one address may open at once above the sustained rate. Default 1,000.
     pub per_ip_connect_burst: u32,
     /// Frames per second one connection may send, sustained (close 4029 beyond); 0: no limit.
@@ -77,7 +77,7 @@ impl Default for LimitsConfig {
             fd_reserve: 256,
             retry_after_secs: 5,
             per_ip_max_connections: 10_000,
-            per_ip_connect_rate: 200,
+            per_ip_connect_rate: 200.0,
             per_ip_connect_burst: 1_000,
             message_rate: 50,
             message_burst: 200,
@@ -94,7 +94,10 @@ impl LimitsConfig {
                 p.push(format!("edge.limits.origins[{i}]: {e}"));
             }
         }
-        if self.per_ip_connect_rate > 0 && self.per_ip_connect_burst == 0 {
+        if !(self.per_ip_connect_rate >= 0.0 && self.per_ip_connect_rate.is_finite()) {
+            p.push("edge.limits.per_ip_connect_rate: must be 0 or more".into());
+        }
+        if self.per_ip_connect_rate > 0.0 && self.per_ip_connect_burst == 0 {
             p.push("edge.limits.per_ip_connect_burst: must be greater than 0".into());
         }
         if self.message_rate > 0 && self.message_burst == 0 {
@@ -346,7 +349,7 @@ impl Limits {
         });
         let refused = if cfg.per_ip_max_connections > 0 && st.conns >= cfg.per_ip_max_connections {
             Some(Refusal::IpConnections)
-        } else if cfg.per_ip_connect_rate > 0 {
+        } else if cfg.per_ip_connect_rate > 0.0 {
             let rate = cfg.per_ip_connect_rate as f32;
             st.tokens = (st.tokens + now.wrapping_sub(st.at_ms) as f32 * rate / 1000.0).min(burst);
             st.at_ms = now;
@@ -361,7 +364,7 @@ impl Limits {
         };
         match refused {
             Some(r) => {
-                if st.conns == 0 && cfg.per_ip_connect_rate == 0 {
+                if st.conns == 0 && cfg.per_ip_connect_rate <= 0.0 {
                     shard.remove(&ip);
                     metrics::gauge!("herald_edge_tracked_ips").decrement(1.0);
                 }
@@ -470,7 +473,7 @@ impl Limits {
 
 /// Whether an address's connect bucket is full again (nothing left to remember).
 fn refilled(st: &IpState, cfg: &LimitsConfig, now: u32) -> bool {
-    if cfg.per_ip_connect_rate == 0 {
+    if cfg.per_ip_connect_rate <= 0.0 {
         return true;
     }
     let tokens =
@@ -535,7 +538,7 @@ mod tests {
     fn per_ip_state_is_dropped_when_the_last_connection_ends() {
         let limits = Limits::new(&LimitsConfig {
             max_connections: 3,
-            per_ip_connect_rate: 0,
+            per_ip_connect_rate: 0.0,
             per_ip_max_connections: 2,
             ..Default::default()
         });
@@ -558,7 +561,7 @@ mod tests {
     fn connect_rate_refills_over_time() {
         let limits = Limits::new(&LimitsConfig {
             max_connections: 100,
-            per_ip_connect_rate: 1000,
+            per_ip_connect_rate: 1000.0,
             per_ip_connect_burst: 2,
             ..Default::default()
         });
