@@ -133,19 +133,42 @@ impl WriteQueue {
 pub(crate) struct ConnTask {
     shared: Arc<Shared>,
     state: TaskState,
-    /// The client address while it counts against the limits; given back on drop.
-    admitted: Option<IpAddr>,
+    /// What the connection counts against the limits; given back on drop.
+    counted: Counted,
+}
+
+/// What a connection counts against the limits.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    /// Nothing (shed at accept).
+    Nothing,
+    /// A place under the global cap.
+    Socket,
+    /// That, and a connection of its client address.
+    SocketAndIp(IpAddr),
 }
 
 impl Drop for ConnTask {
     fn drop(&mut self) {
-        if let Some(ip) = self.admitted.take() {
-            self.shared.limits.release(ip);
+        match self.counted {
+            Counted::Nothing => {}
+            Counted::Socket => self.shared.limits.release_socket(),
+            Counted::SocketAndIp(ip) => {
+                self.shared.limits.release_socket();
+                self.shared.limits.release_ip(ip);
+            }
         }
     }
 }
 
-type Step = Pin<Box<dyn Future<Output = Option<Box<Session>>> + Send>>;
+/// How a step ends: the session when the connection goes on, and (from the setup) the client
+/// address once the connection counts against it.
+struct Outcome {
+    session: Option<Box<Session>>,
+    admitted_ip: Option<IpAddr>,
+}
+
+type Step = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 enum TaskState {
     /// Waiting for a step; `Some(session)` when it ends means the connection goes on.
@@ -159,25 +182,28 @@ impl ConnTask {
     /// A task serving one accepted socket until it closes.
     pub(crate) fn new(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Self {
         let _ = tcp.set_nodelay(true);
-        let ip = limits::client_ip(remote);
         let for_setup = shared.clone();
-        let (step, admitted): (Step, _) = match shared.limits.admit(ip) {
+        let (step, counted): (Step, _) = match shared.limits.admit_socket() {
             Ok(()) => (
-                Box::pin(async move { start(for_setup, tcp, remote, ip).await }),
-                Some(ip),
+                Box::pin(async move { start(for_setup, tcp, remote).await }),
+                Counted::Socket,
             ),
             Err(r) => (
                 Box::pin(async move {
-                    shed(&for_setup, tcp, r).await;
-                    None
+                    let mut tcp = tcp;
+                    shed(&for_setup, &mut tcp, r).await;
+                    Outcome {
+                        session: None,
+                        admitted_ip: None,
+                    }
                 }),
-                None,
+                Counted::Nothing,
             ),
         };
         Self {
             shared,
             state: TaskState::Busy(step),
-            admitted,
+            counted,
         }
     }
 }
@@ -189,14 +215,19 @@ impl Future for ConnTask {
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                TaskState::Busy(step) => match step.as_mut().poll(cx) {
-                    Poll::Ready(Some(session)) => this.state = TaskState::Live(session),
-                    Poll::Ready(None) => {
-                        this.state = TaskState::Done;
-                        return Poll::Ready(());
+                TaskState::Busy(step) => {
+                    let out = ready!(step.as_mut().poll(cx));
+                    if let Some(ip) = out.admitted_ip {
+                        this.counted = Counted::SocketAndIp(ip);
                     }
-                    Poll::Pending => return Poll::Pending,
-                },
+                    match out.session {
+                        Some(session) => this.state = TaskState::Live(session),
+                        None => {
+                            this.state = TaskState::Done;
+                            return Poll::Ready(());
+                        }
+                    }
+                }
                 TaskState::Live(s) => {
                     let mut ev = ready!(poll_conn(
                         cx,
@@ -223,7 +254,13 @@ impl Future for ConnTask {
                     else {
                         return Poll::Ready(());
                     };
-                    this.state = TaskState::Busy(Box::pin(step(this.shared.clone(), session, ev)));
+                    let shared = this.shared.clone();
+                    this.state = TaskState::Busy(Box::pin(async move {
+                        Outcome {
+                            session: step(shared, session, ev).await,
+                            admitted_ip: None,
+                        }
+                    }));
                 }
                 TaskState::Done => return Poll::Ready(()),
             }
@@ -253,45 +290,60 @@ fn ws_close(code: CloseCode) -> CloseFrame {
     }
 }
 
-/// Answers a client refused at accept (address lists, rates, caps) with its HTTP status, after
-/// reading its request within a short deadline so the answer is not lost to a reset.
-async fn shed(shared: &Shared, mut tcp: TcpStream, r: Refusal) {
+/// Answers a client refused before its request was read (global cap, address lists, rates)
+/// with its HTTP status, after reading its request within a short deadline so the answer is not
+/// lost to a reset.
+async fn shed(shared: &Shared, tcp: &mut TcpStream, r: Refusal) {
     r.count();
     let deadline = Duration::from_millis(shared.cfg.handshake_timeout_ms.min(2_000));
-    let _ = timeout(deadline, handshake::read_request(&mut tcp)).await;
+    let _ = timeout(deadline, handshake::read_request(tcp)).await;
     let retry = r.retry().then_some(shared.cfg.limits.retry_after_secs);
-    handshake::refuse_retry(&mut tcp, r.status(), r.label(), retry).await;
+    handshake::refuse_retry(tcp, r.status(), r.label(), retry).await;
 }
 
-/// Runs the setup of an admitted connection; a connection that does not go live gives back
-/// its place in the project's count.
-async fn start(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    ip: IpAddr,
-) -> Option<Box<Session>> {
-    let mut entered = None;
-    let session = setup(&shared, tcp, remote, ip, &mut entered).await;
+/// What a connection in setup counts against the limits beyond its socket.
+#[derive(Default)]
+struct Admitted {
+    /// The client address, once admitted by [`crate::limits::Limits::admit_ip`].
+    ip: Option<IpAddr>,
+    /// The project, once counted against its cap.
+    project: Option<String>,
+}
+
+/// Runs the setup of a connection; one that does not go live gives back its place in the
+/// project's count (its address is given back by the task).
+async fn start(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Outcome {
+    let mut admitted = Admitted::default();
+    let session = setup(&shared, tcp, remote, &mut admitted).await;
     if session.is_none()
-        && let Some(project) = entered
+        && let Some(project) = admitted.project
     {
         shared.limits.leave_project(&project);
     }
-    session
+    Outcome {
+        session,
+        admitted_ip: admitted.ip,
+    }
 }
 
-/// Handshake and authentication: returns the session, or refuses and closes. `entered` names
-/// the project once the connection counts against its cap.
+/// Handshake and authentication: returns the session, or refuses and closes. `admitted` records
+/// what the connection counts against the limits.
 async fn setup(
     shared: &Shared,
     mut stream: TcpStream,
     remote: SocketAddr,
-    ip: IpAddr,
-    entered: &mut Option<String>,
+    admitted: &mut Admitted,
 ) -> Option<Box<Session>> {
     let tcp = &mut stream;
     let cfg = &shared.cfg;
+    // The client address: the one limits count against. (Behind a proxy, the one PROXY
+    // protocol or a trusted X-Forwarded-For carries: then admit it once that is known.)
+    let ip = limits::client_ip(remote);
+    if let Err(r) = shared.limits.admit_ip(ip) {
+        shed(shared, tcp, r).await;
+        return None;
+    }
+    admitted.ip = Some(ip);
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
     // One deadline from the accept for everything before the request is whole (a TLS handshake
     // included), however slowly the bytes trickle in.
@@ -331,7 +383,7 @@ async fn setup(
                     Some(Refusal::ProjectConnections)
                 }
                 Ok(()) => {
-                    *entered = Some(up.project.clone());
+                    admitted.project = Some(up.project.clone());
                     None
                 }
             };

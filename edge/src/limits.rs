@@ -323,18 +323,29 @@ impl Limits {
         &self.ips[(h.finish() as usize) % self.ips.len()]
     }
 
-    /// The checks at accept, before anything is read: the edge's address lists, the global
-    /// cap, the address's connect rate and connection cap. On success the connection counts
-    /// until [`Limits::release`].
-    pub fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
+    /// The check at accept: the global cap. On success the socket counts until
+    /// [`Limits::release_socket`].
+    pub fn admit_socket(&self) -> Result<(), Refusal> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Ends a socket admitted by [`Limits::admit_socket`].
+    pub fn release_socket(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The checks once the client address is known: the edge's address lists, the address's
+    /// connect rate and connection cap. On success the connection counts against the address
+    /// until [`Limits::release_ip`].
+    pub fn admit_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
         let policy = self.policy.load();
         let cfg = &policy.edge;
         if listed_out(ip, &cfg.allow_ips, &cfg.deny_ips) {
             return Err(Refusal::IpDenied);
-        }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::Overloaded);
         }
         let now = self.now_ms();
         let mut shard = self.shard(&ip).lock();
@@ -368,8 +379,6 @@ impl Limits {
                     shard.remove(&ip);
                     metrics::gauge!("herald_edge_tracked_ips").decrement(1.0);
                 }
-                drop(shard);
-                self.open.fetch_sub(1, Ordering::Relaxed);
                 Err(r)
             }
             None => {
@@ -379,10 +388,9 @@ impl Limits {
         }
     }
 
-    /// Ends a connection admitted by [`Limits::admit`]. The address's entry goes once it holds
-    /// no connection and its bucket is full again.
-    pub fn release(&self, ip: IpAddr) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+    /// Ends a connection admitted by [`Limits::admit_ip`]. The address's entry goes once it
+    /// holds no connection and its bucket is full again.
+    pub fn release_ip(&self, ip: IpAddr) {
         let policy = self.policy.load();
         let now = self.now_ms();
         let mut shard = self.shard(&ip).lock();
@@ -544,17 +552,22 @@ mod tests {
         });
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
-        assert_eq!(limits.admit(a), Ok(()));
-        assert_eq!(limits.admit(a), Ok(()));
-        assert_eq!(limits.admit(a), Err(Refusal::IpConnections));
-        assert_eq!(limits.admit(b), Ok(()));
-        assert_eq!(limits.admit(b), Err(Refusal::Overloaded));
+        assert_eq!(limits.admit_ip(a), Ok(()));
+        assert_eq!(limits.admit_ip(a), Ok(()));
+        assert_eq!(limits.admit_ip(a), Err(Refusal::IpConnections));
+        assert_eq!(limits.admit_ip(b), Ok(()));
         assert_eq!(limits.tracked_ips(), 2);
-        limits.release(a);
-        limits.release(a);
-        limits.release(b);
+        limits.release_ip(a);
+        limits.release_ip(a);
+        limits.release_ip(b);
         assert_eq!(limits.tracked_ips(), 0);
-        assert_eq!(limits.open(), 0);
+        for _ in 0..3 {
+            assert_eq!(limits.admit_socket(), Ok(()));
+        }
+        assert_eq!(limits.admit_socket(), Err(Refusal::Overloaded));
+        limits.release_socket();
+        assert_eq!(limits.admit_socket(), Ok(()));
+        assert_eq!(limits.open(), 3);
     }
 
     #[test]
@@ -566,13 +579,13 @@ mod tests {
             ..Default::default()
         });
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        assert_eq!(limits.admit(a), Ok(()));
-        assert_eq!(limits.admit(a), Ok(()));
-        assert_eq!(limits.admit(a), Err(Refusal::IpRate));
+        assert_eq!(limits.admit_ip(a), Ok(()));
+        assert_eq!(limits.admit_ip(a), Ok(()));
+        assert_eq!(limits.admit_ip(a), Err(Refusal::IpRate));
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert_eq!(limits.admit(a), Ok(()));
+        assert_eq!(limits.admit_ip(a), Ok(()));
         for _ in 0..3 {
-            limits.release(a);
+            limits.release_ip(a);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         limits.sweep();
