@@ -118,6 +118,7 @@ fn jwt(c: &mut Criterion) {
             key("rs", KeyAlgorithm::RS256, Some("rs256-public.pem")),
             key("ed", KeyAlgorithm::EdDSA, Some("eddsa-public.pem")),
         ],
+        client_certificates: None,
     };
     let keys = herald_edge::AuthKeys::load(&[project], 5).expect("keys");
     let claims = serde_json::json!({"sub":"u1","aud":"bench","exp": jsonwebtoken::get_current_timestamp() + 3600});

@@ -55,6 +55,10 @@ pub struct ProjectConfig {
     /// This project's defences (`[projects.limits]`): address lists, origins and caps.
     #[serde(default)]
     pub limits: ProjectLimits,
+    /// Accept clients by their verified TLS client certificate, without a token
+    /// (`[projects.client_certificates]`). Default absent: a token is required.
+    #[serde(default)]
+    pub client_certificates: Option<ClientCertAuth>,
 }
 
 /// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with
@@ -78,6 +82,20 @@ pub struct ProjectLimits {
     pub max_subscriptions_per_connection: u32,
     /// Most connections (devices) of one user on one edge (close 4011 beyond); 0: no cap.
     pub max_connections_per_user: u32,
+}
+
+/// How a project accepts devices by TLS client certificate (mutual TLS on a listener): `sub` is
+/// the certificate's subject Common Name (or its first DNS subjectAltName when it has no CN), the
+/// connection expires with the certificate. A token, when one is presented, takes precedence.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertAuth {
+    /// Groups such a client joins at connect. Default empty.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Patterns of groups such a client may join itself, as the `channels` claim. Default empty.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 impl ProjectConfig {

@@ -109,6 +109,8 @@ struct LoadedKey {
 /// The verification keys of every project, loaded from configuration.
 pub struct AuthKeys {
     projects: HashMap<String, Vec<LoadedKey>>,
+    /// Projects accepting clients by certificate: the groups they join, the channels they may.
+    by_certificate: HashMap<String, (Vec<GroupId>, Vec<String>)>,
 }
 
 fn algorithm(alg: KeyAlgorithm) -> Algorithm {
@@ -125,6 +127,7 @@ impl AuthKeys {
     pub fn load(projects: &[ProjectConfig], leeway_secs: u64) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut map = HashMap::new();
+        let mut by_certificate = HashMap::new();
         for (i, p) in projects.iter().enumerate() {
             let mut keys = Vec::new();
             for (j, k) in p.keys.iter().enumerate() {
@@ -173,9 +176,25 @@ impl AuthKeys {
                 });
             }
             map.insert(p.id.clone(), keys);
+            if let Some(c) = &p.client_certificates {
+                let mut groups = Vec::new();
+                for (j, g) in c.groups.iter().enumerate() {
+                    match GroupId::new(g) {
+                        Ok(g) => groups.push(g),
+                        Err(e) => problems.push(format!(
+                            "projects[{i}] ({}).client_certificates.groups[{j}]: {e}",
+                            p.id
+                        )),
+                    }
+                }
+                by_certificate.insert(p.id.clone(), (groups, c.channels.clone()));
+            }
         }
         if problems.is_empty() {
-            Ok(Self { projects: map })
+            Ok(Self {
+                projects: map,
+                by_certificate,
+            })
         } else {
             Err(problems)
         }
@@ -184,6 +203,29 @@ impl AuthKeys {
     /// Whether the project exists.
     pub fn has_project(&self, project: &str) -> bool {
         self.projects.contains_key(project)
+    }
+
+    /// Whether `project` accepts clients by TLS client certificate without a token.
+    pub fn accepts_certificates(&self, project: &str) -> bool {
+        self.by_certificate.contains_key(project)
+    }
+
+    /// The identity of a client authenticated by its verified TLS certificate: `sub` is the
+    /// certificate's name ([`crate::tls::ClientCert::name`]), the connection expires with it.
+    pub fn verify_certificate(
+        &self,
+        project: &str,
+        cert: &crate::tls::ClientCert,
+    ) -> Result<Identity, AuthError> {
+        let (groups, channels) = self.by_certificate.get(project).ok_or(AuthError::Missing)?;
+        let user = UserId::new(&cert.name)
+            .map_err(|e| AuthError::BadClaims(format!("certificate name: {e}")))?;
+        Ok(Identity {
+            user,
+            groups: groups.clone(),
+            channels: channels.clone(),
+            expires_unix: cert.not_after_unix,
+        })
     }
 
     /// Verifies a client token for `project`.
@@ -250,6 +292,7 @@ mod tests {
                 public_key_file: None,
                 public_key_pem: None,
             }],
+            client_certificates: None,
         };
         AuthKeys::load(&[p], 0).expect("keys load")
     }

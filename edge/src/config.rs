@@ -4,14 +4,19 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::listener::ListenerConfig;
+
 /// Settings of an edge node (`[edge]` in the TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     /// This edge's id, unique in a cluster (`[a-z0-9_-]`). Default `"edge-1"`.
     pub id: String,
-    /// Address of the `ws` listener. Default `0.0.0.0:8080`.
+    /// Address of the `ws` listener. Default `0.0.0.0:8080`. Not used when `listeners` is given.
     pub listen: SocketAddr,
+    /// The listeners, each with its own address, TLS, PROXY protocol and trusted proxies
+    /// (`[[edge.listeners]]`). Default empty: one plain `ws` listener on `listen`.
+    pub listeners: Vec<ListenerConfig>,
     /// Deadline for the HTTP upgrade request, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u64,
     /// Deadline for the `auth` frame when no token came with the upgrade, in ms. Default 10,000.
@@ -54,6 +59,7 @@ impl Default for EdgeConfig {
         Self {
             id: "edge-1".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listeners: Vec::new(),
             handshake_timeout_ms: 10_000,
             auth_timeout_ms: 10_000,
             ping_interval_secs: 25,
@@ -74,6 +80,15 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// The listeners to bind: `listeners`, or a plain one on `listen` when none is given.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            vec![ListenerConfig::plain(self.listen)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
     /// Every problem with these settings, each naming its field.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -99,6 +114,9 @@ impl EdgeConfig {
             }
         }
         p.extend(self.limits.validate());
+        for (i, l) in self.listeners.iter().enumerate() {
+            p.extend(l.validate(&format!("edge.listeners[{i}]")));
+        }
         if self.max_queued_bytes < 1024 {
             p.push("edge.max_queued_bytes: must be at least 1024".into());
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use herald_core::codes::{CloseCode, FrameError};
 use herald_core::ids::{GroupId, ProjectId, UserId};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -25,30 +25,38 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::Shared;
 use crate::auth::{AuthError, channels_allow};
 use crate::handshake::{self, HandshakeError};
 use crate::hub::{ConnHandle, JoinOutcome, NewConn, Outgoing};
-use crate::limits::{self, MessageBucket, Refusal};
+use crate::limits::{MessageBucket, Refusal};
+use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
 use crate::protocol::{self, ClientFrame};
+use crate::{Bound, Shared, proxy, tls};
 
 /// Most frames written in one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Gives tungstenite a synchronous, non-blocking view of the socket: reads come from the socket,
-/// writes (pongs, close frames) are collected for the connection's own writer.
-struct Io<'a> {
-    tcp: &'a TcpStream,
+/// Gives tungstenite a synchronous, non-blocking view of the stream: reads come from the stream
+/// (`WouldBlock` when it has nothing, with the task's waker registered), writes (pongs, close
+/// frames) are collected for the connection's own writer.
+struct Io<'a, 'b> {
+    stream: &'a mut Stream,
+    cx: &'a mut Context<'b>,
     out: &'a mut BytesMut,
 }
 
-impl Read for Io<'_> {
+impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.try_read(buf)
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.stream).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
-impl Write for Io<'_> {
+impl Write for Io<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.out.extend_from_slice(buf);
         Ok(buf.len())
@@ -89,7 +97,7 @@ impl WriteQueue {
     }
 
     /// Writes as much as the socket takes, all queued frames in one call.
-    fn poll_write(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write(&mut self, tcp: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.frames.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self
@@ -117,12 +125,14 @@ impl WriteQueue {
                 }
             }
         }
+        // TLS records rustls could not hand to the socket yet.
+        ready!(Pin::new(&mut *tcp).poll_flush(cx))?;
         // Idle connections hold no buffer: the next batch brings its own.
         self.frames = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 
-    async fn flush(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+    async fn flush(&mut self, tcp: &mut Stream) -> io::Result<()> {
         poll_fn(|cx| self.poll_write(tcp, cx)).await
     }
 }
@@ -179,19 +189,29 @@ enum TaskState {
 }
 
 impl ConnTask {
-    /// A task serving one accepted socket until it closes.
-    pub(crate) fn new(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Self {
+    /// A task serving one socket accepted on `listener` until it closes.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listener: Arc<Bound>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Self {
         let _ = tcp.set_nodelay(true);
         let for_setup = shared.clone();
         let (step, counted): (Step, _) = match shared.limits.admit_socket() {
             Ok(()) => (
-                Box::pin(async move { start(for_setup, tcp, remote).await }),
+                Box::pin(async move { start(for_setup, listener, tcp, peer).await }),
                 Counted::Socket,
             ),
             Err(r) => (
                 Box::pin(async move {
-                    let mut tcp = tcp;
-                    shed(&for_setup, &mut tcp, r).await;
+                    // On `wss` the answer needs the TLS handshake first.
+                    let deadline = tokio::time::Instant::now()
+                        + Duration::from_millis(for_setup.cfg.handshake_timeout_ms.min(2_000));
+                    match open(&listener, tcp, peer, deadline).await {
+                        Some((_, mut stream, _)) => shed(&for_setup, &mut stream, r).await,
+                        None => r.count(),
+                    }
                     Outcome {
                         session: None,
                         admitted_ip: None,
@@ -271,7 +291,7 @@ impl Future for ConnTask {
 /// Everything a live connection holds, in one allocation of exactly its size; the task's own
 /// future stays a few words.
 struct Session {
-    tcp: TcpStream,
+    tcp: Stream,
     ctx: WebSocketContext,
     q: WriteQueue,
     ctl: BytesMut,
@@ -293,7 +313,7 @@ fn ws_close(code: CloseCode) -> CloseFrame {
 /// Answers a client refused before its request was read (global cap, address lists, rates)
 /// with its HTTP status, after reading its request within a short deadline so the answer is not
 /// lost to a reset.
-async fn shed(shared: &Shared, tcp: &mut TcpStream, r: Refusal) {
+async fn shed(shared: &Shared, tcp: &mut Stream, r: Refusal) {
     r.count();
     let deadline = Duration::from_millis(shared.cfg.handshake_timeout_ms.min(2_000));
     let _ = timeout(deadline, handshake::read_request(tcp)).await;
@@ -312,9 +332,14 @@ struct Admitted {
 
 /// Runs the setup of a connection; one that does not go live gives back its place in the
 /// project's count (its address is given back by the task).
-async fn start(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Outcome {
+async fn start(
+    shared: Arc<Shared>,
+    listener: Arc<Bound>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Outcome {
     let mut admitted = Admitted::default();
-    let session = setup(&shared, tcp, remote, &mut admitted).await;
+    let session = setup(&shared, &listener, tcp, peer, &mut admitted).await;
     if session.is_none()
         && let Some(project) = admitted.project
     {
@@ -330,24 +355,29 @@ async fn start(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) -> Outco
 /// what the connection counts against the limits.
 async fn setup(
     shared: &Shared,
-    mut stream: TcpStream,
-    remote: SocketAddr,
+    listener: &Bound,
+    tcp: TcpStream,
+    peer: SocketAddr,
     admitted: &mut Admitted,
 ) -> Option<Box<Session>> {
-    let tcp = &mut stream;
     let cfg = &shared.cfg;
-    // The client address: the one limits count against. (Behind a proxy, the one PROXY
-    // protocol or a trusted X-Forwarded-For carries: then admit it once that is known.)
-    let ip = limits::client_ip(remote);
-    if let Err(r) = shared.limits.admit_ip(ip) {
-        shed(shared, tcp, r).await;
-        return None;
-    }
-    admitted.ip = Some(ip);
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
-    // One deadline from the accept for everything before the request is whole (a TLS handshake
-    // included), however slowly the bytes trickle in.
+    // One deadline from the accept for everything before the request is whole (PROXY header and
+    // TLS handshake included), however slowly the bytes trickle in.
     let request_deadline = tokio::time::Instant::now() + handshake_deadline;
+    let (mut addr, mut stream, cert) = open(listener, tcp, peer, request_deadline).await?;
+    let tcp = &mut stream;
+    // The client address the limits count against: the peer's or a PROXY header's, known now;
+    // behind a trusted HTTP proxy, the forwarded one, known once the request is read.
+    let forwarded_from_proxy = !listener.cfg.forwarded_from.is_empty();
+    if !forwarded_from_proxy {
+        let ip = addr.ip();
+        if let Err(r) = shared.limits.admit_ip(ip) {
+            shed(shared, tcp, r).await;
+            return None;
+        }
+        admitted.ip = Some(ip);
+    }
     let mut up = match tokio::time::timeout_at(request_deadline, handshake::read_request(tcp)).await
     {
         Ok(Ok(up)) => up,
@@ -365,11 +395,28 @@ async fn setup(
         Ok(Err(e)) => {
             metrics::counter!("herald_edge_handshake_failures_total", "reason" => "refused")
                 .increment(1);
-            tracing::debug!(%remote, error = %e, "upgrade refused");
+            tracing::debug!(client = %addr.client, error = %e, "upgrade refused");
             handshake::refuse(tcp, e.status(), &e.to_string()).await;
             return None;
         }
     };
+    let ip = match admitted.ip {
+        Some(ip) => ip,
+        None => {
+            forwarded(&listener.cfg, &mut addr, &up);
+            let ip = addr.ip();
+            if let Err(r) = shared.limits.admit_ip(ip) {
+                r.count();
+                tracing::debug!(client = %addr.client, reason = r.label(), "refused");
+                let retry = r.retry().then_some(cfg.limits.retry_after_secs);
+                handshake::refuse_retry(tcp, r.status(), r.label(), retry).await;
+                return None;
+            }
+            admitted.ip = Some(ip);
+            ip
+        }
+    };
+    let remote = addr.client;
     let keys = shared.keys.load();
     if keys.has_project(&up.project) {
         let refused =
@@ -400,9 +447,12 @@ async fn setup(
         let result = if !keys.has_project(&up.project) {
             Err(AuthError::UnknownProject)
         } else {
-            match &up.token {
-                Some(t) => keys.verify(&up.project, t),
-                None => Err(AuthError::Missing),
+            match (&up.token, &cert) {
+                (Some(t), _) => keys.verify(&up.project, t),
+                (None, Some(c)) if keys.accepts_certificates(&up.project) => {
+                    keys.verify_certificate(&up.project, c)
+                }
+                (None, _) => Err(AuthError::Missing),
             }
         };
         match result {
@@ -433,6 +483,10 @@ async fn setup(
         None if !keys.has_project(&up.project) => Err(AuthError::UnknownProject),
         None => match up.token.take() {
             Some(t) => keys.verify(&up.project, &t),
+            None if cert.is_some() && keys.accepts_certificates(&up.project) => match &cert {
+                Some(c) => keys.verify_certificate(&up.project, c),
+                None => Err(AuthError::Missing),
+            },
             None => {
                 let deadline = Duration::from_millis(cfg.auth_timeout_ms);
                 match timeout(deadline, read_auth_frame(tcp, &mut ctx)).await {
@@ -507,6 +561,99 @@ async fn setup(
     }))
 }
 
+/// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both
+/// before `deadline`: the client's address, the stream, and the verified client certificate if
+/// one was presented. `None`: refused, counted and closed.
+async fn open(
+    listener: &Bound,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<(ClientAddr, Stream, Option<tls::ClientCert>)> {
+    use tokio::time::timeout_at;
+    let mut addr = ClientAddr::direct(peer);
+    let lc = &listener.cfg;
+    if lc.proxy_protocol != ProxyProtocol::Off {
+        if !lc.proxy_trusted(peer.ip()) {
+            metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => "untrusted")
+                .increment(1);
+            tracing::debug!(%peer, "proxy protocol listener: untrusted source, closed");
+            return None;
+        }
+        match timeout_at(deadline, proxy::read_header(&mut tcp, lc.proxy_protocol)).await {
+            Ok(Ok(Some(client))) => {
+                addr.client = client;
+                addr.source = AddrSource::ProxyProtocol;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => e.label())
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "proxy protocol header refused");
+                return None;
+            }
+            Err(_) => {
+                metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => "timeout")
+                    .increment(1);
+                return None;
+            }
+        }
+    }
+    let Some(tls) = &listener.tls else {
+        return Some((addr, Stream::Plain(tcp), None));
+    };
+    match timeout_at(deadline, tls::refuse_legacy_hello(&mut tcp)).await {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "version")
+                .increment(1);
+            tracing::debug!(client = %addr.client, "tls 1.0/1.1 client hello refused");
+            return None;
+        }
+        Ok(Err(_)) | Err(_) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            return None;
+        }
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let cert = tls::client_cert(s.get_ref().1);
+            Some((addr, Stream::Tls(Box::new(s)), cert))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "refused")
+                .increment(1);
+            tracing::debug!(client = %addr.client, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            None
+        }
+    }
+}
+
+/// Behind a trusted HTTP proxy, the client its forwarded headers name.
+fn forwarded(
+    listener: &crate::listener::ListenerConfig,
+    addr: &mut ClientAddr,
+    up: &handshake::Upgrade,
+) {
+    let trusted = &listener.forwarded_from;
+    if trusted.is_empty() || !crate::listener::contains(trusted, addr.client.ip()) {
+        return;
+    }
+    let xff: Vec<&str> = up.forwarded_for.iter().map(String::as_str).collect();
+    let ip = proxy::forwarded_client(addr.ip(), &xff, up.real_ip.as_deref(), trusted);
+    if ip != addr.ip() {
+        addr.client = SocketAddr::new(ip, 0);
+        addr.source = AddrSource::Forwarded;
+    }
+}
+
 fn count_refusal(e: &AuthError) {
     count_refusal_code(e.close_code());
 }
@@ -515,11 +662,32 @@ fn count_refusal_code(code: CloseCode) {
     metrics::counter!("herald_edge_connects_total", "result" => code.label()).increment(1);
 }
 
+/// Reads a message; `WouldBlock` only when control frames wait to be written.
+async fn read_message(
+    stream: &mut Stream,
+    ctx: &mut WebSocketContext,
+    ctl: &mut BytesMut,
+) -> Result<Message, WsError> {
+    poll_fn(|cx| {
+        match ctx.read(&mut Io {
+            stream,
+            cx,
+            out: ctl,
+        }) {
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && ctl.is_empty() => {
+                Poll::Pending
+            }
+            r => Poll::Ready(r),
+        }
+    })
+    .await
+}
+
 /// Reads frames until the first one; returns its token if it is an `auth` frame.
-async fn read_auth_frame(tcp: &mut TcpStream, ctx: &mut WebSocketContext) -> Option<String> {
+async fn read_auth_frame(tcp: &mut Stream, ctx: &mut WebSocketContext) -> Option<String> {
     let mut ctl = BytesMut::new();
     loop {
-        let read = ctx.read(&mut Io { tcp, out: &mut ctl });
+        let read = read_message(tcp, ctx, &mut ctl).await;
         if !ctl.is_empty() {
             tcp.write_all(&std::mem::take(&mut ctl)).await.ok()?;
         }
@@ -532,9 +700,7 @@ async fn read_auth_frame(tcp: &mut TcpStream, ctx: &mut WebSocketContext) -> Opt
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(_) => return None,
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                tcp.readable().await.ok()?;
-            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return None,
         }
     }
@@ -554,7 +720,7 @@ fn poll_conn(
     cx: &mut Context<'_>,
     shared: &Shared,
     h: ConnHandle,
-    tcp: &mut TcpStream,
+    tcp: &mut Stream,
     ctx: &mut WebSocketContext,
     q: &mut WriteQueue,
     ctl: &mut BytesMut,
@@ -573,17 +739,18 @@ fn poll_conn(
             Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
             Poll::Pending => {}
         }
-        match ctx.read(&mut Io { tcp, out: ctl }) {
+        match ctx.read(&mut Io {
+            stream: tcp,
+            cx,
+            out: ctl,
+        }) {
             Ok(m) => return Poll::Ready(Event::Message(m)),
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The stream registered the waker; control frames to write first, if any.
                 if !ctl.is_empty() {
                     continue;
                 }
-                match tcp.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadError(WsError::Io(e))),
-                    Poll::Pending => return Poll::Pending,
-                }
+                return Poll::Pending;
             }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 return Poll::Ready(Event::PeerClosed);
@@ -660,7 +827,7 @@ async fn handle_event(shared: &Arc<Shared>, s: &mut Session, ev: Event) -> bool 
 /// the peer's answer within the close timeout, and shuts the socket.
 async fn close_and_finish(
     shared: &Shared,
-    tcp: &mut TcpStream,
+    tcp: &mut Stream,
     ctx: &mut WebSocketContext,
     q: &mut WriteQueue,
     code: CloseCode,
@@ -675,7 +842,18 @@ async fn close_and_finish(
         ));
     }
     let mut ctl = BytesMut::new();
-    let _ = ctx.close(&mut Io { tcp, out: &mut ctl }, Some(ws_close(code)));
+    {
+        // Closing only writes (into `ctl`): no waker is needed.
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        let _ = ctx.close(
+            &mut Io {
+                stream: tcp,
+                cx: &mut noop,
+                out: &mut ctl,
+            },
+            Some(ws_close(code)),
+        );
+    }
     q.take_ctl(&mut ctl);
     let deadline = Duration::from_millis(shared.cfg.close_timeout_ms);
     let _ = timeout(deadline, async {
@@ -688,9 +866,10 @@ async fn close_and_finish(
             return tcp.shutdown().await;
         }
         loop {
-            match ctx.read(&mut Io { tcp, out: &mut ctl }) {
+            match read_message(tcp, ctx, &mut ctl).await {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tcp.readable().await?;
+                    q.take_ctl(&mut ctl);
+                    q.flush(tcp).await?;
                 }
                 Ok(_) => continue,
                 Err(_) => break,

@@ -4,8 +4,7 @@
 use std::borrow::Cow;
 
 use http::{Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::create_response;
 
 use crate::protocol::SUPPORTED_PROTOCOLS;
@@ -28,6 +27,10 @@ pub struct Upgrade {
     response: http::Response<()>,
     /// Bytes the client sent after the request (the start of its first frames).
     pub leftover: Vec<u8>,
+    /// The `X-Forwarded-For` values, in order (believed only from trusted proxies).
+    pub forwarded_for: Vec<String>,
+    /// The `X-Real-IP` value (believed only from trusted proxies).
+    pub real_ip: Option<String>,
 }
 
 /// Why an upgrade was refused before it happened; answered with an HTTP status.
@@ -63,7 +66,7 @@ impl HandshakeError {
 }
 
 /// Reads and checks the upgrade request.
-pub async fn read_request(tcp: &mut TcpStream) -> Result<Upgrade, HandshakeError> {
+pub async fn read_request<S: AsyncRead + Unpin>(tcp: &mut S) -> Result<Upgrade, HandshakeError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() == buf.capacity() {
@@ -119,6 +122,18 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         .headers()
         .get(http::header::ORIGIN)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let forwarded_for = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let real_ip = request
+        .headers()
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     Ok(Upgrade {
         project,
         token,
@@ -126,6 +141,8 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         origin,
         response,
         leftover,
+        forwarded_for,
+        real_ip,
     })
 }
 
@@ -169,7 +186,7 @@ fn query_token(request: &Request<()>) -> Option<String> {
 }
 
 /// Writes the 101 answer, echoing the chosen sub-protocol.
-pub async fn accept(tcp: &mut TcpStream, up: &mut Upgrade) -> std::io::Result<()> {
+pub async fn accept<S: AsyncWrite + Unpin>(tcp: &mut S, up: &mut Upgrade) -> std::io::Result<()> {
     let mut out = String::with_capacity(256);
     out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
     let response = std::mem::take(&mut up.response);
@@ -189,13 +206,13 @@ pub async fn accept(tcp: &mut TcpStream, up: &mut Upgrade) -> std::io::Result<()
 }
 
 /// Writes a plain HTTP refusal and closes.
-pub async fn refuse(tcp: &mut TcpStream, status: StatusCode, reason: &str) {
+pub async fn refuse<S: AsyncWrite + Unpin>(tcp: &mut S, status: StatusCode, reason: &str) {
     refuse_retry(tcp, status, reason, None).await
 }
 
 /// Writes a plain HTTP refusal, with `Retry-After` when given (seconds), and closes.
-pub async fn refuse_retry(
-    tcp: &mut TcpStream,
+pub async fn refuse_retry<S: AsyncWrite + Unpin>(
+    tcp: &mut S,
     status: StatusCode,
     reason: &str,
     retry_after_secs: Option<u32>,

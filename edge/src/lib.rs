@@ -9,6 +9,8 @@
 //! - [`hub`]: the sharded hub holding every connection's state and queue; local fan-out.
 //! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
 //! - [`local`]: the registry of a single-node Herald, answered by the hub itself.
+//! - [`listener`]: listener settings, the client address, plain or TLS streams;
+//!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
 //! - `conn`: the one task per connection that reads frames and writes queued bytes.
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
@@ -21,8 +23,11 @@ pub mod handshake;
 pub mod hub;
 pub mod interest;
 pub mod limits;
+pub mod listener;
 pub mod local;
 pub mod protocol;
+pub mod proxy;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +41,7 @@ use herald_core::ids::EdgeId;
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope};
 use herald_core::registry::{Liveness, Registry};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +61,14 @@ pub enum EdgeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A listener's TLS material could not be loaded.
+    #[error("edge listener {addr}: tls: {source}")]
+    Tls {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: tls::TlsError,
+    },
     /// The edge id is invalid.
     #[error("edge.id: {0}")]
     Id(#[from] herald_core::ids::IdError),
@@ -72,10 +86,28 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<limits::Limits>,
 }
 
+/// A listener's settings and, on `wss`, its TLS state.
+pub(crate) struct Bound {
+    pub(crate) cfg: listener::ListenerConfig,
+    pub(crate) tls: Option<Arc<tls::ListenerTls>>,
+}
+
+/// Asks every TLS listener of an edge to reload its certificate files (e.g. on SIGHUP).
+#[derive(Clone)]
+pub struct TlsReload(Arc<watch::Sender<u64>>);
+
+impl TlsReload {
+    /// Reloads; failures are logged and the running certificates stay.
+    pub fn reload(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
+
 /// A bound edge, ready to run.
 pub struct Edge {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, Arc<Bound>)>,
+    tls_reload: TlsReload,
     registry: Arc<dyn Registry>,
     interest: Arc<interest::Interest>,
 }
@@ -106,12 +138,25 @@ impl Edge {
         bus: Arc<dyn Bus>,
     ) -> Result<Self, EdgeError> {
         let edge_id = EdgeId::new(&cfg.id)?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| EdgeError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let mut listeners = Vec::new();
+        for lc in cfg.effective_listeners() {
+            let tls = match &lc.tls {
+                Some(t) => Some(Arc::new(tls::ListenerTls::load(t).map_err(|source| {
+                    EdgeError::Tls {
+                        addr: lc.addr,
+                        source,
+                    }
+                })?)),
+                None => None,
+            };
+            let l = TcpListener::bind(lc.addr)
+                .await
+                .map_err(|source| EdgeError::Bind {
+                    addr: lc.addr,
+                    source,
+                })?;
+            listeners.push((l, Arc::new(Bound { cfg: lc, tls })));
+        }
         let shards = if cfg.shards == 0 {
             4 * std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -157,15 +202,29 @@ impl Edge {
                 ws_config,
                 limits,
             }),
-            listener,
+            listeners,
+            tls_reload: TlsReload(Arc::new(watch::channel(0).0)),
             registry,
             interest,
         })
     }
 
-    /// The address the listener is bound to.
+    /// The address the first listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners.first() {
+            Some((l, _)) => l.local_addr(),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// The addresses of every listener, in configuration order.
+    pub fn local_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(|(l, _)| l.local_addr()).collect()
+    }
+
+    /// A handle that reloads the TLS listeners' certificates.
+    pub fn tls_reload(&self) -> TlsReload {
+        self.tls_reload.clone()
     }
 
     /// The hub (for embedding and tests).
@@ -190,30 +249,26 @@ impl Edge {
             self.registry.clone(),
             cancel.clone(),
         ));
-        let mut failures = 0u32;
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => break,
-                a = self.listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, remote)) => {
-                    failures = 0;
-                    tracker.spawn(conn::ConnTask::new(shared.clone(), tcp, remote));
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off, never spin or exit.
-                    let Some(wait) = accept_backoff(&e, &mut failures) else {
-                        continue;
-                    };
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+        let mut accepts = Vec::new();
+        for (l, bound) in self.listeners {
+            if let Some(t) = &bound.tls {
+                tokio::spawn(
+                    t.clone()
+                        .watch(self.tls_reload.0.subscribe(), cancel.clone()),
+                );
             }
+            accepts.push(tokio::spawn(accept_loop(
+                l,
+                bound,
+                shared.clone(),
+                tracker.clone(),
+                cancel.clone(),
+            )));
         }
-        drop(self.listener);
+        for a in accepts {
+            // Each loop ends on cancel and drops its listener.
+            let _ = a.await;
+        }
         tracker.close();
         let n = shared
             .hub
@@ -257,6 +312,44 @@ fn accept_backoff(e: &std::io::Error, failures: &mut u32) -> Option<Duration> {
         Duration::from_millis(5),
         Duration::from_millis(500),
     ))
+}
+
+/// Accepts clients on one listener until `cancel` fires.
+async fn accept_loop(
+    listener: TcpListener,
+    bound: Arc<Bound>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                failures = 0;
+                tracker.spawn(conn::ConnTask::new(
+                    shared.clone(),
+                    bound.clone(),
+                    tcp,
+                    peer,
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off, never spin or exit.
+                let Some(wait) = accept_backoff(&e, &mut failures) else {
+                    continue;
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
@@ -345,8 +438,9 @@ mod tests {
         .expect("bind");
         let addr = edge.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (tcp, remote) = edge.listener.accept().await.expect("accept");
-        let fut = conn::ConnTask::new(edge.shared.clone(), tcp, remote);
+        let (listener, bound) = &edge.listeners[0];
+        let (tcp, remote) = listener.accept().await.expect("accept");
+        let fut = conn::ConnTask::new(edge.shared.clone(), bound.clone(), tcp, remote);
         let size = std::mem::size_of_val(&fut);
         println!("connection future: {size} bytes");
         assert!(size <= 64, "connection future grew to {size} bytes");

@@ -44,6 +44,7 @@ fn dev_project() -> ProjectConfig {
             public_key_file: None,
             public_key_pem: None,
         }],
+        client_certificates: None,
     }
 }
 
@@ -82,6 +83,8 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         cfg.projects.push(dev_project());
     }
     init_logs(&cfg);
+    // The process's one crypto provider (aws-lc-rs), installed before anything uses rustls.
+    herald_edge::tls::provider();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -99,12 +102,17 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
 
     let ws = nodes.edge.as_ref().map(Edge::local_addr).transpose()?;
+    let listeners = nodes.edge.as_ref().map(Edge::local_addrs).transpose()?;
     let grpc = nodes.router.as_ref().map(Router::local_addr).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
     // One machine-readable line for scripts and tests, then the human guide in dev mode.
     let mut line = String::from("herald ready");
     if let Some(ws) = ws {
         line.push_str(&format!(" ws={ws}"));
+    }
+    if let Some(l) = &listeners {
+        let l: Vec<String> = l.iter().map(|a| a.to_string()).collect();
+        line.push_str(&format!(" listeners={}", l.join(",")));
     }
     if let Some(grpc) = grpc {
         line.push_str(&format!(" grpc={grpc}"));
@@ -121,6 +129,9 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     }
 
     let cancel = CancellationToken::new();
+    if let Some(tls) = nodes.edge.as_ref().map(Edge::tls_reload) {
+        tokio::spawn(reload_tls_on_hup(tls));
+    }
     let ready = Arc::new(AtomicBool::new(true));
     tokio::spawn(signals(
         cancel.clone(),
@@ -281,6 +292,15 @@ async fn signals(
     ready.store(false, Ordering::Relaxed);
     cancel.cancel();
     tracing::info!("shutting down");
+    Ok(())
+}
+
+/// SIGHUP also reloads the TLS listeners' certificates (each listener logs its outcome).
+async fn reload_tls_on_hup(tls: herald_edge::TlsReload) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    while hup.recv().await.is_some() {
+        tls.reload();
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! ```
 
 pub mod cluster;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +113,18 @@ pub fn herald() -> HeraldBuilder {
 }
 
 impl HeraldBuilder {
+    /// Adds an `[[edge.listeners]]` table.
+    pub fn listener(mut self, table: toml::Table) -> Self {
+        let listeners = self
+            .section("edge")
+            .entry("listeners")
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(a) = listeners {
+            a.push(toml::Value::Table(table));
+        }
+        self
+    }
+
     /// Sets `[edge] key = value`.
     pub fn edge(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.section("edge").insert(key.into(), value.into());
@@ -168,11 +181,18 @@ impl HeraldBuilder {
             }
             None => Command::new(herald_bin()),
         };
+        // Configured listeners are used as given; otherwise the one `ws` listener takes a port.
+        let own_listeners = self
+            .config
+            .get("edge")
+            .and_then(|e| e.get("listeners"))
+            .is_some();
+        command.arg("serve").arg("--config").arg(&config_path);
+        if !own_listeners {
+            command.args(["--ws-listen", "127.0.0.1:0"]);
+        }
         let mut child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
             .env(
                 "RUST_LOG",
@@ -214,8 +234,18 @@ impl HeraldBuilder {
                 .map(|a| a.parse().expect("address in the ready line"))
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
         };
+        let listeners = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("listeners="))
+            .map(|l| {
+                l.split(',')
+                    .map(|a| a.parse().expect("listener address"))
+                    .collect()
+            })
+            .unwrap_or_default();
         Herald {
             ws: addr("ws"),
+            listeners,
             grpc: addr("grpc"),
             admin: addr("admin"),
             child,
@@ -228,8 +258,10 @@ impl HeraldBuilder {
 
 /// A running `herald` process.
 pub struct Herald {
-    /// WebSocket listener.
+    /// WebSocket listener (the first one).
     pub ws: SocketAddr,
+    /// Every listener, in configuration order.
+    pub listeners: Vec<SocketAddr>,
     /// gRPC listener.
     pub grpc: SocketAddr,
     /// Admin HTTP listener.
@@ -399,13 +431,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A connected WebSocket client.
-pub struct Client {
+/// A connected WebSocket client, over plain TCP unless `S` says otherwise (TLS).
+pub struct Client<S = TcpStream> {
     /// The stream.
-    pub ws: Ws,
+    pub ws: WebSocketStream<S>,
 }
 
-impl Client {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     /// Sends a JSON text frame.
     pub async fn send_json(&mut self, v: Value) {
         self.ws
