@@ -1,0 +1,280 @@
+//! nginx in front (deploy/nginx/herald.conf, run for real on loopback with a certificate made
+//! now): a WeChat-like client (wss, a domain name by SNI, no `Sec-WebSocket-Protocol`) through
+//! nginx and directly, a full edge's 503 retried on the next edge, and the client address taken
+//! from X-Forwarded-For with a spoofed leftmost entry ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use herald_core::proto::v1::{ListConnectionsRequest, list_connections_request};
+use herald_tests::tls::*;
+use herald_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const DOMAIN: &str = "push.herald.test";
+
+fn nginx_bin() -> PathBuf {
+    ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("nginx not found: install the nginx package (apt-get install nginx)")
+}
+
+/// The shipped configuration with this test's addresses, ports and paths.
+fn nginx_config(dir: &Path, port: u16, cert: &Path, key: &Path, edges: &[SocketAddr]) -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
+    )
+    .expect("deploy/nginx/herald.conf");
+    let mut conf = shipped.clone();
+    let mut swap = |from: &str, to: String| {
+        assert!(
+            conf.contains(from),
+            "deploy/nginx/herald.conf no longer has {from:?}"
+        );
+        conf = conf.replacen(from, &to, 1);
+    };
+    let d = dir.display();
+    swap(
+        "pid /run/nginx-herald.pid;",
+        format!("pid {d}/nginx.pid;\nerror_log {d}/error.log;"),
+    );
+    swap("worker_processes auto;", "worker_processes 1;".into());
+    swap(
+        "http {",
+        format!(
+            "http {{\n    access_log {d}/access.log;\n    client_body_temp_path {d}/body;\n    \
+             proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fcgi;\n    \
+             uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;"
+        ),
+    );
+    let servers: String = edges
+        .iter()
+        .map(|e| format!("server {e} max_fails=1 fail_timeout=5s;"))
+        .collect::<Vec<_>>()
+        .join("\n        ");
+    swap(
+        "server 10.0.0.11:8080 max_fails=1 fail_timeout=5s;\n        \
+         server 10.0.0.12:8080 max_fails=1 fail_timeout=5s;",
+        servers,
+    );
+    swap("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;"));
+    swap(
+        "server_name push.example.com;",
+        format!("server_name {DOMAIN};"),
+    );
+    swap(
+        "/etc/nginx/tls/push.example.com.crt",
+        cert.display().to_string(),
+    );
+    swap(
+        "/etc/nginx/tls/push.example.com.key",
+        key.display().to_string(),
+    );
+    // nginx reaches the edges from 127.0.0.2, so its address differs from the client's.
+    swap(
+        "proxy_pass http://herald_edges/ws/;",
+        "proxy_pass http://herald_edges/ws/;\n            proxy_bind 127.0.0.2;".into(),
+    );
+    conf
+}
+
+/// A stand-in for a full edge: answers every request 503 with Retry-After, counting them.
+async fn full_edge() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+                          content-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// Runs nginx until dropped.
+struct Nginx {
+    child: tokio::process::Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    async fn start(dir: &Path, conf: &str, port: u16) -> Self {
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let mut child = tokio::process::Command::new(nginx_bin())
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&path)
+            // One process, so killing it leaves no worker behind.
+            .args(["-g", "daemon off; master_process off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn nginx");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Self {
+                    child,
+                    dir: dir.to_path_buf(),
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}):\n{log}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("nginx does not listen on {addr}");
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn wechat_like_client_through_nginx_and_directly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::root("test root");
+    let (crt, key) =
+        ca.server(&[DOMAIN], &rcgen::PKCS_ECDSA_P256_SHA256)
+            .write(dir.path(), "site", &[]);
+
+    // The edge: a plain listener for nginx (trusting its forwarded headers) and a wss one.
+    let mut behind = toml::Table::new();
+    behind.insert("addr".into(), "127.0.0.1:0".into());
+    behind.insert(
+        "forwarded_from".into(),
+        toml::Value::Array(vec!["127.0.0.2/32".into()]),
+    );
+    let mut tls = toml::Table::new();
+    tls.insert("cert_file".into(), crt.display().to_string().into());
+    tls.insert("key_file".into(), key.display().to_string().into());
+    let mut direct = toml::Table::new();
+    direct.insert("addr".into(), "127.0.0.1:0".into());
+    direct.insert("tls".into(), tls.into());
+    let herald = herald().listener(behind).listener(direct).start().await;
+    let [edge_ws, edge_wss] = herald.listeners[..] else {
+        panic!("two listeners");
+    };
+
+    let (full, full_hits) = full_edge().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let conf = nginx_config(dir.path(), port, &crt, &key, &[full, edge_ws]);
+    let nginx = Nginx::start(dir.path(), &conf, port).await;
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Like a WeChat mini program: wss to a domain name (SNI), no sub-protocol, token in the URL.
+    let cfg = client_config(ClientOpts {
+        roots: &[&ca],
+        versions: &[],
+        identity: None,
+        alpn: &[],
+    });
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut clients = Vec::new();
+    for (i, (addr, path)) in [(front, "herald"), (edge_wss, "ws")]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let url = format!(
+            "wss://{DOMAIN}:{}/{path}/alpha?token={}",
+            addr.port(),
+            token("alpha", "wx")
+        );
+        // A client-written X-Forwarded-For is ignored: nginx appends the real address.
+        let (mut c, resp) = open_wss(&cfg, addr, &url, &[("x-forwarded-for", "6.6.6.6")])
+            .await
+            .unwrap_or_else(|e| panic!("client {i} via {addr}: {e}\nnginx: {}", nginx.error_log()));
+        assert_eq!(resp.status(), 101);
+        assert!(
+            resp.headers().get("sec-websocket-protocol").is_none(),
+            "no sub-protocol offered, none answered: {resp:?}"
+        );
+        assert_eq!(c.next_json().await["type"], "welcome");
+        clients.push(c);
+    }
+    // Through nginx, a first attempt met the full edge and was retried on the next one.
+    assert!(
+        full_hits.load(Ordering::SeqCst) >= 1,
+        "the 503 edge was never tried"
+    );
+
+    send(&mut grpc, publish("alpha", To::User("wx"), r#""hi""#)).await;
+    for c in &mut clients {
+        assert_eq!(c.next_msg().await["data"], "hi");
+    }
+
+    // The edge knows the clients behind nginx by their own address, not the spoofed one.
+    let mut admin = herald.grpc(Some(ADMIN_KEY)).await;
+    let list = admin
+        .list_connections(ListConnectionsRequest {
+            project: "alpha".into(),
+            of: Some(list_connections_request::Of::User("wx".into())),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let remotes: Vec<&str> = list
+        .connections
+        .iter()
+        .map(|c| c.remote_addr.as_str())
+        .collect();
+    assert_eq!(remotes.len(), 6, "{remotes:?}");
+    assert_eq!(
+        remotes.iter().filter(|r| **r == "127.0.0.1:0").count(),
+        3,
+        "behind nginx: the forwarded client address: {remotes:?}"
+    );
+    assert!(
+        remotes.iter().all(|r| !r.starts_with("6.6.6.6")),
+        "{remotes:?}"
+    );
+
+    // A client that offers the sub-protocol gets it echoed through nginx.
+    let url = format!(
+        "wss://{DOMAIN}:{port}/herald/alpha?token={}",
+        token("alpha", "native")
+    );
+    let (_, resp) = open_wss(
+        &cfg,
+        front,
+        &url,
+        &[("sec-websocket-protocol", "herald.v1")],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "herald.v1");
+}
