@@ -8,13 +8,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpSocket;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
+
+use crate::workers::{ClientPlan, TlsPlan};
 
 /// The wire protocol a subscriber speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Herald's native protocol (`herald.v1`).
     Herald,
@@ -53,8 +63,7 @@ pub fn sent_at(bytes: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// Where and how to subscribe.
-#[derive(Debug, Clone)]
+/// Where and how to subscribe (built once per worker from a [`ClientPlan`]).
 pub struct Target {
     /// The server's WebSocket address.
     pub server: SocketAddr,
@@ -62,68 +71,173 @@ pub struct Target {
     pub protocol: Protocol,
     /// Group / topic / subject to subscribe to.
     pub topic: String,
+    /// Subscribe after connecting (else Herald clients stop at `welcome`).
+    pub subscribe: bool,
+    /// Herald project (`/ws/<project>`).
+    pub project: String,
+    /// tungstenite read buffer, bytes.
+    pub read_buffer: usize,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    /// Builds a target from a plan: reads the CA file of a `wss` plan.
+    pub fn new(p: &ClientPlan) -> anyhow::Result<Self> {
+        let tls = match &p.tls {
+            None => None,
+            Some(t) => Some(tls_connector(t)?),
+        };
+        Ok(Self {
+            server: p.server,
+            protocol: p.protocol,
+            topic: p.topic.clone(),
+            subscribe: p.subscribe,
+            project: p.project.clone(),
+            read_buffer: p.read_buffer,
+            tls,
+        })
+    }
+}
+
+/// A rustls client (aws-lc-rs) trusting the CAs in `t.ca`, sending `t.server_name` as SNI.
+pub fn tls_connector(t: &TlsPlan) -> anyhow::Result<(TlsConnector, ServerName<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &t.ca {
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("read CA file {}", ca.display()))?
+        {
+            roots
+                .add(cert.with_context(|| format!("CA file {}", ca.display()))?)
+                .context("CA certificate")?;
+        }
+        if roots.is_empty() {
+            bail!("{}: no certificate in it", ca.display());
+        }
+    } else {
+        bail!("wss needs --ca FILE: the harness trusts only the CAs it is given");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(t.server_name.clone())
+        .with_context(|| format!("server name {:?}", t.server_name))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+/// A client socket: plain TCP or TLS over TCP.
+pub type ClientStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// What a subscriber reads next.
+pub enum Event {
+    /// A delivered payload.
+    Payload(Vec<u8>),
+    /// The server pinged (the pong is already sent).
+    Ping,
 }
 
 /// A connected, subscribed client.
 pub struct Subscriber {
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    ws: tokio_tungstenite::WebSocketStream<ClientStream>,
     protocol: Protocol,
     buf: Vec<u8>,
 }
 
 /// Opens a TCP connection from `src` (spreading client ends over 127.0.0.0/8).
-pub async fn connect_from(
-    src: Ipv4Addr,
-    server: SocketAddr,
-) -> anyhow::Result<tokio::net::TcpStream> {
+pub async fn connect_from(src: Ipv4Addr, server: SocketAddr) -> anyhow::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((src, 0)))?;
     Ok(sock.connect(server).await?)
 }
 
-/// A loopback source address for client number `i`.
+/// A loopback source address for client number `i`: 250 clients per address, from 127.0.1.1
+/// on (1,000,000 clients use 4,000 addresses up to 127.0.17.x).
 pub fn source_ip(i: u64) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 1 + (i / 62_500) as u8, 1 + ((i / 250) % 250) as u8)
 }
 
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
-}
-
 impl Subscriber {
-    /// Connects and subscribes; `token` is for Herald.
-    pub async fn connect(t: &Target, src: Ipv4Addr, token: &str) -> anyhow::Result<Self> {
+    /// Connects (TLS when the target says so) and subscribes to `topic` (default: the
+    /// target's); `token` is for Herald.
+    pub async fn connect(
+        t: &Target,
+        topic: Option<&str>,
+        src: Ipv4Addr,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let tcp = connect_from(src, t.server).await?;
+        let (stream, scheme) = match &t.tls {
+            None => (Either::Left(tcp), "ws"),
+            Some((connector, name)) => (
+                Either::Right(connector.connect(name.clone(), tcp).await?),
+                "wss",
+            ),
+        };
+        let host = match &t.tls {
+            Some((_, ServerName::DnsName(n))) => format!("{}:{}", n.as_ref(), t.server.port()),
+            _ => t.server.to_string(),
+        };
         let url = match t.protocol {
-            Protocol::Herald => format!("ws://{}/ws/bench?token={token}", t.server),
-            _ => format!("ws://{}/", t.server),
+            Protocol::Herald => format!("{scheme}://{host}/ws/{}?token={token}", t.project),
+            _ => format!("{scheme}://{host}/"),
         };
         let mut req = url.into_client_request()?;
         if t.protocol == Protocol::Mqtt {
             req.headers_mut()
                 .insert("sec-websocket-protocol", "mqtt".parse()?);
         }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(t.read_buffer.max(128))
+            .write_buffer_size(0);
         let (ws, _) =
-            tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config())).await?;
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
         let mut s = Self {
             ws,
             protocol: t.protocol,
             buf: Vec::new(),
         };
-        s.subscribe(&t.topic).await?;
+        if t.subscribe {
+            s.subscribe(topic.unwrap_or(&t.topic)).await?;
+        } else if t.protocol == Protocol::Herald {
+            s.welcome().await?;
+        }
         Ok(s)
+    }
+
+    async fn welcome(&mut self) -> anyhow::Result<()> {
+        let welcome = self.next_frame().await?;
+        if !welcome.windows(9).any(|w| w == br#""welcome""#) {
+            bail!(
+                "expected welcome, got {}",
+                String::from_utf8_lossy(&welcome)
+            );
+        }
+        Ok(())
+    }
+
+    /// The next data frame, or `None` when the server pinged (the pong is sent).
+    async fn frame_or_ping(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        loop {
+            match self.ws.next().await.context("stream ended")?? {
+                Message::Text(t) => return Ok(Some(t.as_bytes().to_vec())),
+                Message::Binary(b) => return Ok(Some(b.to_vec())),
+                Message::Ping(_) => {
+                    // tungstenite queued the pong; send it now.
+                    self.ws.flush().await?;
+                    return Ok(None);
+                }
+                Message::Close(c) => bail!("closed by server: {c:?}"),
+                _ => {}
+            }
+        }
     }
 
     async fn next_frame(&mut self) -> anyhow::Result<Vec<u8>> {
         loop {
-            match self.ws.next().await.context("stream ended")?? {
-                Message::Text(t) => return Ok(t.as_bytes().to_vec()),
-                Message::Binary(b) => return Ok(b.to_vec()),
-                Message::Ping(_) => self.ws.flush().await?,
-                Message::Close(c) => bail!("closed by server: {c:?}"),
-                _ => {}
+            if let Some(f) = self.frame_or_ping().await? {
+                return Ok(f);
             }
         }
     }
@@ -131,13 +245,7 @@ impl Subscriber {
     async fn subscribe(&mut self, topic: &str) -> anyhow::Result<()> {
         match self.protocol {
             Protocol::Herald => {
-                let welcome = self.next_frame().await?;
-                if !welcome.windows(9).any(|w| w == br#""welcome""#) {
-                    bail!(
-                        "expected welcome, got {}",
-                        String::from_utf8_lossy(&welcome)
-                    );
-                }
+                self.welcome().await?;
                 let sub = format!(r#"{{"type":"subscribe","id":1,"group":"{topic}"}}"#);
                 self.ws.send(Message::text(sub)).await?;
                 let ack = self.next_frame().await?;
@@ -176,33 +284,53 @@ impl Subscriber {
         Ok(())
     }
 
-    /// The next delivered payload.
-    pub async fn next_payload(&mut self) -> anyhow::Result<Vec<u8>> {
-        match self.protocol {
-            Protocol::Herald => loop {
-                let f = self.next_frame().await?;
-                if f.starts_with(br#"{"type":"msg""#) {
-                    return Ok(f);
-                }
-            },
-            Protocol::Ws => self.next_frame().await,
-            Protocol::Mqtt => loop {
-                let (kind, body) = self.next_mqtt().await?;
-                if kind == 3 && body.len() >= 2 {
-                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-                    return Ok(body.get(2 + tl..).unwrap_or_default().to_vec());
-                }
-            },
-            Protocol::Nats => loop {
-                match self.next_nats().await? {
-                    NatsEvent::Msg(p) => return Ok(p),
-                    NatsEvent::Ping => {
-                        self.ws.send(Message::binary(b"PONG\r\n".to_vec())).await?;
+    /// The next delivered payload, or a ping the server sent meanwhile.
+    pub async fn next_event(&mut self) -> anyhow::Result<Event> {
+        loop {
+            // Whole packets already buffered (MQTT, NATS) first.
+            match self.protocol {
+                Protocol::Mqtt => {
+                    if let Some((kind, start, end)) = mqtt_split(&self.buf) {
+                        let body = self.buf[start..end].to_vec();
+                        self.buf.drain(..end);
+                        if kind == 3 && body.len() >= 2 {
+                            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                            return Ok(Event::Payload(
+                                body.get(2 + tl..).unwrap_or_default().to_vec(),
+                            ));
+                        }
+                        continue;
                     }
-                    NatsEvent::Err(e) => bail!("nats: {e}"),
-                    NatsEvent::Pong => {}
                 }
-            },
+                Protocol::Nats => {
+                    if let Some((ev, used)) = nats_split(&self.buf)? {
+                        self.buf.drain(..used);
+                        match ev {
+                            NatsEvent::Msg(p) => return Ok(Event::Payload(p)),
+                            NatsEvent::Ping => {
+                                self.ws.send(Message::binary(b"PONG\r\n".to_vec())).await?;
+                                return Ok(Event::Ping);
+                            }
+                            NatsEvent::Err(e) => bail!("nats: {e}"),
+                            NatsEvent::Pong => {}
+                        }
+                        continue;
+                    }
+                }
+                Protocol::Herald | Protocol::Ws => {}
+            }
+            let Some(f) = self.frame_or_ping().await? else {
+                return Ok(Event::Ping);
+            };
+            match self.protocol {
+                Protocol::Herald => {
+                    if f.starts_with(br#"{"type":"msg""#) {
+                        return Ok(Event::Payload(f));
+                    }
+                }
+                Protocol::Ws => return Ok(Event::Payload(f)),
+                Protocol::Mqtt | Protocol::Nats => self.buf.extend_from_slice(&f),
+            }
         }
     }
 

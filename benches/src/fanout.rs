@@ -3,13 +3,10 @@
 //! syscalls per delivery, anything not delivered. Herald and its peers run the same load.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::SinkExt as _;
-use hdrhistogram::Histogram;
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{PublishRequest, PublishStreamRequest, Target as ApiTarget, target};
 use serde::Serialize;
@@ -18,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{self, Protocol, Subscriber, Target};
+use crate::clients::{self, Protocol};
+use crate::workers::{ClientPlan, Plan, Workers};
 use crate::{peers, proc_stats, report, servers};
 
 /// The server under test.
@@ -116,6 +114,15 @@ fn preset(o: &FanoutOpts) -> anyhow::Result<(u64, u64)> {
     Ok((o.subscribers.unwrap_or(s), o.rate.unwrap_or(r)))
 }
 
+/// Appends the deliveries of each whole second passed to `timeline`.
+fn tick_timeline(workers: &Workers, second: &mut (Instant, u64), timeline: &mut Vec<u64>) {
+    while Instant::now() >= second.0 {
+        let now = workers.counts().delivered;
+        timeline.push(now.saturating_sub(second.1));
+        *second = (second.0 + Duration::from_secs(1), now);
+    }
+}
+
 /// Runs the scenario against every requested server and prints a table with ratios.
 pub async fn run(o: FanoutOpts) -> anyhow::Result<Vec<FanoutResult>> {
     let (subs, rate) = preset(&o)?;
@@ -205,6 +212,28 @@ impl Publisher {
     }
 }
 
+impl Running {
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What its subscribers connect to (group / topic `fan`).
+    pub fn client(&self) -> &ClientPlan {
+        &self.client
+    }
+
+    /// Publishes one `size`-byte message to the group `fan` by the server's own publish path.
+    pub async fn publish_one(&mut self, size: usize) -> anyhow::Result<()> {
+        let mut to = Addressing {
+            unicast: false,
+            subscribers: 1,
+            cursor: 0,
+        };
+        self.publisher.send(1, size, &mut to).await
+    }
+}
+
 /// Who each message goes to: the group, or subscribers one after the other.
 struct Addressing {
     unicast: bool,
@@ -224,20 +253,25 @@ impl Addressing {
     }
 }
 
-struct Running {
+/// A server under test, started, with its publisher connected.
+pub struct Running {
     pid: u32,
-    target: Target,
+    client: ClientPlan,
     publisher: Publisher,
     _keep: Box<dyn std::any::Any + Send>,
     ack_errors: Option<tokio::task::JoinHandle<u64>>,
 }
 
-async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
+/// Starts `kind` for fan-out to `topic`, with its publisher connected.
+pub async fn start(
+    herald_bin: Option<PathBuf>,
+    herald_edge_toml: &str,
+    kind: ServerKind,
+) -> anyhow::Result<Running> {
     let topic = "fan".to_string();
     Ok(match kind {
         ServerKind::Herald => {
-            let s =
-                servers::start_herald(o.herald_bin.clone(), "max_queued_bytes = 4194304").await?;
+            let s = servers::start_herald(herald_bin, herald_edge_toml).await?;
             let grpc = s.grpc.context("grpc address")?;
             let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
             let (tx, rx) = mpsc::channel(4096);
@@ -256,11 +290,7 @@ async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
             });
             Running {
                 pid: s.pid,
-                target: Target {
-                    server: s.ws,
-                    protocol: Protocol::Herald,
-                    topic,
-                },
+                client: ClientPlan::peer(s.ws, Protocol::Herald, &topic),
                 publisher: Publisher::Herald(tx, 0),
                 _keep: Box::new(s),
                 ack_errors: Some(ack_errors),
@@ -275,11 +305,7 @@ async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
                 .await?;
             Running {
                 pid: p.pid,
-                target: Target {
-                    server: p.ws,
-                    protocol: Protocol::Nats,
-                    topic,
-                },
+                client: ClientPlan::peer(p.ws, Protocol::Nats, &topic),
                 publisher: Publisher::Tcp(tcp, kind),
                 _keep: Box::new(p),
                 ack_errors: None,
@@ -294,11 +320,7 @@ async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
             tcp.read_exact(&mut connack).await?;
             Running {
                 pid: p.pid,
-                target: Target {
-                    server: p.ws,
-                    protocol: Protocol::Mqtt,
-                    topic,
-                },
+                client: ClientPlan::peer(p.ws, Protocol::Mqtt, &topic),
                 publisher: Publisher::Tcp(tcp, kind),
                 _keep: Box::new(p),
                 ack_errors: None,
@@ -311,11 +333,7 @@ async fn start(o: &FanoutOpts, kind: ServerKind) -> anyhow::Result<Running> {
                 tokio_tungstenite::client_async(format!("ws://{}/", p.publish), tcp).await?;
             Running {
                 pid: p.pid,
-                target: Target {
-                    server: p.ws,
-                    protocol: Protocol::Ws,
-                    topic,
-                },
+                client: ClientPlan::peer(p.ws, Protocol::Ws, &topic),
                 publisher: Publisher::Ws(Box::new(ws)),
                 _keep: Box::new(p),
                 ack_errors: None,
@@ -330,97 +348,28 @@ async fn run_one(
     subs: u64,
     rate: u64,
 ) -> anyhow::Result<FanoutResult> {
-    let mut srv = start(o, kind).await?;
-    let delivered = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let ready = Arc::new(AtomicU64::new(0));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let key = jsonwebtoken::EncodingKey::from_secret(servers::SECRET.as_bytes());
-    let exp = jsonwebtoken::get_current_timestamp() + 3600;
-    let mut clients = Vec::with_capacity(subs as usize);
-    for i in 0..subs {
-        let claims = serde_json::json!({"sub": format!("s{i}"), "aud": "bench", "exp": exp, "channels": ["*"]});
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?;
-        let mut t = srv.target.clone();
-        if o.unicast {
-            t.topic = format!("u{i}");
-        }
-        let (t, d, e, r, s) = (
-            t,
-            delivered.clone(),
-            errors.clone(),
-            ready.clone(),
-            stop.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut lat: Vec<u32> = Vec::new();
-            let mut sub = match Subscriber::connect(&t, clients::source_ip(i), &token).await {
-                Ok(sub) => sub,
-                Err(_) => {
-                    e.fetch_add(1, Ordering::Relaxed);
-                    return lat;
-                }
-            };
-            r.fetch_add(1, Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    _ = s.cancelled() => break,
-                    p = sub.next_payload() => match p {
-                        Ok(p) => {
-                            if let Some(t0) = clients::sent_at(&p) {
-                                let us = clients::now_ns().saturating_sub(t0) / 1000;
-                                lat.push(us.min(u32::MAX as u64) as u32);
-                            }
-                            d.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            e.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-            }
-            lat
-        }));
-        // A steady ramp: at most 2,000 handshakes in flight.
-        while i + 1 - ready.load(Ordering::Relaxed) - errors.load(Ordering::Relaxed) > 2000 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < subs {
-        if Instant::now() > deadline {
-            bail!("subscribers not ready in 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut srv = start(o.herald_bin.clone(), "max_queued_bytes = 4194304", kind).await?;
+    let mut client = srv.client.clone();
+    client.topic_per_client = o.unicast;
+    client.read_buffer = 16 * 1024;
+    let mut plan = Plan::new(subs, client);
+    plan.inflight = 2_000;
+    let workers = Workers::spawn(&format!("fanout {kind:?}"), &plan).await?;
+    workers
+        .wait("subscribed", Duration::from_secs(60 + subs / 500), |c| {
+            c.settled() >= subs
+        })
+        .await?;
     // Let the last subscriptions settle on every server before timing.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = workers.counts();
 
     let cpu0 = proc_stats::cpu_ticks(srv.pid)?;
     let io0 = proc_stats::write_syscalls(srv.pid).unwrap_or(0);
-    let me0 = proc_stats::cpu_ticks(std::process::id())?;
+    let me0 = proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks();
     let t0 = Instant::now();
-    let monitor = {
-        let d = delivered.clone();
-        let s = stop.clone();
-        tokio::spawn(async move {
-            let mut timeline = Vec::new();
-            let mut last = d.load(Ordering::Relaxed);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = s.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let now = d.load(Ordering::Relaxed);
-                timeline.push(now - last);
-                last = now;
-            }
-            timeline
-        })
-    };
+    let mut timeline = Vec::new();
+    let mut second = (t0 + Duration::from_secs(1), workers.counts().delivered);
     let total = rate * o.seconds;
     let mut to = Addressing {
         unicast: o.unicast,
@@ -432,23 +381,25 @@ async fn run_one(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while sent < total {
         tick.tick().await;
+        tick_timeline(&workers, &mut second, &mut timeline);
         let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
             srv.publisher.send(due - sent, o.payload, &mut to).await?;
             sent = due;
         }
     }
-    let live = subs - errors.load(Ordering::Relaxed);
+    let live = ready.connected;
     let fan = if o.unicast { 1 } else { subs };
     let expected = total * fan;
     // Drain: until everything arrived, or nothing moved for 2 s (at most 60 s).
-    let mut last = delivered.load(Ordering::Relaxed);
+    let mut last = workers.counts().delivered;
     let mut still = Instant::now();
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     let reachable = if o.unicast { total } else { total * live };
-    while delivered.load(Ordering::Relaxed) < reachable && Instant::now() < drain_deadline {
+    while workers.counts().delivered < reachable && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = delivered.load(Ordering::Relaxed);
+        tick_timeline(&workers, &mut second, &mut timeline);
+        let now = workers.counts().delivered;
         if now != last {
             last = now;
             still = Instant::now();
@@ -461,15 +412,9 @@ async fn run_one(
     let io = proc_stats::write_syscalls(srv.pid)
         .unwrap_or(0)
         .saturating_sub(io0);
-    let me = proc_stats::cpu_ticks(std::process::id())? - me0;
-    stop.cancel();
-    let timeline = monitor.await.unwrap_or_default();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for c in clients {
-        for us in c.await.unwrap_or_default() {
-            hist.saturating_record(u64::from(us).max(1));
-        }
-    }
+    let me = (proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks()).saturating_sub(me0);
+    let totals = workers.finish().await?;
+    let hist = totals.latency_us;
     if let Some(a) = srv.ack_errors.take() {
         drop(srv.publisher);
         let errs = tokio::time::timeout(Duration::from_secs(5), a)
@@ -481,7 +426,7 @@ async fn run_one(
             eprintln!("fanout: {errs} publishes refused");
         }
     }
-    let got = delivered.load(Ordering::Relaxed);
+    let got = totals.counts.delivered;
     let ticks_per_sec = proc_stats::clock_ticks_per_sec() as f64;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(FanoutResult {
@@ -492,7 +437,7 @@ async fn run_one(
         expected,
         delivered: got,
         missing: expected.saturating_sub(got),
-        client_errors: errors.load(Ordering::Relaxed),
+        client_errors: totals.counts.failed + totals.counts.dropped,
         offered_per_sec: (rate * fan) as f64,
         achieved_per_sec: got as f64 / elapsed.max(o.seconds as f64),
         latency_ms: [

@@ -1,22 +1,16 @@
 //! The `idle` scenario: N connections, each having subscribed once, received one message and
-//! answered one ping; reports the server's RSS growth per connection.
+//! answered one ping (Herald and the baseline ping; the peers do not on their own); reports the
+//! server's RSS growth per connection.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures_util::{SinkExt as _, StreamExt as _};
-use herald_core::proto::v1::herald_client::HeraldClient;
-use herald_core::proto::v1::{Broadcast, PublishRequest, Target, target};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::fanout::{self, ServerKind};
 use crate::proc_stats;
-use crate::servers::{self, API_KEY, SECRET};
+use crate::servers;
+use crate::workers::{ClientPlan, Plan, Workers};
 
 /// Options of `idle`.
 #[derive(Debug, clap::Args)]
@@ -27,7 +21,8 @@ pub struct IdleOpts {
     /// Connections opened per second.
     #[arg(long, default_value_t = 3_000)]
     rate: u64,
-    /// `herald` or `baseline` (bare tokio-tungstenite, 128-byte read buffer).
+    /// `herald`, `baseline` (bare tokio-tungstenite, 128-byte read buffer), or a peer: `nats`,
+    /// `mosquitto`, `ws` (Node ws).
     #[arg(long, default_value = "herald")]
     server: String,
     /// The herald binary (default: next to this one).
@@ -38,178 +33,94 @@ pub struct IdleOpts {
     json: Option<PathBuf>,
 }
 
-#[derive(Default)]
-struct Counters {
-    connected: AtomicU64,
-    subscribed: AtomicU64,
-    received: AtomicU64,
-    pinged: AtomicU64,
-    failed: AtomicU64,
-}
-
 /// The idle scenario.
 pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
-    let limit = proc_stats::open_files_limit();
-    if o.connections + 100 > limit {
-        bail!(
-            "{} connections need more open files than this process may have ({limit}); \
-             lower --connections",
-            o.connections
-        );
-    }
     let ping_secs = 3u64;
-    let server = match o.server.as_str() {
-        "herald" => servers::start_herald(
-            o.herald_bin.clone(),
-            &format!(
-                "ping_interval_secs = {ping_secs}\npong_timeout_secs = 30\nmax_queued_bytes = 65536"
-            ),
-        )
-        .await?,
-        "baseline" => servers::start_baseline(128, ping_secs * 1000).await?,
-        other => bail!("unknown server {other:?}: herald or baseline"),
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = proc_stats::rss_kib(server.pid)?;
-    let counters = Arc::new(Counters::default());
-    let now = jsonwebtoken::get_current_timestamp();
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(o.connections as usize);
-    let gap = Duration::from_secs_f64(1.0 / o.rate.max(1) as f64);
-    let mut next = tokio::time::Instant::now();
-    for i in 0..o.connections {
-        // Tokens are signed before each connect, outside anything timed per message.
-        let claims = serde_json::json!({"sub": format!("u{i}"), "aud": "bench", "exp": now + 3600, "channels": ["*"]});
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?;
-        // Spread client ends over 127.0.0.0/8 so source ports never run out.
-        let src = Ipv4Addr::new(127, 0, 1 + (i / 20_000) as u8, 1 + ((i / 250) % 250) as u8);
-        let url = format!("ws://{}/ws/bench?token={token}", server.ws);
-        tasks.push(tokio::spawn(client(server.ws, src, url, counters.clone())));
-        next += gap;
-        tokio::time::sleep_until(next).await;
-        if i % 5000 == 4999 {
-            eprintln!(
-                "idle: {} connected, {} subscribed, {} failed",
-                counters.connected.load(Ordering::Relaxed),
-                counters.subscribed.load(Ordering::Relaxed),
-                counters.failed.load(Ordering::Relaxed)
-            );
-        }
-    }
     let n = o.connections;
-    wait_for(&counters.subscribed, &counters, n, "subscribed").await?;
+    // The server, and what publishes its one message (the baseline sends it by itself).
+    let (pid, client, mut publisher, _baseline) = match o.server.as_str() {
+        "baseline" => {
+            let s = servers::start_baseline(128, ping_secs * 1000).await?;
+            let c = ClientPlan::herald(s.ws, "idle");
+            (s.pid, c, None, Some(s))
+        }
+        other => {
+            let kind = match other {
+                "herald" => ServerKind::Herald,
+                "nats" => ServerKind::Nats,
+                "mosquitto" => ServerKind::Mosquitto,
+                "ws" => ServerKind::Ws,
+                _ => bail!("unknown server {other:?}: herald, baseline, nats, mosquitto or ws"),
+            };
+            let edge = format!(
+                "ping_interval_secs = {ping_secs}\npong_timeout_secs = 30\nmax_queued_bytes = 65536"
+            );
+            let r = fanout::start(o.herald_bin.clone(), &edge, kind).await?;
+            (r.pid(), r.client().clone(), Some(r), None)
+        }
+    };
+    let pings = matches!(o.server.as_str(), "herald" | "baseline");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = proc_stats::rss_kib(pid)?;
+    let mut plan = Plan::new(n, client);
+    plan.rate = o.rate;
+    let started = Instant::now();
+    let workers = Workers::spawn(&format!("idle {}", o.server), &plan).await?;
+    let ramp = Duration::from_secs(60 + n / o.rate.max(1));
+    let c = workers
+        .wait("subscribed", ramp, |c| c.settled() >= n)
+        .await?;
     let connect_secs = started.elapsed().as_secs_f64();
-    if let Some(grpc) = server.grpc {
-        let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
-        let mut req = tonic::Request::new(PublishRequest {
-            project: "bench".into(),
-            target: Some(Target {
-                kind: Some(target::Kind::Broadcast(Broadcast {})),
-            }),
-            payload: br#"{"hello":"idle"}"#.to_vec(),
-            ..Default::default()
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {API_KEY}").parse()?);
-        client.publish(req).await.context("publish")?;
+    if c.failed > 0 {
+        eprintln!("idle: {} of {n} connections failed", c.failed);
     }
-    wait_for(&counters.received, &counters, n, "received").await?;
-    wait_for(&counters.pinged, &counters, n, "pinged").await?;
+    // The Node ws peer relays what one client sends to the others: its publisher is a client too.
+    if let Some(p) = publisher.as_mut() {
+        p.publish_one(40).await.context("publish")?;
+    }
+    let live = c.connected;
+    workers
+        .wait("received", Duration::from_secs(60), |c| {
+            c.received + c.dropped >= live
+        })
+        .await?;
+    if pings {
+        workers
+            .wait("pinged", Duration::from_secs(60), |c| {
+                c.pinged + c.dropped >= live
+            })
+            .await?;
+    }
     // Let the pongs arrive and be read.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = proc_stats::rss_kib(server.pid)?;
-    let per_conn = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
-    let failed = counters.failed.load(Ordering::Relaxed);
+    let rss_after = proc_stats::rss_kib(pid)?;
+    let totals = workers.finish().await?;
+    let counts = totals.counts;
+    let per_conn = (rss_after.saturating_sub(rss_before)) as f64 / live.max(1) as f64;
+    let hs = |q: f64| totals.handshake_us.value_at_quantile(q) as f64 / 1000.0;
     let result = serde_json::json!({
         "scenario": "idle",
         "server": o.server,
         "connections": n,
-        "failed": failed,
+        "connected": counts.connected,
+        "failed": counts.failed,
+        "dropped": counts.dropped,
+        "received": counts.received,
+        "pinged": if pings { serde_json::json!(counts.pinged) } else { serde_json::json!(null) },
+        "workers": totals.workers,
         "connect_seconds": connect_secs,
+        "connect_ms": {"p50": hs(0.5), "p99": hs(0.99), "max": totals.handshake_us.max() as f64 / 1000.0},
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "kib_per_connection": (per_conn * 100.0).round() / 100.0,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     println!(
-        "| idle | {} | {n} | {:.2} KiB/conn | rss {rss_before} → {rss_after} KiB | failed {failed} |",
-        o.server, per_conn
+        "| idle | {} | {n} | {:.2} KiB/conn | rss {rss_before} → {rss_after} KiB | failed {} | dropped {} |",
+        o.server, per_conn, counts.failed, counts.dropped
     );
     if let Some(path) = o.json {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
     }
-    for t in tasks {
-        t.abort();
-    }
-    drop(server);
     Ok(())
-}
-
-async fn wait_for(c: &AtomicU64, all: &Counters, n: u64, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.load(Ordering::Relaxed) + all.failed.load(Ordering::Relaxed) < n {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {n} {what} within 60 s",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-async fn client(server: SocketAddr, src: Ipv4Addr, url: String, c: Arc<Counters>) {
-    if run_client(server, src, url, &c).await.is_err() {
-        c.failed.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn run_client(
-    server: SocketAddr,
-    src: Ipv4Addr,
-    url: String,
-    c: &Counters,
-) -> anyhow::Result<()> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::from((src, 0)))?;
-    let tcp = sock.connect(server).await?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
-    c.connected.fetch_add(1, Ordering::Relaxed);
-    let mut subscribed = false;
-    let mut received = false;
-    let mut pinged = false;
-    while let Some(m) = ws.next().await {
-        match m? {
-            Message::Text(t) => {
-                if t.contains(r#""welcome""#) && !subscribed {
-                    ws.send(Message::text(
-                        r#"{"type":"subscribe","id":1,"group":"idle"}"#,
-                    ))
-                    .await?;
-                } else if t.contains(r#""ack""#) && !subscribed {
-                    subscribed = true;
-                    c.subscribed.fetch_add(1, Ordering::Relaxed);
-                } else if t.contains(r#""msg""#) && !received {
-                    received = true;
-                    c.received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Message::Ping(_) => {
-                // tungstenite queues the pong; flush it now.
-                ws.flush().await?;
-                if !pinged {
-                    pinged = true;
-                    c.pinged.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Message::Close(_) => bail!("closed by server"),
-            _ => {}
-        }
-    }
-    bail!("stream ended")
 }

@@ -10,6 +10,8 @@
 //! - `peers`: starting mosquitto, nats-server and a Node `ws` server.
 //! - `report`: JSON, Markdown and SVG results.
 //! - `storm`: connects per second and handshake latency.
+//! - `workers`: worker processes holding the client ends, split by the open-file limit; the
+//!   parent merges their counters and histograms.
 #![deny(rust_2018_idioms)]
 
 mod clients;
@@ -20,6 +22,7 @@ mod proc_stats;
 mod report;
 mod servers;
 mod storm;
+mod workers;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +30,13 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", version, about)]
 struct Args {
+    /// No progress lines on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// At most this many connections per worker process (default: the open-file limit less
+    /// 256).
+    #[arg(long, global = true)]
+    per_worker: Option<u64>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -42,11 +52,16 @@ enum Scenario {
     Storm(storm::StormOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
     BaselineServer(servers::BaselineOpts),
+    /// A worker process holding client ends (started by the harness; JSON lines on stdio).
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
+    workers::configure(args.quiet, args.per_worker);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -56,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::BaselineServer(o) => servers::baseline(o).await,
+            Scenario::Worker => workers::worker_main().await,
         }
     })
 }

@@ -80,6 +80,8 @@ fn spawn(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Child> {
 }
 
 /// mosquitto with a websockets listener for subscribers and an MQTT listener for the publisher.
+/// `socket_domain ipv4`: its libwebsockets otherwise fails to create the listener where IPv6 is
+/// unavailable.
 pub async fn mosquitto() -> anyhow::Result<Peer> {
     let bin = find_bin(&["mosquitto"])?;
     let dir = temp_dir("mosquitto")?;
@@ -88,7 +90,7 @@ pub async fn mosquitto() -> anyhow::Result<Peer> {
     std::fs::write(
         &conf,
         format!(
-            "listener {ws} 127.0.0.1\nprotocol websockets\nlistener {tcp} 127.0.0.1\nprotocol mqtt\nallow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\n"
+            "listener {ws} 127.0.0.1\nsocket_domain ipv4\nprotocol websockets\nlistener {tcp} 127.0.0.1\nprotocol mqtt\nallow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\n"
         ),
     )?;
     let child = spawn(&bin, &["-c", conf.to_str().context("path")?])?;

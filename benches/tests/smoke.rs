@@ -5,6 +5,7 @@ use std::process::Command;
 
 fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .arg("--quiet")
         .args(args)
         .output()
         .expect("run herald-bench");
@@ -23,11 +24,39 @@ fn json_head(stdout: &str) -> serde_json::Value {
 }
 
 #[test]
-fn idle_reports_memory_per_connection() {
-    let v = json_head(&bench(&["idle", "--connections", "50", "--rate", "500"]));
+fn idle_reports_memory_per_connection_from_several_workers() {
+    // 50 connections at most 20 per worker: three worker processes, results merged.
+    let v = json_head(&bench(&[
+        "idle",
+        "--connections",
+        "50",
+        "--rate",
+        "500",
+        "--per-worker",
+        "20",
+    ]));
     assert_eq!(v["connections"], 50);
+    assert_eq!(v["connected"], 50, "{v}");
     assert_eq!(v["failed"], 0);
+    assert_eq!(v["received"], 50, "{v}");
+    assert_eq!(v["pinged"], 50, "{v}");
+    assert_eq!(v["workers"], 3, "{v}");
     assert!(v["kib_per_connection"].as_f64().is_some());
+}
+
+#[test]
+fn idle_against_a_peer() {
+    let v = json_head(&bench(&[
+        "idle",
+        "--server",
+        "nats",
+        "--connections",
+        "30",
+        "--rate",
+        "500",
+    ]));
+    assert_eq!(v["connected"], 30, "{v}");
+    assert_eq!(v["received"], 30, "{v}");
 }
 
 #[test]
@@ -44,6 +73,8 @@ fn fanout_against_herald_and_peers_delivers_everything() {
         "1",
         "--servers",
         "herald,nats,mosquitto",
+        "--per-worker",
+        "8",
         "--out",
         out,
     ]);
