@@ -431,14 +431,16 @@ impl Limits {
             .project(project)
             .map_or(0, |p| p.max_connections);
         let mut counts = self.projects.lock();
-        let n = counts.entry(project.into()).or_insert(0);
-        if cap > 0 && *n >= cap {
-            if *n == 0 {
-                counts.remove(project);
-            }
+        let n = counts.get(project).copied().unwrap_or(0);
+        if cap > 0 && n >= cap {
             return false;
         }
-        *n += 1;
+        match counts.get_mut(project) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(project.into(), 1);
+            }
+        }
         true
     }
 

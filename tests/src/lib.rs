@@ -78,6 +78,7 @@ pub fn keys_dir() -> PathBuf {
 pub struct HeraldBuilder {
     config: toml::Table,
     nofile: Option<u64>,
+    ws_listen: String,
 }
 
 /// A sandbox with projects `alpha` and `beta` (HS256 keys without `kid`) and an admin key.
@@ -109,6 +110,7 @@ pub fn herald() -> HeraldBuilder {
     HeraldBuilder {
         config,
         nofile: None,
+        ws_listen: "127.0.0.1:0".into(),
     }
 }
 
@@ -147,6 +149,12 @@ impl HeraldBuilder {
                 .cloned()
                 .expect("[[projects]] tables"),
         );
+        self
+    }
+
+    /// Listens for WebSocket clients on `addr` instead of `127.0.0.1:0` (e.g. `[::]:0`).
+    pub fn ws_listen(mut self, addr: &str) -> Self {
+        self.ws_listen = addr.into();
         self
     }
 
@@ -189,7 +197,7 @@ impl HeraldBuilder {
             .is_some();
         command.arg("serve").arg("--config").arg(&config_path);
         if !own_listeners {
-            command.args(["--ws-listen", "127.0.0.1:0"]);
+            command.args(["--ws-listen", &self.ws_listen]);
         }
         let mut child = command
             .args(["--grpc-listen", "127.0.0.1:0"])

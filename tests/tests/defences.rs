@@ -2,7 +2,7 @@
 //! HTTP status or close code, counted in its metric, while an unrelated client keeps receiving.
 //! Clients take distinct loopback source addresses (127.0.0.x) to be distinct client addresses.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt as _;
@@ -13,11 +13,17 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// A TCP connection to the edge from the loopback address `127.0.0.{last}`.
+/// A TCP connection to the edge from the loopback address `127.0.0.{last}`, or from `::1`
+/// when `last` is 0 (the edge then listens on `[::]`).
 async fn tcp_from(herald: &Herald, last: u8) -> std::io::Result<TcpStream> {
+    let port = herald.ws.port();
+    if last == 0 {
+        return TcpStream::connect(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await;
+    }
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, last), 0)))?;
-    sock.connect(herald.ws).await
+    sock.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
 }
 
 /// Opens a WebSocket from `127.0.0.{last}` with extra headers.
@@ -622,4 +628,57 @@ async fn the_default_cap_follows_the_open_file_limit_and_sheds_before_it_runs_ou
         assert!(Instant::now() < deadline, "places were not given back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn ipv6_clients_and_ipv4_clients_of_a_dual_stack_listener_are_matched() {
+    let herald = herald()
+        .ws_listen("[::]:0")
+        .edge(
+            "limits",
+            table(toml::toml! {
+                deny_ips = ["127.0.0.2/32"]
+            }),
+        )
+        .projects(&format!(
+            r#"
+            [[projects]]
+            id = "alpha"
+            api_keys = ["{ALPHA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{ALPHA_SECRET}"
+
+            [[projects]]
+            id = "beta"
+            api_keys = ["{BETA_KEY}"]
+            [[projects.keys]]
+            alg = "HS256"
+            secret = "{BETA_SECRET}"
+            [projects.limits]
+            deny_ips = ["::1/128"]
+            "#
+        ))
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    // An IPv4 client arrives as ::ffff:127.0.0.2 on the dual-stack socket: matched as IPv4.
+    assert_eq!(
+        refused(&herald, 2, &url(&herald, "alpha", "x"), &[])
+            .await
+            .0,
+        403
+    );
+    // An IPv6 client: denied by beta's list, not by alpha's.
+    assert_eq!(
+        refused(&herald, 0, &url(&herald, "beta", "x"), &[]).await.0,
+        403
+    );
+    welcomed_from(&herald, 0, "alpha", "v6").await;
+    welcomed_from(&herald, 1, "beta", "v4").await;
+    assert_eq!(
+        metric(&herald, r#"herald_edge_refused_total{reason="ip_denied"}"#).await,
+        2.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
