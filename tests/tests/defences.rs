@@ -682,3 +682,56 @@ async fn ipv6_clients_and_ipv4_clients_of_a_dual_stack_listener_are_matched() {
     );
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
+
+#[tokio::test]
+async fn a_client_stalling_in_the_tls_handshake_is_cut_at_the_handshake_deadline() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = herald_tests::tls::Ca::root("test root");
+    let leaf = ca.server(&["localhost"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (crt, key) = leaf.write(dir.path(), "ec", &[]);
+    let mut plain = toml::Table::new();
+    plain.insert("addr".into(), "127.0.0.1:0".into());
+    let mut tls = toml::Table::new();
+    tls.insert("cert_file".into(), crt.display().to_string().into());
+    tls.insert("key_file".into(), key.display().to_string().into());
+    let mut wss = toml::Table::new();
+    wss.insert("addr".into(), "127.0.0.1:0".into());
+    wss.insert("tls".into(), tls.into());
+    let mut herald = herald()
+        .listener(plain)
+        .listener(wss)
+        .edge("handshake_timeout_ms", 1000)
+        .start()
+        .await;
+    let [plain, wss] = herald.listeners[..] else {
+        panic!("two listeners: {:?}", herald.listeners);
+    };
+    herald.ws = plain;
+    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
+    // The start of a TLS record header, then nothing more.
+    let mut stalled = TcpStream::connect(wss).await.expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(6), stalled.read(&mut buf))
+        .await
+        .expect("cut before 6 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "no answer but the close: {read:?}"
+    );
+    let cut = start.elapsed();
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_millis(4000),
+        "cut after {cut:?}"
+    );
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_tls_handshake_failures_total{reason="timeout"}"#
+        )
+        .await,
+        1.0
+    );
+    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+}
