@@ -594,6 +594,68 @@ mod tests {
         assert_eq!(limits.tracked_ips(), 0);
     }
 
+    fn project(id: &str, limits: ProjectLimits) -> ProjectConfig {
+        ProjectConfig {
+            id: id.into(),
+            api_keys: Vec::new(),
+            keys: Vec::new(),
+            limits,
+            client_certificates: None,
+        }
+    }
+
+    #[test]
+    fn project_rules_origins_and_caps_follow_reloads() {
+        let limits = Limits::new(&LimitsConfig {
+            origins: vec!["https://app.example.com".into()],
+            ..Default::default()
+        });
+        let ip: IpAddr = "198.51.100.7".parse().expect("ip");
+        let policy = limits.policy();
+        // No project rules yet: the edge's origins; no Origin is fine.
+        assert_eq!(policy.check_request("p", ip, None), Ok(()));
+        assert_eq!(
+            policy.check_request("p", ip, Some("https://app.example.com")),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check_request("p", ip, Some("https://other.example")),
+            Err(Refusal::Origin)
+        );
+        drop(policy);
+        limits.reload(
+            &LimitsConfig::default(),
+            &[project(
+                "p",
+                ProjectLimits {
+                    deny_ips: vec!["198.51.100.0/24".parse().expect("net")],
+                    require_origin: Some(true),
+                    max_connections: 1,
+                    ..Default::default()
+                },
+            )],
+        );
+        let policy = limits.policy();
+        assert_eq!(policy.check_request("p", ip, None), Err(Refusal::IpDenied));
+        let other: IpAddr = "203.0.113.1".parse().expect("ip");
+        assert_eq!(policy.check_request("p", other, None), Err(Refusal::Origin));
+        assert_eq!(policy.check_request("p", other, Some("https://x")), Ok(()));
+        assert!(limits.enter_project("p"));
+        assert!(!limits.enter_project("p"));
+        assert!(
+            limits.enter_project("q"),
+            "another project has its own count"
+        );
+        limits.leave_project("p");
+        assert!(limits.enter_project("p"));
+        limits.leave_project("p");
+        limits.leave_project("q");
+        assert!(
+            limits.projects.lock().is_empty(),
+            "counts go with their last connection"
+        );
+    }
+
     #[test]
     fn derived_cap_keeps_a_reserve() {
         let cfg = LimitsConfig::default();
