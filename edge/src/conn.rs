@@ -931,11 +931,15 @@ async fn on_message(shared: &Shared, s: &mut Session, m: Message) -> Next {
             };
             match hub.join(s.handle, group, max_groups).await {
                 JoinOutcome::Joined => q.push(protocol::ack(id)),
-                JoinOutcome::TooMany => q.push(protocol::error(
-                    id,
-                    FrameError::TooManyGroups,
-                    "too many groups on this connection",
-                )),
+                JoinOutcome::TooMany => {
+                    metrics::counter!("herald_edge_subscribes_refused_total", "reason" => "too_many_groups")
+                        .increment(1);
+                    q.push(protocol::error(
+                        id,
+                        FrameError::TooManyGroups,
+                        "too many groups on this connection",
+                    ))
+                }
             }
         }
         ClientFrame::Unsubscribe { id, group } => match GroupId::new(&group) {

@@ -355,6 +355,14 @@ async fn project_caps_on_connections_devices_and_subscriptions() {
         .await,
         1.0
     );
+    assert_eq!(
+        metric(
+            &herald,
+            r#"herald_edge_subscribes_refused_total{reason="too_many_groups"}"#
+        )
+        .await,
+        1.0
+    );
     still_receives(&herald, BETA_KEY, "beta", &mut bystander, 1).await;
 }
 
