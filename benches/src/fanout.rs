@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{self, Protocol};
+use crate::tls::{TlsOpts, TlsSetup};
 use crate::workers::{ClientPlan, Plan, Workers};
 use crate::{peers, proc_stats, report, servers};
 
@@ -61,6 +62,9 @@ pub struct FanoutOpts {
     /// The herald binary (default: next to this one).
     #[arg(long)]
     herald_bin: Option<PathBuf>,
+    /// `wss` for Herald's subscribers (the peers stay on plain ws).
+    #[command(flatten)]
+    tls: TlsOpts,
     /// Directory for the JSON, Markdown and SVG results.
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
@@ -71,6 +75,8 @@ pub struct FanoutOpts {
 pub struct FanoutResult {
     /// Server.
     pub server: ServerKind,
+    /// Subscribers on `wss`.
+    pub tls: bool,
     /// Subscribers connected.
     pub subscribers: u64,
     /// Offered messages per second.
@@ -126,24 +132,26 @@ fn tick_timeline(workers: &Workers, second: &mut (Instant, u64), timeline: &mut 
 /// Runs the scenario against every requested server and prints a table with ratios.
 pub async fn run(o: FanoutOpts) -> anyhow::Result<Vec<FanoutResult>> {
     let (subs, rate) = preset(&o)?;
-    let limit = proc_stats::open_files_limit();
-    if subs + 200 > limit {
-        bail!("{subs} subscribers need more open files than this process may have ({limit})");
-    }
+    let tls = o.tls.setup()?;
     let mut results = Vec::new();
     for server in &o.servers {
         eprintln!(
             "fanout: {server:?}, {subs} subscribers × {rate} msg/s × {} s",
             o.seconds
         );
-        let r = run_one(&o, *server, subs, rate).await?;
+        let r = run_one(&o, tls.as_ref(), *server, subs, rate).await?;
         eprintln!(
             "fanout: {server:?}: {:.0} deliveries/s, p99 {:.1} ms, missing {}",
             r.achieved_per_sec, r.latency_ms[2], r.missing
         );
         results.push(r);
     }
-    let mode = if o.unicast { "unicast" } else { "fanout" };
+    let mode = match (o.unicast, tls.is_some()) {
+        (false, false) => "fanout",
+        (true, false) => "unicast",
+        (false, true) => "fanout-wss",
+        (true, true) => "unicast-wss",
+    };
     let name = format!(
         "{mode}-{}",
         o.preset.clone().unwrap_or_else(|| format!("{subs}x{rate}"))
@@ -266,12 +274,18 @@ pub struct Running {
 pub async fn start(
     herald_bin: Option<PathBuf>,
     herald_edge_toml: &str,
+    tls: Option<&TlsSetup>,
     kind: ServerKind,
 ) -> anyhow::Result<Running> {
     let topic = "fan".to_string();
     Ok(match kind {
         ServerKind::Herald => {
-            let s = servers::start_herald(herald_bin, herald_edge_toml).await?;
+            // The wss listener's table comes after the plain `[edge]` keys.
+            let edge = match tls {
+                Some(t) => format!("{herald_edge_toml}\n{}", t.edge_toml),
+                None => herald_edge_toml.to_string(),
+            };
+            let s = servers::start_herald(herald_bin, &edge).await?;
             let grpc = s.grpc.context("grpc address")?;
             let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
             let (tx, rx) = mpsc::channel(4096);
@@ -290,7 +304,10 @@ pub async fn start(
             });
             Running {
                 pid: s.pid,
-                client: ClientPlan::peer(s.ws, Protocol::Herald, &topic),
+                client: ClientPlan {
+                    tls: tls.map(|t| t.client.clone()),
+                    ..ClientPlan::herald(s.ws, &topic)
+                },
                 publisher: Publisher::Herald(tx, 0),
                 _keep: Box::new(s),
                 ack_errors: Some(ack_errors),
@@ -344,11 +361,18 @@ pub async fn start(
 
 async fn run_one(
     o: &FanoutOpts,
+    tls: Option<&TlsSetup>,
     kind: ServerKind,
     subs: u64,
     rate: u64,
 ) -> anyhow::Result<FanoutResult> {
-    let mut srv = start(o.herald_bin.clone(), "max_queued_bytes = 4194304", kind).await?;
+    let mut srv = start(
+        o.herald_bin.clone(),
+        "max_queued_bytes = 4194304",
+        tls,
+        kind,
+    )
+    .await?;
     let mut client = srv.client.clone();
     client.topic_per_client = o.unicast;
     client.read_buffer = 16 * 1024;
@@ -431,6 +455,7 @@ async fn run_one(
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(FanoutResult {
         server: kind,
+        tls: kind == ServerKind::Herald && tls.is_some(),
         subscribers: subs,
         rate,
         published: total,

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use crate::fanout::{self, ServerKind};
 use crate::proc_stats;
 use crate::servers;
+use crate::tls::TlsOpts;
 use crate::workers::{ClientPlan, Plan, Workers};
 
 /// Options of `idle`.
@@ -28,6 +29,9 @@ pub struct IdleOpts {
     /// The herald binary (default: next to this one).
     #[arg(long)]
     herald_bin: Option<PathBuf>,
+    /// `wss` (Herald only).
+    #[command(flatten)]
+    tls: TlsOpts,
     /// Write the JSON result here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -36,6 +40,10 @@ pub struct IdleOpts {
 /// The idle scenario.
 pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     let ping_secs = 3u64;
+    let tls = o.tls.setup()?;
+    if tls.is_some() && o.server != "herald" {
+        bail!("--tls is for --server herald");
+    }
     let n = o.connections;
     // The server, and what publishes its one message (the baseline sends it by itself).
     let (pid, client, mut publisher, _baseline) = match o.server.as_str() {
@@ -55,7 +63,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
             let edge = format!(
                 "ping_interval_secs = {ping_secs}\npong_timeout_secs = 30\nmax_queued_bytes = 65536"
             );
-            let r = fanout::start(o.herald_bin.clone(), &edge, kind).await?;
+            let r = fanout::start(o.herald_bin.clone(), &edge, tls.as_ref(), kind).await?;
             (r.pid(), r.client().clone(), Some(r), None)
         }
     };
@@ -101,6 +109,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     let result = serde_json::json!({
         "scenario": "idle",
         "server": o.server,
+        "tls": tls.is_some(),
         "connections": n,
         "connected": counts.connected,
         "failed": counts.failed,
@@ -109,6 +118,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
         "pinged": if pings { serde_json::json!(counts.pinged) } else { serde_json::json!(null) },
         "workers": totals.workers,
         "connect_seconds": connect_secs,
+        "connects_per_sec": counts.connected as f64 / counts.connect_secs().max(1e-6),
         "connect_ms": {"p50": hs(0.5), "p99": hs(0.99), "max": totals.handshake_us.max() as f64 / 1000.0},
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,

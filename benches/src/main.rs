@@ -10,6 +10,7 @@
 //! - `peers`: starting mosquitto, nats-server and a Node `ws` server.
 //! - `report`: JSON, Markdown and SVG results.
 //! - `storm`: connects per second and handshake latency.
+//! - `tls`: `wss` runs: a test CA and certificate, Herald's `wss` listener, the clients' trust.
 //! - `workers`: worker processes holding the client ends, split by the open-file limit; the
 //!   parent merges their counters and histograms.
 #![deny(rust_2018_idioms)]
@@ -22,6 +23,7 @@ mod proc_stats;
 mod report;
 mod servers;
 mod storm;
+mod tls;
 mod workers;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +54,9 @@ enum Scenario {
     Storm(storm::StormOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
     BaselineServer(servers::BaselineOpts),
+    /// Write a test CA (`ca.pem`) and a server certificate and key signed by it
+    /// (`server.pem`, `server.key`) for `--ca`, `--cert`, `--key`.
+    Pki(tls::PkiOpts),
     /// A worker process holding client ends (started by the harness; JSON lines on stdio).
     #[command(hide = true)]
     Worker,
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::BaselineServer(o) => servers::baseline(o).await,
+            Scenario::Pki(o) => tls::pki(o),
             Scenario::Worker => workers::worker_main().await,
         }
     })

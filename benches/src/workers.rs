@@ -208,6 +208,10 @@ pub struct Counts {
     pub received: u64,
     /// Clients that were pinged at least once (and answered).
     pub pinged: u64,
+    /// When the first client started connecting (Unix ns; 0: none yet).
+    pub first_attempt_ns: u64,
+    /// When the last client finished connecting (Unix ns; 0: none yet).
+    pub last_connected_ns: u64,
 }
 
 impl Counts {
@@ -223,6 +227,18 @@ impl Counts {
         self.delivered += o.delivered;
         self.received += o.received;
         self.pinged += o.pinged;
+        if o.first_attempt_ns != 0
+            && (self.first_attempt_ns == 0 || o.first_attempt_ns < self.first_attempt_ns)
+        {
+            self.first_attempt_ns = o.first_attempt_ns;
+        }
+        self.last_connected_ns = self.last_connected_ns.max(o.last_connected_ns);
+    }
+
+    /// Seconds from the first connect attempt to the last connection made, over all workers
+    /// (what connects per second divide by; worker start-up and token signing excluded).
+    pub fn connect_secs(&self) -> f64 {
+        self.last_connected_ns.saturating_sub(self.first_attempt_ns) as f64 / 1e9
     }
 }
 
@@ -234,6 +250,8 @@ struct Atomics {
     delivered: AtomicU64,
     received: AtomicU64,
     pinged: AtomicU64,
+    first_attempt_ns: AtomicU64,
+    last_connected_ns: AtomicU64,
 }
 
 impl Atomics {
@@ -246,6 +264,8 @@ impl Atomics {
             delivered: l(&self.delivered),
             received: l(&self.received),
             pinged: l(&self.pinged),
+            first_attempt_ns: l(&self.first_attempt_ns),
+            last_connected_ns: l(&self.last_connected_ns),
         }
     }
 }
@@ -656,6 +676,12 @@ async fn client(
 ) -> Vec<u32> {
     let mut lat = Vec::new();
     let start = Instant::now();
+    let _ = c.first_attempt_ns.compare_exchange(
+        0,
+        clients::now_ns(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     let connect = Subscriber::connect(&target, topic.as_deref(), clients::source_ip(i), &token);
     let r = tokio::select! {
         r = tokio::time::timeout(timeout, connect) => r,
@@ -673,6 +699,8 @@ async fn client(
         h.saturating_record((start.elapsed().as_micros() as u64).max(1));
     }
     c.connected.fetch_add(1, Ordering::Relaxed);
+    c.last_connected_ns
+        .fetch_max(clients::now_ns(), Ordering::Relaxed);
     let (mut received, mut pinged) = (false, false);
     loop {
         tokio::select! {

@@ -120,15 +120,104 @@ fn unicast_reaches_each_user() {
     assert_eq!(results[0]["missing"], 0);
 }
 
+/// Every JSON object at the start of `stdout`, one after the other.
+fn json_objects(stdout: &str) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_str(stdout)
+        .into_iter::<serde_json::Value>()
+        .map_while(Result::ok)
+        .collect()
+}
+
 #[test]
-fn storm_connects_everyone() {
-    let v = json_head(&bench(&[
+fn storm_connects_everyone_over_ws_and_wss() {
+    let runs = json_objects(&bench(&[
         "storm",
         "--connections",
-        "100",
+        "60",
         "--concurrency",
         "16",
+        "--per-worker",
+        "25",
     ]));
-    assert_eq!(v["connected"], 100);
-    assert_eq!(v["failed"], 0);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for (v, tls) in runs.iter().zip([false, true]) {
+        assert_eq!(v["tls"], tls, "{v}");
+        assert_eq!(v["connected"], 60, "{v}");
+        assert_eq!(v["failed"], 0, "{v}");
+        assert_eq!(v["workers"], 3, "{v}");
+        assert!(
+            v["connects_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn fanout_over_wss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    bench(&[
+        "fanout",
+        "--tls",
+        "--server-name",
+        "herald.test",
+        "--subscribers",
+        "10",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+        "--out",
+        out,
+    ]);
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("fanout-wss-10x20.json")).expect("json result"),
+    )
+    .expect("json");
+    assert_eq!(results[0]["tls"], true);
+    assert_eq!(results[0]["expected"], 200);
+    assert_eq!(results[0]["missing"], 0, "{results}");
+}
+
+#[test]
+fn wss_trusts_the_given_ca_for_the_given_name_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8 path");
+    bench(&["pki", "--dir", d, "--name", "herald.test"]);
+    let (ca, cert, key) = (
+        format!("{d}/ca.pem"),
+        format!("{d}/server.pem"),
+        format!("{d}/server.key"),
+    );
+    let storm = |name: &str| {
+        json_objects(&bench(&[
+            "storm",
+            "--modes",
+            "wss",
+            "--connections",
+            "5",
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--server-name",
+            name,
+        ]))
+        .remove(0)
+    };
+    let ok = storm("herald.test");
+    assert_eq!(
+        (ok["connected"].as_u64(), ok["failed"].as_u64()),
+        (Some(5), Some(0)),
+        "{ok}"
+    );
+    // The certificate does not name other.test: every handshake fails, and the run says so.
+    let refused = storm("other.test");
+    assert_eq!(
+        (refused["connected"].as_u64(), refused["failed"].as_u64()),
+        (Some(0), Some(5)),
+        "{refused}"
+    );
 }
