@@ -13,11 +13,13 @@
 //! - `tls`: `wss` runs: a test CA and certificate, Herald's `wss` listener, the clients' trust.
 //! - `workers`: worker processes holding the client ends, split by the open-file limit; the
 //!   parent merges their counters and histograms.
+//! - `million`: one million connections against a local cluster.
 #![deny(rust_2018_idioms)]
 
 mod clients;
 mod fanout;
 mod idle;
+mod million;
 mod peers;
 mod proc_stats;
 mod report;
@@ -52,6 +54,11 @@ enum Scenario {
     Fanout(fanout::FanoutOpts),
     /// Connects per second and handshake latency.
     Storm(storm::StormOpts),
+    /// One million connections against a local cluster (edges, router, Redis, NATS).
+    Million(million::MillionOpts),
+    /// A client-end worker of `million` (started by it).
+    #[command(hide = true)]
+    MillionWorker(million::WorkerOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
     BaselineServer(servers::BaselineOpts),
     /// Write a test CA (`ca.pem`) and a server certificate and key signed by it
@@ -75,6 +82,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(o) => idle::run(o).await,
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
             Scenario::Storm(o) => storm::run(o).await,
+            Scenario::Million(o) => million::run(o).await,
+            Scenario::MillionWorker(o) => million::worker(o).await,
             Scenario::BaselineServer(o) => servers::baseline(o).await,
             Scenario::Pki(o) => tls::pki(o),
             Scenario::Worker => workers::worker_main().await,

@@ -1,0 +1,93 @@
+//! The reduced `million` run: 50,000 connections over 3 edges, 3 worker processes, a router,
+//! redis-server and nats-server, so the scenario cannot rot. The full run is not part of the test
+//! suite (see benches/README.md).
+
+use std::process::Command;
+
+#[test]
+fn million_reduced_connects_everyone_and_delivers_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["million", "--connections", "50000", "--edges", "3"])
+        .args(["--rate", "4000", "--user-sample", "500"])
+        .args(["--max-secs", "150", "--deliver-timeout-secs", "30"])
+        .args(["--out", out])
+        .output()
+        .expect("run herald-bench million");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "herald-bench million failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("million-50000.json")).expect("json result"),
+    )
+    .expect("json");
+    assert_eq!(r["connected"], 50_000, "{stderr}");
+    assert_eq!(r["not_connected"], 0);
+    assert_eq!(r["workers"], 3);
+    assert!(r["limit_hit"].is_null(), "{}", r["limit_hit"]);
+    let per_edge = r["per_edge"].as_array().expect("per edge");
+    assert_eq!(per_edge.len(), 3);
+    for e in per_edge {
+        assert!(
+            (16_600..=16_700).contains(&e["open"].as_u64().expect("open")),
+            "{e}"
+        );
+        assert!(e["rss_kib"].as_u64().expect("rss") > e["rss_kib_before"].as_u64().expect("rss"));
+    }
+    // Every kind of message reached every connected receiver, and only them.
+    for kind in ["broadcast", "group", "user"] {
+        let d = &r[kind];
+        assert_eq!(d["missing"], 0, "{kind}: {d}");
+        assert!(d["expected"].as_u64().expect("expected") > 0, "{kind}: {d}");
+        assert_eq!(d["received"], d["expected"], "{kind}: {d}");
+    }
+    assert_eq!(r["broadcast"]["expected"], 50_000);
+    assert_eq!(r["group"]["expected"], 500);
+    assert_eq!(r["duplicates"], 0);
+    assert!(
+        r["sampled_users_with_two_devices"]
+            .as_u64()
+            .expect("sample")
+            > 0
+    );
+    assert!(
+        r["broadcast"]["seconds_to_all"]
+            .as_f64()
+            .expect("time to all")
+            > 0.0
+    );
+    assert!(r["redis_keys"].as_u64().expect("keys") > 40_000);
+    assert!(r["edges_kib_per_connection"].as_f64().expect("edge memory") > 0.0);
+    assert!(
+        r["kernel_after"]["sockstat"]["tcp_inuse"]
+            .as_u64()
+            .expect("sockstat")
+            >= 40_000
+    );
+    // The run reported while it ran, and stopped everything it started.
+    assert!(stderr.contains("open"), "{stderr}");
+    assert!(stderr.contains("stopping workers"), "{stderr}");
+    assert!(dir.path().join("million-50000.md").is_file());
+    assert!(dir.path().join("million-50000.svg").is_file());
+    for pid in r["pids"].as_array().expect("pids") {
+        let pid = pid.as_u64().expect("pid");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still runs"
+        );
+    }
+    assert!(r["pids"].as_array().expect("pids").len() >= 3 + 1 + 2 + 2);
+    let log_dir = stderr
+        .lines()
+        .find_map(|l| l.split("logs in ").nth(1))
+        .map(|s| s.trim_end_matches(')').to_string())
+        .expect("log dir in the output");
+    assert!(
+        !std::path::Path::new(&log_dir).exists(),
+        "a successful run removes its state directory"
+    );
+}
