@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::{clients, proc_stats, servers};
+use crate::{clients, proc_stats, servers, workers};
 
 /// The project every client connects to.
 const PROJECT: &str = "million";
@@ -59,9 +59,6 @@ pub struct MillionOpts {
     /// Handshakes in flight at once, over all workers.
     #[arg(long, default_value_t = 2_000)]
     inflight: u64,
-    /// Most client connections per worker process (each holds one descriptor per connection).
-    #[arg(long, default_value_t = 18_900)]
-    per_worker: u64,
     /// Groups (connection i joins group `g<i mod groups>` by its token).
     #[arg(long, default_value_t = 100)]
     groups: u64,
@@ -1192,7 +1189,7 @@ impl Run {
 
     async fn start_workers(&mut self, o: &MillionOpts, layout: Layout) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
-        let n = o.connections.div_ceil(o.per_worker);
+        let n = o.connections.div_ceil(workers::per_worker_limit());
         let per = o.connections.div_ceil(n);
         let edges: Vec<String> = self.edge_addrs.iter().map(|a| a.to_string()).collect();
         for w in 0..n {
@@ -1482,12 +1479,6 @@ pub async fn run(o: MillionOpts) -> anyhow::Result<()> {
              ({fd_limit}); use more --edges"
         );
     }
-    if o.per_worker + 100 > fd_limit {
-        bail!(
-            "fds: --per-worker {} exceeds the open-file limit {fd_limit}",
-            o.per_worker
-        );
-    }
     // Measured on this machine: about 14 KiB per connection all told (two sockets and their
     // files, a conntrack entry, the edge's and the client's state); ask for that plus a margin.
     let need_mib = o.connections * 14 / 1024 + o.min_available_mib;
@@ -1639,7 +1630,9 @@ async fn scenario(
             mem_available_mib: avail,
             conntrack: conntrack_count(),
         });
-        if last_print.elapsed() >= Duration::from_secs(5) || t.attempted == o.connections {
+        if !workers::quiet()
+            && (last_print.elapsed() >= Duration::from_secs(5) || t.attempted == o.connections)
+        {
             eprintln!(
                 "million: {:>5.0} s  open {:>9}  (+{:.0}/s)  failed {}  in flight {}  MemAvailable {:.1} GiB  conntrack {}  load {}",
                 t0.elapsed().as_secs_f64(),
