@@ -10,7 +10,7 @@
 //! A missing `redis-server`, `redis-cli` or `nats-server` fails the test with a message naming
 //! it; nothing is ever skipped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -72,17 +72,6 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 61000-65000");
 }
 
-fn wait_port(port: u16, what: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < until,
-            "{what} did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One `redis-server` process.
 pub struct RedisServer {
     /// Its port.
@@ -93,21 +82,78 @@ pub struct RedisServer {
     bus_port: Option<u16>,
 }
 
+/// Whether process `pid` holds a listening TCP socket on loopback `port` (from /proc), so a test
+/// never talks to another test's server that won a race for the same free port.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == "0A";
+            let inode = f.get(9)?;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
+    })
+}
+
 impl RedisServer {
-    /// Starts `redis-server` on `port` without persistence (a restart comes back empty).
+    /// Starts `redis-server` on `port` without persistence (a restart comes back empty). When
+    /// another process took the port meanwhile, it starts again on another free port.
     pub async fn start(port: u16, dir: &Path, cluster: bool) -> Self {
-        let dir = dir.join(format!("redis-{port}"));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut s = Self {
-            port,
-            child: None,
-            dir,
-            cluster,
-            bus_port: None,
-        };
-        s.spawn();
-        wait_port(port, "redis-server");
-        s
+        let mut port = port;
+        for _ in 0..5 {
+            let dir = dir.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&dir).expect("redis dir");
+            let mut s = Self {
+                port,
+                child: None,
+                dir,
+                cluster,
+                bus_port: None,
+            };
+            s.spawn();
+            if s.wait_listening().await {
+                return s;
+            }
+            s.kill().await;
+            port = free_port();
+        }
+        panic!("redis-server could not listen on a free port (5 tries)");
+    }
+
+    /// Waits until this server listens; false when it exited (its port was taken).
+    async fn wait_listening(&mut self) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if child.id().is_some_and(|pid| listens(pid, self.port)) {
+                return true;
+            }
+            assert!(
+                Instant::now() < until,
+                "redis-server did not listen on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn spawn(&mut self) {
@@ -148,7 +194,11 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill().await;
         self.spawn();
-        wait_port(self.port, "redis-server");
+        assert!(
+            self.wait_listening().await,
+            "redis-server could not listen again on port {}",
+            self.port
+        );
     }
 
     /// The server's URL.
@@ -310,8 +360,24 @@ async fn start_nats_cluster(dir: &Path, n: usize) -> Vec<NatsServer> {
             child: Some(child),
         });
     }
-    for (port, _, monitor) in &ports {
-        wait_port(*port, "nats-server");
+    for (s, (port, _, monitor)) in servers.iter_mut().zip(&ports) {
+        // Our own process must be the one listening (another test may race for a free port).
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = s.child.as_mut().expect("nats-server child");
+            if child.id().is_some_and(|pid| listens(pid, *port)) {
+                break;
+            }
+            assert!(
+                !matches!(child.try_wait(), Ok(Some(_))),
+                "nats-server exited: one of ports {port}/{monitor} was taken by another process"
+            );
+            assert!(
+                Instant::now() < until,
+                "nats-server did not listen on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if n > 1 {
             wait_routes(*monitor, n - 1).await;
         }
