@@ -67,6 +67,8 @@ pub fn sent_at(bytes: &[u8]) -> Option<u64> {
 pub struct Target {
     /// The server's WebSocket address.
     pub server: SocketAddr,
+    /// When not empty: client i connects to `spread[i % len]` instead (several edges).
+    pub spread: Vec<SocketAddr>,
     /// Protocol.
     pub protocol: Protocol,
     /// Group / topic / subject to subscribe to.
@@ -81,6 +83,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// Where client `i` connects.
+    pub fn server_for(&self, i: u64) -> SocketAddr {
+        if self.spread.is_empty() {
+            self.server
+        } else {
+            self.spread[(i % self.spread.len() as u64) as usize]
+        }
+    }
+
     /// Builds a target from a plan: reads the CA file of a `wss` plan.
     pub fn new(p: &ClientPlan) -> anyhow::Result<Self> {
         let tls = match &p.tls {
@@ -89,6 +100,7 @@ impl Target {
         };
         Ok(Self {
             server: p.server,
+            spread: p.spread.clone(),
             protocol: p.protocol,
             topic: p.topic.clone(),
             subscribe: p.subscribe,
@@ -159,15 +171,17 @@ pub fn source_ip(i: u64) -> Ipv4Addr {
 }
 
 impl Subscriber {
-    /// Connects (TLS when the target says so) and subscribes to `topic` (default: the
-    /// target's); `token` is for Herald.
+    /// Connects client number `i` (its server and [`source_ip`] follow from `i`; TLS when the
+    /// target says so) and subscribes to `topic` (default: the target's); `token` is for Herald.
     pub async fn connect(
         t: &Target,
+        i: u64,
         topic: Option<&str>,
-        src: Ipv4Addr,
         token: &str,
     ) -> anyhow::Result<Self> {
-        let tcp = connect_from(src, t.server).await?;
+        let server = t.server_for(i);
+        let src = source_ip(i);
+        let tcp = connect_from(src, server).await?;
         let (stream, scheme) = match &t.tls {
             None => (Either::Left(tcp), "ws"),
             Some((connector, name)) => (
@@ -176,8 +190,8 @@ impl Subscriber {
             ),
         };
         let host = match &t.tls {
-            Some((_, ServerName::DnsName(n))) => format!("{}:{}", n.as_ref(), t.server.port()),
-            _ => t.server.to_string(),
+            Some((_, ServerName::DnsName(n))) => format!("{}:{}", n.as_ref(), server.port()),
+            _ => server.to_string(),
         };
         let url = match t.protocol {
             Protocol::Herald => format!("{scheme}://{host}/ws/{}?token={token}", t.project),

@@ -32,6 +32,9 @@ pub enum ServerKind {
     Mosquitto,
     /// Node `ws`: plain WebSocket broadcast, publisher over WebSocket.
     Ws,
+    /// Herald as a cluster: two edges (subscribers alternate between them), a router (the gRPC
+    /// publisher), redis-server and nats-server; CPU and writes are those of all five processes.
+    Cluster,
 }
 
 /// Options of `fanout`.
@@ -58,7 +61,7 @@ pub struct FanoutOpts {
     unicast: bool,
     /// Servers to run, one after the other, in the same run.
     #[arg(long, value_delimiter = ',', default_value = "herald")]
-    servers: Vec<ServerKind>,
+    pub servers: Vec<ServerKind>,
     /// The herald binary (default: next to this one).
     #[arg(long)]
     herald_bin: Option<PathBuf>,
@@ -120,6 +123,16 @@ fn preset(o: &FanoutOpts) -> anyhow::Result<(u64, u64)> {
     Ok((o.subscribers.unwrap_or(s), o.rate.unwrap_or(r)))
 }
 
+fn cpu_all(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&p| proc_stats::cpu_ticks(p)).sum()
+}
+
+fn writes_all(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|&p| proc_stats::write_syscalls(p).unwrap_or(0))
+        .sum()
+}
+
 /// Appends the deliveries of each whole second passed to `timeline`.
 fn tick_timeline(workers: &Workers, second: &mut (Instant, u64), timeline: &mut Vec<u64>) {
     while Instant::now() >= second.0 {
@@ -152,8 +165,13 @@ pub async fn run(o: FanoutOpts) -> anyhow::Result<Vec<FanoutResult>> {
         (false, true) => "fanout-wss",
         (true, true) => "unicast-wss",
     };
+    let cluster = if o.servers == [ServerKind::Cluster] {
+        "cluster-"
+    } else {
+        ""
+    };
     let name = format!(
-        "{mode}-{}",
+        "{cluster}{mode}-{}",
         o.preset.clone().unwrap_or_else(|| format!("{subs}x{rate}"))
     );
     report::write_fanout(&o.out, &name, &results)?;
@@ -221,9 +239,9 @@ impl Publisher {
 }
 
 impl Running {
-    /// The server's pid.
+    /// The server's pid (the first edge's for a cluster).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pids[0]
     }
 
     /// What its subscribers connect to (group / topic `fan`).
@@ -263,7 +281,7 @@ impl Addressing {
 
 /// A server under test, started, with its publisher connected.
 pub struct Running {
-    pid: u32,
+    pids: Vec<u32>,
     client: ClientPlan,
     publisher: Publisher,
     _keep: Box<dyn std::any::Any + Send>,
@@ -279,14 +297,27 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let topic = "fan".to_string();
     Ok(match kind {
-        ServerKind::Herald => {
+        ServerKind::Herald | ServerKind::Cluster => {
             // The wss listener's table comes after the plain `[edge]` keys.
             let edge = match tls {
                 Some(t) => format!("{herald_edge_toml}\n{}", t.edge_toml),
                 None => herald_edge_toml.to_string(),
             };
-            let s = servers::start_herald(herald_bin, &edge).await?;
-            let grpc = s.grpc.context("grpc address")?;
+            let (pids, ws, spread, grpc, keep): (_, _, _, _, Box<dyn std::any::Any + Send>) =
+                if kind == ServerKind::Cluster {
+                    let c = servers::start_cluster(herald_bin, &edge).await?;
+                    (
+                        c.pids.clone(),
+                        c.edges[0],
+                        c.edges.clone(),
+                        c.grpc,
+                        Box::new(c),
+                    )
+                } else {
+                    let s = servers::start_herald(herald_bin, &edge).await?;
+                    let grpc = s.grpc.context("grpc address")?;
+                    (vec![s.pid], s.ws, Vec::new(), grpc, Box::new(s))
+                };
             let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
             let (tx, rx) = mpsc::channel(4096);
             let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -303,13 +334,14 @@ pub async fn start(
                 errors
             });
             Running {
-                pid: s.pid,
+                pids,
                 client: ClientPlan {
                     tls: tls.map(|t| t.client.clone()),
-                    ..ClientPlan::herald(s.ws, &topic)
+                    spread,
+                    ..ClientPlan::herald(ws, &topic)
                 },
                 publisher: Publisher::Herald(tx, 0),
-                _keep: Box::new(s),
+                _keep: keep,
                 ack_errors: Some(ack_errors),
             }
         }
@@ -321,7 +353,7 @@ pub async fn start(
             tcp.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
                 .await?;
             Running {
-                pid: p.pid,
+                pids: vec![p.pid],
                 client: ClientPlan::peer(p.ws, Protocol::Nats, &topic),
                 publisher: Publisher::Tcp(tcp, kind),
                 _keep: Box::new(p),
@@ -336,7 +368,7 @@ pub async fn start(
             let mut connack = [0u8; 4];
             tcp.read_exact(&mut connack).await?;
             Running {
-                pid: p.pid,
+                pids: vec![p.pid],
                 client: ClientPlan::peer(p.ws, Protocol::Mqtt, &topic),
                 publisher: Publisher::Tcp(tcp, kind),
                 _keep: Box::new(p),
@@ -349,7 +381,7 @@ pub async fn start(
             let (ws, _) =
                 tokio_tungstenite::client_async(format!("ws://{}/", p.publish), tcp).await?;
             Running {
-                pid: p.pid,
+                pids: vec![p.pid],
                 client: ClientPlan::peer(p.ws, Protocol::Ws, &topic),
                 publisher: Publisher::Ws(Box::new(ws)),
                 _keep: Box::new(p),
@@ -388,8 +420,8 @@ async fn run_one(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ready = workers.counts();
 
-    let cpu0 = proc_stats::cpu_ticks(srv.pid)?;
-    let io0 = proc_stats::write_syscalls(srv.pid).unwrap_or(0);
+    let cpu0 = cpu_all(&srv.pids)?;
+    let io0 = writes_all(&srv.pids);
     let me0 = proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks();
     let t0 = Instant::now();
     let mut timeline = Vec::new();
@@ -432,10 +464,8 @@ async fn run_one(
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = proc_stats::cpu_ticks(srv.pid)? - cpu0;
-    let io = proc_stats::write_syscalls(srv.pid)
-        .unwrap_or(0)
-        .saturating_sub(io0);
+    let cpu = cpu_all(&srv.pids)?.saturating_sub(cpu0);
+    let io = writes_all(&srv.pids).saturating_sub(io0);
     let me = (proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks()).saturating_sub(me0);
     let totals = workers.finish().await?;
     let hist = totals.latency_us;
@@ -455,7 +485,7 @@ async fn run_one(
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(FanoutResult {
         server: kind,
-        tls: kind == ServerKind::Herald && tls.is_some(),
+        tls: matches!(kind, ServerKind::Herald | ServerKind::Cluster) && tls.is_some(),
         subscribers: subs,
         rate,
         published: total,

@@ -52,6 +52,9 @@ enum Scenario {
     /// Broadcast fan-out to one group (or `--unicast`): latency, throughput, CPU and writes per
     /// delivery.
     Fanout(fanout::FanoutOpts),
+    /// The fanout scenario (or `--unicast`) through a cluster: two edges, a router,
+    /// redis-server and nats-server (same as `fanout --servers cluster`).
+    Cluster(fanout::FanoutOpts),
     /// Connects per second and handshake latency.
     Storm(storm::StormOpts),
     /// One million connections against a local cluster (edges, router, Redis, NATS).
@@ -81,6 +84,10 @@ fn main() -> anyhow::Result<()> {
         match args.scenario {
             Scenario::Idle(o) => idle::run(o).await,
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
+            Scenario::Cluster(mut o) => {
+                o.servers = vec![fanout::ServerKind::Cluster];
+                fanout::run(o).await.map(|_| ())
+            }
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::Million(o) => million::run(o).await,
             Scenario::MillionWorker(o) => million::worker(o).await,

@@ -137,6 +137,55 @@ pub async fn nats() -> anyhow::Result<Peer> {
     })
 }
 
+/// A backend process of the cluster scenario (redis-server, nats-server).
+pub struct Backend {
+    _child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// redis-server on a free loopback port, nothing persisted.
+pub async fn redis() -> anyhow::Result<Backend> {
+    let bin = find_bin(&["redis-server"])?;
+    let port = free_port()?;
+    let child = spawn(
+        &bin,
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await?;
+    Ok(Backend {
+        pid: child.id().context("pid")?,
+        _child: child,
+        addr,
+    })
+}
+
+/// nats-server on a free loopback port, as the cluster's bus.
+pub async fn nats_bus() -> anyhow::Result<Backend> {
+    let bin = find_bin(&["nats-server"])?;
+    let port = free_port()?;
+    let child = spawn(&bin, &["-a", "127.0.0.1", "-p", &port.to_string()])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await?;
+    Ok(Backend {
+        pid: child.id().context("pid")?,
+        _child: child,
+        addr,
+    })
+}
+
 /// The Node `ws` reference server: every message a client sends goes to every other client.
 const NODE_WS: &str = r#"
 const { WebSocketServer } = require('ws');

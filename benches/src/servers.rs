@@ -27,17 +27,7 @@ pub struct Server {
     pub ws: SocketAddr,
     /// gRPC address (Herald only).
     pub grpc: Option<SocketAddr>,
-    _dir: Option<tempfile_dir::Dir>,
-}
-
-mod tempfile_dir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The binary next to this one (`target/<profile>/<name>`).
@@ -86,41 +76,98 @@ fn addr_in(line: &str, name: &str) -> anyhow::Result<SocketAddr> {
 
 /// Starts Herald with a bench project (`bench`) and extra `[edge]` settings.
 pub async fn start_herald(bin: Option<PathBuf>, edge_toml: &str) -> anyhow::Result<Server> {
+    start_herald_as(bin, None, edge_toml, "").await
+}
+
+/// Starts Herald in `role` (`edge`, `router`; `None`: both) with a bench project, extra `[edge]`
+/// settings (plain keys first, then any `[[edge.listeners]]`) and other top-level tables
+/// (`[cluster]`).
+pub async fn start_herald_as(
+    bin: Option<PathBuf>,
+    role: Option<&str>,
+    edge_toml: &str,
+    more_toml: &str,
+) -> anyhow::Result<Server> {
     let bin = match bin {
         Some(b) => b,
         None => sibling_bin("herald")?,
     };
-    let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cfg = dir.join("herald.toml");
+    let dir = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
+    let cfg = dir.path().join("herald.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[edge]\n{edge_toml}\n[log]\nlevel = \"warn\"\n[[projects]]\nid = \"bench\"\napi_keys = [\"{API_KEY}\"]\n[[projects.keys]]\nalg = \"HS256\"\nsecret = \"{SECRET}\"\n"
+            "[edge]\n{edge_toml}\n[log]\nlevel = \"warn\"\n{more_toml}\n[[projects]]\nid = \"bench\"\napi_keys = [\"{API_KEY}\"]\n[[projects.keys]]\nalg = \"HS256\"\nsecret = \"{SECRET}\"\n"
         ),
     )?;
-    let mut child = Command::new(&bin)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .args([
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--config"]).arg(&cfg).args([
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    if let Some(r) = role {
+        cmd.args(["--role", r]);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
     let line = ready_line(&mut child, "herald ready").await?;
+    let ws = addr_in(&line, "ws").ok();
+    let grpc = addr_in(&line, "grpc").ok();
     Ok(Server {
         pid: child.id().context("pid")?,
         _child: child,
-        ws: addr_in(&line, "ws")?,
-        grpc: Some(addr_in(&line, "grpc")?),
-        _dir: Some(tempfile_dir::Dir(dir)),
+        ws: ws
+            .or(grpc)
+            .context("neither ws nor grpc address in the ready line")?,
+        grpc,
+        _dir: Some(dir),
+    })
+}
+
+/// A local cluster: redis-server, nats-server, two edges and a router.
+pub struct Cluster {
+    /// The edges' WebSocket addresses.
+    pub edges: Vec<SocketAddr>,
+    /// The router's gRPC address.
+    pub grpc: SocketAddr,
+    /// Every process of it (edges, router, redis-server, nats-server).
+    pub pids: Vec<u32>,
+    _nodes: Vec<Server>,
+    _backends: Vec<crate::peers::Backend>,
+}
+
+/// Starts redis-server and nats-server on free loopback ports, two edges (`e1`, `e2`) and a
+/// router wired to them, as deploy/cluster.sh does. `edge_toml` goes into each edge's `[edge]`.
+pub async fn start_cluster(bin: Option<PathBuf>, edge_toml: &str) -> anyhow::Result<Cluster> {
+    let redis = crate::peers::redis().await?;
+    let nats = crate::peers::nats_bus().await?;
+    let cluster = format!(
+        "[cluster]\nregistry = \"redis\"\nredis_urls = [\"redis://{}\"]\nbus = \"nats\"\nnats_urls = [\"nats://{}\"]\nedge_ttl_secs = 15\n",
+        redis.addr, nats.addr
+    );
+    let mut nodes = Vec::new();
+    for id in ["e1", "e2"] {
+        let edge = format!("id = \"{id}\"\n{edge_toml}");
+        nodes.push(start_herald_as(bin.clone(), Some("edge"), &edge, &cluster).await?);
+    }
+    let router = start_herald_as(bin, Some("router"), "", &cluster).await?;
+    let grpc = router.grpc.context("router gRPC address")?;
+    nodes.push(router);
+    let mut pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+    pids.extend([redis.pid, nats.pid]);
+    Ok(Cluster {
+        edges: nodes[..2].iter().map(|n| n.ws).collect(),
+        grpc,
+        pids,
+        _nodes: nodes,
+        _backends: vec![redis, nats],
     })
 }
 

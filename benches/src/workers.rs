@@ -104,6 +104,9 @@ pub struct TlsPlan {
 pub struct ClientPlan {
     /// Where to connect.
     pub server: SocketAddr,
+    /// When not empty: client i connects to `spread[i % len]` instead (several edges).
+    #[serde(default)]
+    pub spread: Vec<SocketAddr>,
     /// Protocol spoken.
     pub protocol: Protocol,
     /// Group / topic / subject every client subscribes to.
@@ -131,6 +134,7 @@ impl ClientPlan {
     pub fn herald(server: SocketAddr, group: &str) -> Self {
         Self {
             server,
+            spread: Vec::new(),
             protocol: Protocol::Herald,
             topic: group.into(),
             topic_per_client: false,
@@ -682,7 +686,7 @@ async fn client(
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    let connect = Subscriber::connect(&target, topic.as_deref(), clients::source_ip(i), &token);
+    let connect = Subscriber::connect(&target, i, topic.as_deref(), &token);
     let r = tokio::select! {
         r = tokio::time::timeout(timeout, connect) => r,
         _ = stop.cancelled() => return lat,

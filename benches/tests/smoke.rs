@@ -221,3 +221,42 @@ fn wss_trusts_the_given_ca_for_the_given_name_only() {
         "{refused}"
     );
 }
+
+#[test]
+fn cluster_delivers_through_two_edges_a_router_redis_and_nats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    bench(&[
+        "cluster",
+        "--subscribers",
+        "10",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+        "--out",
+        out,
+    ]);
+    bench(&[
+        "cluster",
+        "--unicast",
+        "--subscribers",
+        "10",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+        "--out",
+        out,
+    ]);
+    for (file, expected) in [("cluster-fanout-10x20", 200), ("cluster-unicast-10x20", 20)] {
+        let r: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("{file}.json"))).expect("json result"),
+        )
+        .expect("json");
+        assert_eq!(r[0]["server"], "cluster", "{r}");
+        assert_eq!(r[0]["expected"], expected, "{r}");
+        assert_eq!(r[0]["missing"], 0, "{r}");
+        assert_eq!(r[0]["client_errors"], 0, "{r}");
+    }
+}
