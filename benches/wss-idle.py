@@ -69,7 +69,9 @@ secret = "{SECRET.decode()}"
     tok = token("idle")
     t0 = time.time()
     for i in range(N):
-        s = socket.create_connection((host, port))
+        # Source addresses spread over 127.0.0.0/8, so the ephemeral ports of one do not run out.
+        src = f"127.{10 + i // 62500}.{(i // 250) % 250 + 1}.{i % 250 + 2}"
+        s = socket.create_connection((host, port), source_address=(src, 0))
         if tls:
             s = ctx.wrap_socket(s, server_hostname="localhost")
         key = base64.b64encode(os.urandom(16)).decode()
