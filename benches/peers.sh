@@ -4,7 +4,8 @@
 #
 #   benches/peers.sh            # fanout F1, F2, F3 against herald, nats, mosquitto, ws
 #   benches/peers.sh F1         # one preset
-#   benches/peers.sh idle       # idle, 15,000 connections: herald and the bare baseline
+#   benches/peers.sh idle       # idle, 15,000 connections: herald, the bare baseline, nats,
+#                               # mosquitto and Node ws, one after the other
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +27,16 @@ bench=./target/release/herald-bench
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr); $(date -u +%F)"
 case "${1:-all}" in
   idle)
-    $bench idle --connections "${2:-15000}" --server herald
-    $bench idle --connections "${2:-15000}" --server baseline
+    for s in herald baseline nats mosquitto ws; do
+      echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+      $bench idle --connections "${2:-15000}" --server "$s"
+    done
     ;;
   all)
-    for p in F1 F2 F3; do $bench fanout --preset "$p" --servers herald,nats,mosquitto,ws; done
+    for p in F1 F2 F3; do
+      echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+      $bench fanout --preset "$p" --servers herald,nats,mosquitto,ws
+    done
     ;;
   *)
     $bench fanout --preset "$1" --servers "${2:-herald,nats,mosquitto,ws}"

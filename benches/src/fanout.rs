@@ -110,6 +110,8 @@ pub struct FanoutResult {
     pub harness_cpu_percent: f64,
     /// Deliveries per second, second by second.
     pub timeline: Vec<u64>,
+    /// The machine's load average (1, 5, 15 min) when the run started (a shared machine).
+    pub load_avg: [f64; 3],
 }
 
 fn preset(o: &FanoutOpts) -> anyhow::Result<(u64, u64)> {
@@ -398,6 +400,7 @@ async fn run_one(
     subs: u64,
     rate: u64,
 ) -> anyhow::Result<FanoutResult> {
+    let load_avg = proc_stats::load_avg();
     let mut srv = start(
         o.herald_bin.clone(),
         "max_queued_bytes = 4194304",
@@ -507,5 +510,6 @@ async fn run_one(
         server_cpu_percent: cpu as f64 / ticks_per_sec / elapsed * 100.0,
         harness_cpu_percent: me as f64 / ticks_per_sec / elapsed * 100.0,
         timeline,
+        load_avg,
     })
 }

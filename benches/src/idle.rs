@@ -70,6 +70,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     let pings = matches!(o.server.as_str(), "herald" | "baseline");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = proc_stats::rss_kib(pid)?;
+    let load_avg = proc_stats::load_avg();
     let mut plan = Plan::new(n, client);
     plan.rate = o.rate;
     let started = Instant::now();
@@ -123,6 +124,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "kib_per_connection": (per_conn * 100.0).round() / 100.0,
+        "load_avg": load_avg,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     println!(

@@ -24,15 +24,19 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | missing | client errors | server CPU % | harness CPU % |"
+        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | missing | client errors | server CPU % | harness CPU % | load 1m |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
         let l = r.latency_ms;
         let _ = writeln!(
             s,
-            "| {:?} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {} | {} | {:.0} | {:.0} |",
+            "| {:?}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} |",
             r.server,
+            if r.tls { " (wss)" } else { "" },
             r.achieved_per_sec,
             l[0],
             l[1],
@@ -44,7 +48,8 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
             r.missing,
             r.client_errors,
             r.server_cpu_percent,
-            r.harness_cpu_percent
+            r.harness_cpu_percent,
+            r.load_avg[0]
         );
     }
     if let Some(h) = results

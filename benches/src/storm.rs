@@ -54,6 +54,7 @@ pub async fn run(o: StormOpts) -> anyhow::Result<()> {
         let mut plan = Plan::new(o.connections, client);
         plan.inflight = o.concurrency;
         let cpu0 = proc_stats::cpu_ticks(server.pid)?;
+        let load_avg = proc_stats::load_avg();
         let t0 = Instant::now();
         let workers = Workers::spawn(&format!("storm {mode:?}"), &plan).await?;
         let wait = Duration::from_secs(60 + o.connections / 200);
@@ -78,6 +79,7 @@ pub async fn run(o: StormOpts) -> anyhow::Result<()> {
             "wall_seconds": wall,
             "connects_per_sec": n / secs,
             "handshake_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
+            "load_avg": load_avg,
             "server_cpu_us_per_connect": cpu as f64 / proc_stats::clock_ticks_per_sec() as f64 * 1e6 / n.max(1.0),
         });
         println!("{}", serde_json::to_string_pretty(&result)?);
