@@ -138,6 +138,9 @@ impl Edge {
         bus: Arc<dyn Bus>,
     ) -> Result<Self, EdgeError> {
         let edge_id = EdgeId::new(&cfg.id)?;
+        if !cfg.listeners.is_empty() && cfg.listen != EdgeConfig::default().listen {
+            tracing::warn!(listen = %cfg.listen, "edge.listen is not used: edge.listeners is given");
+        }
         let mut listeners = Vec::new();
         for lc in cfg.effective_listeners() {
             let tls = match &lc.tls {
