@@ -1053,6 +1053,12 @@ async fn start_node(
 ) -> anyhow::Result<(Proc, String)> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"]).arg(cfg).args(args);
+    // The nodes read HERALD_* variables as configuration: none of ours may leak into them.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(k);
+        }
+    }
     cmd.env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
