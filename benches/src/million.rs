@@ -72,13 +72,20 @@ pub struct MillionOpts {
     #[arg(long, default_value_t = 4_096)]
     client_sockbuf: usize,
     /// The edges' `ping_interval_secs`.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     ping_interval_secs: u64,
+    /// The nodes' `cluster.redis_timeout_ms` (a single Redis serving 53 edges on a saturated
+    /// 2-core machine answers slowly; a heartbeat that times out makes an edge resync).
+    #[arg(long, default_value_t = 10_000)]
+    redis_timeout_ms: u64,
+    /// The nodes' `cluster.edge_ttl_secs`.
+    #[arg(long, default_value_t = 60)]
+    edge_ttl_secs: u64,
     /// Deadline of one connection's TCP connect, upgrade and welcome, in seconds.
     #[arg(long, default_value_t = 30)]
     connect_timeout_secs: u64,
     /// How long to wait for every delivery of a message, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     deliver_timeout_secs: u64,
     /// Deadline of the whole run, in seconds (connecting stops early enough to report in time).
     #[arg(long, default_value_t = 1_140)]
@@ -237,6 +244,8 @@ pub struct WorkerReport {
     pub received: [u64; 3],
     /// Expected receivers that never connected: broadcast, group, user.
     pub never_connected: [u64; 3],
+    /// Welcomed connections without the broadcast, per edge.
+    pub bcast_missing_per_edge: Vec<u64>,
     /// Messages received twice.
     pub duplicates: u64,
     /// Broadcast latency histogram: (bucket, count), `BUCKET_MS` wide.
@@ -265,6 +274,7 @@ impl Shared {
                 .collect(),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             bcast_max_us: self.bcast_max_us.load(Ordering::Relaxed),
+            bcast_missing_per_edge: vec![0; self.per_edge_open.len()],
             ..Default::default()
         };
         for (k, f) in self.flags.iter().enumerate() {
@@ -276,6 +286,14 @@ impl Shared {
                 self.layout.in_user_sample(i),
             ];
             let got = [f & GOT_BCAST != 0, f & GOT_GROUP != 0, f & GOT_USER != 0];
+            if f & WELCOMED != 0
+                && !got[0]
+                && let Some(m) = r
+                    .bcast_missing_per_edge
+                    .get_mut(self.layout.edge(i) as usize)
+            {
+                *m += 1;
+            }
             for m in 0..3 {
                 if !member[m] {
                     continue;
@@ -1111,10 +1129,12 @@ impl Run {
             format!(
                 "[edge]\nping_interval_secs = {}\n[log]\nlevel = \"warn\"\n[cluster]\nregistry = \"redis\"\n\
                  redis_urls = [\"redis://127.0.0.1:{}\"]\nbus = \"nats\"\nnats_urls = [\"nats://127.0.0.1:{nats_port}\"]\n\
-                 prefix = \"million\"\n[[projects]]\nid = \"{PROJECT}\"\napi_keys = [\"{}\"]\n\
+                 prefix = \"million\"\nredis_timeout_ms = {}\nedge_ttl_secs = {}\n[[projects]]\nid = \"{PROJECT}\"\napi_keys = [\"{}\"]\n\
                  [[projects.keys]]\nalg = \"HS256\"\nsecret = \"{}\"\n",
                 o.ping_interval_secs,
                 self.redis_port,
+                o.redis_timeout_ms,
+                o.edge_ttl_secs,
                 servers::API_KEY,
                 servers::SECRET
             ),
@@ -1314,6 +1334,8 @@ struct MillionResult {
     sysctls: Vec<SysctlChange>,
     broadcast: Delivery,
     broadcast_latency_ms: [f64; 4],
+    /// Connected clients without the broadcast at the end, per edge.
+    broadcast_missing_per_edge: Vec<u64>,
     group: Delivery,
     user: Delivery,
     sampled_users: u64,
@@ -1358,6 +1380,11 @@ fn total(workers: &[Worker], edges: usize) -> WorkerReport {
             t.never_connected[m] += r.never_connected[m];
         }
         t.duplicates += r.duplicates;
+        t.bcast_missing_per_edge
+            .resize(r.bcast_missing_per_edge.len(), 0);
+        for (e, v) in r.bcast_missing_per_edge.iter().enumerate() {
+            t.bcast_missing_per_edge[e] += v;
+        }
         t.bcast_max_us = t.bcast_max_us.max(r.bcast_max_us);
         for (b, c) in &r.bcast_buckets {
             *buckets.entry(*b).or_default() += c;
@@ -1819,6 +1846,7 @@ async fn scenario(
                             res.broadcast = d;
                         }
                         res.broadcast_latency_ms = percentiles(&t.bcast_buckets, t.bcast_max_us);
+                        res.broadcast_missing_per_edge = t.bcast_missing_per_edge.clone();
                     }
                     1 => res.group = d,
                     _ => res.user = d,
@@ -2062,6 +2090,20 @@ fn markdown(r: &MillionResult) -> String {
     delivery_row(&mut s, "broadcast", &r.broadcast);
     delivery_row(&mut s, "group g0", &r.group);
     delivery_row(&mut s, "user (sample)", &r.user);
+    let missing: Vec<String> = r
+        .broadcast_missing_per_edge
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, n)| format!("e{e}: {}", fmt_n(*n)))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nConnected clients without the broadcast, per edge: {}",
+            missing.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "\n| kernel setting | before | during | why |\n|---|---|---|---|"
