@@ -54,7 +54,7 @@ use hub::{Hub, HubConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

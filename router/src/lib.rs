@@ -29,7 +29,7 @@ pub use service::RouterService;
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
