@@ -109,6 +109,22 @@ fn table(t: toml::Table) -> toml::Value {
     toml::Value::Table(t)
 }
 
+/// The sandbox's projects alpha and beta, each with `[projects.limits]` of its own (TOML lines).
+fn projects_with_limits(alpha: &str, beta: &str) -> String {
+    let project = |id: &str, key: &str, secret: &str, limits: &str| {
+        let limits = if limits.trim().is_empty() {
+            String::new()
+        } else {
+            format!("[projects.limits]\n{limits}\n")
+        };
+        format!(
+            "[[projects]]\nid = \"{id}\"\napi_keys = [\"{key}\"]\n\
+             [[projects.keys]]\nalg = \"HS256\"\nsecret = \"{secret}\"\n{limits}\n"
+        )
+    };
+    project("alpha", ALPHA_KEY, ALPHA_SECRET, alpha) + &project("beta", BETA_KEY, BETA_SECRET, beta)
+}
+
 #[tokio::test]
 async fn address_lists_refuse_with_403_and_reload_on_sighup() {
     let mut herald = herald()
@@ -118,25 +134,12 @@ async fn address_lists_refuse_with_403_and_reload_on_sighup() {
                 deny_ips = ["127.0.0.2/32", "2001:db8::/32"]
             }),
         )
-        .projects(&format!(
+        .projects(&projects_with_limits(
+            "",
             r#"
-            [[projects]]
-            id = "alpha"
-            api_keys = ["{ALPHA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{ALPHA_SECRET}"
-
-            [[projects]]
-            id = "beta"
-            api_keys = ["{BETA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{BETA_SECRET}"
-            [projects.limits]
             allow_ips = ["127.0.0.0/30", "::1/128"]
             deny_ips = ["127.0.0.3/32"]
-            "#
+            "#,
         ))
         .start()
         .await;
@@ -276,26 +279,13 @@ async fn per_address_connection_cap_and_connect_rate_answer_429() {
 #[tokio::test]
 async fn project_caps_on_connections_devices_and_subscriptions() {
     let herald = herald()
-        .projects(&format!(
+        .projects(&projects_with_limits(
             r#"
-            [[projects]]
-            id = "alpha"
-            api_keys = ["{ALPHA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{ALPHA_SECRET}"
-            [projects.limits]
             max_connections = 3
             max_connections_per_user = 2
             max_subscriptions_per_connection = 1
-
-            [[projects]]
-            id = "beta"
-            api_keys = ["{BETA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{BETA_SECRET}"
-            "#
+            "#,
+            "",
         ))
         .start()
         .await;
@@ -375,25 +365,12 @@ async fn origins_are_checked_against_the_allow_lists() {
                 origins = ["https://app.example.com"]
             }),
         )
-        .projects(&format!(
+        .projects(&projects_with_limits(
+            "",
             r#"
-            [[projects]]
-            id = "alpha"
-            api_keys = ["{ALPHA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{ALPHA_SECRET}"
-
-            [[projects]]
-            id = "beta"
-            api_keys = ["{BETA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{BETA_SECRET}"
-            [projects.limits]
             origins = ["https://*.beta.example"]
             require_origin = true
-            "#
+            "#,
         ))
         .start()
         .await;
@@ -648,24 +625,11 @@ async fn ipv6_clients_and_ipv4_clients_of_a_dual_stack_listener_are_matched() {
                 deny_ips = ["127.0.0.2/32"]
             }),
         )
-        .projects(&format!(
+        .projects(&projects_with_limits(
+            "",
             r#"
-            [[projects]]
-            id = "alpha"
-            api_keys = ["{ALPHA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{ALPHA_SECRET}"
-
-            [[projects]]
-            id = "beta"
-            api_keys = ["{BETA_KEY}"]
-            [[projects.keys]]
-            alg = "HS256"
-            secret = "{BETA_SECRET}"
-            [projects.limits]
             deny_ips = ["::1/128"]
-            "#
+            "#,
         ))
         .start()
         .await;
