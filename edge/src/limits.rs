@@ -574,24 +574,42 @@ mod tests {
 
     #[test]
     fn connect_rate_refills_over_time() {
+        use std::time::{Duration, Instant};
+        // One token per 500 ms: a loaded machine's pause between two calls stays far below it,
+        // so the third is refused; the waits below poll instead of guessing a sleep.
         let limits = Limits::new(&LimitsConfig {
             max_connections: 100,
-            per_ip_connect_rate: 1000.0,
+            per_ip_connect_rate: 2.0,
             per_ip_connect_burst: 2,
             ..Default::default()
         });
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let start = Instant::now();
         assert_eq!(limits.admit_ip(a), Ok(()));
         assert_eq!(limits.admit_ip(a), Ok(()));
         assert_eq!(limits.admit_ip(a), Err(Refusal::IpRate));
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        assert_eq!(limits.admit_ip(a), Ok(()));
+        // A refusal takes no token; one comes back after 500 ms.
+        while limits.admit_ip(a) != Ok(()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never refilled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let refilled = start.elapsed();
+        assert!(
+            refilled >= Duration::from_millis(450),
+            "refilled after {refilled:?}"
+        );
         for _ in 0..3 {
             limits.release_ip(a);
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        limits.sweep();
-        assert_eq!(limits.tracked_ips(), 0);
+        // The entry goes once the bucket is full again (a second later).
+        loop {
+            limits.sweep();
+            if limits.tracked_ips() == 0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never swept");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn project(id: &str, limits: ProjectLimits) -> ProjectConfig {

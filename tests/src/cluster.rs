@@ -136,7 +136,7 @@ impl RedisServer {
 
     /// Waits until this server listens; false when it exited (its port was taken).
     async fn wait_listening(&mut self) -> bool {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + crate::WAIT;
         loop {
             let Some(child) = self.child.as_mut() else {
                 return false;
@@ -311,7 +311,7 @@ async fn start_redis_cluster(dir: &Path) -> Vec<RedisServer> {
         String::from_utf8_lossy(&out.stdout)
     );
     // Every node must agree that all slots are served before the cluster is usable.
-    let until = Instant::now() + Duration::from_secs(15);
+    let until = Instant::now() + crate::WAIT;
     for n in &nodes {
         loop {
             let info = Command::new(server_bin("redis-cli"))
@@ -362,7 +362,7 @@ async fn start_nats_cluster(dir: &Path, n: usize) -> Vec<NatsServer> {
     }
     for (s, (port, _, monitor)) in servers.iter_mut().zip(&ports) {
         // Our own process must be the one listening (another test may race for a free port).
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + crate::WAIT;
         loop {
             let child = s.child.as_mut().expect("nats-server child");
             if child.id().is_some_and(|pid| listens(pid, *port)) {
@@ -387,7 +387,7 @@ async fn start_nats_cluster(dir: &Path, n: usize) -> Vec<NatsServer> {
 
 /// Waits until a NATS server reports `want` routes on its monitoring port.
 async fn wait_routes(monitor: u16, want: usize) {
-    let until = Instant::now() + Duration::from_secs(15);
+    let until = Instant::now() + crate::WAIT;
     let addr = SocketAddr::from(([127, 0, 0, 1], monitor));
     loop {
         let (status, body) = crate::http_get(addr, "/routez").await;

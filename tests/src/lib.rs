@@ -40,8 +40,59 @@ pub const BETA_KEY: &str = "beta-api-key-0123456789";
 /// The admin API key.
 pub const ADMIN_KEY: &str = "admin-api-key-0123456789";
 
-/// How long a test waits for anything before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for anything before failing. Generous: the suite must pass on a
+/// loaded machine (`stress-ng --cpu 2` beside it, see tests/README.md), and a deadline only
+/// costs time when the test fails anyway.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Ok`, and returns that value; fails the test with the last
+/// `Err` once `within` has passed. State the server reaches in the background (readiness, counts,
+/// metrics, registry contents, connection lists) is awaited with this, never asserted at an
+/// instant.
+///
+/// ```ignore
+/// eventually(WAIT, async || match herald.admin_get("/readyz").await {
+///     (200, b) if b == "ready\n" => Ok(()),
+///     other => Err(format!("{other:?}")),
+/// })
+/// .await;
+/// ```
+pub async fn eventually<T, E: std::fmt::Display>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("condition not met within {within:?}: {e}")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Polls `get` until it returns `want`; fails the test with the last value once `within` has
+/// passed.
+pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
+    within: Duration,
+    want: T,
+    mut get: impl AsyncFnMut() -> T,
+) {
+    eventually(within, async || {
+        let got = get().await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("want {want:?}, last seen {got:?}"))
+        }
+    })
+    .await;
+}
 
 /// The `herald` binary: `HERALD_BIN`, or the one cargo built beside this test.
 pub fn herald_bin() -> PathBuf {
@@ -391,6 +442,39 @@ impl Herald {
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
     }
+
+    /// Waits until `/readyz` answers `200 ready` and nothing degraded (a cluster node's Redis and
+    /// NATS connections come up, and come back, in the background).
+    pub async fn wait_ready(&self) {
+        eventually(WAIT, async || match self.admin_get("/readyz").await {
+            (200, body) if body == "ready\n" => Ok(()),
+            other => Err(format!("/readyz: {other:?}")),
+        })
+        .await;
+    }
+
+    /// The value of one series on `/metrics`, e.g. `herald_edge_connections` or
+    /// `herald_edge_refused_total{reason="origin"}` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+    }
+
+    /// Waits until the series `series` on `/metrics` has the value `want`.
+    pub async fn wait_metric(&self, series: &str, want: f64) {
+        eventually(WAIT, async || {
+            let got = self.metric(series).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{series} is {got}, want {want}"))
+            }
+        })
+        .await;
+    }
 }
 
 /// A gRPC client of the router at `addr`, using `api_key` (or none).
@@ -606,6 +690,32 @@ pub enum To<'a> {
 /// Publishes and returns the reply; fails the test on an error status.
 pub async fn send(grpc: &mut Grpc, req: PublishRequest) -> PublishReply {
     grpc.publish(req).await.expect("publish").into_inner()
+}
+
+/// Asserts that no message reached `c`, a connection of `user` in `project`, before a marker
+/// published now to `user` through `grpc`, and returns the marker's data (the user's other
+/// devices receive it too).
+///
+/// Messages of one router arrive in publish order on each connection (on a single node a
+/// publish has reached every recipient's queue when its reply comes back), so whatever an earlier
+/// publish of the same router wrongly delivered to `c` would come before the marker. Unlike a
+/// wait for silence, this cannot pass just because a loaded machine was slow to deliver.
+pub async fn expect_nothing_before_marker(
+    c: &mut Client,
+    grpc: &mut Grpc,
+    project: &str,
+    user: &str,
+) -> Value {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let marker = json!({"marker": NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)});
+    let r = send(grpc, publish(project, To::User(user), &marker.to_string())).await;
+    assert!(r.edges >= 1, "the marker reached no edge: {r:?}");
+    let got = c.next_msg().await;
+    assert_eq!(
+        got["data"], marker,
+        "a message arrived before the marker: {got}"
+    );
+    marker
 }
 
 /// The numeric value of a close code.

@@ -3,14 +3,13 @@
 //! the admin HTTP endpoint.
 
 use std::process::Output;
-use std::time::Duration;
 
 use herald_core::proto::v1::{
     CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PublishRequest,
     PublishStreamRequest, Resolution, Target, disconnect_request, list_connections_request,
 };
 use herald_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncReadExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -110,7 +109,7 @@ async fn api_keys_authenticate_and_scope_every_call() {
         code_of(beta.count_connections(count_alpha).await),
         Code::PermissionDenied
     );
-    a.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut a, &mut alpha, "alpha", "al").await;
 
     // An unknown project: not found for the admin; a project key learns nothing about it.
     let gamma = publish("gamma", To::Broadcast, "1");
@@ -134,8 +133,8 @@ async fn api_keys_authenticate_and_scope_every_call() {
         .expect("admin lists alpha")
         .into_inner();
     assert_eq!(n.connections.len(), 1);
-    a.expect_silence(Duration::from_millis(200)).await;
-    b.expect_silence(Duration::from_millis(200)).await;
+    expect_nothing_before_marker(&mut a, &mut alpha, "alpha", "al").await;
+    expect_nothing_before_marker(&mut b, &mut beta, "beta", "be").await;
 }
 
 #[tokio::test]
@@ -205,7 +204,7 @@ async fn publish_requests_are_validated() {
         (m["event"].as_str(), m["data"].clone()),
         (Some(event.as_str()), json!({"ok":true}))
     );
-    c.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut c, &mut grpc, "alpha", "val").await;
 }
 
 #[tokio::test]
@@ -262,8 +261,8 @@ async fn idempotency_keys_deliver_once_per_project() {
         assert_eq!(a.next_msg().await["data"], want);
     }
     assert_eq!(b.next_msg().await["data"], 5);
-    a.expect_silence(Duration::from_millis(300)).await;
-    b.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut a, &mut admin, "alpha", "ida").await;
+    expect_nothing_before_marker(&mut b, &mut admin, "beta", "idb").await;
 }
 
 #[tokio::test]
@@ -324,7 +323,7 @@ async fn publish_stream_acks_every_message_in_order() {
     for want in (1..=500u64).filter(|i| *i != 250) {
         assert_eq!(c.next_msg().await["data"], want, "in publish order");
     }
-    c.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut c, &mut grpc, "alpha", "streamer").await;
 }
 
 #[tokio::test]
@@ -378,7 +377,8 @@ async fn publish_stream_checks_keys_and_messages() {
         acks[2].reply.as_ref().map(|r| r.resolution()),
         Some(Resolution::NoRecipients)
     );
-    c.expect_silence(Duration::from_millis(300)).await;
+    let mut alpha = herald.grpc(Some(ALPHA_KEY)).await;
+    expect_nothing_before_marker(&mut c, &mut alpha, "alpha", "sk").await;
 }
 
 #[tokio::test]
@@ -593,16 +593,19 @@ async fn disconnect_by_connection_or_by_user() {
     }
     still_open(&mut bob, 2).await;
     still_open(&mut other, 2).await;
-    let counts = alpha
-        .count_connections(CountConnectionsRequest::default())
-        .await
-        .expect("count")
-        .into_inner();
-    assert_eq!(
-        counts.connections.get("alpha"),
-        Some(&1),
-        "only bob is left"
-    );
+    // Only bob is left, once the kicked connections have ended.
+    eventually(WAIT, async || {
+        let counts = alpha
+            .count_connections(CountConnectionsRequest::default())
+            .await
+            .expect("count")
+            .into_inner();
+        match counts.connections.get("alpha") {
+            Some(1) => Ok(()),
+            other => Err(format!("alpha's count: {other:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -730,7 +733,8 @@ async fn cli_publishes_lists_counts_and_disconnects() {
         "stderr: {}",
         text(&out.stderr)
     );
-    alice.expect_silence(Duration::from_millis(200)).await;
+    let mut alpha = herald.grpc(Some(ALPHA_KEY)).await;
+    expect_nothing_before_marker(&mut alice, &mut alpha, "alpha", "alice").await;
 
     let kick = [
         "-p",
@@ -850,31 +854,29 @@ async fn admin_endpoint_reports_health_readiness_and_metrics() {
         herald.admin_get("/healthz").await,
         (200, "ok\n".to_string())
     );
-    assert_eq!(
-        herald.admin_get("/readyz").await,
-        (200, "ready\n".to_string())
-    );
+    herald.wait_ready().await;
     assert_eq!(herald.admin_get("/nope").await.0, 404);
 
     let _c = herald.connect("alpha", &token("alpha", "metered")).await;
-    let (status, body) = herald.admin_get("/metrics").await;
-    assert_eq!(status, 200);
-    let gauge: Vec<&str> = body
-        .lines()
-        .filter(|l| l.starts_with("herald_edge_connections"))
-        .collect();
-    assert_eq!(gauge, ["herald_edge_connections 1"], "metrics:\n{body}");
-    let value = |body: &str, name: &str| -> Option<Value> {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| json!(v))
-    };
-    assert_eq!(
-        value(&body, r#"herald_edge_connects_total{result="ok"}"#),
-        Some(json!(1.0)),
-        "metrics:\n{body}"
-    );
+    // Metrics are updated beside the connection's work: awaited, not read at an instant.
+    eventually(WAIT, async || {
+        let (status, body) = herald.admin_get("/metrics").await;
+        assert_eq!(status, 200);
+        let gauge: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("herald_edge_connections"))
+            .collect();
+        let connects = body
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"herald_edge_connects_total{result="ok"} "#))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if gauge == ["herald_edge_connections 1"] && connects == Some(1.0) {
+            Ok(())
+        } else {
+            Err(format!("metrics:\n{body}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -124,14 +124,14 @@ async fn clients_on_two_edges_get_user_group_and_broadcast_through_either_router
     assert_eq!(r.edges, 2);
     assert_eq!(next_data(&mut beta_alice).await, json!(5));
     assert_eq!(next_data(&mut beta_news).await, json!(5));
-    beta_alice.expect_silence(Duration::from_millis(200)).await;
-    beta_news.expect_silence(Duration::from_millis(100)).await;
-    alice.expect_silence(Duration::from_millis(100)).await;
-    bob.expect_silence(Duration::from_millis(100)).await;
+    // Markers from the same router (r2) come after anything it delivered wrongly.
+    expect_nothing_before_marker(&mut beta_alice, &mut gb, "beta", "alice").await;
+    expect_nothing_before_marker(&mut beta_news, &mut gb, "beta", "carol").await;
+    expect_nothing_before_marker(&mut alice, &mut g2, "alpha", "alice").await;
+    expect_nothing_before_marker(&mut bob, &mut g2, "alpha", "bob").await;
 
     // Readiness: ready and not degraded.
-    let (status, body) = e1.admin_get("/readyz").await;
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    e1.wait_ready().await;
 }
 
 #[tokio::test]
@@ -183,7 +183,19 @@ async fn a_user_on_two_edges_gets_everything_and_operator_calls_reach_both() {
 #[tokio::test]
 async fn an_edge_killed_stops_receiving_within_the_ttl_and_listings_name_it() {
     let b = Backends::start().await;
-    let (n1, mut n2) = (node(&b, "all", "e1").await, node(&b, "all", "e2").await);
+    // A TTL long enough that a loaded machine still lists e2 as alive but silent right after the
+    // kill: it is dead 4-6 s after (heartbeats every TTL / 3).
+    let ttl = Duration::from_secs(6);
+    let ttl_node = |id: &'static str| {
+        herald()
+            .clustered(&b)
+            .cluster("edge_ttl_secs", ttl.as_secs() as i64)
+            .role("all")
+            .edge("id", id)
+            .router("control_timeout_ms", 700)
+            .start()
+    };
+    let (n1, mut n2) = (ttl_node("e1").await, ttl_node("e2").await);
     let mut a1 = n1.connect("alpha", &token("alpha", "alice")).await;
     let _a2 = n2.connect("alpha", &token("alpha", "alice")).await;
     let mut g1 = n1.grpc(Some(ALPHA_KEY)).await;
@@ -207,16 +219,14 @@ async fn an_edge_killed_stops_receiving_within_the_ttl_and_listings_name_it() {
     assert!(r.edges >= 1);
     assert_eq!(next_data(&mut a1).await, json!(1));
 
-    // Within the TTL (3 s) routing to e2 stops; then it is gone from listings too.
-    publish_until(
-        &mut g1,
-        publish("alpha", To::User("alice"), "2"),
-        1,
-        Duration::from_secs(6),
-    )
-    .await;
+    // Within the TTL routing to e2 stops (the slack is for a loaded machine's polling); then it
+    // is gone from listings too.
+    publish_until(&mut g1, publish("alpha", To::User("alice"), "2"), 1, WAIT).await;
     let stopped = killed.elapsed();
-    assert!(stopped < Duration::from_secs(4), "took {stopped:?}");
+    assert!(
+        stopped < ttl + Duration::from_secs(2),
+        "took {stopped:?} with a TTL of {ttl:?}"
+    );
     let list = g1
         .list_connections(list_user("alpha", "alice"))
         .await
@@ -259,7 +269,7 @@ async fn delivery_continues_when_a_nats_node_dies() {
     b.nats[0].kill().await;
     // n1 reconnects to a surviving node; messages published meanwhile may be lost (at most
     // once), so publish until one arrives, then every later one must.
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + WAIT;
     let mut n = 1;
     loop {
         send(&mut g2, publish("alpha", To::User("alice"), &n.to_string())).await;
@@ -288,8 +298,9 @@ async fn delivery_continues_when_a_nats_node_dies() {
     for i in 100..105 {
         assert_eq!(next_data(&mut bob).await, json!(i));
     }
-    let (status, body) = n1.admin_get("/readyz").await;
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // Delivery resumes on the data connection; the control connection reconnects on its own
+    // schedule, and readiness says `degraded` until it has.
+    n1.wait_ready().await;
 }
 
 #[tokio::test]
@@ -314,19 +325,16 @@ async fn edges_re_register_after_redis_restarts_empty() {
 
     b.redis[0].kill().await;
     // Degraded, not unready: the edge still serves its clients.
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(WAIT, async || {
         let (status, body) = n1.admin_get("/readyz").await;
         assert_eq!(status, 200, "{body}");
         if body.contains("degraded") && body.contains("redis") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("readiness never said degraded: {body}"))
         }
-        assert!(
-            Instant::now() < until,
-            "readiness never said degraded: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // Existing clients keep being served: a broadcast needs no registry lookup.
     send(&mut g2, publish("alpha", To::Broadcast, "\"down\"")).await;
     assert_eq!(next_data(&mut alice).await, json!("down"));
@@ -334,20 +342,8 @@ async fn edges_re_register_after_redis_restarts_empty() {
     b.redis[0].restart().await;
 
     // No client reconnects: the edges write their whole interest again.
-    publish_until(
-        &mut g2,
-        publish("alpha", To::User("alice"), "1"),
-        1,
-        Duration::from_secs(10),
-    )
-    .await;
-    publish_until(
-        &mut g2,
-        publish("alpha", To::Group("news"), "2"),
-        2,
-        Duration::from_secs(10),
-    )
-    .await;
+    publish_until(&mut g2, publish("alpha", To::User("alice"), "1"), 1, WAIT).await;
+    publish_until(&mut g2, publish("alpha", To::Group("news"), "2"), 2, WAIT).await;
     loop {
         if next_data(&mut alice).await == json!(2) {
             break;
@@ -358,13 +354,5 @@ async fn edges_re_register_after_redis_restarts_empty() {
             break;
         }
     }
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = n1.admin_get("/readyz").await;
-        if body == "ready\n" {
-            break;
-        }
-        assert!(Instant::now() < until, "still degraded: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    n1.wait_ready().await;
 }

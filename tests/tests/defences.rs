@@ -85,15 +85,6 @@ async fn refused(
     }
 }
 
-/// The value of one series on `/metrics` (0 when absent).
-async fn metric(herald: &Herald, series: &str) -> f64 {
-    let (status, body) = herald.admin_get("/metrics").await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("metric value"))
-}
-
 /// Publishes a broadcast to `project` and checks `c` receives it.
 async fn still_receives(herald: &Herald, key: &str, project: &str, c: &mut Client, n: u64) {
     let mut grpc = herald.grpc(Some(key)).await;
@@ -160,10 +151,9 @@ async fn address_lists_refuse_with_403_and_reload_on_sighup() {
     welcomed_from(&herald, 1, "beta", "in-range").await;
     // Alpha has no list of its own.
     welcomed_from(&herald, 9, "alpha", "anywhere").await;
-    assert_eq!(
-        metric(&herald, r#"herald_edge_refused_total{reason="ip_denied"}"#).await,
-        3.0
-    );
+    herald
+        .wait_metric(r#"herald_edge_refused_total{reason="ip_denied"}"#, 3.0)
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 
     // Reload: the edge no longer denies 127.0.0.2; beta now denies 127.0.0.1.
@@ -199,10 +189,9 @@ async fn the_global_cap_sheds_with_503_and_retry_after_before_the_upgrade() {
     let second = welcomed_from(&herald, 2, "alpha", "second").await;
     let (status, retry) = refused(&herald, 3, &url(&herald, "alpha", "x"), &[]).await;
     assert_eq!((status, retry.as_deref()), (503, Some("7")));
-    assert_eq!(
-        metric(&herald, r#"herald_edge_refused_total{reason="overloaded"}"#).await,
-        1.0
-    );
+    herald
+        .wait_metric(r#"herald_edge_refused_total{reason="overloaded"}"#, 1.0)
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
     // A place frees up once a connection ends.
     drop(second);
@@ -225,55 +214,76 @@ async fn the_global_cap_sheds_with_503_and_retry_after_before_the_upgrade() {
 
 #[tokio::test]
 async fn per_address_connection_cap_and_connect_rate_answer_429() {
-    let herald = herald()
+    // The cap and the rate each in a sandbox of its own: a connection that ends gives back its
+    // place a moment after the client sees it go, which a cap would turn into a race.
+    let capped = herald()
         .edge(
             "limits",
             table(toml::toml! {
                 per_ip_max_connections = 2
-                per_ip_connect_rate = 0.5
+                retry_after_secs = 2
+            }),
+        )
+        .start()
+        .await;
+    let mut bystander = welcomed_from(&capped, 1, "alpha", "by").await;
+
+    // Two connections held from 127.0.0.2; the third is over the cap.
+    let _a = welcomed_from(&capped, 2, "alpha", "a").await;
+    let _b = welcomed_from(&capped, 2, "alpha", "b").await;
+    let (status, retry) = refused(&capped, 2, &url(&capped, "alpha", "c"), &[]).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("2")));
+    capped
+        .wait_metric(r#"herald_edge_refused_total{reason="ip_connections"}"#, 1.0)
+        .await;
+    // Other addresses are not affected.
+    welcomed_from(&capped, 3, "alpha", "other").await;
+    still_receives(&capped, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+
+    // One connect per four seconds, a burst of three: slow enough that a loaded machine makes
+    // its four connects before a token comes back.
+    let limited = herald()
+        .edge(
+            "limits",
+            table(toml::toml! {
+                per_ip_max_connections = 100
+                per_ip_connect_rate = 0.25
                 per_ip_connect_burst = 3
                 retry_after_secs = 2
             }),
         )
         .start()
         .await;
-    let mut bystander = welcomed_from(&herald, 1, "alpha", "by").await;
-
-    // Two connections held from 127.0.0.2; the third is over the cap.
-    let _a = welcomed_from(&herald, 2, "alpha", "a").await;
-    let _b = welcomed_from(&herald, 2, "alpha", "b").await;
-    let (status, retry) = refused(&herald, 2, &url(&herald, "alpha", "c"), &[]).await;
-    assert_eq!((status, retry.as_deref()), (429, Some("2")));
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_refused_total{reason="ip_connections"}"#
-        )
-        .await,
-        1.0
-    );
-
-    // 127.0.0.3 connects and leaves three times (the burst); the fourth is too fast.
+    let mut bystander = welcomed_from(&limited, 1, "alpha", "by").await;
+    // 127.0.0.3 connects three times (the burst); the fourth is too fast.
+    let mut held = Vec::new();
     for i in 0..3 {
-        let c = welcomed_from(&herald, 3, "alpha", &format!("r{i}")).await;
-        drop(c);
+        held.push(welcomed_from(&limited, 3, "alpha", &format!("r{i}")).await);
     }
-    assert_eq!(
-        refused(&herald, 3, &url(&herald, "alpha", "r4"), &[])
-            .await
-            .0,
-        429
-    );
-    assert_eq!(
-        metric(&herald, r#"herald_edge_refused_total{reason="ip_rate"}"#).await,
-        1.0
-    );
+    let (status, retry) = refused(&limited, 3, &url(&limited, "alpha", "r4"), &[]).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("2")));
+    limited
+        .wait_metric(r#"herald_edge_refused_total{reason="ip_rate"}"#, 1.0)
+        .await;
     // Other addresses are not affected.
-    welcomed_from(&herald, 4, "alpha", "other").await;
-    still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
-    // The bucket refills at one per two seconds.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    welcomed_from(&herald, 3, "alpha", "refilled").await;
+    welcomed_from(&limited, 4, "alpha", "other").await;
+    still_receives(&limited, ALPHA_KEY, "alpha", &mut bystander, 1).await;
+    // The bucket refills (one token per four seconds): a later connect is welcomed.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match open_from(&limited, 3, &url(&limited, "alpha", "refilled"), &[]).await {
+            Ok((ws, _)) => {
+                let w = Client { ws }.next_json().await;
+                assert_eq!(w["type"], "welcome", "{w}");
+                break;
+            }
+            Err(tungstenite::Error::Http(r)) if r.status() == 429 => {
+                assert!(Instant::now() < deadline, "the bucket never refilled");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -302,14 +312,15 @@ async fn project_caps_on_connections_devices_and_subscriptions() {
         (code, reason.as_str()),
         (4011, "too many connections for this user")
     );
-    // Until the close handshake ends, the refused connection still counts against the project.
+    // Until the close handshake ends, the refused connection still counts against the project,
+    // and it is given back just after the socket closes: carol (the third) may meet a full
+    // project until then. Each such refusal is counted, and so taken into account below.
     use futures_util::StreamExt as _;
     tokio::time::timeout(WAIT, async {
         while refused_bob.ws.next().await.is_some() {}
     })
     .await
     .expect("the server ends the refused connection");
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let channels = json!({"sub":"carol","aud":"alpha","channels":["*"],
         "exp": jsonwebtoken::get_current_timestamp() + 600});
@@ -317,7 +328,24 @@ async fn project_caps_on_connections_devices_and_subscriptions() {
         "alpha",
         &format!("token={}", hs256(ALPHA_SECRET, None, &channels)),
     );
-    let mut carol = welcomed_with(&herald, 1, &carol_url, &[]).await;
+    let deadline = Instant::now() + WAIT;
+    let mut early_refusals = 0.0;
+    let mut carol = loop {
+        match open_from(&herald, 1, &carol_url, &[]).await {
+            Ok((ws, _)) => break Client { ws },
+            Err(tungstenite::Error::Http(r)) if r.status() == 503 => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the refused connection's place was never given back"
+                );
+                early_refusals += 1.0;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    };
+    let w = carol.next_json().await;
+    assert_eq!(w["type"], "welcome", "first frame: {w}");
     assert_eq!(carol.subscribe(1, "g1").await["type"], "ack");
     let e = carol.subscribe(2, "g2").await;
     assert_eq!(
@@ -329,30 +357,24 @@ async fn project_caps_on_connections_devices_and_subscriptions() {
     let (status, retry) = refused(&herald, 1, &url(&herald, "alpha", "dave"), &[]).await;
     assert_eq!((status, retry.as_deref()), (503, Some("5")));
     welcomed_from(&herald, 1, "beta", "eve").await;
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_refused_total{reason="project_connections"}"#
+    herald
+        .wait_metric(
+            r#"herald_edge_refused_total{reason="project_connections"}"#,
+            1.0 + early_refusals,
         )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_connects_total{result="too_many_connections"}"#
+        .await;
+    herald
+        .wait_metric(
+            r#"herald_edge_connects_total{result="too_many_connections"}"#,
+            1.0,
         )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_subscribes_refused_total{reason="too_many_groups"}"#
+        .await;
+    herald
+        .wait_metric(
+            r#"herald_edge_subscribes_refused_total{reason="too_many_groups"}"#,
+            1.0,
         )
-        .await,
-        1.0
-    );
+        .await;
     still_receives(&herald, BETA_KEY, "beta", &mut bystander, 1).await;
 }
 
@@ -395,10 +417,9 @@ async fn origins_are_checked_against_the_allow_lists() {
             .0,
         403
     );
-    assert_eq!(
-        metric(&herald, r#"herald_edge_refused_total{reason="origin"}"#).await,
-        3.0
-    );
+    herald
+        .wait_metric(r#"herald_edge_refused_total{reason="origin"}"#, 3.0)
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
 
@@ -432,10 +453,9 @@ async fn a_client_sending_too_fast_is_closed_with_4029() {
     }
     let (code, reason, _) = c.expect_close().await;
     assert_eq!((code, reason.as_str()), (4029, "too many messages"));
-    assert_eq!(
-        metric(&herald, r#"herald_edge_closes_total{code="rate_limited"}"#).await,
-        1.0
-    );
+    herald
+        .wait_metric(r#"herald_edge_closes_total{code="rate_limited"}"#, 1.0)
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
 
@@ -488,21 +508,21 @@ async fn a_client_trickling_its_request_is_cut_at_the_handshake_deadline() {
             Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
             Err(_) => {}
         }
-        assert!(start.elapsed() < Duration::from_secs(6), "never cut");
+        assert!(start.elapsed() < Duration::from_secs(15), "never cut");
     }
+    // At the deadline, not later: a deadline that each byte pushed back would never cut (the
+    // slack is a loaded machine's).
     let cut = cut.expect("cut");
     assert!(
-        cut >= Duration::from_millis(900) && cut < Duration::from_millis(4000),
+        cut >= Duration::from_millis(900) && cut < Duration::from_millis(8000),
         "cut after {cut:?}"
     );
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_handshake_failures_total{reason="timeout"}"#
+    herald
+        .wait_metric(
+            r#"herald_edge_handshake_failures_total{reason="timeout"}"#,
+            1.0,
         )
-        .await,
-        1.0
-    );
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
 
@@ -539,8 +559,18 @@ async fn running_out_of_file_descriptors_backs_off_counts_and_recovers() {
                 .expect("connect (kernel backlog)"),
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Out of descriptors: the accept loop must back off, not spin.
+    // Out of descriptors (awaited: the server gets there on its own time); the accept loop
+    // must then back off, not spin.
+    eventually(WAIT, async || {
+        match herald
+            .metric(r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#)
+            .await
+        {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("fd_exhausted accept errors: {n}")),
+        }
+    })
+    .await;
     let before = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_ticks(pid) - before;
@@ -564,14 +594,6 @@ async fn running_out_of_file_descriptors_backs_off_counts_and_recovers() {
         }
     };
     assert_eq!(c.next_json().await["type"], "welcome");
-    assert!(
-        metric(
-            &herald,
-            r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#
-        )
-        .await
-            >= 1.0
-    );
     send(&mut grpc, publish("alpha", To::Broadcast, "2")).await;
     assert_eq!(bystander.next_msg().await["data"], 2);
     assert_eq!(c.next_msg().await["data"], 2);
@@ -593,13 +615,20 @@ async fn the_default_cap_follows_the_open_file_limit_and_sheds_before_it_runs_ou
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, retry) = refused(&herald, 3, &url(&herald, "alpha", "x"), &[]).await;
     assert_eq!((status, retry.as_deref()), (503, Some("5")));
-    assert!(metric(&herald, r#"herald_edge_refused_total{reason="overloaded"}"#).await >= 1.0);
+    eventually(WAIT, async || {
+        match herald
+            .metric(r#"herald_edge_refused_total{reason="overloaded"}"#)
+            .await
+        {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("overloaded refusals: {n}")),
+        }
+    })
+    .await;
     assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#
-        )
-        .await,
+        herald
+            .metric(r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#)
+            .await,
         0.0,
         "shed before the descriptors ran out"
     );
@@ -648,10 +677,9 @@ async fn ipv6_clients_and_ipv4_clients_of_a_dual_stack_listener_are_matched() {
     );
     welcomed_from(&herald, 0, "alpha", "v6").await;
     welcomed_from(&herald, 1, "beta", "v4").await;
-    assert_eq!(
-        metric(&herald, r#"herald_edge_refused_total{reason="ip_denied"}"#).await,
-        2.0
-    );
+    herald
+        .wait_metric(r#"herald_edge_refused_total{reason="ip_denied"}"#, 2.0)
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
 
@@ -685,25 +713,23 @@ async fn a_client_stalling_in_the_tls_handshake_is_cut_at_the_handshake_deadline
     stalled.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
     let start = Instant::now();
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(6), stalled.read(&mut buf))
+    let read = tokio::time::timeout(Duration::from_secs(15), stalled.read(&mut buf))
         .await
-        .expect("cut before 6 s");
+        .expect("cut before 15 s");
     assert!(
         matches!(read, Ok(0) | Err(_)),
         "no answer but the close: {read:?}"
     );
     let cut = start.elapsed();
     assert!(
-        cut >= Duration::from_millis(900) && cut < Duration::from_millis(4000),
+        cut >= Duration::from_millis(900) && cut < Duration::from_millis(8000),
         "cut after {cut:?}"
     );
-    assert_eq!(
-        metric(
-            &herald,
-            r#"herald_edge_tls_handshake_failures_total{reason="timeout"}"#
+    herald
+        .wait_metric(
+            r#"herald_edge_tls_handshake_failures_total{reason="timeout"}"#,
+            1.0,
         )
-        .await,
-        1.0
-    );
+        .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }

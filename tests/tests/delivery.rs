@@ -1,7 +1,5 @@
 //! Delivery by target kind, several devices, and isolation between projects.
 
-use std::time::Duration;
-
 use herald_core::proto::v1::Resolution;
 use herald_tests::*;
 use serde_json::json;
@@ -47,8 +45,8 @@ async fn broadcast_group_and_user_reach_exactly_their_recipients() {
     assert_eq!(m["b64"], "bm90IGpzb24gAQ==");
 
     // Nobody else got the group or user message.
-    alice.expect_silence(Duration::from_millis(300)).await;
-    bob.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut alice, &mut grpc, "alpha", "alice").await;
+    expect_nothing_before_marker(&mut bob, &mut grpc, "alpha", "bob").await;
 
     let r = send(&mut grpc, publish("alpha", To::User("nobody"), "1")).await;
     assert_eq!(r.resolution(), Resolution::NoRecipients);
@@ -85,7 +83,7 @@ async fn subscribe_joins_a_group_allowed_by_the_channels_claim() {
     send(&mut grpc, publish("alpha", To::Group("sport-f1"), "1")).await;
     assert_eq!(c.next_msg().await["group"], "sport-f1");
     send(&mut grpc, publish("alpha", To::Group("news"), "2")).await;
-    c.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut c, &mut grpc, "alpha", "carol").await;
 
     c.send_json(json!({"type":"unsubscribe","id":5,"group":"sport-f1"}))
         .await;
@@ -117,7 +115,7 @@ async fn every_device_of_a_user_receives_user_messages() {
             assert_eq!(dev.next_msg().await["data"], json!(i), "in publish order");
         }
     }
-    other.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut other, &mut grpc, "alpha", "frank").await;
 }
 
 #[tokio::test]
@@ -143,11 +141,11 @@ async fn projects_are_isolated_even_with_equal_names() {
     for want in ["a-broadcast", "a-group", "a-user"] {
         assert_eq!(a.next_msg().await["data"], want);
     }
-    b.expect_silence(Duration::from_millis(500)).await;
+    expect_nothing_before_marker(&mut b, &mut gb, "beta", "same").await;
 
     send(&mut gb, publish("beta", To::User("same"), r#""b-user""#)).await;
     assert_eq!(b.next_msg().await["data"], "b-user");
-    a.expect_silence(Duration::from_millis(300)).await;
+    expect_nothing_before_marker(&mut a, &mut ga, "alpha", "same").await;
 
     // A token of alpha never opens a connection to beta, even where the secrets were shared.
     let (ws, _) = herald

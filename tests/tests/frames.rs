@@ -174,8 +174,7 @@ async fn readiness_says_draining_until_the_drain_ends() {
     let mut herald = herald().edge("close_timeout_ms", 60_000).start().await;
     // A client that does not read: the drain waits for it (up to the grace period).
     let mut stuck = herald.connect("alpha", &token("alpha", "stuck")).await;
-    let (status, body) = herald.admin_get("/readyz").await;
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    herald.wait_ready().await;
     herald.signal("TERM");
     let until = std::time::Instant::now() + WAIT;
     loop {

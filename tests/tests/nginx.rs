@@ -131,7 +131,8 @@ impl Nginx {
             .spawn()
             .expect("spawn nginx");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        for _ in 0..100 {
+        // Up to 30 s: a loaded machine starts processes slowly.
+        for _ in 0..600 {
             if TcpStream::connect(addr).await.is_ok() {
                 return Self {
                     child,

@@ -196,10 +196,22 @@ async fn proxy_protocol_v1_v2_garbage_and_untrusted_sources() {
     closed_without_answer(any, b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\n").await;
     closed_without_answer(wss_v2, b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 443\r\n").await;
     closed_without_answer(untrusted, b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 443\r\n").await;
-    let (_, m) = herald.admin_get("/metrics").await;
     let name = "herald_edge_proxy_protocol_refused_total";
-    assert_eq!(metric(&m, name, "reason=\"invalid\""), 3, "{m}");
-    assert_eq!(metric(&m, name, "reason=\"untrusted\""), 1, "{m}");
+    eventually(WAIT, async || {
+        let (_, m) = herald.admin_get("/metrics").await;
+        let counts = (
+            metric(&m, name, "reason=\"invalid\""),
+            metric(&m, name, "reason=\"untrusted\""),
+        );
+        if counts == (3, 1) {
+            Ok(())
+        } else {
+            Err(format!(
+                "(invalid, untrusted) = {counts:?}, want (3, 1):\n{m}"
+            ))
+        }
+    })
+    .await;
 
     // Clients behind the balancer are unaffected by the refusals.
     over_tls

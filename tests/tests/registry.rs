@@ -7,6 +7,7 @@ use herald_cluster::{RedisConfig, RedisRegistry};
 use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
 use herald_core::registry::{InterestChange, InterestKey, Liveness, Registry};
 use herald_tests::cluster::{Backends, server_bin};
+use herald_tests::{WAIT, eventually};
 
 fn edge(s: &str) -> EdgeId {
     EdgeId::new(s).expect("valid edge id")
@@ -45,8 +46,57 @@ async fn sorted(r: &RedisRegistry, k: &InterestKey) -> Vec<EdgeId> {
 
 /// Everything the registry promises, on whatever Redis `b` runs.
 async fn conformance(b: &Backends) {
-    let r = registry(b, Duration::from_secs(2));
+    // Edges live 4 s past their last heartbeat: the test heartbeats before each check that needs
+    // an edge alive, so a loaded machine's pauses do not expire one early.
+    let ttl = Duration::from_secs(4);
+    let r = registry(b, ttl);
     let (e1, e2) = (edge("e1"), edge("e2"));
+
+    // Idempotency keys are claimed once per window, cluster-wide. The window is long enough that
+    // the claims meant to fall inside it do, however slow the machine.
+    let p = ProjectId::new("a").expect("project");
+    let w = Duration::from_secs(2);
+    assert!(
+        r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    let other = registry(b, ttl);
+    assert!(
+        !other
+            .claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    other
+        .release_idempotency_key(&p, "k{1}.*")
+        .await
+        .expect("release");
+    let claimed = Instant::now();
+    assert!(
+        r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+    );
+    // Claimable again once the window has passed, not before.
+    let again = eventually(WAIT, async || {
+        if r.claim_idempotency_key(&p, "k{1}.*", w)
+            .await
+            .expect("claim")
+        {
+            Ok(claimed.elapsed())
+        } else {
+            Err("the key was never claimable again")
+        }
+    })
+    .await;
+    assert!(again >= w, "claimable again after {again:?}, within {w:?}");
+
     assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Registered);
     assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Renewed);
     assert_eq!(r.heartbeat(&e2).await.expect("hb"), Liveness::Registered);
@@ -83,6 +133,8 @@ async fn conformance(b: &Backends) {
     r.update(&e1, &changes).await.expect("big update");
     let trips = r.round_trips() - before;
     assert!(trips <= 6, "5,000 adds took {trips} round trips");
+    r.heartbeat(&e1).await.expect("hb");
+    r.heartbeat(&e2).await.expect("hb");
     assert_eq!(sorted(&r, &keys[4_321]).await, vec![e1.clone()]);
 
     // A resync replaces the edge's whole interest: stale keys go, the rest stays.
@@ -94,39 +146,9 @@ async fn conformance(b: &Backends) {
     assert_eq!(sorted(&r, &keys[1]).await, vec![e1.clone()]);
     assert_eq!(sorted(&r, &alice).await, vec![e1.clone(), e2.clone()]);
 
-    // Idempotency keys are claimed once per window, cluster-wide.
-    let p = ProjectId::new("a").expect("project");
-    let w = Duration::from_millis(400);
-    assert!(
-        r.claim_idempotency_key(&p, "k{1}.*", w)
-            .await
-            .expect("claim")
-    );
-    let other = registry(b, Duration::from_secs(2));
-    assert!(
-        !other
-            .claim_idempotency_key(&p, "k{1}.*", w)
-            .await
-            .expect("claim")
-    );
-    other
-        .release_idempotency_key(&p, "k{1}.*")
-        .await
-        .expect("release");
-    assert!(
-        r.claim_idempotency_key(&p, "k{1}.*", w)
-            .await
-            .expect("claim")
-    );
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert!(
-        r.claim_idempotency_key(&p, "k{1}.*", w)
-            .await
-            .expect("claim")
-    );
-
-    // e2 stops heartbeating: within the TTL it is no longer served, then it is cleaned up by
-    // whoever notices first, and when it comes back it registers anew.
+    // e2 stops heartbeating (its last was just before the resync): within the TTL it is no
+    // longer served, then it is cleaned up by whoever notices first, and when it comes back it
+    // registers anew.
     let started = Instant::now();
     loop {
         r.heartbeat(&e1).await.expect("hb");
@@ -134,7 +156,7 @@ async fn conformance(b: &Backends) {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < ttl + Duration::from_secs(3),
             "dead edge still served"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -144,12 +166,11 @@ async fn conformance(b: &Backends) {
     other.reap_dead().await.expect("reap");
     r.heartbeat(&e1).await.expect("hb");
     // While a cleanup runs the edge is fenced; then it registers anew.
-    let liveness = loop {
-        match r.heartbeat(&e2).await.expect("hb") {
-            Liveness::Fenced => tokio::time::sleep(Duration::from_millis(50)).await,
-            l => break l,
-        }
-    };
+    let liveness = eventually(WAIT, async || match r.heartbeat(&e2).await.expect("hb") {
+        Liveness::Fenced => Err("still fenced"),
+        l => Ok(l),
+    })
+    .await;
     assert_eq!(liveness, Liveness::Registered);
     // Its old entries are gone: it must resync to be found again.
     assert_eq!(sorted(&r, &alice).await, vec![e1.clone()]);
@@ -203,7 +224,7 @@ async fn redis_down_is_an_error_then_recovers_and_reports_registration_lost() {
     assert!(r.degraded().is_some_and(|d| d.contains("redis")));
     b.redis[0].restart().await;
     // The manager reconnects; the restarted (empty) Redis no longer knows the edge.
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + WAIT;
     let liveness = loop {
         match r.heartbeat(&e).await {
             Ok(l) => break l,

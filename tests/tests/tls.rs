@@ -335,7 +335,7 @@ async fn mutual_tls_required_and_optional() {
 
 /// Waits until new handshakes see `want`.
 async fn until_served(cfg: &Arc<rustls::ClientConfig>, addr: std::net::SocketAddr, want: &[u8]) {
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(WAIT, async {
         while served_cert(cfg, addr).await != want {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -429,9 +429,18 @@ async fn certificate_reload_by_rename_symlink_swap_and_sighup() {
     herald.signal("HUP");
     until_served(&cfg, herald.listeners[2], &gen3.der()).await;
 
-    // A broken file is refused; the running certificate stays.
+    // A broken file is refused (awaited: the watcher counts the failed reload); the running
+    // certificate stays.
+    let failed = r#"herald_edge_tls_reloads_total{result="error"}"#;
+    let failed_before = herald.metric(failed).await;
     std::fs::write(&flat_crt, "not a certificate").expect("write");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    eventually(WAIT, async || match herald.metric(failed).await {
+        n if n > failed_before => Ok(()),
+        n => Err(format!(
+            "failed tls reloads: {n}, before the broken file {failed_before}"
+        )),
+    })
+    .await;
     assert_eq!(
         served_cert(&cfg, herald.listeners[0]).await,
         gen1.der().to_vec()
