@@ -35,6 +35,10 @@ pub enum CloseCode {
     RefreshMismatch = 4010,
     /// 4011: the user already has the project's maximum of connections on this edge.
     TooManyConnections = 4011,
+    /// 4012: another connection of the same project took over this one's session (MQTT client id).
+    SessionTakenOver = 4012,
+    /// 4013: the client tried to publish; clients only receive (MQTT `PUBLISH`, STOMP `SEND`).
+    PublishNotAllowed = 4013,
     /// 4029: the client sent frames faster than the per-connection rate limit.
     RateLimited = 4029,
 }
@@ -63,6 +67,8 @@ impl CloseCode {
             CloseCode::DisconnectedByOperator => "disconnected by operator",
             CloseCode::RefreshMismatch => "refreshed token names another user",
             CloseCode::TooManyConnections => "too many connections for this user",
+            CloseCode::SessionTakenOver => "session taken over",
+            CloseCode::PublishNotAllowed => "publishing not allowed",
             CloseCode::RateLimited => "too many messages",
         }
     }
@@ -96,6 +102,8 @@ impl CloseCode {
             CloseCode::DisconnectedByOperator => "operator",
             CloseCode::RefreshMismatch => "refresh_mismatch",
             CloseCode::TooManyConnections => "too_many_connections",
+            CloseCode::SessionTakenOver => "session_taken_over",
+            CloseCode::PublishNotAllowed => "publish_not_allowed",
             CloseCode::RateLimited => "rate_limited",
         }
     }

@@ -10,11 +10,13 @@ use herald_core::proto::bus::{Envelope, TargetKind};
 
 /// WebSocket opcode of a text frame.
 const OP_TEXT: u8 = 0x1;
+/// WebSocket opcode of a binary frame.
+pub(crate) const OP_BINARY: u8 = 0x2;
 /// WebSocket opcode of a ping frame.
 const OP_PING: u8 = 0x9;
 
 /// Writes the header of a final, unmasked frame with `opcode` and `len` payload bytes.
-fn put_header(buf: &mut BytesMut, opcode: u8, len: usize) {
+pub(crate) fn put_header(buf: &mut BytesMut, opcode: u8, len: usize) {
     buf.put_u8(0x80 | opcode);
     if len < 126 {
         buf.put_u8(len as u8);
@@ -28,7 +30,7 @@ fn put_header(buf: &mut BytesMut, opcode: u8, len: usize) {
 }
 
 /// The size of the header for a payload of `len` bytes.
-fn header_len(len: usize) -> usize {
+pub(crate) fn header_len(len: usize) -> usize {
     if len < 126 {
         2
     } else if len <= u16::MAX as usize {

@@ -12,6 +12,7 @@
 //! - [`listener`]: listener settings, the client address, plain or TLS streams;
 //!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
 //! - `conn`: the one task per connection that reads frames and writes queued bytes.
+//! - [`mqtt`]: the MQTT 3.1.1 and 5.0 codec (packets, encode-once delivery, reason codes).
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
@@ -25,6 +26,7 @@ pub mod interest;
 pub mod limits;
 pub mod listener;
 pub mod local;
+pub mod mqtt;
 pub mod protocol;
 pub mod proxy;
 pub mod tls;
