@@ -49,7 +49,6 @@ fn fanout(c: &mut Criterion) {
     let edge = EdgeId::new("e1").expect("id");
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let hub = rt.block_on(async {
-        let interest = herald_edge::interest::Interest::start(edge.clone(), registry);
         let hub = Hub::new(
             edge,
             HubConfig {
@@ -58,8 +57,9 @@ fn fanout(c: &mut Criterion) {
                 ping_interval: Duration::from_secs(25),
                 pong_timeout: Duration::from_secs(20),
                 token_leeway: Duration::from_secs(5),
+                ..HubConfig::default()
             },
-            interest,
+            Some(registry),
         );
         let project = ProjectId::new("bench").expect("id");
         let group = GroupId::new("news").expect("id");

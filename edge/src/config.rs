@@ -50,6 +50,14 @@ pub struct EdgeConfig {
     pub reconnect_jitter_ms: u32,
     /// How long a closing connection may take to flush its close frame, in ms. Default 3,000.
     pub close_timeout_ms: u64,
+    /// How long a connect (before `welcome`) or a join (before `ack`) waits for the registry to
+    /// hold its interest, in ms; past it the client is answered anyway and the write goes on in
+    /// the background (docs/cluster.md). Default 5,000.
+    pub registration_timeout_ms: u64,
+    /// Most interest changes waiting to be written to the registry; past it they are dropped
+    /// and the edge's whole interest is written again instead (counted in
+    /// `herald_edge_interest_overflows_total`). Default 100,000.
+    pub max_pending_interest: usize,
     /// The defences (`[edge.limits]`).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -74,6 +82,8 @@ impl Default for EdgeConfig {
             shards: 0,
             reconnect_jitter_ms: 5_000,
             close_timeout_ms: 3_000,
+            registration_timeout_ms: 5_000,
+            max_pending_interest: 100_000,
             limits: Default::default(),
         }
     }
@@ -100,6 +110,11 @@ impl EdgeConfig {
             ("edge.auth_timeout_ms", self.auth_timeout_ms),
             ("edge.ping_interval_secs", self.ping_interval_secs),
             ("edge.pong_timeout_secs", self.pong_timeout_secs),
+            ("edge.registration_timeout_ms", self.registration_timeout_ms),
+            (
+                "edge.max_pending_interest",
+                self.max_pending_interest as u64,
+            ),
             ("edge.max_message_bytes", self.max_message_bytes as u64),
             ("edge.max_queued_bytes", self.max_queued_bytes as u64),
             ("edge.read_buffer_bytes", self.read_buffer_bytes as u64),

@@ -20,7 +20,7 @@ use herald_core::codes::CloseCode;
 use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use herald_core::proto::v1::ConnectionInfo;
-use herald_core::registry::{InterestChange, InterestKey};
+use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -40,6 +40,26 @@ pub struct HubConfig {
     pub pong_timeout: Duration,
     /// Clock skew tolerated on token expiry (the same leeway the connect check allows).
     pub token_leeway: Duration,
+    /// Most interest changes waiting for the registry; past it they are replaced by one rewrite
+    /// of the whole interest.
+    pub max_pending_interest: usize,
+    /// How long a connect or a join waits for the registry to hold its interest before it is
+    /// answered anyway (the write goes on in the background).
+    pub registration_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            shards: 8,
+            max_queued_bytes: 1 << 20,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(20),
+            token_leeway: Duration::from_secs(5),
+            max_pending_interest: 100_000,
+            registration_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Why and how a connection is being closed by the server.
@@ -184,13 +204,14 @@ fn index_remove<K: std::hash::Hash + Eq>(
 pub struct Hub {
     edge: EdgeId,
     cfg: HubConfig,
-    shards: Box<[Mutex<Shard>]>,
+    /// Shared with the interest writer, which lists the users for a resync.
+    shards: Arc<[Mutex<Shard>]>,
     next_number: AtomicU64,
     /// Set by [`Hub::close_all`]: the hint every connection inserted afterwards is closed with.
     shutdown: Mutex<Option<(CloseCode, u32)>>,
     started: Instant,
     clock: AtomicU32,
-    interest: Arc<Interest>,
+    interest: Interest,
 }
 
 /// What a new connection brings.
@@ -223,9 +244,25 @@ fn unix_now() -> Duration {
 }
 
 impl Hub {
-    /// A hub with `cfg.shards` shards.
-    pub fn new(edge: EdgeId, cfg: HubConfig, interest: Arc<Interest>) -> Arc<Self> {
-        let shards = (0..cfg.shards.max(1)).map(|_| Mutex::default()).collect();
+    /// A hub with `cfg.shards` shards and its interest. With a `registry`, the interest is
+    /// written to it by a writer task (started here, on the current Tokio runtime); without one
+    /// the hub is the registry of a single node ([`crate::local::LocalRegistry`]).
+    pub fn new(edge: EdgeId, cfg: HubConfig, registry: Option<Arc<dyn Registry>>) -> Arc<Self> {
+        let shards: Arc<[Mutex<Shard>]> =
+            (0..cfg.shards.max(1)).map(|_| Mutex::default()).collect();
+        let interest = match registry {
+            None => Interest::local(shards.len()),
+            Some(registry) => {
+                let listed = shards.clone();
+                Interest::start(
+                    edge.clone(),
+                    registry,
+                    shards.len(),
+                    cfg.max_pending_interest,
+                    Box::new(move || user_keys(&listed)),
+                )
+            }
+        };
         Arc::new(Self {
             edge,
             cfg,
@@ -286,24 +323,21 @@ impl Hub {
             let slot = entry.key() as u32;
             let (user, first) = index_add(&mut shard.users, &c.project, &c.user, slot);
             let mut groups: Vec<GroupId> = Vec::with_capacity(c.groups.len());
+            let mut entered = Vec::new();
             for g in &c.groups {
                 if !groups.contains(g) {
-                    groups.push(index_add(&mut shard.groups, &c.project, g, slot).0);
+                    let (g, new) = index_add(&mut shard.groups, &c.project, g, slot);
+                    if new {
+                        entered.push(g.clone());
+                    }
+                    groups.push(g);
                 }
             }
-            let changes = if first {
-                vec![InterestChange::Add(InterestKey::User(
-                    c.project.clone(),
-                    user.clone(),
-                ))]
-            } else {
-                Vec::new()
-            };
             let registered = self.interest.add(
-                changes,
-                groups
-                    .iter()
-                    .map(|g| InterestKey::Group(c.project.clone(), g.clone())),
+                shard_ix,
+                first.then(|| InterestKey::User(c.project.clone(), user.clone())),
+                &c.project,
+                &entered,
             );
             entry.insert(Conn {
                 number,
@@ -330,7 +364,7 @@ impl Hub {
             (number, slot, registered)
         };
         metrics::gauge!("herald_edge_connections").increment(1.0);
-        let _ = registered.await;
+        self.registered(registered, "connect").await;
         Some(ConnHandle {
             shard: shard_ix as u32,
             slot,
@@ -351,24 +385,36 @@ impl Hub {
                 return;
             }
             let conn = shard.conns.remove(h.slot as usize);
-            let mut changes = Vec::new();
-            if index_remove(&mut shard.users, &conn.project, &conn.user, h.slot) {
-                changes.push(InterestChange::Remove(InterestKey::User(
-                    conn.project.clone(),
-                    conn.user.clone(),
-                )));
-            }
-            for g in conn.groups.iter() {
-                index_remove(&mut shard.groups, &conn.project, g, h.slot);
+            let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
+            let mut left = Vec::new();
+            for g in conn.groups.into_vec() {
+                if index_remove(&mut shard.groups, &conn.project, &g, h.slot) {
+                    left.push(g);
+                }
             }
             self.interest.remove(
-                changes,
-                conn.groups
-                    .iter()
-                    .map(|g| InterestKey::Group(conn.project.clone(), g.clone())),
+                h.shard as usize,
+                user_left.then(|| InterestKey::User(conn.project.clone(), conn.user)),
+                &conn.project,
+                &left,
             );
         }
         metrics::gauge!("herald_edge_connections").decrement(1.0);
+    }
+
+    /// Waits for a registration, up to the deadline; past it the caller goes on (the write
+    /// goes on in the background, and a resync after the registry returns holds it too).
+    async fn registered(&self, registered: crate::interest::Registered, op: &'static str) {
+        if tokio::time::timeout(self.cfg.registration_timeout, registered)
+            .await
+            .is_err()
+        {
+            metrics::counter!("herald_edge_registration_timeouts_total", "op" => op).increment(1);
+            tracing::debug!(
+                op,
+                "registry registration deadline passed; answering anyway"
+            );
+        }
     }
 
     fn with_conn<R>(&self, h: ConnHandle, f: impl FnOnce(&mut Shard, u32) -> R) -> Option<R> {
@@ -390,25 +436,31 @@ impl Hub {
             let conn = &shard.conns[slot as usize];
             if conn.groups.contains(&group) {
                 // Already a member: wait behind any pending write of that interest.
-                return Ok(self.interest.add(Vec::new(), []));
+                return Ok(self
+                    .interest
+                    .add(h.shard as usize, None, &conn.project, &[]));
             }
             if conn.groups.len() >= max_groups {
                 return Err(());
             }
             let project = conn.project.clone();
-            let (g, _) = index_add(&mut shard.groups, &project, &group, slot);
+            let (g, new) = index_add(&mut shard.groups, &project, &group, slot);
+            let registered = self.interest.add(
+                h.shard as usize,
+                None,
+                &project,
+                if new { std::slice::from_ref(&g) } else { &[] },
+            );
             let conn = &mut shard.conns[slot as usize];
             let mut groups = std::mem::take(&mut conn.groups).into_vec();
             groups.push(g);
             conn.groups = groups.into_boxed_slice();
-            Ok(self
-                .interest
-                .add(Vec::new(), [InterestKey::Group(project, group)]))
+            Ok(registered)
         });
         match outcome {
             Some(Err(())) => JoinOutcome::TooMany,
             Some(Ok(registered)) => {
-                let _ = registered.await;
+                self.registered(registered, "join").await;
                 JoinOutcome::Joined
             }
             None => JoinOutcome::Joined,
@@ -423,12 +475,13 @@ impl Hub {
                 return false;
             };
             let mut groups = std::mem::take(&mut conn.groups).into_vec();
-            groups.swap_remove(i);
+            let g = groups.swap_remove(i);
             conn.groups = groups.into_boxed_slice();
             let project = conn.project.clone();
-            index_remove(&mut shard.groups, &project, group, slot);
-            self.interest
-                .remove(Vec::new(), [InterestKey::Group(project, group.clone())]);
+            if index_remove(&mut shard.groups, &project, group, slot) {
+                self.interest
+                    .remove(h.shard as usize, None, &project, std::slice::from_ref(&g));
+            }
             true
         })
         .unwrap_or(false)
@@ -504,27 +557,29 @@ impl Hub {
         Poll::Pending
     }
 
-    /// Delivers an envelope to every local recipient: encoded once, shared by all.
+    /// Delivers an envelope to every local recipient: encoded once, shared by all. A user
+    /// message locks the user's shard, a group message the shards holding its members.
     pub fn deliver(&self, env: &Envelope) {
         let project = env.project.as_str();
         let kind = env.kind();
-        if kind == TargetKind::Unspecified {
-            return;
-        }
+        let name = env.name.as_str();
+        let group_shards;
+        let shards: &mut dyn Iterator<Item = usize> = match kind {
+            TargetKind::Unspecified => return,
+            TargetKind::User => &mut std::iter::once(self.user_shard(project, name)),
+            TargetKind::Group => {
+                group_shards = self.interest.group_shards(project, name);
+                &mut group_shards.iter()
+            }
+            TargetKind::Broadcast => &mut (0..self.shards.len()),
+        };
         let frame = message_frame(env);
         let max = self.cfg.max_queued_bytes;
         let mut delivered = 0u64;
         let mut wake = Vec::new();
-        let shards = match kind {
-            TargetKind::User => {
-                let i = self.user_shard(project, &env.name);
-                &self.shards[i..=i]
-            }
-            _ => &self.shards[..],
-        };
-        for shard in shards {
+        for i in shards {
             {
-                let mut shard = shard.lock();
+                let mut shard = self.shards[i].lock();
                 let shard = &mut *shard;
                 if kind == TargetKind::Broadcast {
                     for (_, c) in shard.conns.iter_mut() {
@@ -534,15 +589,9 @@ impl Hub {
                     }
                 } else {
                     let index = if kind == TargetKind::Group {
-                        shard
-                            .groups
-                            .get(project)
-                            .and_then(|m| m.get(env.name.as_str()))
+                        shard.groups.get(project).and_then(|m| m.get(name))
                     } else {
-                        shard
-                            .users
-                            .get(project)
-                            .and_then(|m| m.get(env.name.as_str()))
+                        shard.users.get(project).and_then(|m| m.get(name))
                     };
                     let slots = index.map(Slots::as_slice).unwrap_or_default();
                     for slot in slots {
@@ -717,19 +766,29 @@ impl Hub {
 
     /// Every user key this edge holds (for re-registering its whole interest).
     pub fn user_keys(&self) -> Vec<InterestKey> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (project, users) in &shard.users {
-                out.extend(
-                    users
-                        .keys()
-                        .map(|u| InterestKey::User(project.clone(), u.clone())),
-                );
-            }
-        }
-        out
+        user_keys(&self.shards)
     }
+
+    /// The edge's interest (for re-registering it).
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+}
+
+/// Every user key held in `shards`.
+fn user_keys(shards: &[Mutex<Shard>]) -> Vec<InterestKey> {
+    let mut out = Vec::new();
+    for shard in shards {
+        let shard = shard.lock();
+        for (project, users) in &shard.users {
+            out.extend(
+                users
+                    .keys()
+                    .map(|u| InterestKey::User(project.clone(), u.clone())),
+            );
+        }
+    }
+    out
 }
 
 /// Appends a frame to a connection's queue; closes it as a slow consumer on overflow.
@@ -780,5 +839,431 @@ fn close(c: &mut Conn, closing: Closing) {
     c.queued = 0;
     if let Some(w) = c.waker.take() {
         w.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use herald_core::registry::{InterestChange, Liveness, MemoryRegistry, RegistryError};
+    use std::time::Duration;
+
+    fn p(s: &str) -> ProjectId {
+        ProjectId::new(s).expect("project")
+    }
+    fn u(s: &str) -> UserId {
+        UserId::new(s).expect("user")
+    }
+    fn g(s: &str) -> GroupId {
+        GroupId::new(s).expect("group")
+    }
+
+    fn cfg() -> HubConfig {
+        HubConfig {
+            shards: 4,
+            max_queued_bytes: 4096,
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(1),
+            token_leeway: Duration::ZERO,
+            max_pending_interest: 1000,
+            registration_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn hub_with(cfg: HubConfig, registry: Option<Arc<dyn Registry>>) -> Arc<Hub> {
+        Hub::new(EdgeId::new("e1").expect("edge"), cfg, registry)
+    }
+
+    fn conn(project: &str, user: &str, groups: &[&str]) -> NewConn {
+        NewConn {
+            project: p(project),
+            user: u(user),
+            groups: groups.iter().map(|x| g(x)).collect(),
+            remote: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            expires_unix: u64::MAX,
+        }
+    }
+
+    async fn add(hub: &Hub, project: &str, user: &str, groups: &[&str]) -> ConnHandle {
+        hub.insert(conn(project, user, groups), 0)
+            .await
+            .expect("no per-user cap")
+    }
+
+    fn env(project: &str, kind: TargetKind, name: &str, payload: &str) -> Envelope {
+        Envelope {
+            version: 1,
+            project: project.into(),
+            kind: kind as i32,
+            name: name.into(),
+            payload: payload.as_bytes().to_vec(),
+            message_id: "m".into(),
+            ..Default::default()
+        }
+    }
+
+    /// What the connection task would get now: its frames, or its close.
+    fn take(hub: &Hub, h: ConnHandle) -> Result<Vec<Bytes>, Closing> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut q = VecDeque::new();
+        match hub.poll_outgoing(h, &mut cx, &mut q, true) {
+            Poll::Ready(Outgoing::Frames) => Ok(q.into()),
+            Poll::Ready(Outgoing::Close(c)) => Err(c),
+            Poll::Pending => Ok(Vec::new()),
+        }
+    }
+
+    /// The payloads of the `msg` frames queued for `h`.
+    fn msgs(hub: &Hub, h: ConnHandle) -> Vec<String> {
+        take(hub, h)
+            .expect("open")
+            .iter()
+            .map(|f| {
+                let header = match f[1] {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                let text = String::from_utf8_lossy(&f[header..]).into_owned();
+                let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+                v["data"].to_string()
+            })
+            .collect()
+    }
+
+    fn closed_with(hub: &Hub, h: ConnHandle) -> Option<CloseCode> {
+        take(hub, h).err().map(|c| c.code)
+    }
+
+    /// A registry that never answers a write (an unreachable Redis behind a hung connection).
+    struct Unanswering;
+
+    #[async_trait]
+    impl Registry for Unanswering {
+        async fn heartbeat(&self, _: &EdgeId) -> Result<Liveness, RegistryError> {
+            std::future::pending().await
+        }
+        async fn update(&self, _: &EdgeId, _: &[InterestChange]) -> Result<(), RegistryError> {
+            std::future::pending().await
+        }
+        async fn resync(&self, _: &EdgeId, _: &[InterestKey]) -> Result<(), RegistryError> {
+            std::future::pending().await
+        }
+        async fn deregister(&self, _: &EdgeId) -> Result<(), RegistryError> {
+            std::future::pending().await
+        }
+        async fn edges_for(&self, _: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+            std::future::pending().await
+        }
+        async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+            std::future::pending().await
+        }
+        async fn claim_idempotency_key(
+            &self,
+            _: &ProjectId,
+            _: &str,
+            _: Duration,
+        ) -> Result<bool, RegistryError> {
+            std::future::pending().await
+        }
+        async fn release_idempotency_key(
+            &self,
+            _: &ProjectId,
+            _: &str,
+        ) -> Result<(), RegistryError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_and_join_are_answered_at_the_registration_deadline() {
+        let hub = hub_with(
+            HubConfig {
+                registration_timeout: Duration::from_millis(200),
+                ..cfg()
+            },
+            Some(Arc::new(Unanswering)),
+        );
+        let started = Instant::now();
+        let h = tokio::time::timeout(Duration::from_secs(5), add(&hub, "a", "alice", &["news"]))
+            .await
+            .expect("the connect waits no longer than its deadline");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let started = Instant::now();
+        let joined = tokio::time::timeout(Duration::from_secs(5), hub.join(h, g("sport"), 10))
+            .await
+            .expect("the join waits no longer than its deadline");
+        assert_eq!(joined, JoinOutcome::Joined);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // The connection is served meanwhile: local delivery needs no registry.
+        hub.deliver(&env("a", TargetKind::Group, "sport", "1"));
+        assert_eq!(msgs(&hub, h), ["1"]);
+        assert!(hub.interest().pending() > 0, "the writes still wait");
+    }
+
+    #[tokio::test]
+    async fn connect_waits_for_the_registry_to_hold_the_user() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let hub = hub_with(cfg(), Some(registry.clone()));
+        add(&hub, "a", "alice", &["news"]).await;
+        let e1 = EdgeId::new("e1").expect("edge");
+        assert_eq!(
+            registry
+                .edges_for(&InterestKey::User(p("a"), u("alice")))
+                .await
+                .expect("lookup"),
+            vec![e1.clone()]
+        );
+        assert_eq!(
+            registry
+                .edges_for(&InterestKey::Group(p("a"), g("news")))
+                .await
+                .expect("lookup"),
+            vec![e1]
+        );
+    }
+
+    #[tokio::test]
+    async fn delivers_by_broadcast_group_and_user_within_the_project_only() {
+        let hub = hub_with(cfg(), None);
+        let alice1 = add(&hub, "a", "alice", &["news"]).await;
+        let alice2 = add(&hub, "a", "alice", &[]).await;
+        let bob = add(&hub, "a", "bob", &["news", "sport"]).await;
+        // Another project with the same user and group names.
+        let other = add(&hub, "b", "alice", &["news"]).await;
+
+        hub.deliver(&env("a", TargetKind::Broadcast, "", "1"));
+        hub.deliver(&env("a", TargetKind::Group, "news", "2"));
+        hub.deliver(&env("a", TargetKind::User, "alice", "3"));
+        hub.deliver(&env("a", TargetKind::Group, "sport", "4"));
+        hub.deliver(&env("a", TargetKind::User, "nobody", "5"));
+        hub.deliver(&env("a", TargetKind::Group, "none", "6"));
+        hub.deliver(&env("a", TargetKind::Unspecified, "alice", "7"));
+        hub.deliver(&env("b", TargetKind::Group, "news", "8"));
+
+        assert_eq!(msgs(&hub, alice1), ["1", "2", "3"]);
+        assert_eq!(msgs(&hub, alice2), ["1", "3"]);
+        assert_eq!(msgs(&hub, bob), ["1", "2", "4"]);
+        assert_eq!(msgs(&hub, other), ["8"]);
+        assert!(msgs(&hub, alice1).is_empty(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn one_encoded_frame_is_shared_by_every_recipient() {
+        let hub = hub_with(cfg(), None);
+        let hs = [
+            add(&hub, "a", "u1", &["g"]).await,
+            add(&hub, "a", "u2", &["g"]).await,
+        ];
+        hub.deliver(&env("a", TargetKind::Group, "g", "1"));
+        let a = take(&hub, hs[0]).expect("open");
+        let b = take(&hub, hs[1]).expect("open");
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "the frame was encoded twice");
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_is_closed_and_others_go_on() {
+        let hub = hub_with(cfg(), None);
+        let slow = add(&hub, "a", "slow", &["g"]).await;
+        let fast = add(&hub, "a", "fast", &["g"]).await;
+        let payload = "x".repeat(1000);
+        let json = format!("\"{payload}\"");
+        for _ in 0..10 {
+            hub.deliver(&env("a", TargetKind::Group, "g", &json));
+            assert_eq!(msgs(&hub, fast).len(), 1);
+        }
+        assert_eq!(closed_with(&hub, slow), Some(CloseCode::SlowConsumer));
+        hub.remove(slow);
+        hub.deliver(&env("a", TargetKind::Group, "g", "1"));
+        assert_eq!(msgs(&hub, fast), ["1"]);
+    }
+
+    #[tokio::test]
+    async fn the_per_user_cap_counts_devices_on_this_edge() {
+        let hub = hub_with(cfg(), None);
+        let first = hub
+            .insert(conn("a", "alice", &[]), 2)
+            .await
+            .expect("1 of 2");
+        hub.insert(conn("a", "alice", &[]), 2)
+            .await
+            .expect("2 of 2");
+        assert!(hub.insert(conn("a", "alice", &[]), 2).await.is_none());
+        assert!(hub.insert(conn("b", "alice", &[]), 2).await.is_some());
+        assert!(hub.insert(conn("a", "bob", &[]), 2).await.is_some());
+        hub.remove(first);
+        assert!(hub.insert(conn("a", "alice", &[]), 2).await.is_some());
+        assert_eq!(hub.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_move_delivery_and_interest() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let hub = hub_with(cfg(), Some(registry.clone()));
+        let key = InterestKey::Group(p("a"), g("news"));
+        let h = add(&hub, "a", "alice", &[]).await;
+        assert_eq!(hub.join(h, g("news"), 2).await, JoinOutcome::Joined);
+        assert_eq!(
+            hub.join(h, g("news"), 2).await,
+            JoinOutcome::Joined,
+            "again"
+        );
+        assert_eq!(hub.join(h, g("sport"), 2).await, JoinOutcome::Joined);
+        assert_eq!(hub.join(h, g("more"), 2).await, JoinOutcome::TooMany);
+        assert_eq!(registry.edges_for(&key).await.expect("lookup").len(), 1);
+        assert!(hub.holds(&key));
+        hub.deliver(&env("a", TargetKind::Group, "news", "1"));
+        assert!(hub.leave(h, &g("news")));
+        assert!(!hub.leave(h, &g("news")), "not a member any more");
+        hub.deliver(&env("a", TargetKind::Group, "news", "2"));
+        assert_eq!(msgs(&hub, h), ["1"]);
+        assert!(!hub.holds(&key));
+        // The removal is not awaited: wait for it.
+        let until = Instant::now() + Duration::from_secs(5);
+        while !registry.edges_for(&key).await.expect("lookup").is_empty() {
+            assert!(Instant::now() < until, "group still registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The last device leaving takes the user's interest with it.
+        let user = InterestKey::User(p("a"), u("alice"));
+        assert!(hub.holds(&user));
+        hub.remove(h);
+        assert!(!hub.holds(&user));
+        assert!(hub.is_empty());
+        assert_eq!(
+            hub.join(h, g("x"), 2).await,
+            JoinOutcome::Joined,
+            "gone: no-op"
+        );
+    }
+
+    #[tokio::test]
+    async fn ticks_ping_idle_connections_then_close_silent_and_expired_ones() {
+        let hub = hub_with(cfg(), None);
+        let silent = add(&hub, "a", "silent", &[]).await;
+        let alive = add(&hub, "a", "alive", &[]).await;
+        let expiring = hub
+            .insert(
+                NewConn {
+                    expires_unix: unix_now().as_secs(),
+                    ..conn("a", "expiring", &[])
+                },
+                0,
+            )
+            .await
+            .expect("inserted");
+        hub.tick();
+        assert_eq!(closed_with(&hub, expiring), Some(CloseCode::TokenExpired));
+        // A ping goes after the ping interval (1 s); the silent peer is closed a pong timeout
+        // (1 s) later, while the one that answers stays.
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut pinged = false;
+        loop {
+            hub.tick();
+            hub.touch(alive);
+            if let Ok(frames) = take(&hub, silent) {
+                if frames.iter().any(|f| f[..] == ping_frame()[..]) {
+                    pinged = true;
+                }
+            } else {
+                break;
+            }
+            assert!(Instant::now() < until, "never closed (pinged: {pinged})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(pinged, "closed before any ping");
+        assert_eq!(closed_with(&hub, silent), Some(CloseCode::PingTimeout));
+        assert!(take(&hub, alive).is_ok());
+        // A refreshed token moves the expiry.
+        hub.set_expiry(alive, unix_now().as_secs());
+        hub.tick();
+        assert_eq!(closed_with(&hub, alive), Some(CloseCode::TokenExpired));
+    }
+
+    #[tokio::test]
+    async fn control_counts_lists_and_disconnects() {
+        let hub = hub_with(cfg(), None);
+        let a1 = add(&hub, "a", "alice", &["news"]).await;
+        let a2 = add(&hub, "a", "alice", &[]).await;
+        let b = add(&hub, "a", "bob", &["news"]).await;
+        let other = add(&hub, "b", "alice", &["news"]).await;
+
+        let ControlReply::Count(all) = hub.control(&ControlRequest::Count { project: None }) else {
+            panic!("not a count");
+        };
+        assert_eq!(all, HashMap::from([("a".into(), 3), ("b".into(), 1)]));
+        let ControlReply::Count(one) = hub.control(&ControlRequest::Count {
+            project: Some(p("b")),
+        }) else {
+            panic!("not a count");
+        };
+        assert_eq!(one, HashMap::from([("b".into(), 1)]));
+
+        let list = |of| match hub.control(&ControlRequest::List {
+            project: p("a"),
+            of,
+        }) {
+            ControlReply::List(mut l) => {
+                l.sort_by(|x, y| x.id.cmp(&y.id));
+                l
+            }
+            _ => panic!("not a list"),
+        };
+        let news = list(ListOf::Group(g("news")));
+        let ids: Vec<&str> = news.iter().map(|c| c.id.as_str()).collect();
+        let mut want = [
+            hub.connection_id(a1.number).to_string(),
+            hub.connection_id(b.number).to_string(),
+        ];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(news.iter().all(|c| c.edge == "e1" && c.groups == ["news"]));
+        assert_eq!(list(ListOf::User(u("alice"))).len(), 2);
+        assert!(list(ListOf::User(u("nobody"))).is_empty());
+
+        let kick = |who| {
+            hub.control(&ControlRequest::Disconnect {
+                project: p("a"),
+                who,
+                reconnect_after_ms: 0,
+            })
+        };
+        let by_id = |h: ConnHandle| DisconnectWho::Connection(hub.connection_id(h.number).into());
+        // Another project's connection, a malformed id and another edge's id close nothing.
+        for who in [
+            by_id(other),
+            DisconnectWho::Connection("nonsense".into()),
+            DisconnectWho::Connection(format!("e2-{}", a2.number)),
+            DisconnectWho::Connection(format!("e1-0{}", a2.number)),
+        ] {
+            assert!(matches!(kick(who), ControlReply::Disconnected(0)));
+        }
+        assert!(matches!(kick(by_id(a2)), ControlReply::Disconnected(1)));
+        assert_eq!(
+            closed_with(&hub, a2),
+            Some(CloseCode::DisconnectedByOperator)
+        );
+        assert!(matches!(
+            kick(DisconnectWho::User(u("alice"))),
+            ControlReply::Disconnected(1)
+        ));
+        assert_eq!(
+            closed_with(&hub, a1),
+            Some(CloseCode::DisconnectedByOperator)
+        );
+        assert!(take(&hub, b).is_ok());
+        assert!(take(&hub, other).is_ok());
+    }
+
+    #[tokio::test]
+    async fn close_all_closes_every_connection_and_those_that_come_later() {
+        let hub = hub_with(cfg(), None);
+        let before = add(&hub, "a", "u", &[]).await;
+        assert_eq!(hub.close_all(CloseCode::GoingAway, 0), 1);
+        let after = add(&hub, "a", "v", &[]).await;
+        for h in [before, after] {
+            assert_eq!(closed_with(&hub, h), Some(CloseCode::GoingAway));
+        }
     }
 }

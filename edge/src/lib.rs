@@ -111,7 +111,6 @@ pub struct Edge {
     listeners: Vec<(TcpListener, Arc<Bound>)>,
     tls_reload: TlsReload,
     registry: Arc<dyn Registry>,
-    interest: Arc<interest::Interest>,
 }
 
 struct HubHandler(Arc<Hub>);
@@ -132,11 +131,32 @@ impl EdgeHandler for HubHandler {
 }
 
 impl Edge {
-    /// Binds the listener and attaches the edge to the registry and the bus.
+    /// Binds the listener and attaches the edge to a shared registry (a cluster edge) and the
+    /// bus.
     pub async fn bind(
         cfg: EdgeConfig,
         keys: Arc<ArcSwap<AuthKeys>>,
         registry: Arc<dyn Registry>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, EdgeError> {
+        Self::bind_with(cfg, keys, Some(registry), bus).await
+    }
+
+    /// Binds the listener of the only edge of a single node, whose hub is the registry
+    /// ([`local::LocalRegistry`], then given by [`Edge::registry`] to the router), and attaches
+    /// it to the bus.
+    pub async fn bind_single(
+        cfg: EdgeConfig,
+        keys: Arc<ArcSwap<AuthKeys>>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, EdgeError> {
+        Self::bind_with(cfg, keys, None, bus).await
+    }
+
+    async fn bind_with(
+        cfg: EdgeConfig,
+        keys: Arc<ArcSwap<AuthKeys>>,
+        registry: Option<Arc<dyn Registry>>,
         bus: Arc<dyn Bus>,
     ) -> Result<Self, EdgeError> {
         let edge_id = EdgeId::new(&cfg.id)?;
@@ -167,7 +187,6 @@ impl Edge {
         } else {
             cfg.shards
         };
-        let interest = interest::Interest::start(edge_id.clone(), registry.clone());
         let hub = Hub::new(
             edge_id.clone(),
             HubConfig {
@@ -176,10 +195,15 @@ impl Edge {
                 ping_interval: Duration::from_secs(cfg.ping_interval_secs),
                 pong_timeout: Duration::from_secs(cfg.pong_timeout_secs),
                 token_leeway: Duration::from_secs(cfg.token_leeway_secs),
+                max_pending_interest: cfg.max_pending_interest,
+                registration_timeout: Duration::from_millis(cfg.registration_timeout_ms),
             },
-            interest.clone(),
+            registry.clone(),
         );
-        interest.set_hub(&hub);
+        let registry: Arc<dyn Registry> = match registry {
+            Some(r) => r,
+            None => local::LocalRegistry::new(hub.clone()),
+        };
         // Known alive before the first client is accepted, so a router never drops its messages
         // as addressed to an unknown edge. Failing that, the liveness loop keeps trying.
         match tokio::time::timeout(Duration::from_secs(5), registry.heartbeat(&edge_id)).await {
@@ -210,8 +234,13 @@ impl Edge {
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),
             registry,
-            interest,
         })
+    }
+
+    /// The registry this edge registers with: the shared one, or on a single node the one its
+    /// hub answers.
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        self.registry.clone()
     }
 
     /// The address the first listener is bound to.
@@ -250,7 +279,6 @@ impl Edge {
         let ticker = tokio::spawn(tick_loop(shared.clone(), cancel.clone()));
         let liveness = tokio::spawn(liveness_loop(
             shared.hub.clone(),
-            self.interest.clone(),
             self.registry.clone(),
             cancel.clone(),
         ));
@@ -373,12 +401,7 @@ async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
 /// flushed registry, an expiry while unreachable) or the registry was unreachable, the edge's
 /// whole interest is written again. Failures are retried with backoff and jitter; the edge goes
 /// on serving its clients meanwhile.
-async fn liveness_loop(
-    hub: Arc<Hub>,
-    interest: Arc<interest::Interest>,
-    registry: Arc<dyn Registry>,
-    cancel: CancellationToken,
-) {
+async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: CancellationToken) {
     let edge = hub.edge().clone();
     let mut failures = 0u32;
     let mut first = true;
@@ -396,7 +419,7 @@ async fn liveness_loop(
                 if liveness == Liveness::Registered || failures > 0 || first {
                     tracing::info!(?liveness, "registering the edge's whole interest");
                     metrics::counter!("herald_edge_resyncs_total").increment(1);
-                    drop(interest.resync());
+                    drop(hub.interest().resync());
                 }
                 first = false;
                 failures = 0;

@@ -1,7 +1,9 @@
 //! The registry of a single-node Herald: one edge, whose hub is the truth. It keeps nothing per
 //! connection of its own; the router's lookups ask the hub, idempotency keys are kept in memory.
+//! The hub writes no registry of its own ([`Hub::new`] without one), so the two do not point at
+//! each other: this registry is a view of the hub.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,27 +17,18 @@ use crate::hub::Hub;
 /// A [`Registry`] for one edge in the same process.
 pub struct LocalRegistry {
     edge: EdgeId,
-    hub: OnceLock<Weak<Hub>>,
+    hub: Arc<Hub>,
     idempotency: MemoryRegistry,
 }
 
 impl LocalRegistry {
-    /// A registry for the edge `edge`; call [`attach`](Self::attach) once its hub exists.
-    pub fn new(edge: EdgeId) -> Arc<Self> {
+    /// The registry answered by `hub` (a hub built without a registry of its own).
+    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
         Arc::new(Self {
-            edge,
-            hub: OnceLock::new(),
+            edge: hub.edge().clone(),
+            hub,
             idempotency: MemoryRegistry::new(),
         })
-    }
-
-    /// Points the registry at the edge's hub.
-    pub fn attach(&self, hub: &Arc<Hub>) {
-        let _ = self.hub.set(Arc::downgrade(hub));
-    }
-
-    fn hub(&self) -> Option<Arc<Hub>> {
-        self.hub.get().and_then(Weak::upgrade)
     }
 }
 
@@ -64,8 +57,7 @@ impl Registry for LocalRegistry {
     }
 
     async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
-        let holds = self.hub().is_some_and(|h| h.holds(key));
-        Ok(if holds {
+        Ok(if self.hub.holds(key) {
             vec![self.edge.clone()]
         } else {
             Vec::new()
@@ -73,11 +65,7 @@ impl Registry for LocalRegistry {
     }
 
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
-        Ok(if self.hub().is_some() {
-            vec![self.edge.clone()]
-        } else {
-            Vec::new()
-        })
+        Ok(vec![self.edge.clone()])
     }
 
     async fn claim_idempotency_key(

@@ -12,11 +12,9 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisRegistry};
 use herald_core::bus::{Bus, MemoryBus};
-use herald_core::ids::EdgeId;
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
 use herald_core::registry::Registry;
 use herald_edge::limits::Limits;
-use herald_edge::local::LocalRegistry;
 use herald_edge::{AuthKeys, Edge};
 use herald_router::{ApiKeys, Router};
 use tokio::signal::unix::{SignalKind, signal};
@@ -187,17 +185,9 @@ async fn build_nodes(
 ) -> anyhow::Result<Nodes> {
     if !cfg.cluster.clustered() {
         // One edge in this process: its hub answers the router's lookups, nothing is kept twice.
-        let local = LocalRegistry::new(EdgeId::new(&cfg.edge.id)?);
-        let registry: Arc<dyn Registry> = local.clone();
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        let edge = Edge::bind(
-            cfg.edge.clone(),
-            auth.clone(),
-            registry.clone(),
-            bus.clone(),
-        )
-        .await?;
-        local.attach(edge.hub());
+        let edge = Edge::bind_single(cfg.edge.clone(), auth.clone(), bus.clone()).await?;
+        let registry = edge.registry();
         let router = Router::bind(
             cfg.router.clone(),
             api.clone(),
