@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::proto::bus::{Envelope, TargetKind};
 
 /// WebSocket opcode of a text frame.
-const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// WebSocket opcode of a binary frame.
 pub(crate) const OP_BINARY: u8 = 0x2;
 /// WebSocket opcode of a ping frame.

@@ -13,6 +13,7 @@
 //!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
 //! - `conn`: the one task per connection that reads frames and writes queued bytes.
 //! - [`mqtt`]: the MQTT 3.1.1 and 5.0 codec (packets, encode-once delivery, reason codes).
+//! - [`stomp`]: STOMP over WebSocket: frames, destinations, encode-once `MESSAGE` templates.
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
@@ -29,6 +30,7 @@ pub mod local;
 pub mod mqtt;
 pub mod protocol;
 pub mod proxy;
+pub mod stomp;
 pub mod tls;
 
 use std::net::SocketAddr;
