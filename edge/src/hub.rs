@@ -1229,7 +1229,7 @@ mod tests {
                 reconnect_after_ms: 0,
             })
         };
-        let by_id = |h: ConnHandle| DisconnectWho::Connection(hub.connection_id(h.number).into());
+        let by_id = |h: ConnHandle| DisconnectWho::Connection(hub.connection_id(h.number));
         // Another project's connection, a malformed id and another edge's id close nothing.
         for who in [
             by_id(other),
