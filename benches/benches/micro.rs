@@ -73,6 +73,7 @@ fn fanout(c: &mut Criterion) {
                         groups: vec![group.clone()],
                         remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
                         expires_unix: u64::MAX,
+                        wire: Default::default(),
                     },
                     0,
                 )

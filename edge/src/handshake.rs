@@ -7,16 +7,31 @@ use http::{Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::create_response;
 
-use crate::protocol::SUPPORTED_PROTOCOLS;
+use herald_core::ids::ProjectId;
+
+use crate::codec::Wire;
 
 /// The largest upgrade request accepted (request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 8192;
 
+/// The project a request's path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathProject {
+    /// `/ws/{project}` (or `/mqtt/{project}`) with a valid project id.
+    Id(ProjectId),
+    /// A name that cannot be a project id: refused as an unknown project.
+    Invalid,
+    /// `/mqtt`: the project comes with the protocol's connect frame (the MQTT username).
+    FromConnect,
+}
+
 /// A parsed, acceptable upgrade request.
 #[derive(Debug)]
 pub struct Upgrade {
-    /// The project named by the path `/ws/{project}`.
-    pub project: String,
+    /// The project named by the path.
+    pub project: PathProject,
+    /// The protocol the client speaks, from the path and the sub-protocol.
+    pub wire: Wire,
     /// A token from `Authorization: Bearer` or the `token` query parameter.
     pub token: Option<String>,
     /// The sub-protocol to echo, when the client offered any.
@@ -106,17 +121,10 @@ fn to_http(req: &httparse::Request<'_, '_>) -> Result<Request<()>, HandshakeErro
 }
 
 fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeError> {
-    let project = request
-        .uri()
-        .path()
-        .strip_prefix("/ws/")
-        .map(|p| p.trim_end_matches('/'))
-        .filter(|p| !p.is_empty() && !p.contains('/'))
-        .ok_or(HandshakeError::NotFound)?
-        .to_string();
+    let (path_wire, project) = route(request.uri().path()).ok_or(HandshakeError::NotFound)?;
     let response =
         create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
-    let protocol = choose_protocol(&request)?;
+    let (wire, protocol) = choose_protocol(&request, path_wire)?;
     let token = bearer(&request).or_else(|| query_token(&request));
     let origin = request
         .headers()
@@ -136,6 +144,7 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         .map(str::to_string);
     Ok(Upgrade {
         project,
+        wire,
         token,
         protocol,
         origin,
@@ -146,8 +155,37 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
     })
 }
 
-/// The first offered sub-protocol Herald speaks; `None` when none was offered.
-fn choose_protocol(request: &Request<()>) -> Result<Option<&'static str>, HandshakeError> {
+/// The wire a path fixes (`None`: chosen by the sub-protocol) and the project it names.
+fn route(path: &str) -> Option<(Option<Wire>, PathProject)> {
+    let project = |name: &str| match ProjectId::new(name) {
+        Ok(p) => PathProject::Id(p),
+        Err(_) => PathProject::Invalid,
+    };
+    let one_segment = |rest: &str| {
+        let rest = rest.trim_end_matches('/');
+        (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+    };
+    if let Some(rest) = path.strip_prefix("/ws/") {
+        return one_segment(rest).map(|name| (None, project(&name)));
+    }
+    if Wire::Mqtt.available() {
+        if path.trim_end_matches('/') == "/mqtt" {
+            return Some((Some(Wire::Mqtt), PathProject::FromConnect));
+        }
+        if let Some(rest) = path.strip_prefix("/mqtt/") {
+            return one_segment(rest).map(|name| (Some(Wire::Mqtt), project(&name)));
+        }
+    }
+    None
+}
+
+/// The wire and the sub-protocol to echo: the first offered sub-protocol Herald speaks (on a
+/// path fixing the wire, one of that wire's); with none offered, the path's wire or the native
+/// protocol.
+fn choose_protocol(
+    request: &Request<()>,
+    path_wire: Option<Wire>,
+) -> Result<(Wire, Option<&'static str>), HandshakeError> {
     let mut offered = request
         .headers()
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -158,11 +196,21 @@ fn choose_protocol(request: &Request<()>) -> Result<Option<&'static str>, Handsh
         .filter(|p| !p.is_empty())
         .peekable();
     if offered.peek().is_none() {
-        return Ok(None);
+        return Ok((path_wire.unwrap_or_default(), None));
     }
+    let wires: &[Wire] = match &path_wire {
+        Some(w) => std::slice::from_ref(w),
+        None => &[Wire::Native, Wire::Mqtt, Wire::Stomp],
+    };
     offered
-        .find_map(|p| SUPPORTED_PROTOCOLS.iter().find(|s| **s == p).copied())
-        .map(Some)
+        .find_map(|p| {
+            wires.iter().find_map(|w| {
+                w.sub_protocols()
+                    .iter()
+                    .find(|s| **s == p)
+                    .map(|s| (*w, Some(*s)))
+            })
+        })
         .ok_or(HandshakeError::UnsupportedProtocol)
 }
 

@@ -24,7 +24,8 @@ use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::frame::{message_frame, ping_frame};
+use crate::codec::{Wire, encode};
+use crate::frame::ping_frame;
 use crate::interest::Interest;
 
 /// Hub settings.
@@ -97,6 +98,8 @@ struct Conn {
     remote: SocketAddr,
     since_unix_ms: i64,
     expires_unix: u64,
+    /// The protocol it speaks: which encoding of a message it gets.
+    wire: Wire,
     outbox: VecDeque<Bytes>,
     queued: usize,
     waker: Option<Waker>,
@@ -226,6 +229,8 @@ pub struct NewConn {
     pub remote: SocketAddr,
     /// Token expiry, Unix seconds.
     pub expires_unix: u64,
+    /// The protocol it speaks.
+    pub wire: Wire,
 }
 
 /// Result of a join.
@@ -347,6 +352,7 @@ impl Hub {
                 remote: c.remote,
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
+                wire: c.wire,
                 outbox: VecDeque::new(),
                 queued: 0,
                 waker: None,
@@ -573,7 +579,8 @@ impl Hub {
             }
             TargetKind::Broadcast => &mut (0..self.shards.len()),
         };
-        let frame = message_frame(env);
+        // Encoded at most once per protocol among the recipients.
+        let mut frames = Frames::new(env);
         let max = self.cfg.max_queued_bytes;
         let mut delivered = 0u64;
         let mut wake = Vec::new();
@@ -584,7 +591,7 @@ impl Hub {
                 if kind == TargetKind::Broadcast {
                     for (_, c) in shard.conns.iter_mut() {
                         if c.project.as_str() == project {
-                            delivered += push(c, &frame, max, &mut wake) as u64;
+                            delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
                         }
                     }
                 } else {
@@ -596,7 +603,7 @@ impl Hub {
                     let slots = index.map(Slots::as_slice).unwrap_or_default();
                     for slot in slots {
                         if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                            delivered += push(c, &frame, max, &mut wake) as u64;
+                            delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
                         }
                     }
                 }
@@ -791,7 +798,26 @@ fn user_keys(shards: &[Mutex<Shard>]) -> Vec<InterestKey> {
     out
 }
 
-/// Appends a frame to a connection's queue; closes it as a slow consumer on overflow.
+/// A message's encodings, made on first use: one per protocol among its recipients.
+struct Frames<'a> {
+    env: &'a Envelope,
+    by_wire: [Option<Bytes>; Wire::COUNT],
+}
+
+impl<'a> Frames<'a> {
+    fn new(env: &'a Envelope) -> Self {
+        Self {
+            env,
+            by_wire: Default::default(),
+        }
+    }
+
+    fn get(&mut self, wire: Wire) -> &Bytes {
+        let env = self.env;
+        self.by_wire[wire as usize].get_or_insert_with(|| encode(wire, env))
+    }
+}
+
 /// Appends a frame to a connection's queue; closes it as a slow consumer on overflow. The task
 /// to wake (its queue was empty) goes to `wake`, woken once the shard lock is released so it
 /// does not run into the lock still held by the delivery.
@@ -882,6 +908,7 @@ mod tests {
             groups: groups.iter().map(|x| g(x)).collect(),
             remote: SocketAddr::from(([127, 0, 0, 1], 4000)),
             expires_unix: u64::MAX,
+            wire: Wire::Native,
         }
     }
 

@@ -11,15 +11,18 @@
 //! - [`local`]: the registry of a single-node Herald, answered by the hub itself.
 //! - [`listener`]: listener settings, the client address, plain or TLS streams;
 //!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
-//! - `conn`: the one task per connection that reads frames and writes queued bytes.
+//! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
+//!   `session`: the one task per connection, its live session and what codecs may do to it;
+//!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them.
 //! - [`mqtt`]: the MQTT 3.1.1 and 5.0 codec (packets, encode-once delivery, reason codes).
 //! - [`stomp`]: STOMP over WebSocket: frames, destinations, encode-once `MESSAGE` templates.
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
+mod admission;
 pub mod auth;
+pub mod codec;
 pub mod config;
-mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod hub;
@@ -30,8 +33,10 @@ pub mod local;
 pub mod mqtt;
 pub mod protocol;
 pub mod proxy;
+mod session;
 pub mod stomp;
 pub mod tls;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -366,7 +371,7 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, peer)) => {
                 failures = 0;
-                tracker.spawn(conn::ConnTask::new(
+                tracker.spawn(session::ConnTask::new(
                     shared.clone(),
                     bound.clone(),
                     tcp,
@@ -470,7 +475,7 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (listener, bound) = &edge.listeners[0];
         let (tcp, remote) = listener.accept().await.expect("accept");
-        let fut = conn::ConnTask::new(edge.shared.clone(), bound.clone(), tcp, remote);
+        let fut = session::ConnTask::new(edge.shared.clone(), bound.clone(), tcp, remote);
         let size = std::mem::size_of_val(&fut);
         println!("connection future: {size} bytes");
         assert!(size <= 64, "connection future grew to {size} bytes");

@@ -12,9 +12,6 @@ use crate::frame::{push_json_string, text_frame};
 /// The sub-protocol name of the native protocol.
 pub const NATIVE_PROTOCOL: &str = "herald.v1";
 
-/// Sub-protocols this edge speaks, in order of preference.
-pub const SUPPORTED_PROTOCOLS: &[&str] = &[NATIVE_PROTOCOL];
-
 /// A frame from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame<'a> {

@@ -57,6 +57,92 @@ async fn oversized_message_closes_with_1009_and_others_keep_receiving() {
 }
 
 #[tokio::test]
+async fn oversized_first_frame_closes_with_1009_and_a_wrong_one_with_4001() {
+    let herald = herald().edge("max_message_bytes", 4096).start().await;
+    // An `auth` frame of 100 KB: over `max_message_bytes`, whatever it is.
+    let (mut ws, _) = herald
+        .open(&herald.url("alpha", ""), &[])
+        .await
+        .expect("upgrade");
+    let big = format!(r#"{{"type":"auth","token":"{}"}}"#, "x".repeat(100_000));
+    ws.send(Message::text(big)).await.expect("send");
+    let (code, reason, _) = Client { ws }.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+
+    // A first frame of normal size that is not `auth` stays 4001.
+    let (mut ws, _) = herald
+        .open(&herald.url("alpha", ""), &[])
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"ping","id":1}"#))
+        .await
+        .expect("send");
+    let (code, _, _) = Client { ws }.expect_close().await;
+    assert_eq!(code, 4001);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_whose_socket_stays_full_is_dropped_and_counted_apart() {
+    // The queue overflows, and the socket takes nothing within the close timeout: no close frame
+    // can be written, so the connection just ends (documented; counted as `slow_consumer_unsent`).
+    let herald = herald()
+        .edge("max_queued_bytes", 65_536)
+        .edge("close_timeout_ms", 300)
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(herald.ws).await.expect("connect");
+    let url = herald.url("alpha", &format!("token={}", token("alpha", "stuck")));
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade");
+    let mut stuck = Client { ws };
+    assert_eq!(stuck.next_json().await["type"], "welcome");
+
+    // Publish 4 KiB messages until the edge reports the unsent close (the kernel's buffers take
+    // the first few megabytes), never reading.
+    let payload = format!(r#""{}""#, "p".repeat(4096));
+    let unsent = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("herald_edge_closes_total{")
+                && l.contains(r#"code="slow_consumer_unsent""#)
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut sent = 0u32;
+    loop {
+        for _ in 0..100 {
+            send(&mut grpc, publish("alpha", To::Broadcast, &payload)).await;
+        }
+        sent += 100;
+        let (_, metrics) = herald.admin_get("/metrics").await;
+        if unsent(&metrics) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline && sent < 20_000,
+            "no slow_consumer_unsent close after {sent} messages"
+        );
+    }
+
+    // What the client finally reads ends without a close frame.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stuck.ws.next().await {
+                Some(Ok(Message::Close(f))) => return Err(format!("close frame {f:?}")),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    assert_eq!(ended, Ok(()));
+}
+
+#[tokio::test]
 async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
     // The close frame waits behind what the kernel buffered; give the slow reader time to get there.
     let herald = herald()

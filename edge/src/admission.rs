@@ -1,0 +1,498 @@
+//! Admission: everything between an accepted socket and an authenticated client, whatever
+//! protocol it speaks: the PROXY header, TLS, the upgrade request, the defences (address and
+//! origin lists, rates, caps), the token (from the request, a client certificate, or the
+//! protocol's own connect frame read by its codec).
+//!
+//! Every way a client is refused is one [`Refused`], which knows its HTTP status (before the
+//! upgrade), its close code (after it) and its metric; what a connection counts against the
+//! limits is held by one [`Counted`] guard that gives everything back when dropped.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::codes::CloseCode;
+use herald_core::ids::ProjectId;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
+
+use crate::auth::{AuthError, Identity};
+use crate::codec::{Codec, Hello};
+use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
+use crate::limits::{Limits, Refusal};
+use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
+use crate::ws::{self, WriteQueue};
+use crate::{Bound, Shared, proxy, tls};
+
+/// Why a client was refused; one value answers it (HTTP status before the upgrade, close code
+/// after it) and counts it.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The defences (address and origin lists, rates, caps): `herald_edge_refused_total`.
+    Limit(Refusal),
+    /// The upgrade request itself: `herald_edge_handshake_failures_total{reason="refused"}`.
+    Handshake(HandshakeError),
+    /// The token: `herald_edge_connects_total{result=<close code label>}`.
+    Auth(AuthError),
+    /// Any other refusal with a close code (too many connections of the user, a first frame too
+    /// big): `herald_edge_connects_total{result=<label>}`.
+    Close(CloseCode),
+}
+
+impl Refused {
+    /// The HTTP status answering it before the upgrade.
+    pub(crate) fn http_status(&self) -> http::StatusCode {
+        match self {
+            Refused::Limit(r) => r.status(),
+            Refused::Handshake(e) => e.status(),
+            Refused::Auth(_) | Refused::Close(_) => {
+                http::StatusCode::from_u16(self.close_code().http_status())
+                    .unwrap_or(http::StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// The close code answering it after the upgrade.
+    pub(crate) fn close_code(&self) -> CloseCode {
+        match self {
+            Refused::Auth(e) => e.close_code(),
+            Refused::Close(c) => *c,
+            Refused::Limit(_) => CloseCode::TooManyConnections,
+            Refused::Handshake(_) => CloseCode::ProtocolError,
+        }
+    }
+
+    /// The body of the HTTP answer and the metric label.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Refused::Limit(r) => r.label(),
+            Refused::Handshake(_) => "refused",
+            Refused::Auth(_) | Refused::Close(_) => self.close_code().label(),
+        }
+    }
+
+    /// Counts it.
+    pub(crate) fn count(&self) {
+        match self {
+            Refused::Limit(r) => r.count(),
+            Refused::Handshake(_) => {
+                metrics::counter!("herald_edge_handshake_failures_total", "reason" => "refused")
+                    .increment(1)
+            }
+            Refused::Auth(_) | Refused::Close(_) => {
+                metrics::counter!("herald_edge_connects_total", "result" => self.label())
+                    .increment(1)
+            }
+        }
+    }
+
+    /// Answers it with an HTTP status (before the upgrade) and closes.
+    async fn answer_http(&self, shared: &Shared, tcp: &mut Stream) {
+        self.count();
+        let body = match self {
+            Refused::Handshake(e) => e.to_string(),
+            Refused::Auth(_) | Refused::Close(_) => self.close_code().reason().to_string(),
+            Refused::Limit(r) => r.label().to_string(),
+        };
+        let retry = match self {
+            Refused::Limit(r) if r.retry() => Some(shared.cfg.limits.retry_after_secs),
+            _ => None,
+        };
+        handshake::refuse_retry(tcp, self.http_status(), &body, retry).await;
+    }
+}
+
+/// What a connection counts against the limits: its place under the edge's cap, its client
+/// address, its project. Everything is given back when the guard is dropped, however the
+/// connection ends.
+pub(crate) struct Counted {
+    limits: Arc<Limits>,
+    ip: Option<IpAddr>,
+    project: Option<ProjectId>,
+}
+
+impl Counted {
+    /// A place under the edge's cap, or the refusal.
+    pub(crate) fn socket(limits: &Arc<Limits>) -> Result<Self, Refusal> {
+        limits.admit_socket()?;
+        Ok(Self {
+            limits: limits.clone(),
+            ip: None,
+            project: None,
+        })
+    }
+
+    /// Counts a connection of `ip`.
+    fn admit_ip(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_none() {
+            self.limits.admit_ip(ip)?;
+            self.ip = Some(ip);
+        }
+        Ok(())
+    }
+
+    /// Counts a connection of `project` on this edge.
+    fn enter_project(&mut self, project: &ProjectId) -> Result<(), Refusal> {
+        if self.project.is_none() {
+            if !self.limits.enter_project(project.as_str()) {
+                return Err(Refusal::ProjectConnections);
+            }
+            self.project = Some(project.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.limits.release_socket();
+        if let Some(ip) = self.ip {
+            self.limits.release_ip(ip);
+        }
+        if let Some(p) = &self.project {
+            self.limits.leave_project(p.as_str());
+        }
+    }
+}
+
+/// An authenticated client, ready for its session.
+pub(crate) struct Admitted {
+    pub(crate) stream: Stream,
+    pub(crate) ctx: WebSocketContext,
+    pub(crate) remote: SocketAddr,
+    pub(crate) counted: Counted,
+    pub(crate) project: ProjectId,
+    pub(crate) identity: Identity,
+    pub(crate) codec: Codec,
+}
+
+/// Answers a client refused at accept (the edge's cap), after reading its request within a
+/// short deadline so the answer is not lost to a reset. On `wss` the answer needs the TLS
+/// handshake first.
+pub(crate) async fn shed(
+    shared: Arc<Shared>,
+    listener: Arc<Bound>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    r: Refusal,
+) {
+    let wait = Duration::from_millis(shared.cfg.handshake_timeout_ms.min(2_000));
+    match open(&listener, tcp, peer, Instant::now() + wait).await {
+        Some((_, mut stream, _)) => {
+            let _ = timeout(wait, handshake::read_request(&mut stream)).await;
+            Refused::Limit(r).answer_http(&shared, &mut stream).await;
+        }
+        None => r.count(),
+    }
+}
+
+/// Admits a client: `None` when it was refused (answered, counted and closed) or went away.
+pub(crate) async fn admit(
+    shared: &Shared,
+    listener: &Bound,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut counted: Counted,
+) -> Option<Admitted> {
+    let cfg = &shared.cfg;
+    let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
+    // One deadline from the accept for everything before the request is whole (PROXY header and
+    // TLS handshake included), however slowly the bytes trickle in.
+    let request_deadline = Instant::now() + handshake_deadline;
+    let (mut addr, mut stream, cert) = open(listener, tcp, peer, request_deadline).await?;
+    let tcp = &mut stream;
+    // The client address the limits count against: the peer's or a PROXY header's, known now;
+    // behind a trusted HTTP proxy, the forwarded one, known once the request is read.
+    let behind_http_proxy = !listener.cfg.forwarded_from.is_empty();
+    if !behind_http_proxy && let Err(r) = counted.admit_ip(addr.ip()) {
+        let wait = Duration::from_millis(cfg.handshake_timeout_ms.min(2_000));
+        let _ = timeout(wait, handshake::read_request(tcp)).await;
+        Refused::Limit(r).answer_http(shared, tcp).await;
+        return None;
+    }
+    let mut up = match timeout_at(request_deadline, handshake::read_request(tcp)).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(HandshakeError::Io(_))) => {
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "io")
+                .increment(1);
+            return None;
+        }
+        Err(_) => {
+            // Slowloris: a request trickled in is cut at the deadline, however it trickles.
+            metrics::counter!("herald_edge_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = %addr.client, error = %e, "upgrade refused");
+            Refused::Handshake(e).answer_http(shared, tcp).await;
+            return None;
+        }
+    };
+    if behind_http_proxy {
+        forwarded(&listener.cfg, &mut addr, &up);
+    }
+    let remote = addr.client;
+    // The project is known from the path, except on `/mqtt` (from the protocol's connect frame).
+    let path_project = match &up.project {
+        PathProject::Id(p) => Some(p.clone()),
+        _ => None,
+    };
+    if let Err(r) = check_client(shared, &mut counted, addr.ip(), path_project.as_ref(), &up) {
+        tracing::debug!(%remote, reason = r.label(), "refused");
+        r.answer_http(shared, tcp).await;
+        return None;
+    }
+    let keys = shared.keys.load();
+    let mut verified = None;
+    if cfg.refuse_before_upgrade && up.wire.token_in_request() {
+        let result = match &path_project {
+            Some(p) if keys.has_project(p.as_str()) => match (&up.token, &cert) {
+                (Some(t), _) => keys.verify(p.as_str(), t),
+                (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
+                    keys.verify_certificate(p.as_str(), c)
+                }
+                (None, _) => Err(AuthError::Missing),
+            },
+            _ => Err(AuthError::UnknownProject),
+        };
+        match result {
+            Ok(id) => verified = Some(id),
+            Err(e) => {
+                Refused::Auth(e).answer_http(shared, tcp).await;
+                return None;
+            }
+        }
+    }
+    drop(keys);
+    if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return None;
+    }
+    let mut ctx = WebSocketContext::from_partially_read(
+        std::mem::take(&mut up.leftover),
+        Role::Server,
+        Some(shared.ws_config),
+    );
+    // A native client of an unknown project is refused at once, before any `auth` frame; the
+    // other protocols are answered in their own terms, after their connect frame.
+    if up.wire.token_in_request()
+        && path_project
+            .as_ref()
+            .is_none_or(|p| !shared.keys.load().has_project(p.as_str()))
+    {
+        let r = Refused::Auth(AuthError::UnknownProject);
+        refuse_upgraded(shared, tcp, &mut ctx, None, &r).await;
+        return None;
+    }
+    // The protocol's connect frame, when it has one or the native client sends `auth`.
+    let needs_hello =
+        !up.wire.token_in_request() || (verified.is_none() && up.token.is_none() && cert.is_none());
+    let mut codec = None;
+    let mut token = up.token.take();
+    let mut project = path_project;
+    if needs_hello {
+        let deadline = Duration::from_millis(cfg.auth_timeout_ms);
+        let hello = match timeout(deadline, ws::read_first(tcp, &mut ctx)).await {
+            Ok(Ok(first)) => Codec::hello(up.wire, first),
+            Ok(Err(e)) => Err(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired)),
+            Err(_) => Err(CloseCode::AuthRequired),
+        };
+        match hello {
+            Ok(Hello {
+                token: t,
+                project: p,
+                codec: c,
+            }) => {
+                token = t.or(token);
+                if project.is_none() {
+                    project = p;
+                }
+                codec = Some(c);
+            }
+            Err(code) => {
+                let r = Refused::Close(code);
+                refuse_upgraded(shared, tcp, &mut ctx, None, &r).await;
+                return None;
+            }
+        }
+    }
+    let mut codec = codec.unwrap_or_else(|| Codec::plain(up.wire));
+    // A project named only by the connect frame is checked against the defences now.
+    if matches!(up.project, PathProject::FromConnect)
+        && let Some(p) = &project
+        && let Err(r) = check_client(shared, &mut counted, addr.ip(), Some(p), &up)
+    {
+        tracing::debug!(%remote, reason = r.label(), "refused");
+        refuse_upgraded(shared, tcp, &mut ctx, Some(&mut codec), &r).await;
+        return None;
+    }
+    let keys = shared.keys.load();
+    let identity = match &project {
+        None => Err(AuthError::UnknownProject),
+        Some(_) if verified.is_some() => verified.ok_or(AuthError::Missing),
+        Some(p) if !keys.has_project(p.as_str()) => Err(AuthError::UnknownProject),
+        Some(p) => match (token, &cert) {
+            (Some(t), _) => keys.verify(p.as_str(), &t),
+            (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
+                keys.verify_certificate(p.as_str(), c)
+            }
+            (None, _) => Err(AuthError::Missing),
+        },
+    };
+    drop(keys);
+    let (identity, project) = match (identity, project) {
+        (Ok(id), Some(p)) => (id, p),
+        (Err(e), _) => {
+            tracing::debug!(%remote, error = %e, "authentication refused");
+            refuse_upgraded(shared, tcp, &mut ctx, Some(&mut codec), &Refused::Auth(e)).await;
+            return None;
+        }
+        (Ok(_), None) => return None,
+    };
+    Some(Admitted {
+        stream,
+        ctx,
+        remote,
+        counted,
+        project,
+        identity,
+        codec,
+    })
+}
+
+/// The defences once the request is read: the client address (behind a trusted HTTP proxy, the
+/// forwarded one), the project's address and origin lists, the project's cap on this edge.
+fn check_client(
+    shared: &Shared,
+    counted: &mut Counted,
+    ip: IpAddr,
+    project: Option<&ProjectId>,
+    up: &Upgrade,
+) -> Result<(), Refused> {
+    counted.admit_ip(ip).map_err(Refused::Limit)?;
+    let Some(project) = project else {
+        return Ok(());
+    };
+    // An unknown project is refused by authentication, with its own code.
+    if !shared.keys.load().has_project(project.as_str()) {
+        return Ok(());
+    }
+    shared
+        .limits
+        .policy()
+        .check_request(project.as_str(), ip, up.origin.as_deref())
+        .map_err(Refused::Limit)?;
+    counted.enter_project(project).map_err(Refused::Limit)
+}
+
+/// Refuses an upgraded client: the protocol's own answer first (when its codec is known), then
+/// the close frame with the refusal's code.
+pub(crate) async fn refuse_upgraded(
+    shared: &Shared,
+    tcp: &mut Stream,
+    ctx: &mut WebSocketContext,
+    codec: Option<&mut Codec>,
+    refused: &Refused,
+) {
+    refused.count();
+    let code = refused.close_code();
+    let mut q = WriteQueue::default();
+    if let Some(answer) = codec.and_then(|c| c.refusal(code)) {
+        q.push(answer);
+    }
+    let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+    ws::close_and_finish(tcp, ctx, &mut q, code, close_timeout).await;
+}
+
+/// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both
+/// before `deadline`: the client's address, the stream, and the verified client certificate if
+/// one was presented. `None`: refused, counted and closed.
+async fn open(
+    listener: &Bound,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(ClientAddr, Stream, Option<tls::ClientCert>)> {
+    let _ = tcp.set_nodelay(true);
+    let mut addr = ClientAddr::direct(peer);
+    let lc = &listener.cfg;
+    if lc.proxy_protocol != ProxyProtocol::Off {
+        if !lc.proxy_trusted(peer.ip()) {
+            metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => "untrusted")
+                .increment(1);
+            tracing::debug!(%peer, "proxy protocol listener: untrusted source, closed");
+            return None;
+        }
+        match timeout_at(deadline, proxy::read_header(&mut tcp, lc.proxy_protocol)).await {
+            Ok(Ok(Some(client))) => {
+                addr.client = client;
+                addr.source = AddrSource::ProxyProtocol;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => e.label())
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "proxy protocol header refused");
+                return None;
+            }
+            Err(_) => {
+                metrics::counter!("herald_edge_proxy_protocol_refused_total", "reason" => "timeout")
+                    .increment(1);
+                return None;
+            }
+        }
+    }
+    let Some(tls) = &listener.tls else {
+        return Some((addr, Stream::Plain(tcp), None));
+    };
+    match timeout_at(deadline, tls::refuse_legacy_hello(&mut tcp)).await {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "version")
+                .increment(1);
+            tracing::debug!(client = %addr.client, "tls 1.0/1.1 client hello refused");
+            return None;
+        }
+        Ok(Err(_)) | Err(_) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            return None;
+        }
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let cert = tls::client_cert(s.get_ref().1);
+            Some((addr, Stream::Tls(Box::new(s)), cert))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "refused")
+                .increment(1);
+            tracing::debug!(client = %addr.client, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("herald_edge_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            None
+        }
+    }
+}
+
+/// Behind a trusted HTTP proxy, the client its forwarded headers name.
+fn forwarded(listener: &crate::listener::ListenerConfig, addr: &mut ClientAddr, up: &Upgrade) {
+    let trusted = &listener.forwarded_from;
+    if trusted.is_empty() || !crate::listener::contains(trusted, addr.client.ip()) {
+        return;
+    }
+    let xff: Vec<&str> = up.forwarded_for.iter().map(String::as_str).collect();
+    let ip = proxy::forwarded_client(addr.ip(), &xff, up.real_ip.as_deref(), trusted);
+    if ip != addr.ip() {
+        addr.client = SocketAddr::new(ip, 0);
+        addr.source = AddrSource::Forwarded;
+    }
+}

@@ -1,0 +1,178 @@
+//! Client protocols as codecs over one session layer.
+//!
+//! Admission, the session (hub membership, limits, queue, liveness, metrics) and the WebSocket
+//! transport are shared; a codec only turns the protocol's frames into session operations and
+//! the session's events into the protocol's frames:
+//! - [`Codec::hello`]: the protocol's connect frame (native `auth`, MQTT `CONNECT`, STOMP
+//!   `CONNECT`), giving the token and, where the protocol carries it, the project;
+//! - [`Codec::welcome`] / [`Codec::refusal`]: the answer to it;
+//! - [`Codec::on_message`]: a client frame of a live session, acted on through [`SessionOps`];
+//! - [`Codec::render`]: the frames just taken from the hub, completed per connection where the
+//!   protocol needs it (packet ids, subscription ids), before they are written;
+//! - [`Codec::closing`]: what to send before a server-initiated close.
+//!
+//! Delivery is encoded once per wire ([`encode`]): every recipient speaking the same protocol
+//! gets the same bytes.
+//!
+//! [`SessionOps`]: crate::session::SessionOps
+
+pub(crate) mod native;
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use herald_core::codes::CloseCode;
+use herald_core::ids::ProjectId;
+use herald_core::proto::bus::Envelope;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::session::{Next, SessionOps};
+
+/// The protocol a connection speaks, chosen at the upgrade (path and sub-protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Wire {
+    /// `herald.v1` (JSON text frames), the default.
+    #[default]
+    Native = 0,
+    /// MQTT 3.1.1 and 5.0 over WebSocket.
+    Mqtt = 1,
+    /// STOMP 1.0-1.2 over WebSocket.
+    Stomp = 2,
+}
+
+impl Wire {
+    /// How many wires there are (for per-wire tables).
+    pub const COUNT: usize = 3;
+
+    /// A label for metrics (`protocol`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Wire::Native => "native",
+            Wire::Mqtt => "mqtt",
+            Wire::Stomp => "stomp",
+        }
+    }
+
+    /// The WebSocket sub-protocols selecting this wire on `/ws/{project}`, in order of
+    /// preference. A wire whose codec this edge lacks has none.
+    pub fn sub_protocols(self) -> &'static [&'static str] {
+        match self {
+            Wire::Native => &[crate::protocol::NATIVE_PROTOCOL],
+            Wire::Mqtt | Wire::Stomp => &[],
+        }
+    }
+
+    /// Whether this edge speaks the wire at all.
+    pub fn available(self) -> bool {
+        !self.sub_protocols().is_empty()
+    }
+
+    /// Whether a token in the upgrade request (header, query, client certificate) stands alone:
+    /// the native protocol then has no connect frame; MQTT and STOMP always send one.
+    pub fn token_in_request(self) -> bool {
+        self == Wire::Native
+    }
+}
+
+/// What a protocol's connect frame gives.
+pub(crate) struct Hello {
+    /// The token, when the frame carries one (otherwise the request's, if any).
+    pub(crate) token: Option<String>,
+    /// The project, when the protocol names it (MQTT on `/mqtt`: the username).
+    pub(crate) project: Option<ProjectId>,
+    /// The codec's state for the session.
+    pub(crate) codec: Codec,
+}
+
+/// What a welcome says.
+pub(crate) struct Welcome<'a> {
+    /// The connection's public id.
+    pub(crate) connection_id: &'a str,
+    /// The user.
+    pub(crate) user: &'a str,
+    /// The groups joined from the token.
+    pub(crate) groups: &'a [&'a str],
+    /// The server's ping interval.
+    pub(crate) ping_interval_secs: u64,
+    /// The token's expiry, Unix seconds.
+    pub(crate) expires_unix: u64,
+}
+
+/// A live connection's protocol state.
+pub(crate) enum Codec {
+    /// `herald.v1`: no state beyond the session's.
+    Native,
+}
+
+impl Codec {
+    /// The codec of a client whose token came with the request and that sends no connect frame.
+    pub(crate) fn plain(wire: Wire) -> Self {
+        debug_assert!(wire.token_in_request());
+        Codec::Native
+    }
+
+    /// The protocol this codec speaks.
+    pub(crate) fn wire(&self) -> Wire {
+        match self {
+            Codec::Native => Wire::Native,
+        }
+    }
+
+    /// Reads the protocol's connect frame (the first data message after the upgrade).
+    pub(crate) fn hello(wire: Wire, first: Message) -> Result<Hello, CloseCode> {
+        match wire {
+            Wire::Native => native::hello(first),
+            // Never chosen at the upgrade while their codecs are absent (no sub-protocols).
+            Wire::Mqtt | Wire::Stomp => Err(CloseCode::ProtocolError),
+        }
+    }
+
+    /// The answer to an accepted connect.
+    pub(crate) fn welcome(&self, w: &Welcome<'_>) -> Bytes {
+        match self {
+            Codec::Native => native::welcome(w),
+        }
+    }
+
+    /// The protocol's answer to a refused connect, sent before the close frame.
+    pub(crate) fn refusal(&mut self, code: CloseCode) -> Option<Bytes> {
+        match self {
+            Codec::Native => {
+                let _ = code;
+                None
+            }
+        }
+    }
+
+    /// Handles one client data message of a live session.
+    pub(crate) async fn on_message(&mut self, ops: &mut SessionOps<'_>, m: Message) -> Next {
+        match self {
+            Codec::Native => native::on_message(ops, m).await,
+        }
+    }
+
+    /// Completes the frames just taken from the hub for this connection.
+    #[inline]
+    pub(crate) fn render(&mut self, frames: &mut VecDeque<Bytes>) {
+        match self {
+            Codec::Native => {
+                let _ = frames;
+            }
+        }
+    }
+
+    /// What to send before the server closes the connection with `code`.
+    pub(crate) fn closing(&mut self, code: CloseCode, reconnect_after_ms: u32) -> Option<Bytes> {
+        match self {
+            Codec::Native => native::closing(code, reconnect_after_ms),
+        }
+    }
+}
+
+/// Encodes a delivered message for every recipient speaking `wire`.
+pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
+    match wire {
+        Wire::Native | Wire::Mqtt | Wire::Stomp => crate::frame::message_frame(env),
+    }
+}

@@ -1,0 +1,449 @@
+//! The session layer: one authenticated client of any protocol, from its admission to its close.
+//!
+//! A single task per connection ([`ConnTask`]): it runs [`admission`](crate::admission), then
+//! the live session, which reads frames through the WebSocket transport ([`crate::ws`]), hands
+//! data frames to the connection's [`Codec`], and writes every frame the hub queued for it in one
+//! vectored write. No channel, no second task, no timer: the hub holds the queue and its ticker
+//! handles pings and expiry. Codecs act on the session only through [`SessionOps`]: the same
+//! membership checks, limits and metrics for every protocol.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herald_core::codes::CloseCode;
+use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::WebSocketContext;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::admission::{self, Admitted, Counted, Refused};
+use crate::auth::{AuthError, channels_allow};
+use crate::codec::{Codec, Welcome};
+use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
+use crate::limits::MessageBucket;
+use crate::listener::Stream;
+use crate::ws::{self, Io, WriteQueue};
+use crate::{Bound, Shared};
+
+/// A connection's task: a hand-written future of a few words, so every idle connection's tokio
+/// task fits the smallest task cell. Everything else lives in the boxed [`Session`]; the rare
+/// steps that must wait (admission, a client frame, the close) run as boxed futures.
+pub(crate) struct ConnTask {
+    shared: Arc<Shared>,
+    state: TaskState,
+}
+
+/// A step that must wait; `Some(session)` when it ends means the connection goes on.
+type Step = Pin<Box<dyn Future<Output = Option<Box<Session>>> + Send>>;
+
+enum TaskState {
+    Busy(Step),
+    /// Reading frames and writing queued ones.
+    Live(Box<Session>),
+    Done,
+}
+
+impl ConnTask {
+    /// A task serving one socket accepted on `listener` until it closes.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listener: Arc<Bound>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Self {
+        let for_step = shared.clone();
+        let step: Step = match Counted::socket(&shared.limits) {
+            Ok(counted) => Box::pin(async move {
+                let admitted = admission::admit(&for_step, &listener, tcp, peer, counted).await?;
+                start(&for_step, admitted).await
+            }),
+            Err(r) => Box::pin(async move {
+                admission::shed(for_step, listener, tcp, peer, r).await;
+                None
+            }),
+        };
+        Self {
+            shared,
+            state: TaskState::Busy(step),
+        }
+    }
+}
+
+use std::net::SocketAddr;
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                TaskState::Busy(step) => match ready!(step.as_mut().poll(cx)) {
+                    Some(session) => this.state = TaskState::Live(session),
+                    None => {
+                        this.state = TaskState::Done;
+                        return Poll::Ready(());
+                    }
+                },
+                TaskState::Live(s) => {
+                    let mut ev = ready!(s.poll_event(cx, &this.shared));
+                    if let Event::Message(m) = &ev {
+                        if !this.shared.limits.take_message(&mut s.core.bucket) {
+                            ev = Event::RateLimited;
+                        } else {
+                            this.shared.hub.touch(s.core.handle);
+                            // Pings, pongs and the peer's close are answered by tungstenite.
+                            if !matches!(m, Message::Text(_) | Message::Binary(_)) {
+                                continue;
+                            }
+                        }
+                    }
+                    let TaskState::Live(session) =
+                        std::mem::replace(&mut this.state, TaskState::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    let shared = this.shared.clone();
+                    this.state = TaskState::Busy(Box::pin(step(shared, session, ev)));
+                }
+                TaskState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Everything a live connection holds, in one allocation; the task's own future stays a few
+/// words.
+pub(crate) struct Session {
+    tcp: Stream,
+    ctx: WebSocketContext,
+    q: WriteQueue,
+    /// Control frames tungstenite wrote (pongs, the close answer).
+    ctl: BytesMut,
+    core: SessionCore,
+    codec: Codec,
+}
+
+/// The protocol-independent state of a session.
+pub(crate) struct SessionCore {
+    handle: ConnHandle,
+    user: UserId,
+    channels: Box<[Box<str>]>,
+    project: ProjectId,
+    /// Inbound frame rate.
+    bucket: MessageBucket,
+    /// What the connection counts against the limits, given back when the session ends.
+    _counted: Counted,
+}
+
+/// What a codec may do to its session.
+pub(crate) struct SessionOps<'a> {
+    shared: &'a Shared,
+    core: &'a mut SessionCore,
+    q: &'a mut WriteQueue,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug)]
+pub(crate) enum SubscribeRefused {
+    /// The group name is outside the alphabet or too long.
+    BadName(IdError),
+    /// The token's `channels` claim does not allow the group.
+    NotAllowed,
+    /// The connection is in its maximum of groups.
+    TooMany,
+}
+
+/// Why a refresh was refused.
+#[derive(Debug)]
+pub(crate) enum RefreshRefused {
+    /// The token does not verify.
+    Invalid(AuthError),
+    /// The token names another user: the connection must close (4010).
+    OtherUser,
+}
+
+impl SessionOps<'_> {
+    /// Queues a frame for the socket.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.q.push(frame);
+    }
+
+    /// The connection's user.
+    #[allow(dead_code)]
+    pub(crate) fn user(&self) -> &UserId {
+        &self.core.user
+    }
+
+    /// The connection's project.
+    #[allow(dead_code)]
+    pub(crate) fn project(&self) -> &ProjectId {
+        &self.core.project
+    }
+
+    /// Joins `group` when the token's `channels` allow it and the connection is under its cap of
+    /// groups; resolves once the registry holds the interest.
+    pub(crate) async fn subscribe(&mut self, group: &str) -> Result<GroupId, SubscribeRefused> {
+        let group = GroupId::new(group).map_err(SubscribeRefused::BadName)?;
+        if !channels_allow(&self.core.channels, group.as_str()) {
+            return Err(SubscribeRefused::NotAllowed);
+        }
+        let cfg = &self.shared.cfg;
+        let max_groups = match self
+            .shared
+            .limits
+            .policy()
+            .project(self.core.project.as_str())
+        {
+            Some(p) if p.max_subscriptions_per_connection > 0 => {
+                (p.max_subscriptions_per_connection as usize).min(cfg.max_groups_per_connection)
+            }
+            _ => cfg.max_groups_per_connection,
+        };
+        match self
+            .shared
+            .hub
+            .join(self.core.handle, group.clone(), max_groups)
+            .await
+        {
+            JoinOutcome::Joined => Ok(group),
+            JoinOutcome::TooMany => {
+                metrics::counter!("herald_edge_subscribes_refused_total", "reason" => "too_many_groups")
+                    .increment(1);
+                Err(SubscribeRefused::TooMany)
+            }
+        }
+    }
+
+    /// Leaves `group`; whether the connection was in it.
+    pub(crate) fn unsubscribe(&mut self, group: &str) -> Result<bool, IdError> {
+        let group = GroupId::new(group)?;
+        Ok(self.shared.hub.leave(self.core.handle, &group))
+    }
+
+    /// Takes a fresh token of the same user: its expiry and `channels` replace the old ones.
+    pub(crate) fn refresh(&mut self, token: &str) -> Result<(), RefreshRefused> {
+        let fresh = self
+            .shared
+            .keys
+            .load()
+            .verify(self.core.project.as_str(), token)
+            .map_err(RefreshRefused::Invalid)?;
+        if fresh.user != self.core.user {
+            return Err(RefreshRefused::OtherUser);
+        }
+        self.shared
+            .hub
+            .set_expiry(self.core.handle, fresh.expires_unix);
+        self.core.channels = fresh
+            .channels
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect();
+        Ok(())
+    }
+}
+
+/// Puts an admitted client into the hub and welcomes it; refuses it when its user already has
+/// the project's maximum of connections here.
+async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
+    let Admitted {
+        mut stream,
+        mut ctx,
+        remote,
+        counted,
+        project,
+        identity,
+        mut codec,
+    } = a;
+    let per_user = shared
+        .limits
+        .policy()
+        .project(project.as_str())
+        .map_or(0, |p| p.max_connections_per_user);
+    let inserted = shared
+        .hub
+        .insert(
+            NewConn {
+                project: project.clone(),
+                user: identity.user.clone(),
+                groups: identity.groups.clone(),
+                remote,
+                expires_unix: identity.expires_unix,
+                wire: codec.wire(),
+            },
+            per_user,
+        )
+        .await;
+    let Some(handle) = inserted else {
+        let refused = Refused::Close(CloseCode::TooManyConnections);
+        admission::refuse_upgraded(shared, &mut stream, &mut ctx, Some(&mut codec), &refused).await;
+        return None;
+    };
+    metrics::counter!("herald_edge_connects_total", "result" => "ok").increment(1);
+    let mut q = WriteQueue::default();
+    let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
+    q.push(codec.welcome(&Welcome {
+        connection_id: &shared.hub.connection_id(handle.number),
+        user: identity.user.as_str(),
+        groups: &groups,
+        ping_interval_secs: shared.cfg.ping_interval_secs,
+        expires_unix: identity.expires_unix,
+    }));
+    drop(groups);
+    Some(Box::new(Session {
+        tcp: stream,
+        ctx,
+        q,
+        ctl: BytesMut::new(),
+        core: SessionCore {
+            handle,
+            user: identity.user,
+            channels: identity
+                .channels
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
+            project,
+            bucket: shared.limits.message_bucket(),
+            _counted: counted,
+        },
+        codec,
+    }))
+}
+
+/// What woke a live session.
+enum Event {
+    Message(Message),
+    Closing(Closing),
+    PeerClosed,
+    ReadError(WsError),
+    WriteError,
+    /// The client sent frames faster than its rate limit.
+    RateLimited,
+}
+
+impl Session {
+    /// Writes what is queued, takes more from the hub once everything taken before is written
+    /// (the hub's bound then applies to what the socket could not absorb), and reads the next
+    /// client frame.
+    fn poll_event(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Event> {
+        let h = self.core.handle;
+        loop {
+            self.q.take_ctl(&mut self.ctl);
+            let idle = match self.q.poll_write(&mut self.tcp, cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
+                Poll::Pending => false,
+            };
+            match shared.hub.poll_outgoing(h, cx, &mut self.q.frames, idle) {
+                Poll::Ready(Outgoing::Frames) => {
+                    self.codec.render(&mut self.q.frames);
+                    continue;
+                }
+                Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
+                Poll::Pending => {}
+            }
+            match self.ctx.read(&mut Io {
+                stream: &mut self.tcp,
+                cx,
+                out: &mut self.ctl,
+            }) {
+                Ok(m) => return Poll::Ready(Event::Message(m)),
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The stream registered the waker; control frames to write first, if any.
+                    if !self.ctl.is_empty() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    return Poll::Ready(Event::PeerClosed);
+                }
+                Err(e) => return Poll::Ready(Event::ReadError(e)),
+            }
+        }
+    }
+}
+
+/// What to do after a client frame.
+pub(crate) enum Next {
+    /// The session goes on.
+    Continue,
+    /// The server closes the connection with this code.
+    Close(CloseCode),
+}
+
+/// Handles one event of a live connection; returns the session when the connection goes on.
+/// A session that ends is dropped, and with it everything it counted against the limits.
+async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box<Session>> {
+    handle_event(&shared, &mut s, ev).await.then_some(s)
+}
+
+/// Handles one event; returns whether the connection goes on.
+async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
+    let hub = &shared.hub;
+    let h = s.core.handle;
+    let (code, reconnect_after_ms) = match ev {
+        Event::Message(m) => {
+            let mut ops = SessionOps {
+                shared,
+                core: &mut s.core,
+                q: &mut s.q,
+            };
+            match s.codec.on_message(&mut ops, m).await {
+                Next::Continue => return true,
+                Next::Close(code) => (code, 0),
+            }
+        }
+        Event::RateLimited => (CloseCode::RateLimited, 0),
+        Event::Closing(c) => (c.code, c.reconnect_after_ms),
+        Event::PeerClosed => {
+            s.q.take_ctl(&mut s.ctl);
+            let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+            let _ = timeout(close_timeout, s.q.flush(&mut s.tcp)).await;
+            hub.remove(h);
+            metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
+            return false;
+        }
+        Event::ReadError(e) => match ws::read_error_code(&e) {
+            Some(code) => (code, 0),
+            None => {
+                hub.remove(h);
+                metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+                return false;
+            }
+        },
+        Event::WriteError => {
+            hub.remove(h);
+            metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+            return false;
+        }
+    };
+    hub.remove(h);
+    s.q.discard_unsent();
+    if let Some(last) = s.codec.closing(code, reconnect_after_ms) {
+        s.q.push(last);
+    }
+    let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+    ws::close_and_finish(&mut s.tcp, &mut s.ctx, &mut s.q, code, close_timeout).await;
+    false
+}
+
+#[cfg(test)]
+mod size_tests {
+    use std::mem::size_of;
+
+    /// A live connection's state is one allocation: keep it small (idle RSS per connection).
+    #[test]
+    fn session_stays_small() {
+        let size = size_of::<super::Session>();
+        println!("session {size} bytes");
+        assert!(size <= 640, "session grew to {size} bytes");
+    }
+}
