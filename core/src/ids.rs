@@ -1,8 +1,11 @@
 //! Validated identifiers.
 //!
-//! Project ids are `[a-z0-9_-]{1,64}`. User ids and group names are `[A-Za-z0-9_@=-]{1,128}`.
-//! None of these alphabets holds `.`, `*`, `>`, whitespace, `{` or `}`, so an identifier can never
-//! act as a NATS subject wildcard or token separator, nor as a Redis Cluster hash tag.
+//! Project ids are `[a-z0-9_-]{1,64}`. User ids are `[A-Za-z0-9_@=-]{1,128}`; group names
+//! `[A-Za-z0-9_@=/-]{1,128}`, where `/` separates levels as in an MQTT topic: never first or
+//! last, never doubled, and no group starts with `user/` (the MQTT topic of a user's own
+//! messages). None of these alphabets holds `.`, `*`, `>`, `+`, `#`, whitespace, `{` or `}`, so
+//! an identifier can never act as a NATS subject wildcard or token separator, an MQTT wildcard,
+//! nor as a Redis Cluster hash tag.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +34,14 @@ pub enum IdError {
         kind: &'static str,
         /// The allowed alphabet.
         alphabet: &'static str,
+    },
+    /// The identifier breaks a rule of its shape (a group name's `/` or reserved prefix).
+    #[error("{kind} {rule}")]
+    Shape {
+        /// Which identifier.
+        kind: &'static str,
+        /// The rule, as a phrase after the identifier's name.
+        rule: &'static str,
     },
 }
 
@@ -61,8 +72,36 @@ fn name_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@' | b'=')
 }
 
+fn group_char(b: u8) -> bool {
+    name_char(b) || b == b'/'
+}
+
+/// The prefix no group name may take: `user/{sub}` is a user's own MQTT topic.
+pub const RESERVED_GROUP_PREFIX: &str = "user/";
+
+fn no_shape(_: &str) -> Result<(), IdError> {
+    Ok(())
+}
+
+fn group_shape(s: &str) -> Result<(), IdError> {
+    let kind = "group name";
+    if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+        return Err(IdError::Shape {
+            kind,
+            rule: "has an empty level (a / first, last or doubled)",
+        });
+    }
+    if s.starts_with(RESERVED_GROUP_PREFIX) {
+        return Err(IdError::Shape {
+            kind,
+            rule: "starts with user/ (reserved for a user's own messages)",
+        });
+    }
+    Ok(())
+}
+
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $alphabet:literal, $ok:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $alphabet:literal, $ok:expr, $shape:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
@@ -81,7 +120,8 @@ macro_rules! id_type {
 
             /// Checks `s` without allocating.
             pub fn validate(s: &str) -> Result<(), IdError> {
-                check($kind, s, $max, $alphabet, $ok)
+                check($kind, s, $max, $alphabet, $ok)?;
+                $shape(s)
             }
 
             /// The identifier as a string.
@@ -125,19 +165,19 @@ macro_rules! id_type {
 
 id_type!(
     /// A project (tenant) id.
-    ProjectId, "project id", 64, "[a-z0-9_-]", project_char
+    ProjectId, "project id", 64, "[a-z0-9_-]", project_char, no_shape
 );
 id_type!(
     /// A user id: the `sub` claim of a client token.
-    UserId, "user id", 128, "[A-Za-z0-9_@=-]", name_char
+    UserId, "user id", 128, "[A-Za-z0-9_@=-]", name_char, no_shape
 );
 id_type!(
-    /// A group name.
-    GroupId, "group name", 128, "[A-Za-z0-9_@=-]", name_char
+    /// A group name (also an MQTT topic: `/` separates levels).
+    GroupId, "group name", 128, "[A-Za-z0-9_@=/-]", group_char, group_shape
 );
 id_type!(
     /// An edge node's id, unique in a cluster.
-    EdgeId, "edge id", 64, "[a-z0-9_-]", project_char
+    EdgeId, "edge id", 64, "[a-z0-9_-]", project_char, no_shape
 );
 
 #[cfg(test)]
@@ -146,7 +186,9 @@ mod tests {
 
     #[test]
     fn refuses_wildcards_separators_and_hash_tags() {
-        for bad in ["a.*", ">", "a.b", "*", "{x}", "a b", "", "ü"] {
+        for bad in [
+            "a.*", ">", "a.b", "*", "{x}", "a b", "", "ü", "a/+", "#", "+",
+        ] {
             assert!(UserId::new(bad).is_err(), "{bad:?} accepted");
             assert!(GroupId::new(bad).is_err(), "{bad:?} accepted");
             assert!(ProjectId::new(bad).is_err(), "{bad:?} accepted");
@@ -156,5 +198,25 @@ mod tests {
         assert!(UserId::new(&"a".repeat(128)).is_ok());
         assert!(UserId::new("alice@example-1=").is_ok());
         assert!(ProjectId::new("demo_1-x").is_ok());
+    }
+
+    #[test]
+    fn group_names_have_levels_but_no_empty_one_nor_a_user_topic() {
+        for good in ["sport/f1", "a/b/c", "user", "users/x", "u/ser", "x/user/y"] {
+            assert!(GroupId::new(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["/a", "a/", "a//b", "/", "user/bob", "user/"] {
+            assert!(
+                matches!(GroupId::new(bad), Err(IdError::Shape { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        for bad in ["a/b", "user/bob"] {
+            assert!(UserId::new(bad).is_err(), "{bad:?} accepted as a user");
+            assert!(
+                ProjectId::new(bad).is_err(),
+                "{bad:?} accepted as a project"
+            );
+        }
     }
 }

@@ -109,7 +109,9 @@ async fn clients_on_two_edges_get_user_group_and_broadcast_through_either_router
     assert_eq!(next_data(&mut bob).await, json!(4));
 
     // Hostile ids never reach the bus.
-    for bad in ["a.*", ">", "*", "news.>", "a b", "{x}"] {
+    for bad in [
+        "a.*", ">", "*", "news.>", "a b", "{x}", "a/#", "user/bob", "a//b",
+    ] {
         for to in [To::User(bad), To::Group(bad)] {
             let e = g1
                 .publish(publish("alpha", to, "x"))

@@ -77,8 +77,17 @@ async fn subscribe_joins_a_group_allowed_by_the_channels_claim() {
         ),
         (Some("error"), Some(4403), Some(3))
     );
-    let bad = c.subscribe(4, "a.*").await;
-    assert_eq!(bad["code"], 4422);
+    for bad in ["a.*", "sport-x/", "/sport-x", "sport-//x", "user/carol"] {
+        assert_eq!(c.subscribe(4, bad).await["code"], 4422, "{bad}");
+    }
+    // `/` separates levels in group names (and MQTT topics); `channels` patterns see it as any
+    // other character.
+    assert_eq!(
+        c.subscribe(6, "sport-moto/gp").await,
+        json!({"type":"ack","id":6})
+    );
+    send(&mut grpc, publish("alpha", To::Group("sport-moto/gp"), "0")).await;
+    assert_eq!(c.next_msg().await["group"], "sport-moto/gp");
 
     send(&mut grpc, publish("alpha", To::Group("sport-f1"), "1")).await;
     assert_eq!(c.next_msg().await["group"], "sport-f1");
@@ -159,7 +168,9 @@ async fn projects_are_isolated_even_with_equal_names() {
     assert_eq!(code, 4002, "alpha's token does not verify with beta's key");
 
     // Hostile ids are refused by the API, never matched as patterns.
-    for bad in ["a.*", ">", "*", "sha{red}", "a b"] {
+    for bad in [
+        "a.*", ">", "*", "sha{red}", "a b", "a/+", "#", "/a", "a//b", "user/bob",
+    ] {
         let e = ga
             .publish(publish("alpha", To::Group(bad), "1"))
             .await
