@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod config;
+mod logs;
 mod serve;
 
 use clap::Parser as _;

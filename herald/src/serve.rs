@@ -46,20 +46,6 @@ fn dev_project() -> ProjectConfig {
     }
 }
 
-fn init_logs(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Loads the keys of both halves; every problem is reported.
 fn load_keys(cfg: &Config) -> Result<(AuthKeys, ApiKeys), ConfigErrors> {
     let auth = AuthKeys::load(&cfg.projects, cfg.edge.token_leeway_secs).map_err(ConfigErrors)?;
@@ -80,7 +66,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     if opts.dev && cfg.projects.is_empty() {
         cfg.projects.push(dev_project());
     }
-    init_logs(&cfg);
+    crate::logs::init(&cfg.log);
     // The process's one crypto provider (aws-lc-rs), installed before anything uses rustls.
     herald_edge::tls::provider();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

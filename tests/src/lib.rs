@@ -130,6 +130,8 @@ pub struct HeraldBuilder {
     config: toml::Table,
     nofile: Option<u64>,
     ws_listen: String,
+    env: Vec<(String, String)>,
+    capture_stderr: bool,
 }
 
 /// A sandbox with projects `alpha` and `beta` (HS256 keys without `kid`) and an admin key.
@@ -162,6 +164,8 @@ pub fn herald() -> HeraldBuilder {
         config,
         nofile: None,
         ws_listen: "127.0.0.1:0".into(),
+        env: Vec::new(),
+        capture_stderr: false,
     }
 }
 
@@ -187,6 +191,25 @@ impl HeraldBuilder {
     /// Sets `[router] key = value`.
     pub fn router(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.section("router").insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets `[log] key = value`.
+    pub fn log(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section("log").insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets an environment variable of the process (after the sandbox's own, so `RUST_LOG` here
+    /// replaces `HERALD_TEST_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Writes the process's stderr (its log) to a file, read with [`Herald::stderr`].
+    pub fn capture_stderr(mut self) -> Self {
+        self.capture_stderr = true;
         self
     }
 
@@ -250,7 +273,7 @@ impl HeraldBuilder {
         if !own_listeners {
             command.args(["--ws-listen", &self.ws_listen]);
         }
-        let mut child = command
+        command
             .args(["--grpc-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
             .env(
@@ -260,10 +283,14 @@ impl HeraldBuilder {
             // The sandbox's own variables: the server reads every `HERALD_*` as configuration.
             .env_remove("HERALD_BIN")
             .env_remove("HERALD_TEST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn herald");
+            .kill_on_drop(true);
+        let stderr_path = self.capture_stderr.then(|| dir.path().join("stderr.log"));
+        if let Some(p) = &stderr_path {
+            command.stderr(std::fs::File::create(p).expect("stderr file"));
+        }
+        let mut child = command.spawn().expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, mut lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -310,6 +337,7 @@ impl HeraldBuilder {
             child,
             lines,
             config_path,
+            stderr_path,
             _dir: dir,
         }
     }
@@ -329,6 +357,7 @@ pub struct Herald {
     lines: mpsc::UnboundedReceiver<String>,
     /// The configuration file it was started with.
     pub config_path: PathBuf,
+    stderr_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -436,6 +465,16 @@ impl Herald {
             .await
             .expect("exit in time")
             .expect("wait")
+    }
+
+    /// What the process wrote to stderr so far (started with
+    /// [`HeraldBuilder::capture_stderr`]).
+    pub fn stderr(&self) -> String {
+        let path = self
+            .stderr_path
+            .as_ref()
+            .expect("stderr is captured only after capture_stderr()");
+        std::fs::read_to_string(path).expect("read stderr")
     }
 
     /// GETs a path on the admin endpoint; returns status and body.

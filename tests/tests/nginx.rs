@@ -46,9 +46,13 @@ fn nginx_config(dir: &Path, port: u16, cert: &Path, key: &Path, edges: &[SocketA
     );
     swap("worker_processes auto;", "worker_processes 1;".into());
     swap(
+        "access_log /var/log/nginx/herald.access.log herald;",
+        format!("access_log {d}/access.log herald;"),
+    );
+    swap(
         "http {",
         format!(
-            "http {{\n    access_log {d}/access.log;\n    client_body_temp_path {d}/body;\n    \
+            "http {{\n    client_body_temp_path {d}/body;\n    \
              proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fcgi;\n    \
              uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;"
         ),
@@ -278,4 +282,83 @@ async fn wechat_like_client_through_nginx_and_directly() {
     .await
     .expect("upgrade");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "herald.v1");
+
+    // nginx logs a WebSocket request when it ends: each one through it, without its query.
+    drop(clients);
+    let access = dir.path().join("access.log");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = std::fs::read_to_string(&access).unwrap_or_default();
+        if log.matches("\"GET /herald/alpha HTTP/1.1\" 101").count() >= 4 {
+            break log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "4 upgrades through nginx, logged: {log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!log.contains("token"), "a query in the access log: {log}");
+    for sub in ["wx", "native"] {
+        let t = token("alpha", sub);
+        let signature = t.rsplit('.').next().expect("signature");
+        assert!(!log.contains(signature), "a token in the access log: {log}");
+    }
+}
+
+/// The shipped configuration logs no query (`?token=`): every access log uses a format of its
+/// own, and no format names a variable that holds the query.
+#[test]
+fn the_shipped_nginx_config_logs_no_query() {
+    let conf = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
+    )
+    .expect("deploy/nginx/herald.conf");
+    // Directives, comments left out.
+    let code: String = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let directives: Vec<&str> = code.split([';', '{', '}']).map(str::trim).collect();
+    let formats: Vec<&str> = directives
+        .iter()
+        .filter_map(|d| d.strip_prefix("log_format"))
+        .filter_map(|d| d.split_whitespace().next())
+        .collect();
+    let access_logs: Vec<&str> = directives
+        .iter()
+        .filter(|d| d.starts_with("access_log"))
+        .copied()
+        .collect();
+    assert!(
+        !access_logs.is_empty(),
+        "no access_log: nginx's default logs the query"
+    );
+    for a in access_logs {
+        let words: Vec<&str> = a.split_whitespace().collect();
+        let ok = words.get(1) == Some(&"off") || words.get(2).is_some_and(|f| formats.contains(f));
+        assert!(
+            ok,
+            "{a:?}: the default format (combined) logs $request, the query included"
+        );
+    }
+    // Variables that carry the query: `$request` (but not `$request_method`), `$request_uri`,
+    // `$args`, `$arg_<name>`, `$query_string`.
+    let leaks = |var: &str| {
+        var == "request"
+            || var == "request_uri"
+            || var == "args"
+            || var == "query_string"
+            || var.starts_with("arg_")
+    };
+    for d in directives.iter().filter(|d| d.starts_with("log_format")) {
+        for var in d.split('$').skip(1) {
+            let name: String = var
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(!leaks(&name), "log_format names ${name}: {d}");
+        }
+    }
 }
