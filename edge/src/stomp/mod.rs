@@ -9,11 +9,13 @@
 //! - [`destination`]: the destinations a client may subscribe to and what each receives.
 //! - [`message`]: a published message encoded once for every STOMP recipient of an edge, as a
 //!   template whose shared parts are never copied per connection.
+//! - [`codec`]: a STOMP connection over the session layer (connect, frames, closes).
 //! - [`subs`]: one connection's subscriptions, acknowledgements and flow control; completes the
 //!   templates for that connection.
 //!
 //! `docs/protocol-stomp.md` says what is supported and what is refused.
 
+pub mod codec;
 pub mod connect;
 pub mod destination;
 pub mod encode;
