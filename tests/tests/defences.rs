@@ -559,16 +559,18 @@ async fn running_out_of_file_descriptors_backs_off_counts_and_recovers() {
                 .expect("connect (kernel backlog)"),
         );
     }
-    // Out of descriptors (awaited: the server gets there on its own time); the accept loop
-    // must then back off, not spin.
-    eventually(WAIT, async || {
-        match herald
-            .metric(r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#)
-            .await
-        {
-            n if n >= 1.0 => Ok(()),
-            n => Err(format!("fd_exhausted accept errors: {n}")),
-        }
+    // Out of descriptors, awaited from outside (the admin endpoint cannot accept either): no
+    // descriptor number below the limit is free. The accept loop must then back off, not spin.
+    let free_below_limit = || {
+        let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the server's descriptors")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..64).filter(|n| !open.contains(n)).count()
+    };
+    eventually(WAIT, async || match free_below_limit() {
+        0 => Ok(()),
+        n => Err(format!("{n} of the server's 64 descriptors are free")),
     })
     .await;
     let before = cpu_ticks(pid);
@@ -594,6 +596,16 @@ async fn running_out_of_file_descriptors_backs_off_counts_and_recovers() {
         }
     };
     assert_eq!(c.next_json().await["type"], "welcome");
+    eventually(WAIT, async || {
+        match herald
+            .metric(r#"herald_edge_accept_errors_total{kind="fd_exhausted"}"#)
+            .await
+        {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("fd_exhausted accept errors: {n}")),
+        }
+    })
+    .await;
     send(&mut grpc, publish("alpha", To::Broadcast, "2")).await;
     assert_eq!(bystander.next_msg().await["data"], 2);
     assert_eq!(c.next_msg().await["data"], 2);

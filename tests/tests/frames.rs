@@ -163,7 +163,6 @@ async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
         .expect("upgrade");
     let mut slow = Client { ws };
     assert_eq!(slow.next_json().await["type"], "welcome");
-
     // 4,000 messages of 4 KiB (16 MiB): far more than socket buffers and the queue. They go in
     // steps the reading client can keep up with, so only the one that stopped reading falls behind.
     let payload = format!(r#""{}""#, "p".repeat(4096));
@@ -176,25 +175,47 @@ async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });
-    for sent in (10..=n).step_by(10) {
-        for _ in 0..10 {
-            send(&mut grpc, publish("alpha", To::Broadcast, &payload)).await;
+    let publishing = async {
+        for sent in (10..=n).step_by(10) {
+            for _ in 0..10 {
+                send(&mut grpc, publish("alpha", To::Broadcast, &payload)).await;
+            }
+            tokio::time::timeout(WAIT, async {
+                while received.load(std::sync::atomic::Ordering::Relaxed) < sent {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .expect("the reading client keeps up");
         }
-        tokio::time::timeout(WAIT, async {
-            while received.load(std::sync::atomic::Ordering::Relaxed) < sent {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::timeout(WAIT, fast_reader)
+            .await
+            .expect("fast in time")
+            .expect("join");
+    };
+    // Once the edge has cut it off (the queue and the kernel's buffers full, hundreds of
+    // messages in), the slow client reads what was buffered, then the close frame: within the
+    // close timeout, however long the publishing takes on a loaded machine.
+    let slow_reading = async {
+        eventually(WAIT * 4, async || {
+            let cut: f64 = herald
+                .admin_get("/metrics")
+                .await
+                .1
+                .lines()
+                .filter(|l| l.starts_with("herald_edge_slow_consumers_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if cut >= 1.0 {
+                Ok(())
+            } else {
+                Err("no slow consumer cut off yet")
             }
         })
-        .await
-        .expect("the reading client keeps up");
-    }
-    tokio::time::timeout(WAIT, fast_reader)
-        .await
-        .expect("fast in time")
-        .expect("join");
-
-    // The slow client reads what was buffered, then the close frame with 4008.
-    let (code, reason, before) = slow.expect_close().await;
+        .await;
+        slow.expect_close().await
+    };
+    let ((), (code, reason, before)) = tokio::join!(publishing, slow_reading);
     assert_eq!((code, reason.as_str()), (4008, "slow consumer"));
     assert!(
         (before.len() as u64) < n,

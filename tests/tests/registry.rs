@@ -33,7 +33,8 @@ fn registry(b: &Backends, ttl: Duration) -> RedisRegistry {
         cluster: b.redis_cluster,
         key_prefix: b.prefix.clone(),
         edge_ttl: ttl,
-        timeout: Duration::from_secs(2),
+        // A batch of 5,000 keys on a loaded machine's Redis Cluster can take seconds.
+        timeout: Duration::from_secs(15),
     })
     .expect("registry")
 }
