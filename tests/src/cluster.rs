@@ -82,31 +82,53 @@ pub struct RedisServer {
     bus_port: Option<u16>,
 }
 
-/// Whether process `pid` holds a listening TCP socket on loopback `port` (from /proc), so a test
-/// never talks to another test's server that won a race for the same free port.
-fn listens(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
+/// Asks the server on loopback `port` who it is: sends `request` and returns what it answers
+/// until `done` says the answer is whole (`None` when nothing listens or it answers nothing).
+/// This tells a test's own server from another test's that won a race for the same free port,
+/// without reading the kernel's whole socket table (seconds when a load test holds 100,000).
+async fn ask(port: u16, request: &[u8], done: impl Fn(&str) -> bool) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(request).await.ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if done(&String::from_utf8_lossy(&answer)) {
+                break;
+            }
+        }
+        Some(String::from_utf8_lossy(&answer).into_owned())
     };
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit(':').next()?;
-            let listening = *f.get(3)? == "0A";
-            let inode = f.get(9)?;
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                .then(|| format!("socket:[{inode}]"))
-        })
-        .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .is_ok_and(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether the Redis on `port` is the process `pid` (its `INFO server` names its process id).
+async fn redis_is(port: u16, pid: u32) -> bool {
+    let want = format!("process_id:{pid}\r\n");
+    ask(port, b"INFO server\r\n", |a| {
+        a.contains("process_id:") && a.contains("tcp_port:")
     })
+    .await
+    .is_some_and(|a| a.contains(&want))
+}
+
+/// Whether the NATS server on `port` is the one named `name` (its INFO line names it).
+async fn nats_is(port: u16, name: &str) -> bool {
+    let want = format!("\"server_name\":\"{name}\"");
+    ask(port, b"", |a| a.contains('\n'))
+        .await
+        .is_some_and(|a| a.starts_with("INFO ") && a.contains(&want))
 }
 
 impl RedisServer {
@@ -144,7 +166,9 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if child.id().is_some_and(|pid| listens(pid, self.port)) {
+            if let Some(pid) = child.id()
+                && redis_is(self.port, pid).await
+            {
                 return true;
             }
             assert!(
@@ -338,10 +362,12 @@ async fn start_nats_cluster(dir: &Path, n: usize) -> Vec<NatsServer> {
         .map(|(_, c, _)| format!("nats://127.0.0.1:{c}"))
         .collect();
     let mut servers = Vec::new();
+    // Names unique on the machine, so each test knows its own servers by their INFO line.
+    let name = |i: usize, port: u16| format!("n{i}-{}-{port}", std::process::id());
     for (i, (port, cluster_port, monitor)) in ports.iter().enumerate() {
         let mut cmd = Command::new(server_bin("nats-server"));
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor.to_string(), "-n", &format!("n{i}")]);
+            .args(["-m", &monitor.to_string(), "-n", &name(i, *port)]);
         if n > 1 {
             cmd.args(["--cluster_name", "herald-test"])
                 .args(["--cluster", &format!("nats://127.0.0.1:{cluster_port}")])
@@ -360,14 +386,14 @@ async fn start_nats_cluster(dir: &Path, n: usize) -> Vec<NatsServer> {
             child: Some(child),
         });
     }
-    for (s, (port, _, monitor)) in servers.iter_mut().zip(&ports) {
+    for (i, (s, (port, _, monitor))) in servers.iter_mut().zip(&ports).enumerate() {
         // Our own process must be the one listening (another test may race for a free port).
         let until = Instant::now() + crate::WAIT;
         loop {
-            let child = s.child.as_mut().expect("nats-server child");
-            if child.id().is_some_and(|pid| listens(pid, *port)) {
+            if nats_is(*port, &name(i, *port)).await {
                 break;
             }
+            let child = s.child.as_mut().expect("nats-server child");
             assert!(
                 !matches!(child.try_wait(), Ok(Some(_))),
                 "nats-server exited: one of ports {port}/{monitor} was taken by another process"
