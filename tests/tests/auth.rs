@@ -604,7 +604,11 @@ const NEW_KEY: &str = r#"
 
 #[tokio::test]
 async fn sighup_reloads_keys_and_a_broken_file_keeps_the_running_ones() {
-    let mut herald = herald().projects(&alpha_with_keys(OLD_KEY)).start().await;
+    let mut herald = herald()
+        .projects(&alpha_with_keys(OLD_KEY))
+        .capture_stderr()
+        .start()
+        .await;
     let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
     let new_token = |sub: &str| hs256(NEW_SECRET, Some("new"), &claims("alpha", sub));
     let ws = herald.ws;
@@ -662,8 +666,19 @@ async fn sighup_reloads_keys_and_a_broken_file_keeps_the_running_ones() {
     );
     rewrite_projects(&herald, &alpha_with_keys(&format!("{OLD_KEY}{broken_key}")));
     herald.signal("HUP");
+    // The refusal is awaited (a SIGHUP either reloads and says so on stdout, or logs this); a
+    // wait for the absence of "herald reloaded" alone would pass on a machine slow to reload.
+    eventually(WAIT, async || {
+        let log = herald.stderr();
+        if log.contains("reload refused") {
+            Ok(())
+        } else {
+            Err(format!("no refused reload in the log:\n{log}"))
+        }
+    })
+    .await;
     let reloaded = tokio::time::timeout(
-        Duration::from_millis(1500),
+        Duration::from_millis(200),
         herald.wait_line("herald reloaded"),
     )
     .await;

@@ -113,8 +113,15 @@ async fn no_token_key_or_secret_is_logged_at_trace() {
 
     // Every answer above came after the server read what it answered: whatever a library logs
     // on reading is in the file by now. The log is at debug at least (Herald's own refusals).
-    let log = herald.stderr();
-    assert!(log.contains("authentication refused"), "{log}");
+    let log = eventually(WAIT, async || {
+        let log = herald.stderr();
+        if log.contains("authentication refused") {
+            Ok(log)
+        } else {
+            Err(format!("no refusal in the log yet:\n{log}"))
+        }
+    })
+    .await;
     let secrets = [
         ("header token", by_header.as_str()),
         ("query token", &by_query),
