@@ -6,11 +6,16 @@
 //! queue at once and writes it in one vectored write. Queues are bounded in bytes: overflow closes
 //! the connection as a slow consumer. One ticker per hub sends pings, closes dead peers and
 //! expired tokens, so a connection needs no timer of its own.
+//!
+//! Each shard indexes its connections by project, and by user and group within a project, so a
+//! delivery visits only its recipients: a user message locks the user's shard, a group message
+//! the shards holding members (kept by [`Interest`]), a broadcast every shard but only the
+//! project's connections in each. Counts come from the indexes and a counter, never a scan.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,14 +110,64 @@ struct Conn {
     waker: Option<Waker>,
     closing: Option<Closing>,
     last_seen: u32,
+    /// Where this connection's slot is in its project's list (it fits in padding: no cost).
+    project_pos: u32,
     ping_sent_at: Option<u32>,
 }
 
 #[derive(Default)]
 struct Shard {
     conns: Slab<Conn>,
+    /// The slots of each project's connections, in no order.
+    projects: HashMap<ProjectId, Vec<u32>>,
     groups: Index<GroupId>,
     users: Index<UserId>,
+}
+
+impl Shard {
+    /// Adds `slot` to `project`'s list; returns the map's copy of the project id (one per shard,
+    /// shared by its connections) and the slot's position in the list.
+    fn project_add(&mut self, project: &ProjectId, slot: u32) -> (ProjectId, u32) {
+        use std::collections::hash_map::Entry;
+        match self.projects.entry(project.clone()) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().push(slot);
+                ((o.key().clone()), (o.get().len() - 1) as u32)
+            }
+            Entry::Vacant(v) => {
+                let k = v.key().clone();
+                v.insert(vec![slot]);
+                (k, 0)
+            }
+        }
+    }
+
+    /// Removes the connection at `pos` of `project`'s list, moving the last one into its place.
+    fn project_remove(&mut self, project: &ProjectId, pos: u32) {
+        let Some(slots) = self.projects.get_mut(project) else {
+            return;
+        };
+        let pos = pos as usize;
+        if pos >= slots.len() {
+            return;
+        }
+        slots.swap_remove(pos);
+        if let Some(moved) = slots.get(pos).copied()
+            && let Some(c) = self.conns.get_mut(moved as usize)
+        {
+            c.project_pos = pos as u32;
+        }
+        if slots.is_empty() {
+            self.projects.remove(project);
+        } else if slots.capacity() > 4 * slots.len() {
+            slots.shrink_to(2 * slots.len());
+        }
+    }
+
+    /// The slots of `project`'s connections.
+    fn project_slots(&self, project: &str) -> &[u32] {
+        self.projects.get(project).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The slots of one key in a shard: most users have one device, so one needs no allocation.
@@ -214,6 +269,8 @@ pub struct Hub {
     shutdown: Mutex<Option<(CloseCode, u32)>>,
     started: Instant,
     clock: AtomicU32,
+    /// Live connections (inserted and not removed).
+    live: AtomicUsize,
     interest: Interest,
 }
 
@@ -278,6 +335,7 @@ impl Hub {
             shutdown: Mutex::new(None),
             started: Instant::now(),
             clock: AtomicU32::new(0),
+            live: AtomicUsize::new(0),
             interest,
         })
     }
@@ -324,8 +382,7 @@ impl Hub {
                 return None;
             }
             let number = self.next_number.fetch_add(1, Ordering::Relaxed);
-            let entry = shard.conns.vacant_entry();
-            let slot = entry.key() as u32;
+            let slot = shard.conns.vacant_key() as u32;
             let (user, first) = index_add(&mut shard.users, &c.project, &c.user, slot);
             let mut groups: Vec<GroupId> = Vec::with_capacity(c.groups.len());
             let mut entered = Vec::new();
@@ -344,9 +401,12 @@ impl Hub {
                 &c.project,
                 &entered,
             );
+            let (project, project_pos) = shard.project_add(&c.project, slot);
+            let entry = shard.conns.vacant_entry();
+            debug_assert_eq!(entry.key(), slot as usize);
             entry.insert(Conn {
                 number,
-                project: c.project,
+                project,
                 user,
                 groups: groups.into_boxed_slice(),
                 remote: c.remote,
@@ -358,6 +418,7 @@ impl Hub {
                 waker: None,
                 closing: None,
                 last_seen: self.now(),
+                project_pos,
                 ping_sent_at: None,
             });
             // A connection that finished its handshake while the edge began to drain is closed
@@ -369,6 +430,7 @@ impl Hub {
             }
             (number, slot, registered)
         };
+        self.live.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("herald_edge_connections").increment(1.0);
         self.registered(registered, "connect").await;
         Some(ConnHandle {
@@ -391,6 +453,7 @@ impl Hub {
                 return;
             }
             let conn = shard.conns.remove(h.slot as usize);
+            shard.project_remove(&conn.project, conn.project_pos);
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
             let mut left = Vec::new();
             for g in conn.groups.into_vec() {
@@ -405,6 +468,7 @@ impl Hub {
                 &left,
             );
         }
+        self.live.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("herald_edge_connections").decrement(1.0);
     }
 
@@ -589,9 +653,19 @@ impl Hub {
                 let mut shard = self.shards[i].lock();
                 let shard = &mut *shard;
                 if kind == TargetKind::Broadcast {
-                    for (_, c) in shard.conns.iter_mut() {
-                        if c.project.as_str() == project {
-                            delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                    let slots = shard.projects.get(project).map_or(&[][..], Vec::as_slice);
+                    if slots.len() * 2 >= shard.conns.len() {
+                        // Most of the shard: one pass over the slab, in memory order.
+                        for (_, c) in shard.conns.iter_mut() {
+                            if c.project.as_str() == project {
+                                delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                            }
+                        }
+                    } else {
+                        for slot in slots {
+                            if let Some(c) = shard.conns.get_mut(*slot as usize) {
+                                delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                            }
                         }
                     }
                 } else {
@@ -617,15 +691,21 @@ impl Hub {
     }
 
     /// Marks matching connections for closing. Returns how many.
-    fn close_where(&self, closing: Closing, mut pred: impl FnMut(&Conn) -> bool) -> u32 {
+    /// Marks for closing the connections of `slots` that match `pred`; returns how many.
+    fn close_in(
+        conns: &mut Slab<Conn>,
+        slots: &[u32],
+        closing: Closing,
+        pred: impl Fn(&Conn) -> bool,
+    ) -> u32 {
         let mut n = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            for (_, c) in shard.conns.iter_mut() {
-                if c.closing.is_none() && pred(c) {
-                    close(c, closing);
-                    n += 1;
-                }
+        for slot in slots {
+            if let Some(c) = conns.get_mut(*slot as usize)
+                && c.closing.is_none()
+                && pred(c)
+            {
+                close(c, closing);
+                n += 1;
             }
         }
         n
@@ -650,7 +730,7 @@ impl Hub {
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().conns.len()).sum()
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Whether no connection is live.
@@ -664,9 +744,18 @@ impl Hub {
             ControlRequest::Count { project } => {
                 let mut counts: HashMap<String, u64> = HashMap::new();
                 for shard in self.shards.iter() {
-                    for (_, c) in shard.lock().conns.iter() {
-                        if project.as_ref().is_none_or(|p| *p == c.project) {
-                            *counts.entry(c.project.to_string()).or_default() += 1;
+                    let shard = shard.lock();
+                    match project {
+                        Some(p) => {
+                            let n = shard.project_slots(p.as_str()).len() as u64;
+                            if n > 0 {
+                                *counts.entry(p.to_string()).or_default() += n;
+                            }
+                        }
+                        None => {
+                            for (p, slots) in &shard.projects {
+                                *counts.entry(p.to_string()).or_default() += slots.len() as u64;
+                            }
                         }
                     }
                 }
@@ -706,7 +795,17 @@ impl Hub {
                 };
                 let n = match who {
                     DisconnectWho::User(u) => {
-                        self.close_where(closing, |c| c.project == *project && c.user == *u)
+                        // All devices of a user share one shard.
+                        let i = self.user_shard(project.as_str(), u.as_str());
+                        let mut shard = self.shards[i].lock();
+                        let shard = &mut *shard;
+                        let slots = shard
+                            .users
+                            .get(project)
+                            .and_then(|m| m.get(u))
+                            .map(Slots::as_slice)
+                            .unwrap_or_default();
+                        Self::close_in(&mut shard.conns, slots, closing, |_| true)
                     }
                     DisconnectWho::Connection(id) => {
                         // Only the canonical form `<edge>-<number>` names a connection.
@@ -715,9 +814,22 @@ impl Hub {
                             .and_then(|rest| rest.strip_prefix('-'))
                             .and_then(|n| n.parse::<u64>().ok().filter(|v| v.to_string() == n));
                         match number {
-                            Some(number) => self.close_where(closing, |c| {
-                                c.project == *project && c.number == number
-                            }),
+                            Some(number) => {
+                                let mut n = 0;
+                                for shard in self.shards.iter() {
+                                    let mut shard = shard.lock();
+                                    let shard = &mut *shard;
+                                    let slots =
+                                        shard.projects.get(project).map_or(&[][..], Vec::as_slice);
+                                    n += Self::close_in(&mut shard.conns, slots, closing, |c| {
+                                        c.number == number
+                                    });
+                                    if n > 0 {
+                                        break;
+                                    }
+                                }
+                                n
+                            }
                             None => 0,
                         }
                     }
@@ -1292,5 +1404,79 @@ mod tests {
         for h in [before, after] {
             assert_eq!(closed_with(&hub, h), Some(CloseCode::GoingAway));
         }
+    }
+
+    #[tokio::test]
+    async fn broadcasts_reach_exactly_the_live_connections_of_their_project() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // One shard: project "big" fills it (one pass over the slab), the others are sparse (their
+        // index); connections leave in random order, so list positions move.
+        for shards in [1, 3] {
+            let hub = hub_with(HubConfig { shards, ..cfg() }, None);
+            let mut live: Vec<(String, ConnHandle)> = Vec::new();
+            for n in 0..300 {
+                let project = match n % 10 {
+                    0 => "small",
+                    1 => "tiny",
+                    _ => "big",
+                };
+                live.push((
+                    project.into(),
+                    add(&hub, project, &format!("u{n}"), &[]).await,
+                ));
+            }
+            for round in 0..4 {
+                for _ in 0..50 {
+                    let (_, h) = live.swap_remove(rng.random_range(0..live.len()));
+                    hub.remove(h);
+                }
+                for project in ["small", "tiny", "big", "none"] {
+                    hub.deliver(&env(project, TargetKind::Broadcast, "", &round.to_string()));
+                }
+                for (project, h) in &live {
+                    assert_eq!(msgs(&hub, *h).len(), 1, "{project} on {shards} shards");
+                }
+                let ControlReply::Count(counts) =
+                    hub.control(&ControlRequest::Count { project: None })
+                else {
+                    panic!("not a count");
+                };
+                for project in ["small", "tiny", "big"] {
+                    let want = live.iter().filter(|(p, _)| p == project).count() as u64;
+                    assert_eq!(counts.get(project).copied().unwrap_or(0), want, "{project}");
+                }
+                assert_eq!(hub.len(), live.len());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_message_locks_only_the_shards_holding_members() {
+        let hub = hub_with(HubConfig { shards: 8, ..cfg() }, None);
+        let h = add(&hub, "a", "alice", &["news"]).await;
+        let home = h.shard as usize;
+        let elsewhere = (home + 1) % 8;
+        // Another shard is held locked meanwhile: delivery must not wait for it.
+        let guard = hub.shards[elsewhere].lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let delivering = hub.clone();
+        std::thread::spawn(move || {
+            delivering.deliver(&env("a", TargetKind::Group, "news", "1"));
+            delivering.deliver(&env("a", TargetKind::User, "alice", "2"));
+            let _ = tx.send(());
+        });
+        let done = rx.recv_timeout(Duration::from_secs(10));
+        drop(guard);
+        assert!(done.is_ok(), "delivery waited for a shard without members");
+        assert_eq!(msgs(&hub, h), ["1", "2"]);
+    }
+
+    /// Every connection holds one `Conn` in its shard: the project index's position lives in
+    /// what was padding.
+    #[test]
+    fn connection_state_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 184, "Conn grew to {size} bytes");
     }
 }
