@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use crate::ids::{EdgeId, GroupId, ProjectId, UserId};
+use crate::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use crate::proto::bus as wire;
 use crate::proto::bus::Envelope;
 use crate::proto::v1::ConnectionInfo;
@@ -64,7 +64,7 @@ pub enum ListOf {
 #[derive(Debug, Clone)]
 pub enum DisconnectWho {
     /// One connection, by id.
-    Connection(String),
+    Connection(ConnectionId),
     /// All devices of a user.
     User(UserId),
 }
@@ -234,7 +234,7 @@ impl From<&ControlRequest> for wire::ControlRequest {
                 who: Some(match who {
                     DisconnectWho::User(u) => wire::disconnect_call::Who::User(u.to_string()),
                     DisconnectWho::Connection(c) => {
-                        wire::disconnect_call::Who::ConnectionId(c.clone())
+                        wire::disconnect_call::Who::ConnectionId(c.to_string())
                     }
                 }),
                 reconnect_after_ms: *reconnect_after_ms,
@@ -273,7 +273,9 @@ impl TryFrom<wire::ControlRequest> for ControlRequest {
                 project: ProjectId::new(&d.project)?,
                 who: match d.who.ok_or(ControlDecodeError::Empty)? {
                     wire::disconnect_call::Who::User(u) => DisconnectWho::User(UserId::new(&u)?),
-                    wire::disconnect_call::Who::ConnectionId(c) => DisconnectWho::Connection(c),
+                    wire::disconnect_call::Who::ConnectionId(c) => {
+                        DisconnectWho::Connection(c.parse()?)
+                    }
                 },
                 reconnect_after_ms: d.reconnect_after_ms,
             },
@@ -328,9 +330,14 @@ mod tests {
                 of: ListOf::Group(GroupId::new("news").expect("valid")),
             },
             ControlRequest::Disconnect {
-                project: p,
+                project: p.clone(),
                 who: DisconnectWho::User(UserId::new("alice").expect("valid")),
                 reconnect_after_ms: 7,
+            },
+            ControlRequest::Disconnect {
+                project: p,
+                who: DisconnectWho::Connection("edge-1-42".parse().expect("valid")),
+                reconnect_after_ms: 0,
             },
         ];
         for r in reqs {

@@ -6,6 +6,7 @@
 //! messages). None of these alphabets holds `.`, `*`, `>`, `+`, `#`, whitespace, `{` or `}`, so
 //! an identifier can never act as a NATS subject wildcard or token separator, an MQTT wildcard,
 //! nor as a Redis Cluster hash tag.
+//! A connection id is `<edge id>-<number>` ([`ConnectionId`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -180,6 +181,74 @@ id_type!(
     EdgeId, "edge id", 64, "[a-z0-9_-]", project_char, no_shape
 );
 
+/// A connection's public id: `<edge id>-<number>`, the number in decimal without leading zeros.
+/// Edge ids may hold `-`, numbers never do, so the last `-` separates them; each id has exactly
+/// one spelling (`e1-07` names no connection).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    edge: EdgeId,
+    number: u64,
+}
+
+impl ConnectionId {
+    /// The form, as documented.
+    pub const FORM: &'static str = "<edge id>-<number>";
+
+    /// The id of connection `number` of `edge`.
+    pub fn new(edge: EdgeId, number: u64) -> Self {
+        Self { edge, number }
+    }
+
+    /// The edge holding the connection.
+    pub fn edge(&self) -> &EdgeId {
+        &self.edge
+    }
+
+    /// The connection's number on its edge.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.edge, self.number)
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl std::str::FromStr for ConnectionId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        const KIND: &str = "connection id";
+        let malformed = IdError::Shape {
+            kind: KIND,
+            rule: "is not of the form <edge id>-<number>",
+        };
+        if s.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        let (edge, number) = s.rsplit_once('-').ok_or(malformed.clone())?;
+        let canonical = !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && (number == "0" || !number.starts_with('0'));
+        if !canonical {
+            return Err(malformed);
+        }
+        let number = number.parse().map_err(|_| malformed)?;
+        Ok(Self {
+            edge: EdgeId::new(edge)?,
+            number,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +286,32 @@ mod tests {
                 ProjectId::new(bad).is_err(),
                 "{bad:?} accepted as a project"
             );
+        }
+    }
+
+    #[test]
+    fn connection_ids_have_one_spelling() {
+        let edge = EdgeId::new("edge-1").expect("valid");
+        let id = ConnectionId::new(edge.clone(), 7);
+        assert_eq!(id.to_string(), "edge-1-7");
+        assert_eq!("edge-1-7".parse::<ConnectionId>(), Ok(id));
+        let max = ConnectionId::new(edge, u64::MAX);
+        assert_eq!(max.to_string().parse::<ConnectionId>(), Ok(max));
+        assert_eq!("e-0".parse::<ConnectionId>().map(|c| c.number()), Ok(0));
+        for bad in [
+            "",
+            "nonsense",
+            "e1-",
+            "-7",
+            "e1-07",
+            "e1-+7",
+            "e1-7 ",
+            "E1-7",
+            "e1-x",
+            "e1.a-7",
+            "e1-18446744073709551616",
+        ] {
+            assert!(bad.parse::<ConnectionId>().is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use herald_core::bus::{ControlReply, ControlRequest, DisconnectWho, ListOf};
 use herald_core::codes::CloseCode;
-use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
+use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use herald_core::proto::v1::ConnectionInfo;
 use herald_core::registry::{InterestKey, Registry};
@@ -112,7 +113,8 @@ struct Conn {
     last_seen: u32,
     /// Where this connection's slot is in its project's list (it fits in padding: no cost).
     project_pos: u32,
-    ping_sent_at: Option<u32>,
+    /// When the unanswered ping went (the clock never reads 0, so this takes 4 bytes).
+    ping_sent_at: Option<NonZeroU32>,
 }
 
 #[derive(Default)]
@@ -268,6 +270,7 @@ pub struct Hub {
     /// Set by [`Hub::close_all`]: the hint every connection inserted afterwards is closed with.
     shutdown: Mutex<Option<(CloseCode, u32)>>,
     started: Instant,
+    /// Seconds since the hub started, plus one: never 0.
     clock: AtomicU32,
     /// Live connections (inserted and not removed).
     live: AtomicUsize,
@@ -334,7 +337,7 @@ impl Hub {
             next_number: AtomicU64::new(((unix_now().as_millis() as u64) << 20) | 1),
             shutdown: Mutex::new(None),
             started: Instant::now(),
-            clock: AtomicU32::new(0),
+            clock: AtomicU32::new(1),
             live: AtomicUsize::new(0),
             interest,
         })
@@ -350,8 +353,8 @@ impl Hub {
     }
 
     /// The public id of a connection: `<edge>-<number>`.
-    pub fn connection_id(&self, number: u64) -> String {
-        format!("{}-{number}", self.edge)
+    pub fn connection_id(&self, number: u64) -> ConnectionId {
+        ConnectionId::new(self.edge.clone(), number)
     }
 
     /// The shard of a user: all devices of a user share one, so a user message locks one shard
@@ -772,7 +775,7 @@ impl Hub {
                     for slot in slots.map(Slots::as_slice).unwrap_or_default() {
                         if let Some(c) = shard.conns.get(*slot as usize) {
                             out.push(ConnectionInfo {
-                                id: self.connection_id(c.number),
+                                id: self.connection_id(c.number).to_string(),
                                 user: c.user.to_string(),
                                 remote_addr: c.remote.to_string(),
                                 connected_since_unix_ms: c.since_unix_ms,
@@ -808,11 +811,7 @@ impl Hub {
                         Self::close_in(&mut shard.conns, slots, closing, |_| true)
                     }
                     DisconnectWho::Connection(id) => {
-                        // Only the canonical form `<edge>-<number>` names a connection.
-                        let number = id
-                            .strip_prefix(self.edge.as_str())
-                            .and_then(|rest| rest.strip_prefix('-'))
-                            .and_then(|n| n.parse::<u64>().ok().filter(|v| v.to_string() == n));
+                        let number = (id.edge() == &self.edge).then(|| id.number());
                         match number {
                             Some(number) => {
                                 let mut n = 0;
@@ -841,7 +840,7 @@ impl Hub {
 
     /// One tick of the hub clock: pings idle connections, closes dead peers and expired tokens.
     pub fn tick(&self) {
-        let now = self.started.elapsed().as_secs() as u32;
+        let now = (self.started.elapsed().as_secs() as u32).saturating_add(1);
         self.clock.store(now, Ordering::Relaxed);
         let now_unix = unix_now().saturating_sub(self.cfg.token_leeway).as_secs();
         let ping_every = self.cfg.ping_interval.as_secs().max(1) as u32;
@@ -861,7 +860,7 @@ impl Hub {
                             reconnect_after_ms: 0,
                         },
                     );
-                } else if let Some(at) = c.ping_sent_at {
+                } else if let Some(at) = c.ping_sent_at.map(NonZeroU32::get) {
                     if now.saturating_sub(at) >= pong_within {
                         close(
                             c,
@@ -872,7 +871,7 @@ impl Hub {
                         );
                     }
                 } else if now.saturating_sub(c.last_seen) >= ping_every {
-                    c.ping_sent_at = Some(now);
+                    c.ping_sent_at = NonZeroU32::new(now);
                     c.queued += ping.len();
                     c.outbox.push_back(ping.clone());
                     if let Some(w) = c.waker.take() {
@@ -1369,12 +1368,14 @@ mod tests {
             })
         };
         let by_id = |h: ConnHandle| DisconnectWho::Connection(hub.connection_id(h.number));
-        // Another project's connection, a malformed id and another edge's id close nothing.
+        // Another project's connection and another edge's id close nothing.
         for who in [
             by_id(other),
-            DisconnectWho::Connection("nonsense".into()),
-            DisconnectWho::Connection(format!("e2-{}", a2.number)),
-            DisconnectWho::Connection(format!("e1-0{}", a2.number)),
+            DisconnectWho::Connection(
+                format!("e2-{}", a2.number)
+                    .parse()
+                    .expect("a connection id"),
+            ),
         ] {
             assert!(matches!(kick(who), ControlReply::Disconnected(0)));
         }

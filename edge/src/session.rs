@@ -289,7 +289,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     let mut q = WriteQueue::default();
     let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
     q.push(codec.welcome(&Welcome {
-        connection_id: &shared.hub.connection_id(handle.number),
+        connection_id: &shared.hub.connection_id(handle.number).to_string(),
         user: identity.user.as_str(),
         groups: &groups,
         ping_interval_secs: shared.cfg.ping_interval_secs,

@@ -3,8 +3,9 @@
 use std::collections::{HashMap, HashSet};
 
 use herald_core::projects::ProjectConfig;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
+
+use crate::error::ApiError;
 
 /// What a key may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,13 +18,11 @@ pub enum Scope {
 
 impl Scope {
     /// Checks that this scope may act on `project`.
-    pub fn allow(&self, project: &str) -> Result<(), Status> {
+    pub fn allow(&self, project: &str) -> Result<(), ApiError> {
         match self {
             Scope::Admin => Ok(()),
             Scope::Project(p) if p == project => Ok(()),
-            Scope::Project(_) => Err(Status::permission_denied(
-                "this API key does not belong to that project",
-            )),
+            Scope::Project(_) => Err(ApiError::WrongProject),
         }
     }
 }
@@ -64,19 +63,23 @@ impl ApiKeys {
     }
 
     /// The scope of the key in `authorization: Bearer <key>`.
-    pub fn authenticate(&self, md: &MetadataMap) -> Result<Scope, Status> {
+    pub fn authenticate(&self, md: &MetadataMap) -> Result<Scope, ApiError> {
         let value = md
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <api key>"))?
+            .ok_or(ApiError::Unauthenticated(
+                "missing authorization: Bearer <api key>",
+            ))?
             .to_str()
-            .map_err(|_| Status::unauthenticated("authorization is not text"))?;
+            .map_err(|_| ApiError::Unauthenticated("authorization is not text"))?;
         let key = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <api key>"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "authorization must be Bearer <api key>",
+            ))?;
         self.keys
             .get(key.trim())
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown API key"))
+            .ok_or(ApiError::Unauthenticated("unknown API key"))
     }
 }

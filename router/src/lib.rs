@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`config`]: the router's settings.
+//! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
 //! - [`service`]: the `herald.v1.Herald` service: validation, target resolution through the
 //!   [`Registry`](herald_core::registry::Registry), hand-off to the [`Bus`](herald_core::bus::Bus).
 #![deny(rust_2018_idioms)]
 
 pub mod config;
+pub mod error;
 pub mod keys;
 pub mod service;
 
@@ -22,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::RouterConfig;
+pub use error::ApiError;
 pub use keys::ApiKeys;
 pub use service::RouterService;
 

@@ -1,4 +1,5 @@
-//! The `herald.v1.Herald` gRPC service.
+//! The `herald.v1.Herald` gRPC service. Every failure is an [`ApiError`], turned into a gRPC
+//! status only at the edge of each call.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use futures_util::FutureExt as _;
 use herald_core::bus::{
     Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho, ListOf,
 };
-use herald_core::ids::{GroupId, ProjectId, UserId};
+use herald_core::ids::{ConnectionId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
 use herald_core::proto::v1::herald_server::Herald;
 use herald_core::proto::v1::{
@@ -20,13 +21,14 @@ use herald_core::proto::v1::{
     PublishStreamReply, PublishStreamRequest, Resolution, disconnect_request,
     list_connections_request, target,
 };
-use herald_core::registry::{InterestKey, Registry, RegistryError};
+use herald_core::registry::{InterestKey, Registry};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::RouterConfig;
+use crate::error::ApiError;
 use crate::keys::{ApiKeys, Scope};
 
 /// Most acks sent in one stream reply.
@@ -45,18 +47,6 @@ struct Inner {
     bus: Arc<dyn Bus>,
     id_prefix: u32,
     next_id: AtomicU64,
-}
-
-fn registry_status(e: RegistryError) -> Status {
-    Status::unavailable(e.to_string())
-}
-
-fn bus_status(e: BusError) -> Status {
-    Status::unavailable(e.to_string())
-}
-
-fn invalid(field: &str, e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {e}"))
 }
 
 fn valid_event(e: &str) -> bool {
@@ -90,16 +80,16 @@ impl RouterService {
         self.inner.cfg.max_payload_bytes + 64 * 1024
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<Scope, Status> {
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Scope, ApiError> {
         self.inner.keys.load().authenticate(req.metadata())
     }
 
     /// Checks the project id, its existence and the key's right to it.
-    fn project(&self, scope: &Scope, project: &str) -> Result<ProjectId, Status> {
-        let id = ProjectId::new(project).map_err(|e| invalid("project", e))?;
+    fn project(&self, scope: &Scope, project: &str) -> Result<ProjectId, ApiError> {
+        let id = ProjectId::new(project).map_err(|e| ApiError::invalid("project", e))?;
         scope.allow(project)?;
         if !self.inner.keys.load().has_project(project) {
-            return Err(Status::not_found(format!("unknown project {project:?}")));
+            return Err(ApiError::UnknownProject(project.to_string()));
         }
         Ok(id)
     }
@@ -108,16 +98,17 @@ impl RouterService {
         &self,
         scope: &Scope,
         req: PublishRequest,
-    ) -> Result<PublishReply, Status> {
+    ) -> Result<PublishReply, ApiError> {
         let inner = &self.inner;
         let project = self.project(scope, &req.project)?;
-        let target = req.target.and_then(|t| t.kind).ok_or_else(|| {
-            Status::invalid_argument("target: required (broadcast, group or user)")
-        })?;
+        let target = req
+            .target
+            .and_then(|t| t.kind)
+            .ok_or_else(|| ApiError::invalid("target", "required (broadcast, group or user)"))?;
         let (kind, name, key) = match target {
             target::Kind::Broadcast(_) => (TargetKind::Broadcast, String::new(), None),
             target::Kind::Group(g) => {
-                let id = GroupId::new(&g).map_err(|e| invalid("target.group", e))?;
+                let id = GroupId::new(&g).map_err(|e| ApiError::invalid("target.group", e))?;
                 (
                     TargetKind::Group,
                     g,
@@ -125,7 +116,7 @@ impl RouterService {
                 )
             }
             target::Kind::User(u) => {
-                let id = UserId::new(&u).map_err(|e| invalid("target.user", e))?;
+                let id = UserId::new(&u).map_err(|e| ApiError::invalid("target.user", e))?;
                 (
                     TargetKind::User,
                     u,
@@ -134,17 +125,26 @@ impl RouterService {
             }
         };
         if req.payload.len() > inner.cfg.max_payload_bytes {
-            return Err(Status::invalid_argument(format!(
-                "payload: {} bytes, more than the limit of {}",
-                req.payload.len(),
-                inner.cfg.max_payload_bytes
-            )));
+            return Err(ApiError::invalid(
+                "payload",
+                format_args!(
+                    "{} bytes, more than the limit of {}",
+                    req.payload.len(),
+                    inner.cfg.max_payload_bytes
+                ),
+            ));
         }
         if !valid_event(&req.event) {
-            return Err(invalid("event", "at most 64 characters of [A-Za-z0-9_.:-]"));
+            return Err(ApiError::invalid(
+                "event",
+                "at most 64 characters of [A-Za-z0-9_.:-]",
+            ));
         }
         if req.idempotency_key.len() > 128 {
-            return Err(invalid("idempotency_key", "longer than 128 bytes"));
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                "longer than 128 bytes",
+            ));
         }
         let message_id = format!(
             "{:08x}-{:x}",
@@ -156,8 +156,7 @@ impl RouterService {
             let fresh = inner
                 .registry
                 .claim_idempotency_key(&project, &req.idempotency_key, window)
-                .await
-                .map_err(registry_status)?;
+                .await?;
             if !fresh {
                 metrics::counter!("herald_router_publishes_total", "resolution" => "duplicate")
                     .increment(1);
@@ -184,7 +183,7 @@ impl RouterService {
         let handed = self.hand_off(&project, key.as_ref(), &envelope).await;
         let edges = match handed {
             Ok(edges) => edges,
-            Err(status) => {
+            Err(e) => {
                 if !req.idempotency_key.is_empty() {
                     // Not handed on: the publisher's retry must not count as a repeat.
                     let _ = inner
@@ -192,7 +191,7 @@ impl RouterService {
                         .release_idempotency_key(&project, &req.idempotency_key)
                         .await;
                 }
-                return Err(status);
+                return Err(e);
             }
         };
         let resolution = if edges == 0 && key.is_some() {
@@ -216,15 +215,14 @@ impl RouterService {
         project: &ProjectId,
         key: Option<&InterestKey>,
         envelope: &Envelope,
-    ) -> Result<u32, Status> {
+    ) -> Result<u32, ApiError> {
         let inner = &self.inner;
         match key {
             None => {
                 inner
                     .bus
                     .publish(Destination::Broadcast(project), envelope)
-                    .await
-                    .map_err(bus_status)?;
+                    .await?;
                 // A broadcast needs no lookup: it is delivered even while the registry is
                 // unreachable; only the count of edges is then unknown (0).
                 match inner.registry.live_edges().await {
@@ -236,11 +234,7 @@ impl RouterService {
                 }
             }
             Some(key) => {
-                let edges = inner
-                    .registry
-                    .edges_for(key)
-                    .await
-                    .map_err(registry_status)?;
+                let edges = inner.registry.edges_for(key).await?;
                 let mut sent = 0;
                 for edge in &edges {
                     match inner.bus.publish(Destination::Edge(edge), envelope).await {
@@ -248,7 +242,7 @@ impl RouterService {
                         Err(BusError::UnknownEdge(e)) => {
                             tracing::debug!(edge = %e, "registry named an edge the bus does not know");
                         }
-                        Err(e) => return Err(bus_status(e)),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Ok(sent)
@@ -256,21 +250,146 @@ impl RouterService {
         }
     }
 
-    async fn control(&self, req: ControlRequest) -> Result<ControlOutcome, Status> {
+    /// Publishes one message of a stream; its outcome, error included, is its ack.
+    async fn publish_streamed(&self, scope: &Scope, m: PublishStreamRequest) -> PublishAck {
+        let request_id = m.request_id;
+        let outcome = match m.message {
+            None => Err(ApiError::invalid("message", "required")),
+            Some(msg) => self.publish_one(scope, msg).await,
+        };
+        match outcome {
+            Ok(reply) => PublishAck {
+                request_id,
+                reply: Some(reply),
+                ..Default::default()
+            },
+            Err(e) => PublishAck {
+                request_id,
+                reply: None,
+                error_code: e.code() as i32,
+                error_message: e.to_string(),
+            },
+        }
+    }
+
+    async fn control(&self, req: ControlRequest) -> Result<ControlOutcome, ApiError> {
         let deadline = Duration::from_millis(self.inner.cfg.control_timeout_ms);
         // Without the live edges no reply could say who is missing: refuse rather than
         // silently undercount.
-        let live = self
-            .inner
-            .registry
-            .live_edges()
-            .await
-            .map_err(registry_status)?;
-        self.inner
-            .bus
-            .control(&req, &live, deadline)
-            .await
-            .map_err(bus_status)
+        let live = self.inner.registry.live_edges().await?;
+        Ok(self.inner.bus.control(&req, &live, deadline).await?)
+    }
+
+    async fn count(
+        &self,
+        request: Request<CountConnectionsRequest>,
+    ) -> Result<CountConnectionsReply, ApiError> {
+        let scope = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let project = match (&scope, req.project.is_empty()) {
+            (Scope::Admin, true) => None,
+            (Scope::Project(p), true) => Some(self.project(&scope, &p.clone())?),
+            (_, false) => Some(self.project(&scope, &req.project)?),
+        };
+        let outcome = self
+            .control(ControlRequest::Count {
+                project: project.clone(),
+            })
+            .await?;
+        let mut connections: HashMap<String, u64> = HashMap::new();
+        match &project {
+            Some(p) => {
+                connections.insert(p.to_string(), 0);
+            }
+            None => {
+                for p in self.inner.keys.load().projects() {
+                    connections.insert(p.to_string(), 0);
+                }
+            }
+        }
+        for (_, reply) in &outcome.replies {
+            if let ControlReply::Count(counts) = reply {
+                for (p, n) in counts {
+                    *connections.entry(p.clone()).or_default() += n;
+                }
+            }
+        }
+        Ok(CountConnectionsReply {
+            connections,
+            missing_edges: missing(&outcome),
+        })
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListConnectionsRequest>,
+    ) -> Result<ListConnectionsReply, ApiError> {
+        let scope = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let project = self.project(&scope, &req.project)?;
+        let of = match req.of {
+            Some(list_connections_request::Of::User(u)) => {
+                ListOf::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
+            }
+            Some(list_connections_request::Of::Group(g)) => {
+                ListOf::Group(GroupId::new(&g).map_err(|e| ApiError::invalid("group", e))?)
+            }
+            None => return Err(ApiError::invalid("of", "a user or a group is required")),
+        };
+        let outcome = self.control(ControlRequest::List { project, of }).await?;
+        let mut connections = Vec::new();
+        for (_, reply) in &outcome.replies {
+            if let ControlReply::List(list) = reply {
+                connections.extend(list.iter().cloned());
+            }
+        }
+        Ok(ListConnectionsReply {
+            connections,
+            missing_edges: missing(&outcome),
+        })
+    }
+
+    async fn kick(&self, request: Request<DisconnectRequest>) -> Result<DisconnectReply, ApiError> {
+        let scope = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let project = self.project(&scope, &req.project)?;
+        let who = match req.who {
+            Some(disconnect_request::Who::User(u)) => {
+                DisconnectWho::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
+            }
+            Some(disconnect_request::Who::ConnectionId(c)) if !c.is_empty() && c.len() <= 128 => {
+                match c.parse::<ConnectionId>() {
+                    Ok(id) => DisconnectWho::Connection(id),
+                    // Not of the form `<edge>-<number>`: it names no connection (docs/api.md).
+                    Err(_) => return Ok(DisconnectReply::default()),
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "who",
+                    "a connection_id or a user is required",
+                ));
+            }
+        };
+        let outcome = self
+            .control(ControlRequest::Disconnect {
+                project,
+                who,
+                reconnect_after_ms: req.reconnect_after_ms,
+            })
+            .await?;
+        let disconnected = outcome
+            .replies
+            .iter()
+            .map(|(_, r)| match r {
+                ControlReply::Disconnected(n) => *n,
+                _ => 0,
+            })
+            .sum();
+        Ok(DisconnectReply {
+            disconnected,
+            missing_edges: missing(&outcome),
+        })
     }
 }
 
@@ -287,9 +406,9 @@ impl Herald for RouterService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let scope = self.authenticate(&request)?;
-        self.publish_one(&scope, request.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.publish_one(&scope, request.into_inner()).await?,
+        ))
     }
 
     type PublishStreamStream = AckStream;
@@ -322,24 +441,7 @@ impl Herald for RouterService {
                 };
                 match next {
                     Ok(Some(m)) => {
-                        let request_id = m.request_id;
-                        let ack = match m.message {
-                            None => Err(Status::invalid_argument("message: required")),
-                            Some(msg) => this.publish_one(&scope, msg).await,
-                        };
-                        acks.push(match ack {
-                            Ok(reply) => PublishAck {
-                                request_id,
-                                reply: Some(reply),
-                                ..Default::default()
-                            },
-                            Err(s) => PublishAck {
-                                request_id,
-                                reply: None,
-                                error_code: s.code() as i32,
-                                error_message: s.message().to_string(),
-                            },
-                        });
+                        acks.push(this.publish_streamed(&scope, m).await);
                         if acks.len() >= MAX_ACK_BATCH {
                             let batch = PublishStreamReply {
                                 acks: std::mem::take(&mut acks),
@@ -374,113 +476,536 @@ impl Herald for RouterService {
         &self,
         request: Request<CountConnectionsRequest>,
     ) -> Result<Response<CountConnectionsReply>, Status> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = match (&scope, req.project.is_empty()) {
-            (Scope::Admin, true) => None,
-            (Scope::Project(p), true) => Some(self.project(&scope, &p.clone())?),
-            (_, false) => Some(self.project(&scope, &req.project)?),
-        };
-        let outcome = self
-            .control(ControlRequest::Count {
-                project: project.clone(),
-            })
-            .await?;
-        let mut connections: HashMap<String, u64> = HashMap::new();
-        match &project {
-            Some(p) => {
-                connections.insert(p.to_string(), 0);
-            }
-            None => {
-                for p in self.inner.keys.load().projects() {
-                    connections.insert(p.to_string(), 0);
-                }
-            }
-        }
-        for (_, reply) in &outcome.replies {
-            if let ControlReply::Count(counts) = reply {
-                for (p, n) in counts {
-                    *connections.entry(p.clone()).or_default() += n;
-                }
-            }
-        }
-        Ok(Response::new(CountConnectionsReply {
-            connections,
-            missing_edges: missing(&outcome),
-        }))
+        Ok(Response::new(self.count(request).await?))
     }
 
     async fn list_connections(
         &self,
         request: Request<ListConnectionsRequest>,
     ) -> Result<Response<ListConnectionsReply>, Status> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = self.project(&scope, &req.project)?;
-        let of = match req.of {
-            Some(list_connections_request::Of::User(u)) => {
-                ListOf::User(UserId::new(&u).map_err(|e| invalid("user", e))?)
-            }
-            Some(list_connections_request::Of::Group(g)) => {
-                ListOf::Group(GroupId::new(&g).map_err(|e| invalid("group", e))?)
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "of: a user or a group is required",
-                ));
-            }
-        };
-        let outcome = self.control(ControlRequest::List { project, of }).await?;
-        let mut connections = Vec::new();
-        for (_, reply) in &outcome.replies {
-            if let ControlReply::List(list) = reply {
-                connections.extend(list.iter().cloned());
-            }
-        }
-        Ok(Response::new(ListConnectionsReply {
-            connections,
-            missing_edges: missing(&outcome),
-        }))
+        Ok(Response::new(self.list(request).await?))
     }
 
     async fn disconnect(
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = self.project(&scope, &req.project)?;
-        let who = match req.who {
-            Some(disconnect_request::Who::User(u)) => {
-                DisconnectWho::User(UserId::new(&u).map_err(|e| invalid("user", e))?)
+        Ok(Response::new(self.kick(request).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use herald_core::bus::{EdgeHandler, MemoryBus};
+    use herald_core::ids::EdgeId;
+    use herald_core::projects::ProjectConfig;
+    use herald_core::proto::v1::{Broadcast, ConnectionInfo, Target};
+    use herald_core::registry::{InterestChange, Liveness, MemoryRegistry, RegistryError};
+    use std::sync::Mutex;
+    use tonic::Code;
+
+    const ALPHA: &str = "alpha-key";
+    const BETA: &str = "beta-key";
+    const ADMIN: &str = "admin-key";
+
+    /// An edge on the bus: records envelopes, answers calls with one connection of `alpha`.
+    #[derive(Default)]
+    struct Edge {
+        got: Mutex<Vec<Envelope>>,
+    }
+
+    impl EdgeHandler for Edge {
+        fn deliver(&self, envelope: &Envelope) {
+            self.got.lock().expect("lock").push(envelope.clone());
+        }
+        fn control(&self, request: &ControlRequest) -> ControlReply {
+            match request {
+                ControlRequest::Count { project } => {
+                    ControlReply::Count(match project.as_ref().map(ProjectId::as_str) {
+                        None | Some("alpha") => HashMap::from([("alpha".to_string(), 1)]),
+                        Some(_) => HashMap::new(),
+                    })
+                }
+                ControlRequest::List { .. } => ControlReply::List(vec![ConnectionInfo {
+                    id: "e1-1".into(),
+                    ..Default::default()
+                }]),
+                ControlRequest::Disconnect { .. } => ControlReply::Disconnected(1),
             }
-            Some(disconnect_request::Who::ConnectionId(c)) if !c.is_empty() && c.len() <= 128 => {
-                DisconnectWho::Connection(c)
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "who: a connection_id or a user is required",
-                ));
-            }
+        }
+    }
+
+    /// A registry whose backend is down.
+    struct Down;
+
+    fn down<T>() -> Result<T, RegistryError> {
+        Err(RegistryError::Unavailable("down".into()))
+    }
+
+    #[async_trait]
+    impl Registry for Down {
+        async fn heartbeat(&self, _: &EdgeId) -> Result<Liveness, RegistryError> {
+            down()
+        }
+        async fn update(&self, _: &EdgeId, _: &[InterestChange]) -> Result<(), RegistryError> {
+            down()
+        }
+        async fn resync(&self, _: &EdgeId, _: &[InterestKey]) -> Result<(), RegistryError> {
+            down()
+        }
+        async fn deregister(&self, _: &EdgeId) -> Result<(), RegistryError> {
+            down()
+        }
+        async fn edges_for(&self, _: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+            down()
+        }
+        async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+            down()
+        }
+        async fn claim_idempotency_key(
+            &self,
+            _: &ProjectId,
+            _: &str,
+            _: Duration,
+        ) -> Result<bool, RegistryError> {
+            down()
+        }
+        async fn release_idempotency_key(
+            &self,
+            _: &ProjectId,
+            _: &str,
+        ) -> Result<(), RegistryError> {
+            down()
+        }
+    }
+
+    /// A bus that accepts nothing.
+    struct DeadBus;
+
+    #[async_trait]
+    impl Bus for DeadBus {
+        async fn publish(&self, _: Destination<'_>, _: &Envelope) -> Result<(), BusError> {
+            Err(BusError::Unavailable("dead".into()))
+        }
+        async fn attach(&self, _: EdgeId, _: Arc<dyn EdgeHandler>) -> Result<(), BusError> {
+            Ok(())
+        }
+        async fn control(
+            &self,
+            _: &ControlRequest,
+            _: &[EdgeId],
+            _: Duration,
+        ) -> Result<ControlOutcome, BusError> {
+            Err(BusError::Unavailable("dead".into()))
+        }
+    }
+
+    fn keys() -> Arc<ArcSwap<ApiKeys>> {
+        let project = |id: &str, key: &str| ProjectConfig {
+            id: id.into(),
+            api_keys: vec![key.into()],
+            keys: Vec::new(),
+            limits: Default::default(),
+            client_certificates: None,
         };
-        let outcome = self
-            .control(ControlRequest::Disconnect {
-                project,
-                who,
-                reconnect_after_ms: req.reconnect_after_ms,
-            })
-            .await?;
-        let disconnected = outcome
-            .replies
-            .iter()
-            .map(|(_, r)| match r {
-                ControlReply::Disconnected(n) => *n,
-                _ => 0,
-            })
-            .sum();
-        Ok(Response::new(DisconnectReply {
-            disconnected,
-            missing_edges: missing(&outcome),
-        }))
+        Arc::new(ArcSwap::from_pointee(ApiKeys::new(
+            &[project("alpha", ALPHA), project("beta", BETA)],
+            &[ADMIN.to_string()],
+        )))
+    }
+
+    fn service(registry: Arc<dyn Registry>, bus: Arc<dyn Bus>) -> RouterService {
+        let cfg = RouterConfig {
+            max_payload_bytes: 100,
+            ..RouterConfig::default()
+        };
+        RouterService::new(cfg, keys(), registry, bus)
+    }
+
+    fn edge(s: &str) -> EdgeId {
+        EdgeId::new(s).expect("edge")
+    }
+
+    /// A service over an in-memory registry and bus with edges e1 and e2 attached and alive.
+    async fn sandbox() -> (RouterService, Arc<MemoryRegistry>, [Arc<Edge>; 2]) {
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(MemoryBus::new());
+        let edges = [Arc::new(Edge::default()), Arc::new(Edge::default())];
+        for (name, handler) in ["e1", "e2"].into_iter().zip(&edges) {
+            registry.heartbeat(&edge(name)).await.expect("heartbeat");
+            bus.attach(edge(name), handler.clone())
+                .await
+                .expect("attach");
+        }
+        (service(registry.clone(), bus), registry, edges)
+    }
+
+    fn req<T>(key: Option<&str>, body: T) -> Request<T> {
+        let mut r = Request::new(body);
+        if let Some(k) = key {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {k}").parse().expect("ascii"),
+            );
+        }
+        r
+    }
+
+    fn publish(project: &str, target: target::Kind, payload: &str) -> PublishRequest {
+        PublishRequest {
+            project: project.into(),
+            target: Some(Target { kind: Some(target) }),
+            payload: payload.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn group(g: &str) -> target::Kind {
+        target::Kind::Group(g.into())
+    }
+
+    async fn refused(svc: &RouterService, key: Option<&str>, p: PublishRequest) -> (Code, String) {
+        let s = svc.publish(req(key, p)).await.expect_err("refused");
+        (s.code(), s.message().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_target_goes_to_the_edges_holding_it_once_each() {
+        let (svc, registry, [e1, e2]) = sandbox().await;
+        let news = InterestKey::Group(
+            ProjectId::new("alpha").expect("p"),
+            GroupId::new("news").expect("g"),
+        );
+        let r = svc
+            .publish(req(Some(ALPHA), publish("alpha", group("news"), "1")))
+            .await
+            .expect("published")
+            .into_inner();
+        assert_eq!(
+            (r.resolution, r.edges),
+            (Resolution::NoRecipients as i32, 0)
+        );
+        registry
+            .update(&edge("e2"), &[InterestChange::Add(news.clone())])
+            .await
+            .expect("update");
+        // An edge the registry names but the bus does not know is skipped.
+        registry
+            .update(&edge("e9"), &[InterestChange::Add(news)])
+            .await
+            .expect("update");
+        let r = svc
+            .publish(req(Some(ALPHA), publish("alpha", group("news"), "2")))
+            .await
+            .expect("published")
+            .into_inner();
+        assert_eq!((r.resolution, r.edges), (Resolution::Delivered as i32, 1));
+        assert!(e1.got.lock().expect("lock").is_empty());
+        let got = e2.got.lock().expect("lock").clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].project.as_str(),
+                got[0].kind(),
+                got[0].name.as_str(),
+                got[0].payload.as_slice()
+            ),
+            ("alpha", TargetKind::Group, "news", &b"2"[..])
+        );
+        assert_eq!(got[0].message_id, r.message_id);
+
+        // A broadcast reaches every edge and counts the live ones.
+        let r = svc
+            .publish(req(
+                Some(ADMIN),
+                publish("beta", target::Kind::Broadcast(Broadcast {}), "3"),
+            ))
+            .await
+            .expect("published")
+            .into_inner();
+        assert_eq!((r.resolution, r.edges), (Resolution::Delivered as i32, 2));
+        assert_eq!(e1.got.lock().expect("lock").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_delivered_once_and_released_when_not_handed_on() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let dead = service(registry.clone(), Arc::new(DeadBus));
+        let mut p = publish("alpha", target::Kind::Broadcast(Broadcast {}), "1");
+        p.idempotency_key = "k1".into();
+        let s = dead
+            .publish(req(Some(ALPHA), p.clone()))
+            .await
+            .expect_err("dead bus");
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "bus unavailable: dead")
+        );
+        // The failed publish released its key: the retry through a working bus is delivered.
+        let live = service(registry, Arc::new(MemoryBus::new()));
+        let first = live
+            .publish(req(Some(ALPHA), p.clone()))
+            .await
+            .expect("ok")
+            .into_inner();
+        assert_eq!(first.resolution, Resolution::Delivered as i32);
+        let again = live
+            .publish(req(Some(ALPHA), p))
+            .await
+            .expect("ok")
+            .into_inner();
+        assert_eq!(again.resolution, Resolution::Duplicate as i32);
+    }
+
+    #[tokio::test]
+    async fn requests_are_validated_with_the_field_named() {
+        let (svc, _, [e1, e2]) = sandbox().await;
+        let mut long_key = publish("alpha", group("g"), "1");
+        long_key.idempotency_key = "k".repeat(129);
+        let mut bad_event = publish("alpha", group("g"), "1");
+        bad_event.event = "a b".into();
+        let cases = [
+            (
+                None,
+                publish("alpha", group("g"), "1"),
+                Code::Unauthenticated,
+                "missing authorization: Bearer <api key>",
+            ),
+            (
+                Some("nope"),
+                publish("alpha", group("g"), "1"),
+                Code::Unauthenticated,
+                "unknown API key",
+            ),
+            (
+                Some(BETA),
+                publish("alpha", group("g"), "1"),
+                Code::PermissionDenied,
+                "this API key does not belong to that project",
+            ),
+            (
+                Some(ADMIN),
+                publish("gamma", group("g"), "1"),
+                Code::NotFound,
+                "unknown project \"gamma\"",
+            ),
+            (
+                Some(ALPHA),
+                publish("Alpha", group("g"), "1"),
+                Code::InvalidArgument,
+                &format!(
+                    "project: project id holds a character outside {}",
+                    ProjectId::ALPHABET
+                ),
+            ),
+            (
+                Some(ALPHA),
+                PublishRequest {
+                    project: "alpha".into(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+                "target: required (broadcast, group or user)",
+            ),
+            (
+                Some(ALPHA),
+                publish("alpha", group("a.*"), "1"),
+                Code::InvalidArgument,
+                &format!(
+                    "target.group: group name holds a character outside {}",
+                    GroupId::ALPHABET
+                ),
+            ),
+            (
+                Some(ALPHA),
+                publish("alpha", target::Kind::User(String::new()), "1"),
+                Code::InvalidArgument,
+                "target.user: user id is empty",
+            ),
+            (
+                Some(ALPHA),
+                publish("alpha", group("g"), &"x".repeat(101)),
+                Code::InvalidArgument,
+                "payload: 101 bytes, more than the limit of 100",
+            ),
+            (
+                Some(ALPHA),
+                bad_event,
+                Code::InvalidArgument,
+                "event: at most 64 characters of [A-Za-z0-9_.:-]",
+            ),
+            (
+                Some(ALPHA),
+                long_key,
+                Code::InvalidArgument,
+                "idempotency_key: longer than 128 bytes",
+            ),
+        ];
+        for (key, p, code, message) in cases {
+            assert_eq!(refused(&svc, key, p).await, (code, message.to_string()));
+        }
+        assert!(e1.got.lock().expect("lock").is_empty());
+        assert!(e2.got.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_registry_outage_is_unavailable_but_broadcasts_go_on() {
+        let bus = Arc::new(MemoryBus::new());
+        let e1 = Arc::new(Edge::default());
+        bus.attach(edge("e1"), e1.clone()).await.expect("attach");
+        let svc = service(Arc::new(Down), bus);
+        let (code, message) = refused(&svc, Some(ALPHA), publish("alpha", group("g"), "1")).await;
+        assert_eq!(
+            (code, message.as_str()),
+            (Code::Unavailable, "registry unavailable: down")
+        );
+        let r = svc
+            .publish(req(
+                Some(ALPHA),
+                publish("alpha", target::Kind::Broadcast(Broadcast {}), "2"),
+            ))
+            .await
+            .expect("a broadcast needs no registry")
+            .into_inner();
+        assert_eq!((r.resolution, r.edges), (Resolution::Delivered as i32, 0));
+        assert_eq!(e1.got.lock().expect("lock").len(), 1);
+        let s = svc
+            .count_connections(req(Some(ALPHA), CountConnectionsRequest::default()))
+            .await
+            .expect_err("no live edges");
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn operator_calls_gather_every_edge_and_name_the_missing() {
+        let (svc, registry, _) = sandbox().await;
+        // e3 is alive in the registry but not on the bus: it cannot answer.
+        registry.heartbeat(&edge("e3")).await.expect("heartbeat");
+        let count = svc
+            .count_connections(req(Some(ADMIN), CountConnectionsRequest::default()))
+            .await
+            .expect("count")
+            .into_inner();
+        assert_eq!(
+            count.connections,
+            HashMap::from([("alpha".into(), 2), ("beta".into(), 0)])
+        );
+        assert_eq!(count.missing_edges, ["e3"]);
+        // A project key counts its own project when none is named.
+        let own = svc
+            .count_connections(req(Some(BETA), CountConnectionsRequest::default()))
+            .await
+            .expect("count")
+            .into_inner();
+        assert_eq!(own.connections, HashMap::from([("beta".into(), 0)]));
+
+        let list = svc
+            .list_connections(req(
+                Some(ALPHA),
+                ListConnectionsRequest {
+                    project: "alpha".into(),
+                    of: Some(list_connections_request::Of::Group("news".into())),
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(list.connections.len(), 2);
+        let s = svc
+            .list_connections(req(
+                Some(ALPHA),
+                ListConnectionsRequest {
+                    project: "alpha".into(),
+                    of: None,
+                },
+            ))
+            .await
+            .expect_err("no of");
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "of: a user or a group is required")
+        );
+
+        let kick = |who| {
+            req(
+                Some(ALPHA),
+                DisconnectRequest {
+                    project: "alpha".into(),
+                    who,
+                    reconnect_after_ms: 0,
+                },
+            )
+        };
+        let r = svc
+            .disconnect(kick(Some(disconnect_request::Who::User("alice".into()))))
+            .await
+            .expect("disconnect")
+            .into_inner();
+        assert_eq!(
+            (r.disconnected, r.missing_edges.as_slice()),
+            (2, &["e3".to_string()][..])
+        );
+        // A malformed connection id names no connection: nothing is asked, nothing closed.
+        let r = svc
+            .disconnect(kick(Some(disconnect_request::Who::ConnectionId(
+                "nonsense".into(),
+            ))))
+            .await
+            .expect("disconnect")
+            .into_inner();
+        assert_eq!((r.disconnected, r.missing_edges.len()), (0, 0));
+        let r = svc
+            .disconnect(kick(Some(disconnect_request::Who::ConnectionId(
+                "e1-1".into(),
+            ))))
+            .await
+            .expect("disconnect")
+            .into_inner();
+        assert_eq!(r.disconnected, 2);
+        for who in [
+            None,
+            Some(disconnect_request::Who::ConnectionId(String::new())),
+        ] {
+            let s = svc.disconnect(kick(who)).await.expect_err("no who");
+            assert_eq!(
+                (s.code(), s.message()),
+                (
+                    Code::InvalidArgument,
+                    "who: a connection_id or a user is required"
+                )
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stream_acks_carry_each_message_s_outcome() {
+        let (svc, _, _) = sandbox().await;
+        let scope = svc.authenticate(&req(Some(ALPHA), ())).expect("key");
+        let m = |request_id, message| PublishStreamRequest {
+            request_id,
+            message,
+        };
+        let ok = svc
+            .publish_streamed(&scope, m(7, Some(publish("alpha", group("g"), "1"))))
+            .await;
+        assert_eq!(ok.request_id, 7);
+        assert_eq!(
+            ok.reply.map(|r| r.resolution),
+            Some(Resolution::NoRecipients as i32)
+        );
+        let other = svc
+            .publish_streamed(&scope, m(8, Some(publish("beta", group("g"), "1"))))
+            .await;
+        assert_eq!(
+            (other.request_id, other.error_code, other.reply),
+            (8, Code::PermissionDenied as i32, None)
+        );
+        let empty = svc.publish_streamed(&scope, m(9, None)).await;
+        assert_eq!(
+            (empty.error_code, empty.error_message.as_str()),
+            (Code::InvalidArgument as i32, "message: required")
+        );
     }
 }
