@@ -25,7 +25,11 @@ pub struct Args {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a single-node Herald (edge and router in one process).
+    /// Run Herald: a single node, or one node of a cluster (its edge, its router or both).
+    ///
+    /// Without `[cluster]` in the configuration, one process runs the edge and the router with
+    /// the in-process registry and bus. With `[cluster]` (Redis and NATS) it is one node of a
+    /// cluster, and `--role` (`cluster.role`) says whether it runs the edge, the router or both.
     Serve(ServeOpts),
     /// Run a single-node Herald with a development project, key and API key, and print how to
     /// connect and publish.
@@ -45,8 +49,9 @@ pub enum Command {
 /// Options of `serve` and `dev`.
 #[derive(Debug, ClapArgs, Default)]
 pub struct ServeOpts {
-    /// TOML configuration file (also `HERALD_CONFIG`).
-    #[arg(long, short)]
+    /// TOML configuration file. Settings are also read from `HERALD_<SECTION>__<FIELD>`
+    /// variables (e.g. `HERALD_EDGE__PING_INTERVAL_SECS=10`), over the file.
+    #[arg(long, short, env = "HERALD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Add a development project `demo` with fresh keys when none is configured.
     #[arg(long)]

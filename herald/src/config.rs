@@ -2,7 +2,7 @@
 //! validated before anything starts, with every bad setting named at once.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
@@ -70,6 +70,15 @@ impl Role {
     /// Whether the router runs.
     pub fn router(self) -> bool {
         matches!(self, Role::Router | Role::All)
+    }
+
+    /// The name the configuration and `--role` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Router => "router",
+            Role::All => "all",
+        }
     }
 }
 
@@ -262,13 +271,13 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    // `HERALD_CONFIG`, `HERALD_API_KEY`, `HERALD_ROUTER` and `HERALD_TOKEN_SECRET` are the CLI's.
-    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&[
-        "config",
-        "api_key",
-        "router",
-        "token_secret",
-    ]));
+    // Only `HERALD_<SECTION>__<FIELD>` is configuration; other `HERALD_*` names are the CLI's or
+    // someone else's (see `foreign_env_vars`).
+    fig = fig.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| k.as_str().contains(ENV_SPLIT))
+            .split(ENV_SPLIT),
+    );
     if let Some(a) = overrides.ws_listen {
         fig = fig.merge(Serialized::default("edge.listen", a));
     }
@@ -281,14 +290,162 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     if let Some(r) = overrides.role {
         fig = fig.merge(Serialized::default("cluster.role", r));
     }
+    let vars = config_env_vars();
     let config: Config = fig
         .extract()
-        .map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))?;
+        .map_err(|e| ConfigErrors(e.into_iter().map(|e| describe(&e, &vars)).collect()))?;
     let problems = config.validate();
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(problems))
+        Err(ConfigErrors(
+            problems.into_iter().map(|p| name_env(p, &vars)).collect(),
+        ))
+    }
+}
+
+const ENV_PREFIX: &str = "HERALD_";
+const ENV_SPLIT: &str = "__";
+
+/// `HERALD_*` variables of the CLI (`herald publish` and the others), not configuration.
+const CLI_ENV_VARS: [&str; 4] = [
+    "HERALD_CONFIG",
+    "HERALD_API_KEY",
+    "HERALD_ROUTER",
+    "HERALD_TOKEN_SECRET",
+];
+
+/// The `HERALD_*` part of a variable name, if it has one (matched case-insensitively, as the
+/// configuration reads it).
+fn herald_suffix(name: &str) -> Option<&str> {
+    let head = name.get(..ENV_PREFIX.len())?;
+    head.eq_ignore_ascii_case(ENV_PREFIX)
+        .then(|| &name[ENV_PREFIX.len()..])
+}
+
+/// A configuration variable: its name as set and the setting it names
+/// (`HERALD_EDGE__PING_INTERVAL_SECS`: `edge`, `ping_interval_secs`).
+struct EnvVar {
+    name: String,
+    key: Vec<String>,
+}
+
+/// The `HERALD_<SECTION>__<FIELD>` variables set now.
+fn config_env_vars() -> Vec<EnvVar> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter_map(|name| {
+            let rest = herald_suffix(&name)?;
+            rest.contains(ENV_SPLIT).then(|| EnvVar {
+                key: rest
+                    .trim()
+                    .to_ascii_lowercase()
+                    .split(ENV_SPLIT)
+                    .map(String::from)
+                    .collect(),
+                name: name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `HERALD_*` variables that are neither configuration (no `__`) nor the CLI's, such as a
+/// script's `HERALD_BIN`: not read, and worth a warning (a misspelt setting would look alike).
+pub fn foreign_env_vars() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|name| {
+            herald_suffix(name).is_some_and(|rest| !rest.contains(ENV_SPLIT))
+                && !CLI_ENV_VARS
+                    .iter()
+                    .any(|cli| cli.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The variables that set `key` or a part of it, or that `key` is a part of.
+fn vars_for<'a>(key: &[String], vars: &'a [EnvVar]) -> Vec<&'a str> {
+    vars.iter()
+        .filter(|v| v.key.starts_with(key) || key.starts_with(&v.key))
+        .map(|v| v.name.as_str())
+        .collect()
+}
+
+/// `edge.listeners[0].addr` for the path `["edge", "listeners", "0", "addr"]`.
+fn dotted(path: &[String]) -> String {
+    let mut out = String::new();
+    for p in path {
+        if p.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{p}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(p);
+        }
+    }
+    out
+}
+
+/// One problem found while reading the configuration, named like the validation's: the setting
+/// (`edge.listen_port`) or, when the environment gave it, the variable the user set.
+fn describe(e: &figment::Error, vars: &[EnvVar]) -> String {
+    let what = match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => {
+            let expected: Vec<String> = expected.iter().map(|x| format!("`{x}`")).collect();
+            format!(
+                "unknown setting `{field}`; expected one of {}",
+                expected.join(", ")
+            )
+        }
+        kind => kind.to_string(),
+    };
+    let md = e.metadata.as_ref();
+    if md.is_some_and(|m| m.name.contains("environment variable")) {
+        let names = vars_for(&e.path, vars);
+        if !names.is_empty() {
+            return format!("{}: {what}", names.join(", "));
+        }
+    }
+    let file = md
+        .and_then(|m| m.source.as_ref())
+        .and_then(|s| s.file_path())
+        .map(|p| format!(" (in {})", p.display()))
+        .unwrap_or_default();
+    match dotted(&e.path) {
+        key if key.is_empty() => format!("{what}{file}"),
+        key => format!("{key}: {what}{file}"),
+    }
+}
+
+/// A validation problem (`edge.ping_interval_secs: must be ...`) with the variable that set the
+/// setting, when one did.
+fn name_env(problem: String, vars: &[EnvVar]) -> String {
+    let Some((keys, _)) = problem.split_once(": ") else {
+        return problem;
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for key in keys.split(", ") {
+        // `cluster.redis_urls[1]` was set by the variable of `cluster.redis_urls`.
+        let path: Vec<String> = key
+            .split('[')
+            .next()
+            .unwrap_or_default()
+            .split('.')
+            .map(String::from)
+            .collect();
+        for v in vars.iter().filter(|v| path.starts_with(&v.key)) {
+            if !names.contains(&v.name.as_str()) {
+                names.push(&v.name);
+            }
+        }
+    }
+    if names.is_empty() {
+        problem
+    } else {
+        format!("{problem} (set by {})", names.join(", "))
     }
 }
 
@@ -337,9 +494,4 @@ impl Config {
         }
         problems
     }
-}
-
-/// The config file named by `--config` or `HERALD_CONFIG`.
-pub fn file_from(arg: Option<PathBuf>) -> Option<PathBuf> {
-    arg.or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from))
 }

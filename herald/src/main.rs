@@ -1,5 +1,6 @@
-//! `herald`: a complete single-node Herald (edge and router in one process, in-process registry
-//! and bus) and the operator CLI that talks to any router over gRPC.
+//! `herald`: the server (a single node with edge and router in one process and the in-process
+//! registry and bus, or one node of a cluster over Redis and NATS running the edge, the router or
+//! both) and the operator CLI that talks to any router over gRPC.
 #![deny(rust_2018_idioms)]
 
 mod admin;

@@ -53,9 +53,9 @@ fn load_keys(cfg: &Config) -> Result<(AuthKeys, ApiKeys), ConfigErrors> {
     Ok((auth, api))
 }
 
-/// Runs a single-node Herald until SIGTERM or SIGINT.
+/// Runs a node (embedded, or one node of a cluster) until SIGTERM or SIGINT.
 pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
-    let file = config::file_from(opts.config.clone());
+    let file = opts.config.clone();
     let overrides = Overrides {
         ws_listen: opts.ws_listen,
         grpc_listen: opts.grpc_listen,
@@ -67,6 +67,12 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         cfg.projects.push(dev_project());
     }
     crate::logs::init(&cfg.log);
+    for name in config::foreign_env_vars() {
+        tracing::warn!(
+            variable = %name,
+            "not a setting (HERALD_<SECTION>__<FIELD>) nor the CLI's: ignored"
+        );
+    }
     // The process's one crypto provider (aws-lc-rs), installed before anything uses rustls.
     herald_edge::tls::provider();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -95,16 +101,26 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         line.push_str(&format!(" ws={ws}"));
     }
     if let Some(l) = &listeners {
-        let l: Vec<String> = l.iter().map(|a| a.to_string()).collect();
+        let l: Vec<String> = l.iter().map(ToString::to_string).collect();
         line.push_str(&format!(" listeners={}", l.join(",")));
     }
     if let Some(grpc) = grpc {
         line.push_str(&format!(" grpc={grpc}"));
     }
     println!("{line} admin={admin_addr}");
+    let listeners = listeners.map(|l| {
+        let l: Vec<String> = l.iter().map(ToString::to_string).collect();
+        l.join(",")
+    });
     tracing::info!(
-        ws = ?ws, grpc = ?grpc, admin = %admin_addr, role = ?cfg.cluster.role,
-        clustered = cfg.cluster.clustered(), projects = cfg.projects.len(), "herald ready"
+        ws = ws.map(tracing::field::display),
+        listeners = listeners.as_deref().map(tracing::field::display),
+        grpc = grpc.map(tracing::field::display),
+        admin = %admin_addr,
+        role = %cfg.cluster.role.as_str(),
+        clustered = cfg.cluster.clustered(),
+        projects = cfg.projects.len(),
+        "herald ready"
     );
     if opts.dev
         && let (Some(ws), Some(grpc)) = (ws, grpc)
@@ -351,16 +367,32 @@ Connect a WebSocket client as user "alice" (in group "news"), e.g. with websocat
 
 Publish with the CLI (another terminal):
   export HERALD_ROUTER=http://{grpc_host}:{grpc_port} HERALD_API_KEY={api_key}
-  cargo run -q -p herald -- publish -p {project} --broadcast '{{"hello":"everyone"}}'
-  cargo run -q -p herald -- publish -p {project} --group news '{{"headline":"hi"}}'
-  cargo run -q -p herald -- publish -p {project} --user alice '{{"note":"just for you"}}'
-  cargo run -q -p herald -- list -p {project} --user alice
+  {herald} publish -p {project} --broadcast '{{"hello":"everyone"}}'
+  {herald} publish -p {project} --group news '{{"headline":"hi"}}'
+  {herald} publish -p {project} --user alice '{{"note":"just for you"}}'
+  {herald} list -p {project} --user alice
 
 Tokens for other users:
-  cargo run -q -p herald -- token --secret {secret} --kid dev -p {project} --sub bob --groups news
+  {herald} token --secret {secret} --kid dev -p {project} --sub bob --groups news
 "#,
         project = p.id,
+        herald = own_command(),
         port = ws.port(),
         grpc_port = grpc.port(),
     );
+}
+
+/// How to run this very binary again from a shell: its path, quoted when it needs quotes.
+fn own_command() -> String {
+    let path = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "herald".into());
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,".contains(c));
+    if plain {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    }
 }

@@ -280,7 +280,7 @@ impl HeraldBuilder {
                 "RUST_LOG",
                 std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            // The sandbox's own variables: the server reads every `HERALD_*` as configuration.
+            // The sandbox's own variables, not the server's (it would warn about each).
             .env_remove("HERALD_BIN")
             .env_remove("HERALD_TEST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

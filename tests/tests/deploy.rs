@@ -73,3 +73,66 @@ async fn the_local_cluster_script_starts_the_fabric_and_stops_it() {
         assert_eq!(d.expect_close().await.0, 1001);
     }
 }
+
+/// The Docker build context (the repository root, as deploy/compose.yaml and deploy/Dockerfile
+/// say) has a `.dockerignore` that leaves out `target/` and `.git/`, and nothing the build reads.
+#[test]
+fn the_docker_build_context_leaves_out_the_build_directory() {
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let compose = std::fs::read_to_string(deploy.join("compose.yaml")).expect("compose.yaml");
+    assert!(
+        compose.contains("context: ..") && compose.contains("dockerfile: deploy/Dockerfile"),
+        "deploy/compose.yaml builds from another context: move the .dockerignore there"
+    );
+    let dockerfile = std::fs::read_to_string(deploy.join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("docker build -f deploy/Dockerfile -t herald:dev ."));
+    let root = deploy.join("..");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore"))
+        .expect(".dockerignore at the build context's root (the repository root)");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches('/').trim_end_matches('/'))
+        .collect();
+    for needed in ["target", ".git", "benches/results"] {
+        assert!(
+            patterns.contains(&needed),
+            ".dockerignore does not leave out {needed}/: {patterns:?}"
+        );
+    }
+    assert!(
+        patterns.iter().all(|p| !p.starts_with('!')),
+        "no exceptions expected: {patterns:?}"
+    );
+    // What `cargo build --locked -p herald` reads: the workspace manifest and lock, every member's
+    // manifest and sources, the proto files.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let members: Vec<String> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("workspace members")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_string())
+        .collect();
+    let mut read = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".into(),
+        "proto/proto".into(),
+        "proto/build.rs".into(),
+    ];
+    for m in &members {
+        read.extend([m.clone(), format!("{m}/Cargo.toml"), format!("{m}/src")]);
+    }
+    for p in &patterns {
+        assert!(
+            !matches!(*p, "*" | "**" | "." | "**/*"),
+            ".dockerignore leaves out everything: {p}"
+        );
+        assert!(
+            !read.iter().any(|r| r == p),
+            ".dockerignore leaves out {p}, which the build reads"
+        );
+    }
+}
