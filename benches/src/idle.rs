@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::fanout::{self, ServerKind};
 use crate::proc_stats;
-use crate::servers;
+use crate::servers::{self, ServerKind, baseline};
 use crate::tls::TlsOpts;
 use crate::workers::{ClientPlan, Plan, Workers};
 
@@ -48,7 +47,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     // The server, and what publishes its one message (the baseline sends it by itself).
     let (pid, client, mut publisher, _baseline) = match o.server.as_str() {
         "baseline" => {
-            let s = servers::start_baseline(128, ping_secs * 1000).await?;
+            let s = baseline::start_baseline(128, ping_secs * 1000).await?;
             let c = ClientPlan::herald(s.ws, "idle");
             (s.pid, c, None, Some(s))
         }
@@ -63,7 +62,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
             let edge = format!(
                 "ping_interval_secs = {ping_secs}\npong_timeout_secs = 30\nmax_queued_bytes = 65536"
             );
-            let r = fanout::start(o.herald_bin.clone(), &edge, tls.as_ref(), kind).await?;
+            let r = servers::start(o.herald_bin.clone(), &edge, tls.as_ref(), kind).await?;
             (r.pid(), r.client().clone(), Some(r), None)
         }
     };

@@ -1,26 +1,32 @@
 //! `herald-bench`: Herald's load-testing harness.
 //!
 //! # Layout
-//! - `proc_stats`: what the harness reads of a server process from `/proc` (RSS, CPU, writes).
-//! - `servers`: starting the server under test (Herald, or a bare tokio-tungstenite baseline).
-//! - `idle`: the `idle` scenario: N connections that subscribed, received one message and
-//!   answered a ping; server memory per connection.
-//! - `fanout`: M subscribers of one group at rate R, against Herald and its peers in one run.
-//! - `clients`: subscribers of every protocol (herald.v1, MQTT over ws, NATS over ws, plain ws).
-//! - `peers`: starting mosquitto, nats-server and a Node `ws` server.
-//! - `report`: JSON, Markdown and SVG results.
+//! Scenarios (each a subcommand):
+//! - `idle`: N connections that subscribed, received one message and answered a ping; server
+//!   memory per connection.
+//! - `fanout`: M subscribers of one group at rate R, against Herald and its peers in one run
+//!   (`cluster`: the same through a local cluster).
 //! - `storm`: connects per second and handshake latency.
+//! - `million`: one million connections against a local cluster.
+//!
+//! What they share, each module using only those listed before it:
+//! - `proc_stats`: what the harness reads of a process from `/proc` (RSS, CPU, writes).
+//! - `payload`: the payload carrying its send time.
 //! - `tls`: `wss` runs: a test CA and certificate, Herald's `wss` listener, the clients' trust.
+//! - `client`: the one WebSocket client (lean, TLS or not) with a codec per protocol: herald.v1,
+//!   MQTT 3.1.1, NATS, plain frames.
 //! - `workers`: worker processes holding the client ends, split by the open-file limit; the
 //!   parent merges their counters and histograms.
-//! - `million`: one million connections against a local cluster.
+//! - `servers`: the servers under test (Herald and its cluster through `herald-sandbox`, the
+//!   tokio-tungstenite baseline, the peers) and their publishers.
+//! - `report`: the `fanout` results in JSON, Markdown and SVG.
 #![deny(rust_2018_idioms)]
 
-mod clients;
+mod client;
 mod fanout;
 mod idle;
 mod million;
-mod peers;
+mod payload;
 mod proc_stats;
 mod report;
 mod servers;
@@ -63,7 +69,7 @@ enum Scenario {
     #[command(hide = true)]
     MillionWorker(million::WorkerOpts),
     /// Run the bare tokio-tungstenite baseline server (used by `idle --server baseline`).
-    BaselineServer(servers::BaselineOpts),
+    BaselineServer(servers::baseline::BaselineOpts),
     /// Write a test CA (`ca.pem`) and a server certificate and key signed by it
     /// (`server.pem`, `server.key`) for `--ca`, `--cert`, `--key`.
     Pki(tls::PkiOpts),
@@ -85,13 +91,13 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(o) => idle::run(o).await,
             Scenario::Fanout(o) => fanout::run(o).await.map(|_| ()),
             Scenario::Cluster(mut o) => {
-                o.servers = vec![fanout::ServerKind::Cluster];
+                o.servers = vec![servers::ServerKind::Cluster];
                 fanout::run(o).await.map(|_| ())
             }
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::Million(o) => million::run(o).await,
             Scenario::MillionWorker(o) => million::worker(o).await,
-            Scenario::BaselineServer(o) => servers::baseline(o).await,
+            Scenario::BaselineServer(o) => servers::baseline::baseline(o).await,
             Scenario::Pki(o) => tls::pki(o),
             Scenario::Worker => workers::worker_main().await,
         }

@@ -1,9 +1,53 @@
-//! Results: a JSON file, a Markdown table with ratios against Herald, and an SVG chart.
+//! The `fanout` scenario's results ([`FanoutResult`]): a JSON file, a Markdown table with ratios
+//! against Herald, and an SVG chart.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::fanout::FanoutResult;
+use serde::Serialize;
+
+use crate::servers::ServerKind;
+
+/// The figures of one run against one server.
+#[derive(Debug, Serialize)]
+pub struct FanoutResult {
+    /// Server.
+    pub server: ServerKind,
+    /// Subscribers on `wss`.
+    pub tls: bool,
+    /// Subscribers connected.
+    pub subscribers: u64,
+    /// Offered messages per second.
+    pub rate: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Deliveries expected (published × subscribers).
+    pub expected: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// Expected but not received (lost, dropped or disconnected).
+    pub missing: u64,
+    /// Subscribers that failed to connect or were disconnected.
+    pub client_errors: u64,
+    /// Offered deliveries per second.
+    pub offered_per_sec: f64,
+    /// Achieved deliveries per second (over the publishing time plus drain).
+    pub achieved_per_sec: f64,
+    /// Latency percentiles in milliseconds: p50, p90, p99, p99.9, max.
+    pub latency_ms: [f64; 5],
+    /// Server CPU per delivery, microseconds.
+    pub server_cpu_us_per_delivery: f64,
+    /// Server write syscalls per delivery.
+    pub server_writes_per_delivery: f64,
+    /// Server CPU use over the run, percent of one core.
+    pub server_cpu_percent: f64,
+    /// Harness CPU use over the run, percent of one core.
+    pub harness_cpu_percent: f64,
+    /// Deliveries per second, second by second.
+    pub timeline: Vec<u64>,
+    /// The machine's load average (1, 5, 15 min) when the run started (a shared machine).
+    pub load_avg: [f64; 3],
+}
 
 /// Writes `<name>.{json,md,svg}` into `dir` and prints the Markdown table.
 pub fn write_fanout(dir: &Path, name: &str, results: &[FanoutResult]) -> anyhow::Result<()> {
@@ -54,7 +98,7 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
     }
     if let Some(h) = results
         .iter()
-        .find(|r| matches!(r.server, crate::fanout::ServerKind::Herald))
+        .find(|r| matches!(r.server, ServerKind::Herald))
     {
         for r in results.iter().filter(|r| !std::ptr::eq(*r, h)) {
             let _ = writeln!(

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::proc_stats;
+use crate::servers::herald;
 use crate::tls::TlsOpts;
 use crate::workers::{ClientPlan, Plan, Workers};
-use crate::{proc_stats, servers};
 
 /// Transport of one storm run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +48,7 @@ pub async fn run(o: StormOpts) -> anyhow::Result<()> {
             Mode::Wss => Some(o.tls.setup_always()?),
         };
         let edge = tls.as_ref().map_or(String::new(), |t| t.edge_toml.clone());
-        let server = servers::start_herald(o.herald_bin.clone(), &edge).await?;
+        let server = herald::start_herald(o.herald_bin.as_deref(), &edge).await?;
         let mut client = ClientPlan::herald(server.ws, "storm");
         client.subscribe = false;
         client.tls = tls.as_ref().map(|t| t.client.clone());

@@ -10,7 +10,12 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::workers::TlsPlan;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::{Deserialize, Serialize};
+use tokio_rustls::TlsConnector;
 
 /// TLS options shared by the Herald scenarios.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -131,4 +136,41 @@ pub fn pki(o: PkiOpts) -> anyhow::Result<()> {
         key.display()
     );
     Ok(())
+}
+
+/// TLS settings of a `wss` client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TlsPlan {
+    /// A PEM file of CA certificates to trust (default: none, so `ca` is needed for a test CA).
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked against the certificate.
+    pub server_name: String,
+}
+
+/// A rustls client (aws-lc-rs) trusting the CAs in `t.ca`, sending `t.server_name` as SNI.
+pub fn tls_connector(t: &TlsPlan) -> anyhow::Result<(TlsConnector, ServerName<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &t.ca {
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("read CA file {}", ca.display()))?
+        {
+            roots
+                .add(cert.with_context(|| format!("CA file {}", ca.display()))?)
+                .context("CA certificate")?;
+        }
+        if roots.is_empty() {
+            bail!("{}: no certificate in it", ca.display());
+        }
+    } else {
+        bail!("wss needs --ca FILE: the harness trusts only the CAs it is given");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(t.server_name.clone())
+        .with_context(|| format!("server name {:?}", t.server_name))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
 }

@@ -21,7 +21,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,8 +37,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::clients::{self, Event, Protocol, Subscriber, Target};
-use crate::proc_stats;
+use crate::client::herald::Herald;
+use crate::client::mqtt::Mqtt;
+use crate::client::nats::Nats;
+use crate::client::plain::Plain;
+use crate::client::{Codec, Conn, Event, Hello, Protocol, Target};
+use crate::payload::{now_ns, sent_at};
+use crate::tls::{TlsPlan, tls_connector};
+use crate::{proc_stats, servers};
 
 /// Descriptors each worker keeps for itself (stdio, the runtime, a publisher, slack).
 const RESERVED_FDS: u64 = 256;
@@ -90,15 +95,6 @@ pub fn split(connections: u64, per_worker: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// TLS settings of a `wss` client.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TlsPlan {
-    /// A PEM file of CA certificates to trust (default: none, so `ca` is needed for a test CA).
-    pub ca: Option<PathBuf>,
-    /// The name sent as SNI and checked against the certificate.
-    pub server_name: String,
-}
-
 /// What every client of a plan does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientPlan {
@@ -123,8 +119,6 @@ pub struct ClientPlan {
     pub user_prefix: String,
     /// `wss`: TLS settings.
     pub tls: Option<TlsPlan>,
-    /// tungstenite read buffer of each client, bytes.
-    pub read_buffer: usize,
     /// Deadline of one client's connect, upgrade and subscription, seconds.
     pub connect_timeout_secs: u64,
 }
@@ -140,10 +134,9 @@ impl ClientPlan {
             topic_per_client: false,
             subscribe: true,
             project: "bench".into(),
-            secret: crate::servers::SECRET.into(),
+            secret: servers::SECRET.into(),
             user_prefix: "s".into(),
             tls: None,
-            read_buffer: 4096,
             connect_timeout_secs: 30,
         }
     }
@@ -155,6 +148,21 @@ impl ClientPlan {
             ..Self::herald(server, topic)
         }
     }
+}
+
+/// The clients' target of a plan (reads the CA file of a `wss` plan).
+fn target(p: &ClientPlan) -> anyhow::Result<Target> {
+    let tls = match &p.tls {
+        None => None,
+        Some(t) => Some(tls_connector(t)?),
+    };
+    Ok(Target {
+        server: p.server,
+        spread: p.spread.clone(),
+        tls,
+        sockbuf: 0,
+        zero_linger: false,
+    })
 }
 
 /// A connection plan: how many clients, how fast, doing what.
@@ -573,19 +581,20 @@ pub async fn worker_main() -> anyhow::Result<()> {
     } else {
         vec![String::new(); plan.count as usize]
     };
-    let target = Arc::new(Target::new(c)?);
-    let counts = Arc::new(Atomics::default());
-    let handshakes = Arc::new(Mutex::new(histogram()));
-    let stop = CancellationToken::new();
+    let sh = Arc::new(Shared {
+        target: target(c)?,
+        project: c.project.clone(),
+        topic: c.topic.clone(),
+        subscribe: c.subscribe,
+        timeout: Duration::from_secs(c.connect_timeout_secs.max(1)),
+        counts: Atomics::default(),
+        handshakes: Mutex::new(histogram()),
+        stop: CancellationToken::new(),
+    });
     let connector = {
-        let (counts, handshakes, stop) = (counts.clone(), handshakes.clone(), stop.clone());
-        let (first, rate, inflight, timeout) = (
-            plan.first,
-            plan.rate,
-            plan.inflight,
-            Duration::from_secs(c.connect_timeout_secs.max(1)),
-        );
-        let per_client = c.topic_per_client;
+        let sh = sh.clone();
+        let (first, rate, inflight) = (plan.first, plan.rate, plan.inflight);
+        let (per_client, protocol) = (c.topic_per_client, c.protocol);
         tokio::spawn(async move {
             let gate = Arc::new(Semaphore::new(inflight as usize));
             let gap = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
@@ -595,25 +604,23 @@ pub async fn worker_main() -> anyhow::Result<()> {
                 let i = first + k as u64;
                 let permit = tokio::select! {
                     p = gate.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = stop.cancelled() => break,
+                    _ = sh.stop.cancelled() => break,
                 };
                 let topic = per_client.then(|| format!("u{i}"));
-                clients.push(tokio::spawn(client(
-                    i,
-                    target.clone(),
-                    topic,
-                    token,
-                    timeout,
-                    permit,
-                    counts.clone(),
-                    handshakes.clone(),
-                    stop.clone(),
-                )));
+                let one = sh.clone();
+                clients.push(match protocol {
+                    Protocol::Herald => {
+                        tokio::spawn(client::<Herald>(i, one, topic, token, permit))
+                    }
+                    Protocol::Mqtt => tokio::spawn(client::<Mqtt>(i, one, topic, token, permit)),
+                    Protocol::Nats => tokio::spawn(client::<Nats>(i, one, topic, token, permit)),
+                    Protocol::Ws => tokio::spawn(client::<Plain>(i, one, topic, token, permit)),
+                });
                 if let Some(gap) = gap {
                     next += gap;
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => {}
-                        _ = stop.cancelled() => break,
+                        _ = sh.stop.cancelled() => break,
                     }
                 }
             }
@@ -624,7 +631,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                write_line(&Line::Progress(counts.snapshot()))?;
+                write_line(&Line::Progress(sh.counts.snapshot()))?;
             }
             l = input.recv() => match l {
                 Some(l) if l.trim() != "stop" => {}
@@ -632,7 +639,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
             },
         }
     }
-    stop.cancel();
+    sh.stop.cancel();
     let clients = connector.await.unwrap_or_default();
     let mut latency = histogram();
     for t in clients {
@@ -640,12 +647,13 @@ pub async fn worker_main() -> anyhow::Result<()> {
             latency.saturating_record(u64::from(us).max(1));
         }
     }
-    let handshake = handshakes
+    let handshake = sh
+        .handshakes
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| histogram());
     let result = WorkerResult {
-        counts: counts.snapshot(),
+        counts: sh.counts.snapshot(),
         latency: encode(&latency)?,
         handshake: encode(&handshake)?,
     };
@@ -664,77 +672,96 @@ fn write_line(l: &Line) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One client: connect (and subscribe), then count what arrives until told to stop. Returns the
-/// latency of every payload that carried a send time, in µs.
-#[allow(clippy::too_many_arguments)]
-async fn client(
+/// What a worker's clients share.
+struct Shared {
+    target: Target,
+    project: String,
+    topic: String,
+    subscribe: bool,
+    /// Deadline of one client's connect, upgrade and subscription.
+    timeout: Duration,
+    counts: Atomics,
+    handshakes: Mutex<Histogram<u64>>,
+    stop: CancellationToken,
+}
+
+/// One client speaking `C`: connect (and subscribe), then count what arrives until told to
+/// stop. Returns the latency of every payload that carried a send time, in µs.
+async fn client<C: Codec + Default>(
     i: u64,
-    target: Arc<Target>,
+    sh: Arc<Shared>,
     topic: Option<String>,
     token: String,
-    timeout: Duration,
     permit: tokio::sync::OwnedSemaphorePermit,
-    c: Arc<Atomics>,
-    handshakes: Arc<Mutex<Histogram<u64>>>,
-    stop: CancellationToken,
 ) -> Vec<u32> {
     let mut lat = Vec::new();
+    let c = &sh.counts;
+    let (mut received, mut pinged) = (false, false);
+    let mut on = |e: Event<'_>| match e {
+        Event::Message(p) => {
+            if let Some(t0) = sent_at(p) {
+                let us = now_ns().saturating_sub(t0) / 1000;
+                lat.push(us.min(u64::from(u32::MAX)) as u32);
+            }
+            c.delivered.fetch_add(1, Ordering::Relaxed);
+            if !received {
+                received = true;
+                c.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Event::Ping => {
+            if !pinged {
+                pinged = true;
+                c.pinged.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Event::Ready => {}
+    };
+    let topic = sh.subscribe.then(|| topic.as_deref().unwrap_or(&sh.topic));
+    let hello = Hello {
+        project: &sh.project,
+        token: &token,
+        topic,
+    };
+    run_client(C::default(), i, &sh, &hello, permit, &mut on).await;
+    lat
+}
+
+/// Connects and serves one client until it ends or the worker stops, counting it.
+async fn run_client<C: Codec>(
+    codec: C,
+    i: u64,
+    sh: &Shared,
+    hello: &Hello<'_>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    on: &mut impl FnMut(Event<'_>),
+) {
+    let c = &sh.counts;
     let start = Instant::now();
-    let _ = c.first_attempt_ns.compare_exchange(
-        0,
-        clients::now_ns(),
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    let connect = Subscriber::connect(&target, i, topic.as_deref(), &token);
+    let _ = c
+        .first_attempt_ns
+        .compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+    let connect = Conn::connect(&sh.target, i, hello, codec, on);
     let r = tokio::select! {
-        r = tokio::time::timeout(timeout, connect) => r,
-        _ = stop.cancelled() => return lat,
+        r = tokio::time::timeout(sh.timeout, connect) => r,
+        _ = sh.stop.cancelled() => return,
     };
     drop(permit);
-    let mut sub = match r {
-        Ok(Ok(s)) => s,
-        _ => {
-            c.failed.fetch_add(1, Ordering::Relaxed);
-            return lat;
-        }
+    let Ok(Ok(mut conn)) = r else {
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        return;
     };
-    if let Ok(mut h) = handshakes.lock() {
+    if let Ok(mut h) = sh.handshakes.lock() {
         h.saturating_record((start.elapsed().as_micros() as u64).max(1));
     }
     c.connected.fetch_add(1, Ordering::Relaxed);
-    c.last_connected_ns
-        .fetch_max(clients::now_ns(), Ordering::Relaxed);
-    let (mut received, mut pinged) = (false, false);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            ev = sub.next_event() => match ev {
-                Ok(Event::Payload(p)) => {
-                    if let Some(t0) = clients::sent_at(&p) {
-                        let us = clients::now_ns().saturating_sub(t0) / 1000;
-                        lat.push(us.min(u64::from(u32::MAX)) as u32);
-                    }
-                    c.delivered.fetch_add(1, Ordering::Relaxed);
-                    if !received {
-                        received = true;
-                        c.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(Event::Ping) => {
-                    if !pinged {
-                        pinged = true;
-                        c.pinged.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(_) => {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            }
+    c.last_connected_ns.fetch_max(now_ns(), Ordering::Relaxed);
+    tokio::select! {
+        _ = sh.stop.cancelled() => {}
+        _ = conn.serve(on) => {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-    lat
 }
 
 #[cfg(test)]

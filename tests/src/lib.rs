@@ -11,17 +11,13 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{Broadcast, PublishReply, PublishRequest, Target, target};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -96,28 +92,8 @@ pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
 
 /// The `herald` binary: `HERALD_BIN`, or the one cargo built beside this test.
 pub fn herald_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERALD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| {
-            if d.ends_with("deps") {
-                d.parent()
-            } else {
-                Some(d)
-            }
-        })
-        .expect("target directory");
-    let bin = dir.join("herald");
-    assert!(
-        bin.is_file(),
-        "herald binary not found at {}: build it with `cargo build -p herald` \
-         (`cargo nextest run --workspace` builds it), or set HERALD_BIN",
-        bin.display()
-    );
-    bin
+    // `cargo nextest run --workspace` builds it.
+    herald_sandbox::herald_bin(None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The directory of test-only key pairs.
@@ -252,90 +228,52 @@ impl HeraldBuilder {
         let config_path = dir.path().join("herald.toml");
         std::fs::write(&config_path, toml::to_string(&self.config).expect("toml"))
             .expect("write config");
-        let mut command = match self.nofile {
-            // prlimit sets the limit and execs the binary: the pid stays the server's.
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(herald_bin());
-                c
-            }
-            None => Command::new(herald_bin()),
-        };
         // Configured listeners are used as given; otherwise the one `ws` listener takes a port.
         let own_listeners = self
             .config
             .get("edge")
             .and_then(|e| e.get("listeners"))
             .is_some();
-        command.arg("serve").arg("--config").arg(&config_path);
+        let mut node = herald_sandbox::Node::builder(herald_bin(), &config_path);
         if !own_listeners {
-            command.args(["--ws-listen", &self.ws_listen]);
+            node = node.args(["--ws-listen", &self.ws_listen]);
         }
-        command
-            .args(["--grpc-listen", "127.0.0.1:0"])
-            .args(["--admin-listen", "127.0.0.1:0"])
+        if let Some(n) = self.nofile {
+            node = node.nofile(n);
+        }
+        let stderr_path = self.capture_stderr.then(|| dir.path().join("stderr.log"));
+        if let Some(p) = &stderr_path {
+            node = node.stderr(herald_sandbox::Stderr::File(p.clone()));
+        }
+        node = node
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .env(
                 "RUST_LOG",
                 std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            // The sandbox's own variables, not the server's (it would warn about each).
-            .env_remove("HERALD_BIN")
-            .env_remove("HERALD_TEST_LOG")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let stderr_path = self.capture_stderr.then(|| dir.path().join("stderr.log"));
-        if let Some(p) = &stderr_path {
-            command.stderr(std::fs::File::create(p).expect("stderr file"));
+            );
+        // After the sandbox's own, so `RUST_LOG` here replaces `HERALD_TEST_LOG`.
+        for (k, v) in &self.env {
+            node = node.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn herald");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = tokio::time::timeout(WAIT, async {
-            loop {
-                match lines.recv().await {
-                    Some(l) if l.starts_with("herald ready ") => return l,
-                    Some(_) => continue,
-                    None => panic!("herald exited before it was ready"),
-                }
-            }
-        })
-        .await
-        .expect("herald ready in time");
+        let node = node
+            .ready_within(WAIT)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         // A node without an edge or a router prints no address for it: 0.0.0.0:0 then.
-        let addr = |name: &str| -> SocketAddr {
-            ready
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .map(|a| a.parse().expect("address in the ready line"))
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
-        let listeners = ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("listeners="))
-            .map(|l| {
-                l.split(',')
-                    .map(|a| a.parse().expect("listener address"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let none = SocketAddr::from(([0, 0, 0, 0], 0));
+        let ready = node.ready.clone();
         Herald {
-            ws: addr("ws"),
-            listeners,
-            grpc: addr("grpc"),
-            admin: addr("admin"),
-            child,
-            lines,
+            ws: ready.ws.unwrap_or(none),
+            listeners: ready.listeners,
+            grpc: ready.grpc.unwrap_or(none),
+            admin: ready.admin.unwrap_or(none),
+            node,
             config_path,
             stderr_path,
             _dir: dir,
@@ -353,8 +291,7 @@ pub struct Herald {
     pub grpc: SocketAddr,
     /// Admin HTTP listener.
     pub admin: SocketAddr,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+    node: herald_sandbox::Node,
     /// The configuration file it was started with.
     pub config_path: PathBuf,
     stderr_path: Option<PathBuf>,
@@ -430,25 +367,21 @@ impl Herald {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("running")
+        self.node.pid()
     }
 
     /// Sends a signal (`HUP`, `TERM`, ...) to the process.
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} {pid}");
+        if let Err(e) = self.node.process().signal(sig) {
+            panic!("{e}");
+        }
     }
 
     /// Waits for a stdout line starting with `prefix`.
     pub async fn wait_line(&mut self, prefix: &str) -> String {
         tokio::time::timeout(WAIT, async {
             loop {
-                match self.lines.recv().await {
+                match self.node.next_line().await {
                     Some(l) if l.starts_with(prefix) => return l,
                     Some(_) => continue,
                     None => panic!("stdout closed before {prefix:?}"),
@@ -461,7 +394,7 @@ impl Herald {
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        tokio::time::timeout(Duration::from_secs(20), self.node.process_mut().wait())
             .await
             .expect("exit in time")
             .expect("wait")

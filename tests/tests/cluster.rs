@@ -341,7 +341,7 @@ async fn edges_re_register_after_redis_restarts_empty() {
     send(&mut g2, publish("alpha", To::Broadcast, "\"down\"")).await;
     assert_eq!(next_data(&mut alice).await, json!("down"));
     assert_eq!(next_data(&mut bob).await, json!("down"));
-    b.redis[0].restart().await;
+    b.redis[0].restart().await.expect("redis-server restarts");
 
     // No client reconnects: the edges write their whole interest again.
     publish_until(&mut g2, publish("alpha", To::User("alice"), "1"), 1, WAIT).await;

@@ -230,7 +230,7 @@ async fn redis_down_is_an_error_then_recovers_and_reports_registration_lost() {
     b.redis[0].kill().await;
     assert!(r.heartbeat(&e).await.is_err());
     assert!(r.degraded().is_some_and(|d| d.contains("redis")));
-    b.redis[0].restart().await;
+    b.redis[0].restart().await.expect("redis-server restarts");
     // The manager reconnects; the restarted (empty) Redis no longer knows the edge.
     let until = Instant::now() + WAIT;
     let liveness = loop {

@@ -37,11 +37,9 @@ fn temp_dir(name: &str) -> anyhow::Result<TempDir> {
     Ok(TempDir(d))
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A free loopback port (above the ephemeral range, as the sandbox hands them out).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(herald_sandbox::free_port()?)
 }
 
 fn find_bin(names: &[&str]) -> anyhow::Result<PathBuf> {
@@ -134,55 +132,6 @@ pub async fn nats() -> anyhow::Result<Peer> {
         ws,
         publish: tcp,
         _dir: dir,
-    })
-}
-
-/// A backend process of the cluster scenario (redis-server, nats-server).
-pub struct Backend {
-    _child: Child,
-    /// Its pid.
-    pub pid: u32,
-    /// Where it listens.
-    pub addr: SocketAddr,
-}
-
-/// redis-server on a free loopback port, nothing persisted.
-pub async fn redis() -> anyhow::Result<Backend> {
-    let bin = find_bin(&["redis-server"])?;
-    let port = free_port()?;
-    let child = spawn(
-        &bin,
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    )?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await?;
-    Ok(Backend {
-        pid: child.id().context("pid")?,
-        _child: child,
-        addr,
-    })
-}
-
-/// nats-server on a free loopback port, as the cluster's bus.
-pub async fn nats_bus() -> anyhow::Result<Backend> {
-    let bin = find_bin(&["nats-server"])?;
-    let port = free_port()?;
-    let child = spawn(&bin, &["-a", "127.0.0.1", "-p", &port.to_string()])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await?;
-    Ok(Backend {
-        pid: child.id().context("pid")?,
-        _child: child,
-        addr,
     })
 }
 

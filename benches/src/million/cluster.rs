@@ -1,0 +1,96 @@
+//! Everything the run starts: the cluster (redis-server, nats-server, a router and the edges,
+//! through the sandbox the end-to-end tests use too) and the worker processes; and stopping them
+//! in order.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_sandbox::{Backends, Cluster, Process};
+
+use super::fleet::Worker;
+use super::{MillionOpts, PROJECT};
+use crate::servers;
+
+/// Everything the run started.
+#[derive(Default)]
+pub(super) struct Run {
+    /// Configuration and every process's log.
+    pub(super) dir: PathBuf,
+    pub(super) cluster: Option<Cluster>,
+    pub(super) workers: Vec<Worker>,
+}
+
+impl Run {
+    /// Starts redis-server (`maxclients 4096`, no persistence), nats-server, one router and
+    /// `--edges` edges, all on loopback ports, all logging into the run's directory.
+    pub(super) async fn start_cluster(&mut self, o: &MillionOpts) -> anyhow::Result<()> {
+        let bin = herald_sandbox::herald_bin(o.herald_bin.as_deref())?;
+        herald_sandbox::server_bin("redis-cli")?;
+        let config = format!(
+            "[edge]\nping_interval_secs = {}\n[log]\nlevel = \"warn\"\n{}",
+            o.ping_interval_secs,
+            servers::herald::projects_toml(PROJECT)
+        );
+        eprintln!(
+            "million: starting redis-server, nats-server, a router and {} edges (logs in {})",
+            o.edges,
+            self.dir.display()
+        );
+        let cluster = Cluster::builder(bin, config)
+            .edges(o.edges as usize)
+            .cluster_settings(format!(
+                "redis_timeout_ms = {}\nedge_ttl_secs = {}\n",
+                o.redis_timeout_ms, o.edge_ttl_secs
+            ))
+            .backends(
+                Backends::builder()
+                    .redis_args(["--maxclients", "4096"])
+                    .prefix("million"),
+            )
+            .dir(&self.dir)
+            .logs(true)
+            .own_process_groups(true)
+            .ready_within(Duration::from_secs(60))
+            .start()
+            .await?;
+        let b = &cluster.backends;
+        eprintln!(
+            "million: redis-server :{}, nats-server :{}, router {}, {} edges ready",
+            b.redis[0].port,
+            b.nats[0].port,
+            cluster.grpc()?,
+            cluster.edges.len()
+        );
+        self.cluster = Some(cluster);
+        Ok(())
+    }
+
+    /// Every process the run started, workers first.
+    pub(super) fn processes(&mut self) -> Vec<&mut Process> {
+        let mut v: Vec<&mut Process> = self.workers.iter_mut().map(|w| &mut w.proc).collect();
+        if let Some(c) = &mut self.cluster {
+            v.extend(c.edges.iter_mut().map(|e| e.process_mut()));
+            v.push(c.router.process_mut());
+            let b = &mut c.backends;
+            v.extend(b.nats.iter_mut().filter_map(|n| n.process()));
+            v.extend(b.redis.iter_mut().filter_map(|r| r.process()));
+        }
+        v
+    }
+
+    /// Stops every process the run started: the workers (their sockets close with RST), then
+    /// the edges and the router, then NATS and Redis (SIGTERM, SIGKILL after 20 s).
+    pub(super) async fn shutdown(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.send("stop").await;
+        }
+        let mut procs: Vec<&mut Process> = self.workers.iter_mut().map(|w| &mut w.proc).collect();
+        let mut killed = herald_sandbox::stop_all(&mut procs, Duration::from_secs(10)).await;
+        if let Some(c) = &mut self.cluster {
+            killed.extend(c.stop(Duration::from_secs(20)).await);
+        }
+        for name in killed {
+            eprintln!("million: {name} did not stop in time; killed it");
+        }
+    }
+}
