@@ -358,3 +358,60 @@ async fn edges_re_register_after_redis_restarts_empty() {
     }
     n1.wait_ready().await;
 }
+
+#[tokio::test]
+async fn a_registry_that_never_answers_delays_welcome_and_ack_only_up_to_the_deadline() {
+    let b = Backends::start_with(false, 1).await;
+    let n1 = herald()
+        .clustered(&b)
+        .role("all")
+        .edge("id", "e1")
+        .edge("registration_timeout_ms", 500)
+        .start()
+        .await;
+    // Redis hangs (SIGSTOP): its connections stay open, nothing is answered.
+    let redis = b.redis[0].pid().expect("redis-server running");
+    signal(redis, "STOP");
+    let started = Instant::now();
+    let mut c = claims("alpha", "alice");
+    c["groups"] = json!(["news"]);
+    c["channels"] = json!(["sport"]);
+    let mut alice = n1.connect("alpha", &hs256(ALPHA_SECRET, None, &c)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "welcome after {waited:?}: before the registry could hold the connection"
+    );
+    let started = Instant::now();
+    assert_eq!(alice.subscribe(1, "sport").await["type"], "ack");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // Served meanwhile: a broadcast needs no registry.
+    let mut grpc = n1.grpc(Some(ALPHA_KEY)).await;
+    send(&mut grpc, publish("alpha", To::Broadcast, "\"hung\"")).await;
+    assert_eq!(next_data(&mut alice).await, json!("hung"));
+    // Once Redis answers, the writes queued meanwhile land: user and group messages arrive.
+    signal(redis, "CONT");
+    publish_until(&mut grpc, publish("alpha", To::User("alice"), "1"), 1, WAIT).await;
+    publish_until(
+        &mut grpc,
+        publish("alpha", To::Group("sport"), "2"),
+        1,
+        WAIT,
+    )
+    .await;
+    loop {
+        if next_data(&mut alice).await == json!(2) {
+            break;
+        }
+    }
+}
+
+/// Sends `sig` to the process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
