@@ -400,6 +400,20 @@ fn describe(e: &figment::Error, vars: &[EnvVar]) -> String {
                 expected.join(", ")
             )
         }
+        // A value in the wrong place may be a key (`admin_api_keys = "..."` for a list): its
+        // kind is named, never its text.
+        figment::error::Kind::InvalidType(actual, expected) => {
+            format!(
+                "invalid type: found {}, expected {expected}",
+                redacted(actual)
+            )
+        }
+        figment::error::Kind::InvalidValue(actual, expected) => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                redacted(actual)
+            )
+        }
         kind => kind.to_string(),
     };
     let md = e.metadata.as_ref();
@@ -417,6 +431,18 @@ fn describe(e: &figment::Error, vars: &[EnvVar]) -> String {
     match dotted(&e.path) {
         key if key.is_empty() => format!("{what}{file}"),
         key => format!("{key}: {what}{file}"),
+    }
+}
+
+/// What a value is, without its text when it has one.
+fn redacted(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Str(_) => "a string".into(),
+        Actual::Bytes(_) => "bytes".into(),
+        Actual::Char(_) => "a character".into(),
+        Actual::Other(_) => "another value".into(),
+        other => other.to_string(),
     }
 }
 

@@ -231,6 +231,13 @@ fn environment_errors_name_the_variable_set() {
         "{err}"
     );
     assert!(!err.contains("EDGE.PING_INTERVAL_SECS"), "{err}");
+    // A key given where a list is expected is named by its variable, never echoed.
+    let err = run("HERALD_ROUTER__ADMIN_API_KEYS", "admin-key-echo-0123456789");
+    assert!(
+        err.contains("  - HERALD_ROUTER__ADMIN_API_KEYS: invalid type: found a string"),
+        "{err}"
+    );
+    assert!(!err.contains("admin-key-echo-0123456789"), "{err}");
     // A value read but refused by validation names the setting and the variable.
     let err = run("HERALD_EDGE__PING_INTERVAL_SECS", "0");
     assert!(
