@@ -74,6 +74,7 @@ fn fanout(c: &mut Criterion) {
                         remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
                         expires_unix: u64::MAX,
                         wire: Default::default(),
+                        keep_alive_secs: 0,
                     },
                     0,
                 )

@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 
 use crate::auth::{AuthError, Identity};
-use crate::codec::{Codec, Hello};
+use crate::codec::{Codec, Hello, HelloReader, HelloRefused, Wire};
 use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
@@ -72,24 +72,27 @@ impl Refused {
         }
     }
 
-    /// Counts it.
-    pub(crate) fn count(&self) {
+    /// Counts it; a connect refusal under the `protocol` of `wire`.
+    pub(crate) fn count(&self, wire: Wire) {
         match self {
             Refused::Limit(r) => r.count(),
             Refused::Handshake(_) => {
                 metrics::counter!("herald_edge_handshake_failures_total", "reason" => "refused")
                     .increment(1)
             }
-            Refused::Auth(_) | Refused::Close(_) => {
-                metrics::counter!("herald_edge_connects_total", "result" => self.label())
-                    .increment(1)
-            }
+            Refused::Auth(_) | Refused::Close(_) => metrics::counter!(
+                "herald_edge_connects_total",
+                "result" => self.label(),
+                "protocol" => wire.label()
+            )
+            .increment(1),
         }
     }
 
     /// Answers it with an HTTP status (before the upgrade) and closes.
     async fn answer_http(&self, shared: &Shared, tcp: &mut Stream) {
-        self.count();
+        // Only the native protocol is authenticated before the upgrade.
+        self.count(Wire::Native);
         let body = match self {
             Refused::Handshake(e) => e.to_string(),
             Refused::Auth(_) | Refused::Close(_) => self.close_code().reason().to_string(),
@@ -285,7 +288,7 @@ pub(crate) async fn admit(
             .is_none_or(|p| !shared.keys.load().has_project(p.as_str()))
     {
         let r = Refused::Auth(AuthError::UnknownProject);
-        refuse_upgraded(shared, tcp, &mut ctx, None, &r).await;
+        refuse_upgraded(shared, tcp, &mut ctx, up.wire, None, &r).await;
         return None;
     }
     // The protocol's connect frame, when it has one or the native client sends `auth`.
@@ -296,11 +299,10 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let hello = match timeout(deadline, ws::read_first(tcp, &mut ctx)).await {
-            Ok(Ok(first)) => Codec::hello(up.wire, first),
-            Ok(Err(e)) => Err(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired)),
-            Err(_) => Err(CloseCode::AuthRequired),
-        };
+        let read = read_hello(tcp, &mut ctx, up.wire, cfg.max_message_bytes);
+        let hello = timeout(deadline, read)
+            .await
+            .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
         match hello {
             Ok(Hello {
                 token: t,
@@ -313,9 +315,9 @@ pub(crate) async fn admit(
                 }
                 codec = Some(c);
             }
-            Err(code) => {
-                let r = Refused::Close(code);
-                refuse_upgraded(shared, tcp, &mut ctx, None, &r).await;
+            Err(refusal) => {
+                let r = Refused::Close(refusal.code);
+                refuse_upgraded(shared, tcp, &mut ctx, up.wire, refusal.answer, &r).await;
                 return None;
             }
         }
@@ -327,7 +329,8 @@ pub(crate) async fn admit(
         && let Err(r) = check_client(shared, &mut counted, addr.ip(), Some(p), &up)
     {
         tracing::debug!(%remote, reason = r.label(), "refused");
-        refuse_upgraded(shared, tcp, &mut ctx, Some(&mut codec), &r).await;
+        let answer = codec.refusal(r.close_code());
+        refuse_upgraded(shared, tcp, &mut ctx, up.wire, answer, &r).await;
         return None;
     }
     let keys = shared.keys.load();
@@ -348,7 +351,9 @@ pub(crate) async fn admit(
         (Ok(id), Some(p)) => (id, p),
         (Err(e), _) => {
             tracing::debug!(%remote, error = %e, "authentication refused");
-            refuse_upgraded(shared, tcp, &mut ctx, Some(&mut codec), &Refused::Auth(e)).await;
+            let r = Refused::Auth(e);
+            let answer = codec.refusal(r.close_code());
+            refuse_upgraded(shared, tcp, &mut ctx, up.wire, answer, &r).await;
             return None;
         }
         (Ok(_), None) => return None,
@@ -362,6 +367,24 @@ pub(crate) async fn admit(
         identity,
         codec,
     })
+}
+
+/// Reads the protocol's connect frame: the client's first data messages, as many as it takes.
+async fn read_hello(
+    tcp: &mut Stream,
+    ctx: &mut WebSocketContext,
+    wire: Wire,
+    max_bytes: usize,
+) -> Result<Hello, HelloRefused> {
+    let mut reader = HelloReader::new(wire, max_bytes);
+    loop {
+        let m = ws::read_first(tcp, ctx).await.map_err(|e| {
+            HelloRefused::close(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))
+        })?;
+        if let Some(hello) = reader.feed(m) {
+            return hello;
+        }
+    }
 }
 
 /// The defences once the request is read: the client address (behind a trusted HTTP proxy, the
@@ -389,23 +412,24 @@ fn check_client(
     counted.enter_project(project).map_err(Refused::Limit)
 }
 
-/// Refuses an upgraded client: the protocol's own answer first (when its codec is known), then
-/// the close frame with the refusal's code.
+/// Refuses an upgraded client speaking `wire`: the protocol's own `answer` first (a `CONNACK`
+/// with its return code), then the close frame with the refusal's code.
 pub(crate) async fn refuse_upgraded(
     shared: &Shared,
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
-    codec: Option<&mut Codec>,
+    wire: Wire,
+    answer: Option<bytes::Bytes>,
     refused: &Refused,
 ) {
-    refused.count();
+    refused.count(wire);
     let code = refused.close_code();
     let mut q = WriteQueue::default();
-    if let Some(answer) = codec.and_then(|c| c.refusal(code)) {
+    if let Some(answer) = answer {
         q.push(answer);
     }
     let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-    ws::close_and_finish(tcp, ctx, &mut q, code, close_timeout).await;
+    ws::close_and_finish(tcp, ctx, &mut q, code, close_timeout, wire.label()).await;
 }
 
 /// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both

@@ -58,6 +58,10 @@ pub struct EdgeConfig {
     /// and the edge's whole interest is written again instead (counted in
     /// `herald_edge_interest_overflows_total`). Default 100,000.
     pub max_pending_interest: usize,
+    /// Most QoS 1 messages sent to one MQTT client and not yet acknowledged; a smaller receive
+    /// maximum of the client (5.0) lowers it. Further QoS 1 messages wait (counted against
+    /// `max_queued_bytes`). Default 32.
+    pub mqtt_max_inflight: u16,
     /// The defences (`[edge.limits]`).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -84,6 +88,7 @@ impl Default for EdgeConfig {
             close_timeout_ms: 3_000,
             registration_timeout_ms: 5_000,
             max_pending_interest: 100_000,
+            mqtt_max_inflight: 32,
             limits: Default::default(),
         }
     }
@@ -122,6 +127,7 @@ impl EdgeConfig {
                 "edge.max_groups_per_connection",
                 self.max_groups_per_connection as u64,
             ),
+            ("edge.mqtt_max_inflight", u64::from(self.mqtt_max_inflight)),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -106,6 +106,9 @@ struct Conn {
     expires_unix: u64,
     /// The protocol it speaks: which encoding of a message it gets.
     wire: Wire,
+    /// The protocol's own keep alive in seconds (MQTT), 0: none. With one, the hub sends no
+    /// pings and closes the connection after 1.5 times it without a frame from the client.
+    keep_alive: u16,
     outbox: VecDeque<Bytes>,
     queued: usize,
     waker: Option<Waker>,
@@ -291,6 +294,8 @@ pub struct NewConn {
     pub expires_unix: u64,
     /// The protocol it speaks.
     pub wire: Wire,
+    /// The protocol's own keep alive in seconds (MQTT `CONNECT`), 0: none.
+    pub keep_alive_secs: u16,
 }
 
 /// Result of a join.
@@ -416,6 +421,7 @@ impl Hub {
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
                 wire: c.wire,
+                keep_alive: c.keep_alive_secs,
                 outbox: VecDeque::new(),
                 queued: 0,
                 waker: None,
@@ -434,7 +440,7 @@ impl Hub {
             (number, slot, registered)
         };
         self.live.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("herald_edge_connections").increment(1.0);
+        metrics::gauge!("herald_edge_connections", "protocol" => c.wire.label()).increment(1.0);
         self.registered(registered, "connect").await;
         Some(ConnHandle {
             shard: shard_ix as u32,
@@ -445,6 +451,7 @@ impl Hub {
 
     /// Removes a connection and its interest.
     pub fn remove(&self, h: ConnHandle) {
+        let wire;
         {
             let mut shard = self.shards[h.shard as usize].lock();
             let shard = &mut *shard;
@@ -457,6 +464,7 @@ impl Hub {
             }
             let conn = shard.conns.remove(h.slot as usize);
             shard.project_remove(&conn.project, conn.project_pos);
+            wire = conn.wire;
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
             let mut left = Vec::new();
             for g in conn.groups.into_vec() {
@@ -472,7 +480,7 @@ impl Hub {
             );
         }
         self.live.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("herald_edge_connections").decrement(1.0);
+        metrics::gauge!("herald_edge_connections", "protocol" => wire.label()).decrement(1.0);
     }
 
     /// Waits for a registration, up to the deadline; past it the caller goes on (the write
@@ -649,7 +657,7 @@ impl Hub {
         // Encoded at most once per protocol among the recipients.
         let mut frames = Frames::new(env);
         let max = self.cfg.max_queued_bytes;
-        let mut delivered = 0u64;
+        let mut delivered = [0u64; Wire::COUNT];
         let mut wake = Vec::new();
         for i in shards {
             {
@@ -661,13 +669,15 @@ impl Hub {
                         // Most of the shard: one pass over the slab, in memory order.
                         for (_, c) in shard.conns.iter_mut() {
                             if c.project.as_str() == project {
-                                delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                                delivered[c.wire as usize] +=
+                                    push(c, frames.get(c.wire), max, &mut wake) as u64;
                             }
                         }
                     } else {
                         for slot in slots {
                             if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                                delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                                delivered[c.wire as usize] +=
+                                    push(c, frames.get(c.wire), max, &mut wake) as u64;
                             }
                         }
                     }
@@ -680,7 +690,8 @@ impl Hub {
                     let slots = index.map(Slots::as_slice).unwrap_or_default();
                     for slot in slots {
                         if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                            delivered += push(c, frames.get(c.wire), max, &mut wake) as u64;
+                            delivered[c.wire as usize] +=
+                                push(c, frames.get(c.wire), max, &mut wake) as u64;
                         }
                     }
                 }
@@ -689,8 +700,24 @@ impl Hub {
                 w.wake();
             }
         }
-        metrics::counter!("herald_edge_deliveries_total").increment(delivered);
+        for wire in [Wire::Native, Wire::Mqtt, Wire::Stomp] {
+            if delivered[wire as usize] > 0 {
+                metrics::counter!("herald_edge_deliveries_total", "protocol" => wire.label())
+                    .increment(delivered[wire as usize]);
+            }
+        }
         metrics::counter!("herald_edge_messages_total").increment(1);
+    }
+
+    /// Closes one connection (its task sends the close); false when it is already gone.
+    pub fn close(&self, h: ConnHandle, closing: Closing) -> bool {
+        self.with_conn(h, |shard, slot| {
+            let c = &mut shard.conns[slot as usize];
+            if c.closing.is_none() {
+                close(c, closing);
+            }
+        })
+        .is_some()
     }
 
     /// Marks matching connections for closing. Returns how many.
@@ -860,6 +887,19 @@ impl Hub {
                             reconnect_after_ms: 0,
                         },
                     );
+                } else if c.keep_alive > 0 {
+                    // The protocol's keep alive: the client pings; 1.5 times it without a frame
+                    // is a dead peer (rounded up to the hub's one-second tick).
+                    let limit = (u32::from(c.keep_alive) * 3).div_ceil(2);
+                    if now.saturating_sub(c.last_seen) >= limit {
+                        close(
+                            c,
+                            Closing {
+                                code: CloseCode::PingTimeout,
+                                reconnect_after_ms: 0,
+                            },
+                        );
+                    }
                 } else if let Some(at) = c.ping_sent_at.map(NonZeroU32::get) {
                     if now.saturating_sub(at) >= pong_within {
                         close(
@@ -1020,6 +1060,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 4000)),
             expires_unix: u64::MAX,
             wire: Wire::Native,
+            keep_alive_secs: 0,
         }
     }
 

@@ -13,8 +13,8 @@
 //!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
-//!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them.
-//! - [`mqtt`]: the MQTT 3.1.1 and 5.0 codec (packets, encode-once delivery, reason codes).
+//!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them
+//!   (native, [`codec::mqtt`]).
 //! - [`stomp`]: STOMP over WebSocket: frames, destinations, encode-once `MESSAGE` templates.
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
@@ -30,7 +30,6 @@ pub mod interest;
 pub mod limits;
 pub mod listener;
 pub mod local;
-pub mod mqtt;
 pub mod protocol;
 pub mod proxy;
 mod session;
@@ -93,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) keys: Arc<ArcSwap<AuthKeys>>,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) limits: Arc<limits::Limits>,
+    /// MQTT client ids held on this edge (session takeover).
+    pub(crate) mqtt_client_ids: Arc<codec::mqtt::takeover::ClientIds>,
 }
 
 /// A listener's settings and, on `wss`, its TLS state.
@@ -237,6 +238,7 @@ impl Edge {
                 keys,
                 ws_config,
                 limits,
+                mqtt_client_ids: Default::default(),
             }),
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),

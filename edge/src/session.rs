@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::admission::{self, Admitted, Counted, Refused};
 use crate::auth::{AuthError, channels_allow};
+use crate::codec::mqtt::takeover::ClientIds;
 use crate::codec::{Codec, Welcome};
+use crate::config::EdgeConfig;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
 use crate::listener::Stream;
@@ -181,9 +183,42 @@ impl SessionOps<'_> {
     }
 
     /// The connection's project.
-    #[allow(dead_code)]
     pub(crate) fn project(&self) -> &ProjectId {
         &self.core.project
+    }
+
+    /// The edge's settings.
+    pub(crate) fn config(&self) -> &EdgeConfig {
+        &self.shared.cfg
+    }
+
+    /// The connection's place in the hub.
+    pub(crate) fn handle(&self) -> ConnHandle {
+        self.core.handle
+    }
+
+    /// The connection's public id (`<edge>-<number>`).
+    pub(crate) fn connection_id(&self) -> String {
+        self.shared
+            .hub
+            .connection_id(self.core.handle.number)
+            .to_string()
+    }
+
+    /// The MQTT client ids held on this edge (session takeover).
+    pub(crate) fn mqtt_client_ids(&self) -> &Arc<ClientIds> {
+        &self.shared.mqtt_client_ids
+    }
+
+    /// Closes another connection of this edge with `code` (a session taken over).
+    pub(crate) fn close_other(&self, other: ConnHandle, code: CloseCode) {
+        self.shared.hub.close(
+            other,
+            Closing {
+                code,
+                reconnect_after_ms: 0,
+            },
+        );
     }
 
     /// Joins `group` when the token's `channels` allow it and the connection is under its cap of
@@ -276,16 +311,28 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 remote,
                 expires_unix: identity.expires_unix,
                 wire: codec.wire(),
+                keep_alive_secs: codec.keep_alive_secs(),
             },
             per_user,
         )
         .await;
     let Some(handle) = inserted else {
         let refused = Refused::Close(CloseCode::TooManyConnections);
-        admission::refuse_upgraded(shared, &mut stream, &mut ctx, Some(&mut codec), &refused).await;
+        let answer = codec.refusal(refused.close_code());
+        admission::refuse_upgraded(
+            shared,
+            &mut stream,
+            &mut ctx,
+            codec.wire(),
+            answer,
+            &refused,
+        )
+        .await;
         return None;
     };
-    metrics::counter!("herald_edge_connects_total", "result" => "ok").increment(1);
+    let wire = codec.wire();
+    metrics::counter!("herald_edge_connects_total", "result" => "ok", "protocol" => wire.label())
+        .increment(1);
     let mut q = WriteQueue::default();
     let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
     q.push(codec.welcome(&Welcome {
@@ -296,7 +343,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         expires_unix: identity.expires_unix,
     }));
     drop(groups);
-    Some(Box::new(Session {
+    let mut session = Box::new(Session {
         tcp: stream,
         ctx,
         q,
@@ -314,7 +361,18 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
             _counted: counted,
         },
         codec,
-    }))
+    });
+    let s = &mut *session;
+    let mut ops = SessionOps {
+        shared,
+        core: &mut s.core,
+        q: &mut s.q,
+    };
+    if let Next::Close(code) = s.codec.started(&mut ops).await {
+        close_session(shared, s, code, 0).await;
+        return None;
+    }
+    Some(session)
 }
 
 /// What woke a live session.
@@ -343,7 +401,12 @@ impl Session {
             };
             match shared.hub.poll_outgoing(h, cx, &mut self.q.frames, idle) {
                 Poll::Ready(Outgoing::Frames) => {
-                    self.codec.render(&mut self.q.frames);
+                    if let Some(code) = self.codec.render(&mut self.q.frames) {
+                        return Poll::Ready(Event::Closing(Closing {
+                            code,
+                            reconnect_after_ms: 0,
+                        }));
+                    }
                     continue;
                 }
                 Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
@@ -408,31 +471,49 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
             let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
             let _ = timeout(close_timeout, s.q.flush(&mut s.tcp)).await;
             hub.remove(h);
-            metrics::counter!("herald_edge_closes_total", "code" => "peer").increment(1);
+            metrics::counter!("herald_edge_closes_total", "code" => "peer", "protocol" => s.codec.wire().label())
+                .increment(1);
             return false;
         }
         Event::ReadError(e) => match ws::read_error_code(&e) {
             Some(code) => (code, 0),
             None => {
                 hub.remove(h);
-                metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+                metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
+                    .increment(1);
                 return false;
             }
         },
         Event::WriteError => {
             hub.remove(h);
-            metrics::counter!("herald_edge_closes_total", "code" => "io").increment(1);
+            metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
+                .increment(1);
             return false;
         }
     };
-    hub.remove(h);
+    close_session(shared, s, code, reconnect_after_ms).await;
+    false
+}
+
+/// Closes a live session with `code`: out of the hub, unsent frames dropped, the protocol's last
+/// words (a `disconnect`, MQTT `DISCONNECT`), the close handshake.
+async fn close_session(shared: &Shared, s: &mut Session, code: CloseCode, reconnect_after_ms: u32) {
+    shared.hub.remove(s.core.handle);
     s.q.discard_unsent();
     if let Some(last) = s.codec.closing(code, reconnect_after_ms) {
         s.q.push(last);
     }
     let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-    ws::close_and_finish(&mut s.tcp, &mut s.ctx, &mut s.q, code, close_timeout).await;
-    false
+    let protocol = s.codec.wire().label();
+    ws::close_and_finish(
+        &mut s.tcp,
+        &mut s.ctx,
+        &mut s.q,
+        code,
+        close_timeout,
+        protocol,
+    )
+    .await;
 }
 
 #[cfg(test)]

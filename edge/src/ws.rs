@@ -52,12 +52,27 @@ impl Write for Io<'_, '_> {
     }
 }
 
-/// Frames on their way to the socket.
+/// Frames on their way to the socket. A frame may span several queued pieces (an MQTT
+/// `PUBLISH`: shared prefix, packet identifier, shared payload).
 #[derive(Default)]
 pub(crate) struct WriteQueue {
     pub(crate) frames: VecDeque<Bytes>,
-    /// The first frame was partly written: it must be finished before anything else.
-    partial: bool,
+    /// Bytes of the frame being written that are still queued (0: the next byte queued starts a
+    /// frame). A frame begun must be finished before anything else.
+    frame_left: u64,
+}
+
+/// The whole length of the WebSocket frame starting at `b`, from its header; `None` when `b`
+/// does not hold the whole header.
+fn frame_len(b: &[u8]) -> Option<u64> {
+    let second = *b.get(1)?;
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    let (header, len) = match second & 0x7f {
+        126 => (4, u64::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]))),
+        127 => (10, u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)),
+        n => (2, u64::from(n)),
+    };
+    Some(header + mask + len)
 }
 
 impl WriteQueue {
@@ -75,12 +90,34 @@ impl WriteQueue {
         }
     }
 
-    /// Drops every frame not yet started.
+    /// Drops every frame not yet started; the rest of a frame begun stays.
     pub(crate) fn discard_unsent(&mut self) {
-        if self.partial {
-            self.frames.truncate(1);
-        } else {
-            self.frames = VecDeque::new();
+        let mut left = self.frame_left;
+        let mut kept = VecDeque::new();
+        while left > 0 {
+            let Some(mut piece) = self.frames.pop_front() else {
+                break;
+            };
+            if piece.len() as u64 > left {
+                piece.truncate(left as usize);
+            }
+            left -= piece.len() as u64;
+            kept.push_back(piece);
+        }
+        self.frames = kept;
+    }
+
+    /// Follows frame boundaries over the first `n` bytes of `piece`, just written.
+    fn wrote(&mut self, piece: &[u8], n: usize) {
+        let mut at = 0;
+        while at < n {
+            if self.frame_left == 0 {
+                // Every frame's header lies whole in the piece that starts it.
+                self.frame_left = frame_len(&piece[at..]).unwrap_or((piece.len() - at) as u64);
+            }
+            let take = self.frame_left.min((n - at) as u64) as usize;
+            self.frame_left -= take as u64;
+            at += take;
         }
     }
 
@@ -103,17 +140,16 @@ impl WriteQueue {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while written > 0 {
-                let Some(front) = self.frames.front_mut() else {
+                let Some(front) = self.frames.pop_front() else {
                     break;
                 };
-                if written >= front.len() {
-                    written -= front.len();
-                    self.frames.pop_front();
-                    self.partial = false;
-                } else {
-                    front.advance(written);
-                    written = 0;
-                    self.partial = true;
+                let n = written.min(front.len());
+                self.wrote(&front, n);
+                written -= n;
+                if n < front.len() {
+                    let mut rest = front;
+                    rest.advance(n);
+                    self.frames.push_front(rest);
                 }
             }
         }
@@ -205,13 +241,15 @@ pub(crate) enum CloseOutcome {
 
 /// Sends what `q` holds, then the close frame of `code`, waits for the peer's answer within the
 /// close timeout, and shuts the socket. Counts the close under `herald_edge_closes_total`: by its
-/// code's label, or `<label>_unsent` when the close frame could not be written in time.
+/// code's label, or `<label>_unsent` when the close frame could not be written in time, and by
+/// the `protocol` the connection spoke.
 pub(crate) async fn close_and_finish(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
     q: &mut WriteQueue,
     code: CloseCode,
     close_timeout: Duration,
+    protocol: &'static str,
 ) -> CloseOutcome {
     let mut ctl = BytesMut::new();
     {
@@ -232,7 +270,7 @@ pub(crate) async fn close_and_finish(
         let flushed = q.flush(tcp).await;
         sent = true;
         // Counted once the close frame left (or the peer was found gone), not after its answer.
-        count_close(code, CloseOutcome::Sent);
+        count_close(code, CloseOutcome::Sent, protocol);
         flushed?;
         // Wait for the peer's close (or EOF) so our close frame is not lost to a reset.
         if code == CloseCode::MessageTooBig {
@@ -258,18 +296,89 @@ pub(crate) async fn close_and_finish(
     .await;
     if finished.is_err() && !sent {
         // The timeout struck with frames still queued: the close frame never left.
-        count_close(code, CloseOutcome::Unsent);
+        count_close(code, CloseOutcome::Unsent, protocol);
         return CloseOutcome::Unsent;
     }
     CloseOutcome::Sent
 }
 
 /// Counts a server close under `herald_edge_closes_total`.
-fn count_close(code: CloseCode, outcome: CloseOutcome) {
+fn count_close(code: CloseCode, outcome: CloseOutcome, protocol: &'static str) {
     let label: &'static str = match (outcome, code) {
         (CloseOutcome::Sent, c) => c.label(),
         (CloseOutcome::Unsent, CloseCode::SlowConsumer) => "slow_consumer_unsent",
         (CloseOutcome::Unsent, _) => "close_unsent",
     };
-    metrics::counter!("herald_edge_closes_total", "code" => label).increment(1);
+    metrics::counter!("herald_edge_closes_total", "code" => label, "protocol" => protocol)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pieces: &[&'static [u8]]) -> WriteQueue {
+        let mut q = WriteQueue::default();
+        for p in pieces {
+            q.push(Bytes::from_static(p));
+        }
+        q
+    }
+
+    /// Simulates a write of `n` bytes.
+    fn write(q: &mut WriteQueue, mut n: usize) {
+        while n > 0 {
+            let front = q.frames.pop_front().expect("queued");
+            let k = n.min(front.len());
+            q.wrote(&front, k);
+            n -= k;
+            if k < front.len() {
+                let mut rest = front;
+                rest.advance(k);
+                q.frames.push_front(rest);
+            }
+        }
+    }
+
+    fn bytes(q: &WriteQueue) -> Vec<u8> {
+        q.frames.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_frame_in_pieces_is_finished_before_a_close() {
+        // One frame of 2 + 5 bytes in three pieces, then a whole frame.
+        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
+        write(&mut w, 3);
+        w.discard_unsent();
+        assert_eq!(bytes(&w), b"bcde");
+        // Nothing begun: everything goes.
+        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
+        write(&mut w, 7);
+        w.discard_unsent();
+        assert!(w.frames.is_empty());
+        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
+        w.discard_unsent();
+        assert!(w.frames.is_empty());
+    }
+
+    #[test]
+    fn several_frames_in_one_piece_and_long_headers() {
+        // A pong and a close in one piece (as tungstenite writes them), then a 200-byte frame.
+        let mut big = vec![0x82u8, 126, 0, 200];
+        big.extend([7u8; 200]);
+        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let mut w = q(&[b"\x8a\x00\x88\x02\x03\xe8", big]);
+        write(&mut w, 3);
+        w.discard_unsent();
+        assert_eq!(
+            bytes(&w),
+            b"\x02\x03\xe8",
+            "the close frame begun is finished"
+        );
+        let mut w = q(&[b"\x8a\x00\x88\x02\x03\xe8", big]);
+        write(&mut w, 6 + 100);
+        w.discard_unsent();
+        assert_eq!(bytes(&w).len(), 104);
+        assert_eq!(frame_len(big), Some(204));
+    }
 }

@@ -97,7 +97,8 @@ client.on('packetreceive', (packet) => {
 function subscribe(topics) {
   // `codes`: the granted QoS per topic; on a refusal, `code` is the first failure's return
   // (3.1.1) or reason (5.0) code.
-  client.subscribe(topics, (err, granted, packet) => out('suback', {
+  const wanted = Object.fromEntries(Object.entries(topics).map(([t, qos]) => [t, { qos }]));
+  client.subscribe(wanted, (err, granted, packet) => out('suback', {
     error: err?.message ?? null,
     code: err?.code ?? null,
     codes: err ? null : (packet?.granted ?? granted?.map((g) => g.qos) ?? null),

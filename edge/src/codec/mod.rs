@@ -4,8 +4,11 @@
 //! transport are shared; a codec only turns the protocol's frames into session operations and
 //! the session's events into the protocol's frames:
 //! - [`Codec::hello`]: the protocol's connect frame (native `auth`, MQTT `CONNECT`, STOMP
-//!   `CONNECT`), giving the token and, where the protocol carries it, the project;
+//!   `CONNECT`), giving the token and, where the protocol carries it, the project; a frame that
+//!   cannot be read is a [`HelloRefused`] with the protocol's own answer;
 //! - [`Codec::welcome`] / [`Codec::refusal`]: the answer to it;
+//! - [`Codec::started`]: what the protocol does once the connection is in the hub (MQTT: the
+//!   session takeover by client id, `CONNACK`);
 //! - [`Codec::on_message`]: a client frame of a live session, acted on through [`SessionOps`];
 //! - [`Codec::render`]: the frames just taken from the hub, completed per connection where the
 //!   protocol needs it (packet ids, subscription ids), before they are written;
@@ -16,6 +19,7 @@
 //!
 //! [`SessionOps`]: crate::session::SessionOps
 
+pub mod mqtt;
 pub(crate) mod native;
 
 use std::collections::VecDeque;
@@ -59,7 +63,8 @@ impl Wire {
     pub fn sub_protocols(self) -> &'static [&'static str] {
         match self {
             Wire::Native => &[crate::protocol::NATIVE_PROTOCOL],
-            Wire::Mqtt | Wire::Stomp => &[],
+            Wire::Mqtt => &["mqtt", "mqttv3.1"],
+            Wire::Stomp => &[],
         }
     }
 
@@ -85,6 +90,48 @@ pub(crate) struct Hello {
     pub(crate) codec: Codec,
 }
 
+/// A connect frame refused: the close code and the protocol's own answer before the close.
+pub(crate) struct HelloRefused {
+    /// The close code.
+    pub(crate) code: CloseCode,
+    /// What to send before the close frame.
+    pub(crate) answer: Option<Bytes>,
+}
+
+impl HelloRefused {
+    /// A refusal with the close frame alone.
+    pub(crate) fn close(code: CloseCode) -> Self {
+        Self { code, answer: None }
+    }
+}
+
+/// Reads a protocol's connect frame from the client's first data messages: one for most, as
+/// many as it takes for an MQTT `CONNECT` (packets may span WebSocket messages).
+pub(crate) enum HelloReader {
+    /// The connect frame is the first message.
+    Once(Wire),
+    /// An MQTT `CONNECT`, possibly in pieces.
+    Mqtt(mqtt::client::ConnectReader),
+}
+
+impl HelloReader {
+    /// A reader for `wire` whose connect frame may take at most `max_bytes`.
+    pub(crate) fn new(wire: Wire, max_bytes: usize) -> Self {
+        match wire {
+            Wire::Mqtt => HelloReader::Mqtt(mqtt::client::ConnectReader::new(max_bytes)),
+            w => HelloReader::Once(w),
+        }
+    }
+
+    /// Takes one client data message; `None` while the connect frame is incomplete.
+    pub(crate) fn feed(&mut self, m: Message) -> Option<Result<Hello, HelloRefused>> {
+        match self {
+            HelloReader::Once(w) => Some(Codec::hello(*w, m)),
+            HelloReader::Mqtt(r) => r.feed(m),
+        }
+    }
+}
+
 /// What a welcome says.
 pub(crate) struct Welcome<'a> {
     /// The connection's public id.
@@ -103,6 +150,8 @@ pub(crate) struct Welcome<'a> {
 pub(crate) enum Codec {
     /// `herald.v1`: no state beyond the session's.
     Native,
+    /// MQTT 3.1, 3.1.1 and 5.0.
+    Mqtt(Box<mqtt::client::Mqtt>),
 }
 
 impl Codec {
@@ -116,22 +165,45 @@ impl Codec {
     pub(crate) fn wire(&self) -> Wire {
         match self {
             Codec::Native => Wire::Native,
+            Codec::Mqtt(_) => Wire::Mqtt,
         }
     }
 
-    /// Reads the protocol's connect frame (the first data message after the upgrade).
-    pub(crate) fn hello(wire: Wire, first: Message) -> Result<Hello, CloseCode> {
+    /// The protocol's own keep alive, in seconds (0: none; the hub's pings keep the connection).
+    /// With one, the hub sends no pings and closes the connection after 1.5 times it without a
+    /// frame from the client.
+    pub(crate) fn keep_alive_secs(&self) -> u16 {
+        match self {
+            Codec::Native => 0,
+            Codec::Mqtt(m) => m.keep_alive(),
+        }
+    }
+
+    /// Reads the protocol's connect frame from the first data message after the upgrade.
+    pub(crate) fn hello(wire: Wire, first: Message) -> Result<Hello, HelloRefused> {
         match wire {
-            Wire::Native => native::hello(first),
-            // Never chosen at the upgrade while their codecs are absent (no sub-protocols).
-            Wire::Mqtt | Wire::Stomp => Err(CloseCode::ProtocolError),
+            Wire::Native => native::hello(first).map_err(HelloRefused::close),
+            Wire::Mqtt => HelloReader::new(wire, usize::MAX)
+                .feed(first)
+                .unwrap_or(Err(HelloRefused::close(CloseCode::ProtocolError))),
+            // Never chosen at the upgrade while its codec is absent (no sub-protocols).
+            Wire::Stomp => Err(HelloRefused::close(CloseCode::ProtocolError)),
         }
     }
 
-    /// The answer to an accepted connect.
+    /// The answer to an accepted connect (empty when [`Codec::started`] answers).
     pub(crate) fn welcome(&self, w: &Welcome<'_>) -> Bytes {
         match self {
             Codec::Native => native::welcome(w),
+            Codec::Mqtt(_) => Bytes::new(),
+        }
+    }
+
+    /// Runs once the connection is in the hub and its welcome queued.
+    pub(crate) async fn started(&mut self, ops: &mut SessionOps<'_>) -> Next {
+        match self {
+            Codec::Native => Next::Continue,
+            Codec::Mqtt(m) => m.started(ops).await,
         }
     }
 
@@ -142,6 +214,7 @@ impl Codec {
                 let _ = code;
                 None
             }
+            Codec::Mqtt(m) => m.refusal(code),
         }
     }
 
@@ -149,16 +222,20 @@ impl Codec {
     pub(crate) async fn on_message(&mut self, ops: &mut SessionOps<'_>, m: Message) -> Next {
         match self {
             Codec::Native => native::on_message(ops, m).await,
+            Codec::Mqtt(c) => c.on_message(ops, m).await,
         }
     }
 
-    /// Completes the frames just taken from the hub for this connection.
+    /// Completes the frames just taken from the hub for this connection; `Some(code)` when the
+    /// connection must close instead.
     #[inline]
-    pub(crate) fn render(&mut self, frames: &mut VecDeque<Bytes>) {
+    pub(crate) fn render(&mut self, frames: &mut VecDeque<Bytes>) -> Option<CloseCode> {
         match self {
             Codec::Native => {
                 let _ = frames;
+                None
             }
+            Codec::Mqtt(m) => m.render(frames),
         }
     }
 
@@ -166,6 +243,7 @@ impl Codec {
     pub(crate) fn closing(&mut self, code: CloseCode, reconnect_after_ms: u32) -> Option<Bytes> {
         match self {
             Codec::Native => native::closing(code, reconnect_after_ms),
+            Codec::Mqtt(m) => m.closing(code),
         }
     }
 }
@@ -173,6 +251,7 @@ impl Codec {
 /// Encodes a delivered message for every recipient speaking `wire`.
 pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
     match wire {
-        Wire::Native | Wire::Mqtt | Wire::Stomp => crate::frame::message_frame(env),
+        Wire::Mqtt => mqtt::delivery::template(env),
+        Wire::Native | Wire::Stomp => crate::frame::message_frame(env),
     }
 }

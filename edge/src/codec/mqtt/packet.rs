@@ -262,6 +262,11 @@ impl Assembler {
     pub fn is_partial(&self) -> bool {
         !self.partial.is_empty()
     }
+
+    /// The first byte of the packet waiting for the next message (its type and flags).
+    pub fn partial_first_byte(&self) -> Option<u8> {
+        self.partial.first().copied()
+    }
 }
 
 /// A client packet.

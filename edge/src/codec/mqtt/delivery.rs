@@ -223,8 +223,9 @@ pub struct Outbound {
     v5: bool,
     user: Delivery,
     broadcast: Delivery,
-    /// Groups subscribed at QoS 1, sorted (the others the hub delivers go at QoS 0).
-    qos1_groups: Vec<Box<str>>,
+    /// Groups subscribed with `SUBSCRIBE` and their QoS, sorted by name. The others the hub
+    /// delivers (the token's `groups`) go at QoS 0.
+    groups: Vec<(Box<str>, Delivery)>,
     /// The client's maximum packet size (5.0).
     max_packet: u32,
     window: Window,
@@ -251,7 +252,7 @@ impl Outbound {
             v5,
             user: Delivery::Qos0,
             broadcast: Delivery::Qos0,
-            qos1_groups: Vec::new(),
+            groups: Vec::new(),
             max_packet: max_packet.unwrap_or(u32::MAX),
             window: Window {
                 max: inflight.max(1),
@@ -288,21 +289,28 @@ impl Outbound {
         self.broadcast = d;
     }
 
-    /// The QoS of a group's messages (`Off`: the group was left; the hub stops delivering).
+    /// A group subscribed with `SUBSCRIBE` at QoS `d` (`Off`: unsubscribed; the hub stops
+    /// delivering it).
     pub fn set_group(&mut self, group: &str, d: Delivery) {
-        let at = self.qos1_groups.binary_search_by(|g| (**g).cmp(group));
+        let at = self.groups.binary_search_by(|(g, _)| (**g).cmp(group));
         match (at, d) {
-            (Err(i), Delivery::Qos1) => self.qos1_groups.insert(i, group.into()),
-            (Ok(i), Delivery::Qos0 | Delivery::Off) => {
-                self.qos1_groups.remove(i);
+            (Ok(i), Delivery::Off) => {
+                self.groups.remove(i);
             }
-            _ => {}
+            (Ok(i), d) => self.groups[i].1 = d,
+            (Err(_), Delivery::Off) => {}
+            (Err(i), d) => self.groups.insert(i, (group.into(), d)),
         }
     }
 
-    /// Groups subscribed at QoS 1 (for a takeover's new connection to join).
-    pub fn qos1_groups(&self) -> impl Iterator<Item = &str> {
-        self.qos1_groups.iter().map(|g| &**g)
+    /// The groups subscribed with `SUBSCRIBE` and their QoS (for a resumed session to join).
+    pub fn groups(&self) -> impl Iterator<Item = (&str, Delivery)> {
+        self.groups.iter().map(|(g, d)| (&**g, *d))
+    }
+
+    /// The QoS of the user's own messages and of broadcasts.
+    pub fn user_and_broadcast(&self) -> (Delivery, Delivery) {
+        (self.user, self.broadcast)
     }
 
     /// How many QoS 1 messages wait for an acknowledgement.
@@ -317,11 +325,13 @@ impl Outbound {
             TargetKind::Broadcast => self.broadcast,
             TargetKind::Group => {
                 let topic = p.topic();
-                let qos1 = self
-                    .qos1_groups
-                    .binary_search_by(|g| g.as_bytes().cmp(topic))
-                    .is_ok();
-                if qos1 { Delivery::Qos1 } else { Delivery::Qos0 }
+                match self
+                    .groups
+                    .binary_search_by(|(g, _)| g.as_bytes().cmp(topic))
+                {
+                    Ok(i) => self.groups[i].1,
+                    Err(_) => Delivery::Qos0,
+                }
             }
             TargetKind::Unspecified => Delivery::Off,
         }
@@ -453,7 +463,7 @@ fn push_publish(p: &Parts<'_>, qos: u8, v5: bool, id: u16, dup: bool, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::packet::Assembler;
+    use crate::codec::mqtt::packet::Assembler;
 
     fn env(kind: TargetKind, name: &str, payload: &[u8]) -> Envelope {
         Envelope {
@@ -510,7 +520,7 @@ mod tests {
             assert_eq!(first >> 4, 3, "a PUBLISH");
             let qos = (first >> 1) & 3;
             let hl = whole.len()
-                - crate::mqtt::packet::fixed_header(&whole, u32::MAX)
+                - crate::codec::mqtt::packet::fixed_header(&whole, u32::MAX)
                     .expect("header")
                     .expect("complete")
                     .remaining;
@@ -667,7 +677,7 @@ mod tests {
             assert!(b.dup && !a.dup);
             assert_eq!(b.payload, b"hello");
         }
-        assert_eq!(new.qos1_groups().collect::<Vec<_>>(), ["news"]);
+        assert_eq!(new.groups().collect::<Vec<_>>(), [("news", Delivery::Qos1)]);
         // The template itself is untouched by the DUP copy.
         let q = render(&mut new, &[&t]);
         assert!(!read(&q, true)[0].dup);
@@ -692,7 +702,9 @@ mod tests {
             [("$broadcast", 0), ("news", 1)]
         );
         o.set_group("news", Delivery::Qos0);
-        assert_eq!(o.qos1_groups().count(), 0);
+        assert_eq!(o.groups().collect::<Vec<_>>(), [("news", Delivery::Qos0)]);
+        o.set_group("news", Delivery::Off);
+        assert_eq!(o.groups().count(), 0);
     }
 
     #[test]
@@ -738,6 +750,6 @@ mod tests {
         let t = template(&env(TargetKind::Group, "g", b"x"));
         assert!(is_template(&t));
         assert!(!is_template(&crate::frame::ping_frame()));
-        assert!(!is_template(&crate::mqtt::encode::pingresp()));
+        assert!(!is_template(&crate::codec::mqtt::encode::pingresp()));
     }
 }

@@ -1,5 +1,6 @@
 //! MQTT 3.1.1 and 5.0 over WebSocket, the server's side: what Herald's clients send and what it
-//! answers, as pure functions over bytes (no socket, no session), so every rule is unit-tested.
+//! answers. The protocol itself is pure functions over bytes (no socket, no session), so every
+//! rule is unit-tested; `client` plugs it into the session layer.
 //! What is supported and refused is documented in `docs/protocol-mqtt.md`.
 //!
 //! # Layout
@@ -10,8 +11,11 @@
 //! - [`delivery`]: delivered messages encoded once into a template and completed per
 //!   connection without copying the payload; the QoS 1 window.
 //! - [`reason`]: reason and return codes, mapped from Herald's close codes.
+//! - `client`: the codec over the session layer; `takeover`: client ids held on this edge.
 
+pub(crate) mod client;
 pub mod delivery;
 pub mod encode;
 pub mod packet;
 pub mod reason;
+pub(crate) mod takeover;
