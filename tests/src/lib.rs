@@ -7,6 +7,7 @@
 //! ```
 
 pub mod cluster;
+pub mod mqtt;
 pub mod tls;
 
 use std::net::SocketAddr;

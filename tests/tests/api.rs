@@ -868,9 +868,11 @@ async fn admin_endpoint_reports_health_readiness_and_metrics() {
             .collect();
         let connects = body
             .lines()
-            .find_map(|l| l.strip_prefix(r#"herald_edge_connects_total{result="ok"} "#))
+            .find_map(|l| {
+                l.strip_prefix(r#"herald_edge_connects_total{result="ok",protocol="native"} "#)
+            })
             .and_then(|v| v.trim().parse::<f64>().ok());
-        if gauge == ["herald_edge_connections 1"] && connects == Some(1.0) {
+        if gauge == [r#"herald_edge_connections{protocol="native"} 1"#] && connects == Some(1.0) {
             Ok(())
         } else {
             Err(format!("metrics:\n{body}"))

@@ -365,7 +365,7 @@ async fn project_caps_on_connections_devices_and_subscriptions() {
         .await;
     herald
         .wait_metric(
-            r#"herald_edge_connects_total{result="too_many_connections"}"#,
+            r#"herald_edge_connects_total{result="too_many_connections",protocol="native"}"#,
             1.0,
         )
         .await;
@@ -454,7 +454,10 @@ async fn a_client_sending_too_fast_is_closed_with_4029() {
     let (code, reason, _) = c.expect_close().await;
     assert_eq!((code, reason.as_str()), (4029, "too many messages"));
     herald
-        .wait_metric(r#"herald_edge_closes_total{code="rate_limited"}"#, 1.0)
+        .wait_metric(
+            r#"herald_edge_closes_total{code="rate_limited",protocol="native"}"#,
+            1.0,
+        )
         .await;
     still_receives(&herald, ALPHA_KEY, "alpha", &mut bystander, 1).await;
 }
