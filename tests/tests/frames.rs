@@ -163,23 +163,38 @@ async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
         .expect("upgrade");
     let mut slow = Client { ws };
     assert_eq!(slow.next_json().await["type"], "welcome");
-    // 4,000 messages of 4 KiB (16 MiB): far more than socket buffers and the queue. They go in
-    // steps the reading client can keep up with, so only the one that stopped reading falls behind.
+    // Messages of 4 KiB until the edge cuts the slow client off (its kernel buffers and the
+    // 64 KiB queue full: hundreds of messages, depending on the kernel), then 1,000 more (4 MiB).
+    // They go in steps the reading client can keep up with, so only the one that stopped reading
+    // falls behind, and the reading one receives every message, before the cut and after.
     let payload = format!(r#""{}""#, "p".repeat(4096));
-    let n = 4000u64;
     let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = received.clone();
     let fast_reader = tokio::spawn(async move {
-        while counter.load(std::sync::atomic::Ordering::Relaxed) < n {
-            fast.next_msg().await;
+        loop {
+            let m = fast.next_msg().await;
+            assert_eq!(m["data"].as_str().map(str::len), Some(4096), "{m}");
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });
+    let cut_off = async || -> bool {
+        herald
+            .admin_get("/metrics")
+            .await
+            .1
+            .lines()
+            .filter(|l| l.starts_with("herald_edge_slow_consumers_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            >= 1.0
+    };
     let publishing = async {
-        for sent in (10..=n).step_by(10) {
+        let (mut sent, mut after_cut) = (0u64, None);
+        while after_cut.is_none_or(|from| sent < from + 1_000) {
             for _ in 0..10 {
                 send(&mut grpc, publish("alpha", To::Broadcast, &payload)).await;
             }
+            sent += 10;
             tokio::time::timeout(WAIT, async {
                 while received.load(std::sync::atomic::Ordering::Relaxed) < sent {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -187,26 +202,21 @@ async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
             })
             .await
             .expect("the reading client keeps up");
+            if after_cut.is_none() && cut_off().await {
+                after_cut = Some(sent);
+            }
+            assert!(
+                sent < 20_000,
+                "no slow consumer cut off after {sent} messages (80 MiB)"
+            );
         }
-        tokio::time::timeout(WAIT, fast_reader)
-            .await
-            .expect("fast in time")
-            .expect("join");
+        sent
     };
-    // Once the edge has cut it off (the queue and the kernel's buffers full, hundreds of
-    // messages in), the slow client reads what was buffered, then the close frame: within the
-    // close timeout, however long the publishing takes on a loaded machine.
+    // Once the edge has cut it off, the slow client reads what was buffered, then the close
+    // frame: within the close timeout, however long the publishing takes on a loaded machine.
     let slow_reading = async {
         eventually(WAIT * 4, async || {
-            let cut: f64 = herald
-                .admin_get("/metrics")
-                .await
-                .1
-                .lines()
-                .filter(|l| l.starts_with("herald_edge_slow_consumers_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if cut >= 1.0 {
+            if cut_off().await {
                 Ok(())
             } else {
                 Err("no slow consumer cut off yet")
@@ -215,11 +225,18 @@ async fn slow_consumer_is_cut_off_with_4008_while_others_receive_everything() {
         .await;
         slow.expect_close().await
     };
-    let ((), (code, reason, before)) = tokio::join!(publishing, slow_reading);
+    let (sent, (code, reason, before)) = tokio::join!(publishing, slow_reading);
+    fast_reader.abort();
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::Relaxed),
+        sent,
+        "the reading client received every message"
+    );
     assert_eq!((code, reason.as_str()), (4008, "slow consumer"));
     assert!(
-        (before.len() as u64) < n,
-        "the slow client cannot have received everything"
+        (before.len() as u64) < sent,
+        "the slow client cannot have received everything: {} of {sent}",
+        before.len()
     );
 }
 
