@@ -17,6 +17,7 @@ use super::measure::{
     loadavg, meminfo_kib, percentiles, redis_info, rss_mib,
 };
 use super::report::fmt_n;
+use super::worker::WorkerReport;
 use super::{MillionOpts, PROJECT};
 use crate::{payload, proc_stats, servers, workers};
 
@@ -43,26 +44,58 @@ pub(super) async fn scenario(
             .await
             .with_context(|| format!("{} did not sign its tokens within 120 s", w.proc.name()))??;
     }
-    let edge_pids: Vec<(String, u32)> = run
-        .cluster
-        .as_ref()
-        .context("the cluster runs")?
-        .edges
-        .iter()
-        .map(|e| (e.process().name().to_string(), e.pid()))
-        .collect();
-    let rss_before: Vec<u64> = edge_pids
-        .iter()
-        .map(|(_, pid)| proc_stats::rss_kib(*pid).unwrap_or(0))
-        .collect();
-    res.kernel_before = kernel_mem();
-    let workers_rss_before: f64 = run
-        .workers
-        .iter()
-        .map(|w| rss_mib(Some(w.proc.pid())))
-        .sum();
+    let before = Before::take(run, res)?;
+    let t = connect(o, run, res).await?;
+    measure_memory(run, res, &before, &t).await?;
+    deliver(o, layout, run, res).await
+}
 
-    // Connect at a steady rate.
+/// What is measured before the first connect.
+struct Before {
+    /// Each edge's name and pid.
+    edges: Vec<(String, u32)>,
+    /// Each edge's RSS, KiB.
+    rss: Vec<u64>,
+    /// The workers' RSS, MiB.
+    workers_rss_mib: f64,
+}
+
+impl Before {
+    fn take(run: &Run, res: &mut MillionResult) -> anyhow::Result<Self> {
+        let edge_pids: Vec<(String, u32)> = run
+            .cluster
+            .as_ref()
+            .context("the cluster runs")?
+            .edges
+            .iter()
+            .map(|e| (e.process().name().to_string(), e.pid()))
+            .collect();
+        let rss_before: Vec<u64> = edge_pids
+            .iter()
+            .map(|(_, pid)| proc_stats::rss_kib(*pid).unwrap_or(0))
+            .collect();
+        res.kernel_before = kernel_mem();
+        let workers_rss_before: f64 = run
+            .workers
+            .iter()
+            .map(|w| rss_mib(Some(w.proc.pid())))
+            .sum();
+
+        Ok(Self {
+            edges: edge_pids,
+            rss: rss_before,
+            workers_rss_mib: workers_rss_before,
+        })
+    }
+}
+
+/// Connects at a steady rate until every connection is made, a limit is hit or the connect
+/// budget is spent; returns the workers' summed report at the end.
+async fn connect(
+    o: &MillionOpts,
+    run: &mut Run,
+    res: &mut MillionResult,
+) -> anyhow::Result<WorkerReport> {
     for w in &mut run.workers {
         w.send("go").await?;
     }
@@ -151,11 +184,21 @@ pub(super) async fn scenario(
         res.connect_rate,
         t.failed
     );
+    Ok(t)
+}
 
-    // Memory with every connection open.
+/// Memory with every connection open: per edge, the harness, the router, NATS, Redis and the
+/// kernel.
+async fn measure_memory(
+    run: &Run,
+    res: &mut MillionResult,
+    before: &Before,
+    t: &WorkerReport,
+) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     res.kernel_after = kernel_mem();
-    res.per_edge = edge_pids
+    res.per_edge = before
+        .edges
         .iter()
         .enumerate()
         .map(|(e, (name, pid))| {
@@ -164,9 +207,9 @@ pub(super) async fn scenario(
             EdgeFigures {
                 id: name.clone(),
                 open,
-                rss_kib_before: rss_before[e],
+                rss_kib_before: before.rss[e],
                 rss_kib: rss,
-                kib_per_connection: rss.saturating_sub(rss_before[e]) as f64 / open.max(1) as f64,
+                kib_per_connection: rss.saturating_sub(before.rss[e]) as f64 / open.max(1) as f64,
             }
         })
         .collect();
@@ -189,7 +232,7 @@ pub(super) async fn scenario(
         .map(|w| rss_mib(Some(w.proc.pid())))
         .sum();
     res.workers_kib_per_connection =
-        (res.workers_rss_mib - workers_rss_before) * 1024.0 / t.open.max(1) as f64;
+        (res.workers_rss_mib - before.workers_rss_mib) * 1024.0 / t.open.max(1) as f64;
     res.kernel_slab_kib_per_connection = res
         .kernel_after
         .slab_kib
@@ -211,9 +254,18 @@ pub(super) async fn scenario(
         res.redis_used_memory_mib,
         fmt_n(res.redis_keys)
     );
+    Ok(())
+}
 
-    // Publish through the router and wait for every expected receiver.
-    let grpc = cluster.grpc()?;
+/// Publishes through the router (a broadcast, a group message, a message to each sampled
+/// user) and waits for every expected receiver of each.
+async fn deliver(
+    o: &MillionOpts,
+    layout: Layout,
+    run: &mut Run,
+    res: &mut MillionResult,
+) -> anyhow::Result<()> {
+    let grpc = run.cluster.as_ref().context("the cluster runs")?.grpc()?;
     let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
     let deadline = Duration::from_secs(o.deliver_timeout_secs);
     let kinds: [(&str, usize); 3] = [("broadcast", 0), ("group g0", 1), ("user", 2)];
