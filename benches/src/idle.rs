@@ -48,7 +48,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     let (pid, client, mut publisher, _baseline) = match o.server.as_str() {
         "baseline" => {
             let s = baseline::start_baseline(128, ping_secs * 1000).await?;
-            let c = ClientPlan::herald(s.ws, "idle");
+            let c = ClientPlan::herald(s.ws, "idle", servers::SECRET);
             (s.pid, c, None, Some(s))
         }
         other => {

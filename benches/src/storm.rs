@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::proc_stats;
-use crate::servers::herald;
+use crate::servers::{self, herald};
 use crate::tls::TlsOpts;
 use crate::workers::{ClientPlan, Plan, Workers};
 
@@ -49,7 +49,7 @@ pub async fn run(o: StormOpts) -> anyhow::Result<()> {
         };
         let edge = tls.as_ref().map_or(String::new(), |t| t.edge_toml.clone());
         let server = herald::start_herald(o.herald_bin.as_deref(), &edge).await?;
-        let mut client = ClientPlan::herald(server.ws, "storm");
+        let mut client = ClientPlan::herald(server.ws, "storm", servers::SECRET);
         client.subscribe = false;
         client.tls = tls.as_ref().map(|t| t.client.clone());
         let mut plan = Plan::new(o.connections, client);

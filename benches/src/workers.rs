@@ -13,7 +13,7 @@
 //! The parent side is [`Workers`]:
 //!
 //! ```ignore
-//! let plan = Plan::new(15_000, ClientPlan::herald(server.ws, "room"));
+//! let plan = Plan::new(15_000, ClientPlan::herald(server.ws, "room", SECRET));
 //! let workers = Workers::spawn("idle herald", &plan).await?;       // splits by the fd limit
 //! workers.wait("connected", Duration::from_secs(60), |c| c.settled() >= 15_000).await?;
 //! // ... publish, watch workers.counts() ...
@@ -43,8 +43,8 @@ use crate::client::nats::Nats;
 use crate::client::plain::Plain;
 use crate::client::{Codec, Conn, Event, Hello, Protocol, Target};
 use crate::payload::{now_ns, sent_at};
+use crate::proc_stats;
 use crate::tls::{TlsPlan, tls_connector};
-use crate::{proc_stats, servers};
 
 /// Descriptors each worker keeps for itself (stdio, the runtime, a publisher, slack).
 const RESERVED_FDS: u64 = 256;
@@ -124,8 +124,9 @@ pub struct ClientPlan {
 }
 
 impl ClientPlan {
-    /// Herald clients of the bench project subscribing to `group` at `server`.
-    pub fn herald(server: SocketAddr, group: &str) -> Self {
+    /// Herald clients of the bench project subscribing to `group` at `server`, with tokens
+    /// signed with `secret` (HS256).
+    pub fn herald(server: SocketAddr, group: &str, secret: &str) -> Self {
         Self {
             server,
             spread: Vec::new(),
@@ -134,7 +135,7 @@ impl ClientPlan {
             topic_per_client: false,
             subscribe: true,
             project: "bench".into(),
-            secret: servers::SECRET.into(),
+            secret: secret.into(),
             user_prefix: "s".into(),
             tls: None,
             connect_timeout_secs: 30,
@@ -145,7 +146,7 @@ impl ClientPlan {
     pub fn peer(server: SocketAddr, protocol: Protocol, topic: &str) -> Self {
         Self {
             protocol,
-            ..Self::herald(server, topic)
+            ..Self::herald(server, topic, "")
         }
     }
 }

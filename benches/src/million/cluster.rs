@@ -3,13 +3,17 @@
 //! in order.
 
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
-use herald_sandbox::{Backends, Cluster, Process};
+use anyhow::Context as _;
+use herald_sandbox::{Backends, Cluster, Process, Stderr};
+use tokio::process::Command;
 
 use super::fleet::Worker;
+use super::layout::Layout;
 use super::{MillionOpts, PROJECT};
-use crate::servers;
+use crate::{servers, workers};
 
 /// Everything the run started.
 #[derive(Default)]
@@ -62,6 +66,54 @@ impl Run {
             cluster.edges.len()
         );
         self.cluster = Some(cluster);
+        Ok(())
+    }
+
+    /// Starts ⌈N / per-worker limit⌉ workers, each with an even share of the connections, the
+    /// rate and the handshakes in flight (one tokio thread each).
+    pub(super) async fn start_workers(
+        &mut self,
+        o: &MillionOpts,
+        layout: Layout,
+    ) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let n = o.connections.div_ceil(workers::per_worker_limit());
+        let per = o.connections.div_ceil(n);
+        let edges: Vec<String> = self
+            .cluster
+            .as_ref()
+            .context("the cluster runs")?
+            .edge_addrs()?
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        for w in 0..n {
+            let first = w * per;
+            let count = per.min(o.connections - first);
+            let mut cmd = Command::new(&exe);
+            cmd.arg("million-worker")
+                .args(["--first", &first.to_string(), "--count", &count.to_string()])
+                .args(["--edges", &edges.join(",")])
+                .args(["--total", &layout.total.to_string()])
+                .args(["--edge-count", &layout.edge_count.to_string()])
+                .args(["--users", &layout.users.to_string()])
+                .args(["--groups", &layout.groups.to_string()])
+                .args(["--sample-every", &layout.sample_every.to_string()])
+                .args(["--rate", &(o.rate as f64 / n as f64).to_string()])
+                .args(["--inflight", &(o.inflight / n).max(8).to_string()])
+                .args(["--sockbuf", &o.client_sockbuf.to_string()])
+                .args([
+                    "--connect-timeout-secs",
+                    &o.connect_timeout_secs.to_string(),
+                ])
+                .env("TOKIO_WORKER_THREADS", "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            let name = format!("worker-{w}");
+            let log = Stderr::File(self.dir.join(format!("{name}.log")));
+            let proc = Process::spawn(&name, &mut cmd, log, true)?;
+            self.workers.push(Worker::new(proc)?);
+        }
         Ok(())
     }
 

@@ -1,20 +1,15 @@
-//! The orchestrator's side of the worker processes (`herald-bench million-worker`): starting
-//! them with their share of the connections, their line protocol, and summing their reports.
+//! The orchestrator's side of the worker processes (`herald-bench million-worker`): their line
+//! protocol, and summing their reports.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use herald_sandbox::{Process, Stderr};
+use herald_sandbox::Process;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout};
 
-use super::MillionOpts;
-use super::cluster::Run;
-use super::layout::Layout;
 use super::worker::WorkerReport;
-use crate::workers;
 
 /// A worker process and its line protocol.
 pub(super) struct Worker {
@@ -26,6 +21,18 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Takes over a started worker process (its stdin and stdout piped).
+    pub(super) fn new(mut proc: Process) -> anyhow::Result<Self> {
+        let stdout = proc.child_mut().stdout.take().context("stdout")?;
+        let stdin = proc.child_mut().stdin.take().context("stdin")?;
+        Ok(Self {
+            proc,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            last: WorkerReport::default(),
+        })
+    }
+
     /// Sends one command line (`go`, `report`, `halt`, `stop`).
     pub(super) async fn send(&mut self, line: &str) -> anyhow::Result<()> {
         self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
@@ -50,63 +57,6 @@ impl Worker {
             .await
             .with_context(|| format!("{} did not report within 20 s", self.proc.name()))??;
         self.last = serde_json::from_str(&body)?;
-        Ok(())
-    }
-}
-
-impl Run {
-    /// Starts ⌈N / per-worker limit⌉ workers, each with an even share of the connections, the
-    /// rate and the handshakes in flight (one tokio thread each).
-    pub(super) async fn start_workers(
-        &mut self,
-        o: &MillionOpts,
-        layout: Layout,
-    ) -> anyhow::Result<()> {
-        let exe = std::env::current_exe()?;
-        let n = o.connections.div_ceil(workers::per_worker_limit());
-        let per = o.connections.div_ceil(n);
-        let edges: Vec<String> = self
-            .cluster
-            .as_ref()
-            .context("the cluster runs")?
-            .edge_addrs()?
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        for w in 0..n {
-            let first = w * per;
-            let count = per.min(o.connections - first);
-            let mut cmd = Command::new(&exe);
-            cmd.arg("million-worker")
-                .args(["--first", &first.to_string(), "--count", &count.to_string()])
-                .args(["--edges", &edges.join(",")])
-                .args(["--total", &layout.total.to_string()])
-                .args(["--edge-count", &layout.edge_count.to_string()])
-                .args(["--users", &layout.users.to_string()])
-                .args(["--groups", &layout.groups.to_string()])
-                .args(["--sample-every", &layout.sample_every.to_string()])
-                .args(["--rate", &(o.rate as f64 / n as f64).to_string()])
-                .args(["--inflight", &(o.inflight / n).max(8).to_string()])
-                .args(["--sockbuf", &o.client_sockbuf.to_string()])
-                .args([
-                    "--connect-timeout-secs",
-                    &o.connect_timeout_secs.to_string(),
-                ])
-                .env("TOKIO_WORKER_THREADS", "1")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
-            let name = format!("worker-{w}");
-            let log = Stderr::File(self.dir.join(format!("{name}.log")));
-            let mut proc = Process::spawn(&name, &mut cmd, log, true)?;
-            let stdout = proc.child_mut().stdout.take().context("stdout")?;
-            let stdin = proc.child_mut().stdin.take().context("stdin")?;
-            self.workers.push(Worker {
-                proc,
-                stdin,
-                lines: BufReader::new(stdout).lines(),
-                last: WorkerReport::default(),
-            });
-        }
         Ok(())
     }
 }

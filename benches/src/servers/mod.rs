@@ -240,7 +240,7 @@ pub async fn start(
                 client: ClientPlan {
                     tls: tls.map(|t| t.client.clone()),
                     spread,
-                    ..ClientPlan::herald(ws, &topic)
+                    ..ClientPlan::herald(ws, &topic, SECRET)
                 },
                 publisher: Publisher::Herald(tx, 0),
                 _keep: keep,
