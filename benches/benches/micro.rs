@@ -100,6 +100,60 @@ fn fanout(c: &mut Criterion) {
     });
 }
 
+/// A broadcast of a small project on an edge holding a large one: it visits the small
+/// project's connections only (before the project index, it scanned every connection).
+fn broadcast_small_project(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let hub = Hub::new(
+        EdgeId::new("e1").expect("id"),
+        HubConfig {
+            shards: 8,
+            ..HubConfig::default()
+        },
+        None,
+    );
+    let small = rt.block_on(async {
+        let mut small = Vec::new();
+        for i in 0..100_010u32 {
+            let project = if i % 10_000 == 0 { "bench" } else { "big" };
+            let h = hub
+                .insert(
+                    NewConn {
+                        project: ProjectId::new(project).expect("id"),
+                        user: UserId::new(&format!("u{i}")).expect("id"),
+                        groups: Vec::new(),
+                        remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
+                        expires_unix: u64::MAX,
+                        wire: Default::default(),
+                    },
+                    0,
+                )
+                .await
+                .expect("no per-user cap");
+            if project == "bench" {
+                small.push(h);
+            }
+        }
+        small
+    });
+    let env = envelope(TargetKind::Broadcast, "");
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut taken = std::collections::VecDeque::new();
+    c.bench_function("hub/broadcast_11_among_100010_and_take", |b| {
+        b.iter(|| {
+            hub.deliver(black_box(&env));
+            for h in &small {
+                if hub.poll_outgoing(*h, &mut cx, &mut taken, true).is_ready() {
+                    taken.clear();
+                }
+            }
+        })
+    });
+}
+
 fn jwt(c: &mut Criterion) {
     let keys_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/keys");
     let secret = "bench-secret-0123456789abcdef0123456789";
@@ -194,5 +248,12 @@ fn registry(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode, fanout, jwt, registry);
+criterion_group!(
+    benches,
+    encode,
+    fanout,
+    broadcast_small_project,
+    jwt,
+    registry
+);
 criterion_main!(benches);
