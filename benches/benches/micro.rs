@@ -128,6 +128,7 @@ fn broadcast_small_project(c: &mut Criterion) {
                         remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
                         expires_unix: u64::MAX,
                         wire: Default::default(),
+                        keep_alive_secs: 0,
                     },
                     0,
                 )
