@@ -43,14 +43,6 @@ const client = mqtt.connect(opts.url, {
     ws.on('error', (e) => out('ws_error', { message: e.message }));
     return ws;
   },
-  // 5.0: the acknowledgement is the script's; 3.1.1 goes through handleMessage below.
-  customHandleAcks: (topic, message, packet, done) => {
-    if (opts.noAck) {
-      out('message', msg(topic, message, packet));
-      return;
-    }
-    done(0);
-  },
 });
 
 const msg = (topic, message, packet) => ({
@@ -62,9 +54,18 @@ const msg = (topic, message, packet) => ({
   messageId: packet.messageId ?? null,
 });
 
-if (opts.noAck && version !== 5) {
-  // The PUBACK goes out when handleMessage calls back: never, here.
-  client.handleMessage = () => {};
+if (opts.noAck) {
+  // Messages are handled as usual but no PUBACK leaves: mqtt.js reads the next packet only
+  // once the previous one is handled, so swallowing the acknowledgement is the only way to
+  // leave messages unacknowledged and still receive the following ones.
+  const send = client._sendPacket.bind(client);
+  client._sendPacket = (packet, cb, ...rest) => {
+    if (packet.cmd === 'puback') {
+      if (cb) cb();
+      return;
+    }
+    send(packet, cb, ...rest);
+  };
 }
 
 client.on('connect', (connack) => {
@@ -77,11 +78,7 @@ client.on('connect', (connack) => {
     subscribe(opts.subscribe);
   }
 });
-client.on('message', (topic, message, packet) => {
-  if (!(opts.noAck && version === 5)) {
-    out('message', msg(topic, message, packet));
-  }
-});
+client.on('message', (topic, message, packet) => out('message', msg(topic, message, packet)));
 client.on('error', (e) => out('error', { message: e.message, code: e.code ?? null }));
 client.on('disconnect', (packet) => out('disconnect', {
   code: packet.reasonCode ?? 0,

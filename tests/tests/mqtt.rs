@@ -53,10 +53,15 @@ async fn mqttjs_and_paho_receive_group_user_and_broadcast_messages() {
         assert_eq!(connack["code"], 0, "{i}: {connack}");
         assert_eq!(connack["sessionPresent"], false);
         let topics = json!({"news": 1, format!("user/{user}"): 2, "$broadcast": 0});
+        // Granted in the order the topics are sent (the map's own order): QoS 2 as 1.
+        let granted: Vec<u8> = topics
+            .as_object()
+            .map(|o| o.values().map(|q| if q == 0 { 0 } else { 1 }).collect())
+            .unwrap_or_default();
         let suback = c.subscribe(topics).await;
         assert_eq!(
             suback["codes"],
-            json!([1, 1, 0]),
+            json!(granted),
             "{i}: QoS 2 is granted as 1"
         );
         clients.push((user, c));
@@ -290,15 +295,27 @@ async fn a_takeover_resends_unacknowledged_messages_with_dup() {
         let mut second = MqttClient::start(lib, opts(false)).await;
         let connack = second.expect("connect").await;
         assert_eq!(connack["sessionPresent"], true, "{lib:?}: {connack}");
-        for (n, id) in ids.iter().enumerate() {
-            let m = second.message().await;
+        // mqtt.js may report the resent messages before its `connect` event.
+        let mut resent: Vec<Value> = second
+            .seen
+            .iter()
+            .filter(|e| e["event"] == "message")
+            .cloned()
+            .collect();
+        while resent.len() < ids.len() {
+            resent.push(second.message().await);
+        }
+        for (n, (id, m)) in ids.iter().zip(&resent).enumerate() {
             assert_eq!(m["payload"], format!("m{}", n + 1), "{lib:?}");
             assert_eq!(m["dup"], true, "{lib:?}: {m}");
             assert_eq!(&m["messageId"], id);
         }
-        let closed = first.expect("ws_close").await;
-        assert_eq!(closed["code"], 4012, "{lib:?}: {:#?}", first.seen);
-        if lib == Lib::MqttJs {
+        if lib == Lib::Paho {
+            // Paho shows neither the WebSocket close code nor a 3.1.1 reason: the connection ends.
+            first.expect("close").await;
+        } else {
+            let closed = first.expect("ws_close").await;
+            assert_eq!(closed["code"], 4012, "{lib:?}: {:#?}", first.seen);
             assert!(
                 first
                     .seen
