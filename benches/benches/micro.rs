@@ -75,6 +75,7 @@ fn fanout(c: &mut Criterion) {
                         expires_unix: u64::MAX,
                         wire: Default::default(),
                         keep_alive_secs: 0,
+                        heart_beat_secs: 0,
                     },
                     0,
                 )
@@ -129,6 +130,7 @@ fn broadcast_small_project(c: &mut Criterion) {
                         expires_unix: u64::MAX,
                         wire: Default::default(),
                         keep_alive_secs: 0,
+                        heart_beat_secs: 0,
                     },
                     0,
                 )

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 
 use crate::auth::{AuthError, Identity};
 use crate::codec::{Codec, Hello, HelloReader, HelloRefused, Wire};
+use crate::config::EdgeConfig;
 use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
@@ -299,7 +300,7 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let read = read_hello(tcp, &mut ctx, up.wire, cfg.max_message_bytes);
+        let read = read_hello(tcp, &mut ctx, up.wire, cfg);
         let hello = timeout(deadline, read)
             .await
             .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
@@ -374,9 +375,9 @@ async fn read_hello(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
     wire: Wire,
-    max_bytes: usize,
+    cfg: &EdgeConfig,
 ) -> Result<Hello, HelloRefused> {
-    let mut reader = HelloReader::new(wire, max_bytes);
+    let mut reader = HelloReader::new(wire, cfg);
     loop {
         let m = ws::read_first(tcp, ctx).await.map_err(|e| {
             HelloRefused::close(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))

@@ -30,7 +30,7 @@ use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::codec::{Wire, encode};
+use crate::codec::{Wire, encode, heart_beat_frame};
 use crate::frame::ping_frame;
 use crate::interest::Interest;
 
@@ -106,9 +106,13 @@ struct Conn {
     expires_unix: u64,
     /// The protocol it speaks: which encoding of a message it gets.
     wire: Wire,
-    /// The protocol's own keep alive in seconds (MQTT), 0: none. With one, the hub sends no
-    /// pings and closes the connection after 1.5 times it without a frame from the client.
+    /// The protocol's own keep alive in seconds (MQTT keep alive, STOMP client heart-beat), 0:
+    /// none. With one, the hub sends no pings and closes the connection after 1.5 times it
+    /// without a frame from the client.
     keep_alive: u16,
+    /// Seconds between the protocol's heart-beat frames to the client (STOMP), 0: none. One
+    /// byte keeps `Conn` within its size (sending more often than asked is allowed).
+    heart_beat: u8,
     outbox: VecDeque<Bytes>,
     queued: usize,
     waker: Option<Waker>,
@@ -294,8 +298,12 @@ pub struct NewConn {
     pub expires_unix: u64,
     /// The protocol it speaks.
     pub wire: Wire,
-    /// The protocol's own keep alive in seconds (MQTT `CONNECT`), 0: none.
+    /// The protocol's own keep alive in seconds (MQTT `CONNECT`, STOMP client heart-beat), 0:
+    /// none.
     pub keep_alive_secs: u16,
+    /// Seconds between the protocol's heart-beat frames to the client (STOMP), 0: none; at
+    /// most 255.
+    pub heart_beat_secs: u8,
 }
 
 /// Result of a join.
@@ -422,6 +430,7 @@ impl Hub {
                 expires_unix: c.expires_unix,
                 wire: c.wire,
                 keep_alive: c.keep_alive_secs,
+                heart_beat: c.heart_beat_secs,
                 outbox: VecDeque::new(),
                 queued: 0,
                 waker: None,
@@ -888,7 +897,7 @@ impl Hub {
                         },
                     );
                 } else if c.keep_alive > 0 {
-                    // The protocol's keep alive: the client pings; 1.5 times it without a frame
+                    // The protocol's keep alive: the client sends; 1.5 times it without a frame
                     // is a dead peer (rounded up to the hub's one-second tick).
                     let limit = (u32::from(c.keep_alive) * 3).div_ceil(2);
                     if now.saturating_sub(c.last_seen) >= limit {
@@ -914,6 +923,20 @@ impl Hub {
                     c.ping_sent_at = NonZeroU32::new(now);
                     c.queued += ping.len();
                     c.outbox.push_back(ping.clone());
+                    if let Some(w) = c.waker.take() {
+                        w.wake();
+                    }
+                }
+                // The protocol's heart-beats, spread over the interval by connection number.
+                if c.heart_beat > 0
+                    && c.closing.is_none()
+                    && now
+                        .wrapping_add(c.number as u32)
+                        .is_multiple_of(u32::from(c.heart_beat))
+                    && let Some(beat) = heart_beat_frame(c.wire)
+                {
+                    c.queued += beat.len();
+                    c.outbox.push_back(beat);
                     if let Some(w) = c.waker.take() {
                         w.wake();
                     }
@@ -1061,6 +1084,7 @@ mod tests {
             expires_unix: u64::MAX,
             wire: Wire::Native,
             keep_alive_secs: 0,
+            heart_beat_secs: 0,
         }
     }
 

@@ -14,8 +14,7 @@
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
 //!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them
-//!   (native, [`codec::mqtt`]).
-//! - [`stomp`]: STOMP over WebSocket: frames, destinations, encode-once `MESSAGE` templates.
+//!   (native, [`codec::mqtt`], [`codec::stomp`]).
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
@@ -33,7 +32,6 @@ pub mod local;
 pub mod protocol;
 pub mod proxy;
 mod session;
-pub mod stomp;
 pub mod tls;
 mod ws;
 

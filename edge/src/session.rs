@@ -312,6 +312,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 expires_unix: identity.expires_unix,
                 wire: codec.wire(),
                 keep_alive_secs: codec.keep_alive_secs(),
+                heart_beat_secs: codec.heart_beat_secs(),
             },
             per_user,
         )

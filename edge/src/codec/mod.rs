@@ -21,6 +21,7 @@
 
 pub mod mqtt;
 pub(crate) mod native;
+pub mod stomp;
 
 use std::collections::VecDeque;
 
@@ -30,6 +31,7 @@ use herald_core::ids::ProjectId;
 use herald_core::proto::bus::Envelope;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::config::EdgeConfig;
 use crate::session::{Next, SessionOps};
 
 /// The protocol a connection speaks, chosen at the upgrade (path and sub-protocol).
@@ -64,7 +66,7 @@ impl Wire {
         match self {
             Wire::Native => &[crate::protocol::NATIVE_PROTOCOL],
             Wire::Mqtt => &["mqtt", "mqttv3.1"],
-            Wire::Stomp => &[],
+            Wire::Stomp => &["v12.stomp", "v11.stomp", "v10.stomp"],
         }
     }
 
@@ -112,13 +114,19 @@ pub(crate) enum HelloReader {
     Once(Wire),
     /// An MQTT `CONNECT`, possibly in pieces.
     Mqtt(mqtt::client::ConnectReader),
+    /// A STOMP `CONNECT`, answered with the edge's frame limits and heart-beat.
+    Stomp(stomp::codec::StompConfig),
 }
 
 impl HelloReader {
-    /// A reader for `wire` whose connect frame may take at most `max_bytes`.
-    pub(crate) fn new(wire: Wire, max_bytes: usize) -> Self {
+    /// A reader for `wire` under the edge's settings (`max_message_bytes` bounds the connect
+    /// frame; `ping_interval_secs` is the STOMP heart-beat offered).
+    pub(crate) fn new(wire: Wire, cfg: &EdgeConfig) -> Self {
         match wire {
-            Wire::Mqtt => HelloReader::Mqtt(mqtt::client::ConnectReader::new(max_bytes)),
+            Wire::Mqtt => {
+                HelloReader::Mqtt(mqtt::client::ConnectReader::new(cfg.max_message_bytes))
+            }
+            Wire::Stomp => HelloReader::Stomp(stomp::codec::StompConfig::from_edge(cfg)),
             w => HelloReader::Once(w),
         }
     }
@@ -128,6 +136,7 @@ impl HelloReader {
         match self {
             HelloReader::Once(w) => Some(Codec::hello(*w, m)),
             HelloReader::Mqtt(r) => r.feed(m),
+            HelloReader::Stomp(c) => Some(stomp::codec::hello(m, c)),
         }
     }
 }
@@ -152,6 +161,8 @@ pub(crate) enum Codec {
     Native,
     /// MQTT 3.1, 3.1.1 and 5.0.
     Mqtt(Box<mqtt::client::Mqtt>),
+    /// STOMP 1.0, 1.1 and 1.2.
+    Stomp(Box<stomp::codec::StompCodec>),
 }
 
 impl Codec {
@@ -166,6 +177,7 @@ impl Codec {
         match self {
             Codec::Native => Wire::Native,
             Codec::Mqtt(_) => Wire::Mqtt,
+            Codec::Stomp(_) => Wire::Stomp,
         }
     }
 
@@ -176,6 +188,16 @@ impl Codec {
         match self {
             Codec::Native => 0,
             Codec::Mqtt(m) => m.keep_alive(),
+            Codec::Stomp(s) => secs(s.heart_beat().expect_ms),
+        }
+    }
+
+    /// Seconds between the heart-beats the hub sends the client ([`heart_beat_frame`]), 0: none.
+    pub(crate) fn heart_beat_secs(&self) -> u8 {
+        match self {
+            Codec::Native | Codec::Mqtt(_) => 0,
+            // A client asking for rarer heart-beats than every 255 s gets them more often.
+            Codec::Stomp(s) => secs(s.heart_beat().send_ms).min(255) as u8,
         }
     }
 
@@ -183,19 +205,19 @@ impl Codec {
     pub(crate) fn hello(wire: Wire, first: Message) -> Result<Hello, HelloRefused> {
         match wire {
             Wire::Native => native::hello(first).map_err(HelloRefused::close),
-            Wire::Mqtt => HelloReader::new(wire, usize::MAX)
+            Wire::Mqtt => HelloReader::new(wire, &EdgeConfig::default())
                 .feed(first)
                 .unwrap_or(Err(HelloRefused::close(CloseCode::ProtocolError))),
-            // Never chosen at the upgrade while its codec is absent (no sub-protocols).
-            Wire::Stomp => Err(HelloRefused::close(CloseCode::ProtocolError)),
+            Wire::Stomp => stomp::codec::hello(first, &stomp::codec::StompConfig::default()),
         }
     }
 
     /// The answer to an accepted connect (empty when [`Codec::started`] answers).
-    pub(crate) fn welcome(&self, w: &Welcome<'_>) -> Bytes {
+    pub(crate) fn welcome(&mut self, w: &Welcome<'_>) -> Bytes {
         match self {
             Codec::Native => native::welcome(w),
             Codec::Mqtt(_) => Bytes::new(),
+            Codec::Stomp(s) => s.welcome(w.connection_id, w.user, w.groups),
         }
     }
 
@@ -204,6 +226,7 @@ impl Codec {
         match self {
             Codec::Native => Next::Continue,
             Codec::Mqtt(m) => m.started(ops).await,
+            Codec::Stomp(_) => Next::Continue,
         }
     }
 
@@ -215,6 +238,7 @@ impl Codec {
                 None
             }
             Codec::Mqtt(m) => m.refusal(code),
+            Codec::Stomp(s) => Some(s.refusal(code)),
         }
     }
 
@@ -223,6 +247,7 @@ impl Codec {
         match self {
             Codec::Native => native::on_message(ops, m).await,
             Codec::Mqtt(c) => c.on_message(ops, m).await,
+            Codec::Stomp(s) => stomp::codec::on_message(s, ops, m).await,
         }
     }
 
@@ -236,6 +261,7 @@ impl Codec {
                 None
             }
             Codec::Mqtt(m) => m.render(frames),
+            Codec::Stomp(s) => s.render(frames).err().map(|_| CloseCode::SlowConsumer),
         }
     }
 
@@ -244,6 +270,7 @@ impl Codec {
         match self {
             Codec::Native => native::closing(code, reconnect_after_ms),
             Codec::Mqtt(m) => m.closing(code),
+            Codec::Stomp(s) => s.closing(code, reconnect_after_ms),
         }
     }
 }
@@ -252,6 +279,21 @@ impl Codec {
 pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
     match wire {
         Wire::Mqtt => mqtt::delivery::template(env),
-        Wire::Native | Wire::Stomp => crate::frame::message_frame(env),
+        Wire::Native => crate::frame::message_frame(env),
+        // Kinds STOMP cannot receive never get here (the hub drops unspecified targets).
+        Wire::Stomp => stomp::message::encode(env).unwrap_or_default(),
     }
+}
+
+/// The heart-beat frame a protocol's client gets every [`Codec::heart_beat_secs`].
+pub(crate) fn heart_beat_frame(wire: Wire) -> Option<Bytes> {
+    match wire {
+        Wire::Stomp => Some(stomp::encode::heart_beat_frame()),
+        Wire::Native | Wire::Mqtt => None,
+    }
+}
+
+/// Milliseconds as whole seconds for the hub's one-second tick, rounded up; 0 stays 0.
+fn secs(ms: u32) -> u16 {
+    ms.div_ceil(1000).min(u32::from(u16::MAX)) as u16
 }

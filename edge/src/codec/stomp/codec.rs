@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use herald_core::codes::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{ConnectError, HeartBeat, read_connect};
 use super::destination::{Destination, DestinationError};
@@ -17,6 +18,7 @@ use super::encode::{connected, error, receipt};
 use super::parse::{Command, Frame, Item, ParseError, Reader};
 use super::subs::{Overflow, SubError, SubLimits, Subscriptions, read_subscribe, subscription_id};
 use super::{Limits, Version};
+use crate::session::{SessionOps, SubscribeRefused};
 
 /// Why the session refused a join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,31 @@ pub struct StompConfig {
     pub subs: SubLimits,
     /// The server's heart-beat: (can send every, wants to receive every), in ms; 0 is never.
     pub heart_beat: (u32, u32),
+}
+
+impl StompConfig {
+    /// The settings of an edge: frames up to `edge.max_message_bytes`, subscriptions up to
+    /// `edge.max_groups_per_connection`, held messages up to `edge.max_queued_bytes`, the
+    /// heart-beat both ways every `edge.ping_interval_secs` (the native protocol's ping).
+    pub fn from_edge(cfg: &crate::config::EdgeConfig) -> Self {
+        let d = StompConfig::default();
+        let every_ms = cfg
+            .ping_interval_secs
+            .saturating_mul(1000)
+            .min(u64::from(u32::MAX)) as u32;
+        StompConfig {
+            heart_beat: (every_ms, every_ms),
+            limits: Limits {
+                max_frame_bytes: cfg.max_message_bytes,
+                ..d.limits
+            },
+            subs: SubLimits {
+                max_subscriptions: cfg.max_groups_per_connection,
+                max_held_bytes: cfg.max_queued_bytes,
+                ..d.subs
+            },
+        }
+    }
 }
 
 impl Default for StompConfig {
@@ -101,11 +128,14 @@ pub struct StompCodec {
     token_groups: Box<[Box<str>]>,
     /// The frame to send before the coming close (an `ERROR`, or the `RECEIPT` of `DISCONNECT`).
     last: Option<Bytes>,
+    /// The server's `heart-beat`, as sent in `CONNECTED`.
+    server_heart_beat: (u32, u32),
+    /// The bounds of the subscriptions, refreshed from the edge's settings at every message.
+    sub_limits: SubLimits,
 }
 
 fn count_malformed(reason: &'static str) {
-    metrics::counter!("herald_edge_malformed_total", "protocol" => "stomp", "reason" => reason)
-        .increment(1);
+    metrics::counter!("herald_edge_stomp_malformed_total", "reason" => reason).increment(1);
 }
 
 fn parse_label(e: &ParseError) -> &'static str {
@@ -174,6 +204,8 @@ impl StompCodec {
                 subs: Subscriptions::new(c.version),
                 token_groups: Box::default(),
                 last: None,
+                server_heart_beat: cfg.heart_beat,
+                sub_limits: cfg.subs,
             },
         })
     }
@@ -190,15 +222,9 @@ impl StompCodec {
 
     /// `CONNECTED` (and the `RECEIPT` the `CONNECT` asked for), once the token is accepted;
     /// remembers the token's groups.
-    pub fn welcome(
-        &mut self,
-        connection_id: &str,
-        user: &str,
-        token_groups: &[&str],
-        cfg: &StompConfig,
-    ) -> Bytes {
+    pub fn welcome(&mut self, connection_id: &str, user: &str, token_groups: &[&str]) -> Bytes {
         self.token_groups = token_groups.iter().map(|g| Box::from(*g)).collect();
-        let c = connected(self.version, cfg.heart_beat, connection_id, user);
+        let c = connected(self.version, self.server_heart_beat, connection_id, user);
         match self.connect_receipt.take() {
             None => c,
             Some(r) => [c, receipt(self.version, &r)].concat().into(),
@@ -234,16 +260,13 @@ impl StompCodec {
     }
 
     /// Completes the frames just taken from the hub for this connection.
-    pub fn render(
-        &mut self,
-        frames: &mut VecDeque<Bytes>,
-        cfg: &StompConfig,
-    ) -> Result<(), Overflow> {
-        self.subs.render(frames, &cfg.subs)
+    pub fn render(&mut self, frames: &mut VecDeque<Bytes>) -> Result<(), Overflow> {
+        self.subs.render(frames, &self.sub_limits)
     }
 
     /// Handles the bytes of one client WebSocket message (text or binary).
     pub async fn on_message(&mut self, ops: &mut impl Ops, data: &[u8], cfg: &StompConfig) -> Next {
+        self.sub_limits = cfg.subs;
         let mut items = Vec::new();
         let fed = self
             .reader
@@ -381,6 +404,16 @@ impl StompCodec {
         if let Destination::Group(g) = &new.destination {
             let member = self.subs.has_group(g.as_str()) || self.is_token_group(g.as_str());
             if !member && let Err(r) = ops.join(g.as_str()).await {
+                // One group too many is counted by the session, as for native clients.
+                let label = match r {
+                    JoinRefused::BadName => Some("bad_name"),
+                    JoinRefused::NotAllowed => Some("not_allowed"),
+                    JoinRefused::TooMany => None,
+                };
+                if let Some(reason) = label {
+                    metrics::counter!("herald_edge_stomp_subscribes_refused_total", "reason" => reason)
+                        .increment(1);
+                }
                 let (code, message) = match r {
                     JoinRefused::BadName => (CloseCode::ProtocolError, "invalid group name"),
                     JoinRefused::NotAllowed => (
@@ -418,7 +451,8 @@ fn refused_metric(e: &SubError) {
         SubError::Destination(_) => "destination",
         _ => "malformed",
     };
-    metrics::counter!("herald_edge_subscribes_refused_total", "reason" => reason).increment(1);
+    metrics::counter!("herald_edge_stomp_subscribes_refused_total", "reason" => reason)
+        .increment(1);
 }
 
 /// The `ERROR` for a `CONNECT` whose versions are all unknown, with the `version` header the
@@ -431,10 +465,73 @@ fn no_common_version(message: &str) -> Bytes {
     ))
 }
 
+/// Reads the first WebSocket message of a STOMP connection for the session layer.
+pub(crate) fn hello(
+    first: Message,
+    cfg: &StompConfig,
+) -> Result<crate::codec::Hello, crate::codec::HelloRefused> {
+    let data: &[u8] = match &first {
+        Message::Text(t) => t.as_str().as_bytes(),
+        Message::Binary(b) => b,
+        _ => return Err(crate::codec::HelloRefused::close(CloseCode::ProtocolError)),
+    };
+    match StompCodec::hello(data, cfg) {
+        Ok(c) => Ok(crate::codec::Hello {
+            token: c.token,
+            project: None,
+            codec: crate::codec::Codec::Stomp(Box::new(c.codec)),
+        }),
+        Err(r) => Err(crate::codec::HelloRefused {
+            code: r.code,
+            answer: Some(r.frame),
+        }),
+    }
+}
+
+/// Handles one client message of a live STOMP session.
+pub(crate) async fn on_message(
+    codec: &mut StompCodec,
+    ops: &mut SessionOps<'_>,
+    m: Message,
+) -> crate::session::Next {
+    let data: &[u8] = match &m {
+        Message::Text(t) => t.as_str().as_bytes(),
+        Message::Binary(b) => b,
+        _ => return crate::session::Next::Continue,
+    };
+    let cfg = StompConfig::from_edge(ops.config());
+    match codec.on_message(ops, data, &cfg).await {
+        Next::Continue => crate::session::Next::Continue,
+        Next::Close(code) => crate::session::Next::Close(code),
+    }
+}
+
+impl Ops for SessionOps<'_> {
+    fn push(&mut self, frame: Bytes) {
+        SessionOps::push(self, frame);
+    }
+
+    fn project(&self) -> &str {
+        SessionOps::project(self).as_str()
+    }
+
+    async fn join(&mut self, group: &str) -> Result<(), JoinRefused> {
+        self.subscribe(group).await.map(drop).map_err(|e| match e {
+            SubscribeRefused::BadName(_) => JoinRefused::BadName,
+            SubscribeRefused::NotAllowed => JoinRefused::NotAllowed,
+            SubscribeRefused::TooMany => JoinRefused::TooMany,
+        })
+    }
+
+    fn leave(&mut self, group: &str) {
+        let _ = self.unsubscribe(group);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stomp::encode::tests::unframe;
+    use crate::codec::stomp::encode::tests::unframe;
     use herald_core::proto::bus::{Envelope, TargetKind};
 
     #[derive(Default)]
@@ -501,7 +598,7 @@ mod tests {
                 expect_ms: 10000
             }
         );
-        let w = codec.welcome("edge-1-7", "alice", &["news"], &cfg);
+        let w = codec.welcome("edge-1-7", "alice", &["news"]);
         let s = String::from_utf8_lossy(&w).into_owned();
         assert!(s.contains("CONNECTED\nversion:1.2\nheart-beat:10000,10000\n"));
         assert!(s.ends_with("RECEIPT\nreceipt-id:c1\n\n\0"));
@@ -565,9 +662,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn subscribe_joins_once_and_answers_receipts() {
-        let cfg = StompConfig::default();
         let mut c = connect("CONNECT\naccept-version:1.2\n\n\0");
-        let _ = c.welcome("e-1", "alice", &["tok"], &cfg);
+        let _ = c.welcome("e-1", "alice", &["tok"]);
         let mut ops = FakeOps::default();
         let next = send(
             &mut c,
@@ -728,9 +824,9 @@ mod tests {
         };
         let mut q: VecDeque<Bytes> = ["m1", "m2"]
             .iter()
-            .filter_map(|id| crate::stomp::message::encode(&env(id)))
+            .filter_map(|id| crate::codec::stomp::message::encode(&env(id)))
             .collect();
-        c.render(&mut q, &cfg).expect("within bounds");
+        c.render(&mut q).expect("within bounds");
         assert_eq!(
             q.len(),
             2,

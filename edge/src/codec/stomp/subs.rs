@@ -473,10 +473,10 @@ fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stomp::Limits;
-    use crate::stomp::encode::tests::unframe;
-    use crate::stomp::message::encode;
-    use crate::stomp::parse::{Command, Item, parse_one};
+    use crate::codec::stomp::Limits;
+    use crate::codec::stomp::encode::tests::unframe;
+    use crate::codec::stomp::message::encode;
+    use crate::codec::stomp::parse::{Command, Item, parse_one};
     use herald_core::proto::bus::{Envelope, TargetKind};
 
     fn env(kind: TargetKind, name: &str, event: &str, id: &str, payload: &[u8]) -> Envelope {
@@ -642,10 +642,10 @@ mod tests {
         let mut subs = Subscriptions::new(Version::V12);
         subscribe(&mut subs, "s", "/topic/demo/news", "auto");
         let mut q = VecDeque::from([
-            crate::stomp::encode::heart_beat_frame(),
+            crate::codec::stomp::encode::heart_beat_frame(),
             encode(&env(TargetKind::Broadcast, "", "", "m", b"x")).expect("t"),
             encode(&env(TargetKind::Group, "other", "", "m", b"x")).expect("t"),
-            crate::stomp::encode::receipt(Version::V12, "r"),
+            crate::codec::stomp::encode::receipt(Version::V12, "r"),
         ]);
         subs.render(&mut q, &SubLimits::default()).expect("ok");
         assert_eq!(q.len(), 2);

@@ -140,8 +140,8 @@ pub(crate) mod tests {
 
     #[test]
     fn server_frames_parse_back_with_escapes_undone() {
-        use crate::stomp::Limits;
-        use crate::stomp::parse::{Item, parse_one};
+        use crate::codec::stomp::Limits;
+        use crate::codec::stomp::parse::{Item, parse_one};
         // The server frames are not client commands; swap the command to reuse the parser.
         let f = receipt(Version::V12, "x:\\y\n");
         let body = unframe(&f);

@@ -125,8 +125,8 @@ impl HeartBeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stomp::Limits;
-    use crate::stomp::parse::{Item, parse_one};
+    use crate::codec::stomp::Limits;
+    use crate::codec::stomp::parse::{Item, parse_one};
 
     fn connect(text: &str) -> Result<Connect, ConnectError> {
         match parse_one(text.as_bytes(), Version::V12, &Limits::default()) {
