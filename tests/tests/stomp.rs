@@ -786,3 +786,57 @@ async fn stompjs_over_wss() {
     .await;
     assert_eq!(refused.refused().await, ("invalid token".to_owned(), 4002));
 }
+
+#[tokio::test]
+async fn one_publish_reaches_native_mqtt_and_stomp_clients_alike() {
+    use herald_tests::mqtt::{Lib, MqttClient};
+    let herald = herald().start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let t = with_claims("alpha", "alice", json!({"channels": ["news"]}));
+
+    let mut native = herald.connect("alpha", &t).await;
+    assert_eq!(native.subscribe(1, "news").await["type"], "ack");
+    let mut mqtt = MqttClient::start(
+        Lib::MqttJs,
+        json!({"url": herald.url("alpha", ""), "username": "any", "version": 4,
+               "password": t, "clientId": "alice-mqtt"}),
+    )
+    .await;
+    assert_eq!(mqtt.expect("connect").await["code"], 0);
+    mqtt.subscribe(json!({"news": 0, "user/alice": 0, "$broadcast": 0}))
+        .await;
+    let mut stomp = Stomp::connect(&herald, "alpha", "", bearer(&t)).await;
+    stomp.next("connect").await;
+    stomp.subscribe("/topic/alpha/news", "g", "auto").await;
+    stomp.subscribe("/user/queue/inbox", "u", "auto").await;
+    stomp.subscribe("/topic/alpha", "b", "auto").await;
+
+    for (to, payload) in [
+        (To::Group("news"), json!({"to": "the group"})),
+        (To::User("alice"), json!({"to": "alice"})),
+        (To::Broadcast, json!({"to": "all"})),
+    ] {
+        let r = send(&mut grpc, publish("alpha", to, &payload.to_string())).await;
+        assert!(r.edges >= 1, "{r:?}");
+        // The same JSON, framed three ways.
+        assert_eq!(native.next_msg().await["data"], payload);
+        let m = mqtt.message().await;
+        assert_eq!(
+            serde_json::from_str::<Value>(m["payload"].as_str().unwrap_or_default()).ok(),
+            Some(payload.clone())
+        );
+        let m = stomp.next("message").await;
+        assert_eq!(
+            serde_json::from_str::<Value>(m["body"].as_str().unwrap_or_default()).ok(),
+            Some(payload.clone())
+        );
+    }
+    for protocol in ["native", "mqtt", "stomp"] {
+        herald
+            .wait_metric(
+                &format!(r#"herald_edge_deliveries_total{{protocol="{protocol}"}}"#),
+                3.0,
+            )
+            .await;
+    }
+}
