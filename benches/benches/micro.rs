@@ -76,6 +76,7 @@ fn fanout(c: &mut Criterion) {
                         wire: Default::default(),
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
+                        replaces: None,
                     },
                     0,
                 )
@@ -131,6 +132,7 @@ fn broadcast_small_project(c: &mut Criterion) {
                         wire: Default::default(),
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
+                        replaces: None,
                     },
                     0,
                 )

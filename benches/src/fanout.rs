@@ -198,7 +198,10 @@ async fn run_one(
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(FanoutResult {
         server: kind,
-        tls: matches!(kind, ServerKind::Herald | ServerKind::Cluster) && tls.is_some(),
+        tls: matches!(
+            kind,
+            ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::Cluster
+        ) && tls.is_some(),
         subscribers: subs,
         rate,
         published: total,

@@ -1,6 +1,7 @@
 //! The `idle` scenario: N connections, each having subscribed once, received one message and
-//! answered one ping (Herald and the baseline ping; the peers do not on their own); reports the
-//! server's RSS growth per connection.
+//! answered one ping (Herald and the baseline ping native clients; MQTT clients and the peers are
+//! not pinged within seconds); reports the server's RSS growth per connection. Several servers
+//! (`--server herald,herald-mqtt`) run one after the other in one run, compared with the first.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,10 +22,11 @@ pub struct IdleOpts {
     /// Connections opened per second.
     #[arg(long, default_value_t = 3_000)]
     rate: u64,
-    /// `herald`, `baseline` (bare tokio-tungstenite, 128-byte read buffer), or a peer: `nats`,
-    /// `mosquitto`, `ws` (Node ws).
-    #[arg(long, default_value = "herald")]
-    server: String,
+    /// `herald`, `herald-mqtt` (Herald with MQTT 3.1.1 clients), `baseline` (bare
+    /// tokio-tungstenite, 128-byte read buffer), or a peer: `nats`, `mosquitto`, `ws` (Node ws);
+    /// several, comma-separated, run one after the other.
+    #[arg(long, value_delimiter = ',', default_value = "herald")]
+    server: Vec<String>,
     /// The herald binary (default: next to this one).
     #[arg(long)]
     herald_bin: Option<PathBuf>,
@@ -36,16 +38,46 @@ pub struct IdleOpts {
     json: Option<PathBuf>,
 }
 
-/// The idle scenario.
+/// The idle scenario: each server in turn, then each one's difference to the first.
 pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for server in &o.server {
+        results.push(run_one(&o, server).await?);
+    }
+    if let [first, rest @ ..] = &results[..] {
+        let kib = |r: &serde_json::Value| r["kib_per_connection"].as_f64().unwrap_or(0.0);
+        for r in rest {
+            println!(
+                "{} vs {}: {:+.2} KiB per connection ({:.2} vs {:.2}), {:.2}×",
+                r["server"].as_str().unwrap_or("?"),
+                first["server"].as_str().unwrap_or("?"),
+                kib(r) - kib(first),
+                kib(r),
+                kib(first),
+                kib(r) / kib(first).max(1e-9)
+            );
+        }
+    }
+    if let Some(path) = &o.json {
+        let v = match &results[..] {
+            [one] => one.clone(),
+            many => serde_json::Value::Array(many.to_vec()),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
+/// One server's run; its JSON result.
+async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value> {
     let ping_secs = 3u64;
     let tls = o.tls.setup()?;
-    if tls.is_some() && o.server != "herald" {
-        bail!("--tls is for --server herald");
+    if tls.is_some() && !matches!(server, "herald" | "herald-mqtt") {
+        bail!("--tls is for --server herald or herald-mqtt");
     }
     let n = o.connections;
     // The server, and what publishes its one message (the baseline sends it by itself).
-    let (pid, client, mut publisher, _baseline) = match o.server.as_str() {
+    let (pid, client, mut publisher, _baseline) = match server {
         "baseline" => {
             let s = baseline::start_baseline(128, ping_secs * 1000).await?;
             let c = ClientPlan::herald(s.ws, "idle", servers::SECRET);
@@ -54,10 +86,13 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
         other => {
             let kind = match other {
                 "herald" => ServerKind::Herald,
+                "herald-mqtt" => ServerKind::HeraldMqtt,
                 "nats" => ServerKind::Nats,
                 "mosquitto" => ServerKind::Mosquitto,
                 "ws" => ServerKind::Ws,
-                _ => bail!("unknown server {other:?}: herald, baseline, nats, mosquitto or ws"),
+                _ => bail!(
+                    "unknown server {other:?}: herald, herald-mqtt, baseline, nats, mosquitto or ws"
+                ),
             };
             let edge = format!(
                 "ping_interval_secs = {ping_secs}\npong_timeout_secs = 30\nmax_queued_bytes = 65536"
@@ -66,14 +101,14 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
             (r.pid(), r.client().clone(), Some(r), None)
         }
     };
-    let pings = matches!(o.server.as_str(), "herald" | "baseline");
+    let pings = matches!(server, "herald" | "baseline");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = proc_stats::rss_kib(pid)?;
     let load_avg = proc_stats::load_avg();
     let mut plan = Plan::new(n, client);
     plan.rate = o.rate;
     let started = Instant::now();
-    let workers = Workers::spawn(&format!("idle {}", o.server), &plan).await?;
+    let workers = Workers::spawn(&format!("idle {server}"), &plan).await?;
     let ramp = Duration::from_secs(60 + n / o.rate.max(1));
     let c = workers
         .wait("subscribed", ramp, |c| c.settled() >= n)
@@ -108,7 +143,7 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     let hs = |q: f64| totals.handshake_us.value_at_quantile(q) as f64 / 1000.0;
     let result = serde_json::json!({
         "scenario": "idle",
-        "server": o.server,
+        "server": server,
         "tls": tls.is_some(),
         "connections": n,
         "connected": counts.connected,
@@ -127,11 +162,8 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     println!(
-        "| idle | {} | {n} | {:.2} KiB/conn | rss {rss_before} → {rss_after} KiB | failed {} | dropped {} |",
-        o.server, per_conn, counts.failed, counts.dropped
+        "| idle | {server} | {n} | {:.2} KiB/conn | rss {rss_before} → {rss_after} KiB | failed {} | dropped {} | load {:.1} |",
+        per_conn, counts.failed, counts.dropped, load_avg[0]
     );
-    if let Some(path) = o.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
-    }
-    Ok(())
+    Ok(result)
 }

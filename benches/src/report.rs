@@ -96,14 +96,16 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
             r.load_avg[0]
         );
     }
-    if let Some(h) = results
+    // Each Herald (native, then MQTT clients) against every other server of the run.
+    for h in results
         .iter()
-        .find(|r| matches!(r.server, ServerKind::Herald))
+        .filter(|r| matches!(r.server, ServerKind::Herald | ServerKind::HeraldMqtt))
     {
         for r in results.iter().filter(|r| !std::ptr::eq(*r, h)) {
             let _ = writeln!(
                 s,
-                "\nHerald vs {:?}: p99 {:.2}×, CPU per delivery {:.2}×, deliveries/s {:.2}× (below 1 is better for the first two)",
+                "\n{:?} vs {:?}: p99 {:.2}×, CPU per delivery {:.2}×, deliveries/s {:.2}× (below 1 is better for the first two)",
+                h.server,
                 r.server,
                 h.latency_ms[2] / r.latency_ms[2].max(1e-9),
                 h.server_cpu_us_per_delivery / r.server_cpu_us_per_delivery.max(1e-9),

@@ -60,6 +60,34 @@ fn idle_against_a_peer() {
 }
 
 #[test]
+fn idle_with_mqtt_clients_beside_native_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("idle.json");
+    let stdout = bench(&[
+        "idle",
+        "--server",
+        "herald,herald-mqtt",
+        "--connections",
+        "30",
+        "--rate",
+        "500",
+        "--json",
+        json.to_str().expect("utf8 path"),
+    ]);
+    assert!(stdout.contains("herald-mqtt vs herald: "), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json result")).expect("json");
+    let runs = v.as_array().expect("one result per server");
+    assert_eq!(runs.len(), 2, "{v}");
+    for (r, server) in runs.iter().zip(["herald", "herald-mqtt"]) {
+        assert_eq!(r["server"], server, "{r}");
+        assert_eq!(r["connected"], 30, "{r}");
+        assert_eq!(r["received"], 30, "{r}");
+    }
+    assert_eq!(runs[0]["pinged"], 30, "{v}");
+}
+
+#[test]
 fn fanout_against_herald_and_peers_delivers_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().to_str().expect("utf8 path");
@@ -72,7 +100,7 @@ fn fanout_against_herald_and_peers_delivers_everything() {
         "--seconds",
         "1",
         "--servers",
-        "herald,nats,mosquitto",
+        "herald,herald-mqtt,nats,mosquitto",
         "--per-worker",
         "8",
         "--out",
@@ -83,7 +111,8 @@ fn fanout_against_herald_and_peers_delivers_everything() {
     )
     .expect("json");
     let results = results.as_array().expect("one result per server");
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[1]["server"], "herald-mqtt");
     for r in results {
         assert_eq!(r["expected"], 400, "{r}");
         assert_eq!(r["missing"], 0, "{r}");

@@ -304,6 +304,9 @@ pub struct NewConn {
     /// Seconds between the protocol's heart-beat frames to the client (STOMP), 0: none; at
     /// most 255.
     pub heart_beat_secs: u8,
+    /// A connection this one takes over (MQTT client id): closed right after, so it is not
+    /// counted against the per-user cap.
+    pub replaces: Option<ConnHandle>,
 }
 
 /// Result of a join.
@@ -388,14 +391,31 @@ impl Hub {
             let mut shard = self.shards[shard_ix].lock();
             let shard = &mut *shard;
             // All devices of a user share this shard: the count is exact under its lock.
-            if max_per_user > 0
-                && shard
+            if max_per_user > 0 {
+                // A connection being taken over is replaced, not added to.
+                let replaced = c
+                    .replaces
+                    .filter(|r| r.shard as usize == shard_ix)
+                    .filter(|r| {
+                        shard
+                            .conns
+                            .get(r.slot as usize)
+                            .is_some_and(|o| o.number == r.number)
+                    })
+                    .map(|r| r.slot);
+                let held = shard
                     .users
                     .get(&c.project)
                     .and_then(|m| m.get(&c.user))
-                    .is_some_and(|s| s.as_slice().len() >= max_per_user as usize)
-            {
-                return None;
+                    .map_or(0, |s| {
+                        s.as_slice()
+                            .iter()
+                            .filter(|&&slot| Some(slot) != replaced)
+                            .count()
+                    });
+                if held >= max_per_user as usize {
+                    return None;
+                }
             }
             let number = self.next_number.fetch_add(1, Ordering::Relaxed);
             let slot = shard.conns.vacant_key() as u32;
@@ -1085,6 +1105,7 @@ mod tests {
             wire: Wire::Native,
             keep_alive_secs: 0,
             heart_beat_secs: 0,
+            replaces: None,
         }
     }
 
@@ -1298,6 +1319,34 @@ mod tests {
         hub.remove(first);
         assert!(hub.insert(conn("a", "alice", &[]), 2).await.is_some());
         assert_eq!(hub.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_takeover_replaces_rather_than_adds_under_the_per_user_cap() {
+        let hub = hub_with(cfg(), None);
+        let first = hub
+            .insert(conn("a", "alice", &[]), 1)
+            .await
+            .expect("1 of 1");
+        let taking_over = |r: ConnHandle| NewConn {
+            replaces: Some(r),
+            ..conn("a", "alice", &[])
+        };
+        let second = hub
+            .insert(taking_over(first), 1)
+            .await
+            .expect("replaces the first");
+        assert!(
+            hub.insert(conn("a", "alice", &[]), 1).await.is_none(),
+            "a third device without a takeover"
+        );
+        // The replaced connection gone (closed by the takeover), a stale handle excludes nothing.
+        hub.remove(first);
+        assert!(hub.insert(taking_over(first), 1).await.is_none());
+        // Another user's connection excludes nothing from this user's count.
+        let bob = add(&hub, "a", "bob", &[]).await;
+        assert!(hub.insert(taking_over(bob), 1).await.is_none());
+        assert!(hub.insert(taking_over(second), 1).await.is_some());
     }
 
     #[tokio::test]

@@ -301,6 +301,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         .policy()
         .project(project.as_str())
         .map_or(0, |p| p.max_connections_per_user);
+    let replaces = codec.takes_over(&shared.mqtt_client_ids, &project);
     let inserted = shared
         .hub
         .insert(
@@ -313,6 +314,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 wire: codec.wire(),
                 keep_alive_secs: codec.keep_alive_secs(),
                 heart_beat_secs: codec.heart_beat_secs(),
+                replaces,
             },
             per_user,
         )

@@ -5,11 +5,11 @@
 // keepalive (seconds, default 60), subprotocol (default true; false: offer none, like a WeChat
 // mini program, and fail if the server answers with one), ca (PEM file for wss), noAck (never
 // acknowledge QoS 1 messages), properties (5.0 CONNECT properties), subscribe ({topic: qos},
-// sent once connected).
+// sent once connected), reconnectPeriod (ms; default 0: no reconnect after a lost connection).
 // Commands: {"subscribe": {topic: qos}}, {"unsubscribe": [topic]},
 // {"publish": {"topic", "payload", "qos"}}, {"end": true}.
 // Events: ready (the script runs), connect, suback, unsuback, message, puback, error, disconnect
-// (5.0 server DISCONNECT), ws_close (the WebSocket close code), close.
+// (5.0 server DISCONNECT), ws_close (the WebSocket close code), close, reconnect (an attempt).
 import fs from 'node:fs';
 import readline from 'node:readline';
 import mqtt from 'mqtt';
@@ -31,7 +31,7 @@ const client = mqtt.connect(opts.url, {
   protocolId: version === 3 ? 'MQIsdp' : 'MQTT',
   clean: opts.clean ?? true,
   keepalive: opts.keepalive ?? 60,
-  reconnectPeriod: 0,
+  reconnectPeriod: opts.reconnectPeriod ?? 0,
   connectTimeout: 20_000,
   properties: opts.properties,
   wsOptions,
@@ -85,6 +85,7 @@ client.on('disconnect', (packet) => out('disconnect', {
   reason: packet.properties?.reasonString ?? null,
 }));
 client.on('close', () => out('close'));
+client.on('reconnect', () => out('reconnect'));
 client.on('packetreceive', (packet) => {
   if (packet.cmd === 'puback' || packet.cmd === 'pubrec') {
     out('puback', { messageId: packet.messageId, code: packet.reasonCode ?? 0 });

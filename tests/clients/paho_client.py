@@ -5,7 +5,8 @@ on stdout.
 Options: url, username, password, clientId, version (4 or 5), clean (default true), keepalive
 (default 60), ca (PEM file for wss), noAck (never acknowledge QoS 1 messages), properties
 (5.0 CONNECT: sessionExpiryInterval, receiveMaximum, maximumPacketSize), subscribe
-({topic: qos}, sent once connected).
+({topic: qos}, sent once connected), reconnect (reconnect every second after a lost connection;
+default false).
 Commands: {"subscribe": {topic: qos}}, {"unsubscribe": [topic]},
 {"publish": {"topic", "payload", "qos"}}, {"end": true}.
 Events: ready, connect, suback, unsuback, message, published, disconnect, close.
@@ -45,9 +46,10 @@ client = mqtt.Client(
     clean_session=None if v5 else opts.get("clean", True),
     protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
     transport="websockets",
-    reconnect_on_failure=False,
+    reconnect_on_failure=bool(opts.get("reconnect")),
     manual_ack=bool(opts.get("noAck")),
 )
+client.reconnect_delay_set(min_delay=1, max_delay=1)
 client.ws_set_options(path=url.path + ("?" + url.query if url.query else ""))
 if url.scheme == "wss":
     client.tls_set(ca_certs=opts.get("ca"), cert_reqs=ssl.CERT_REQUIRED)

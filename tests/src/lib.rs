@@ -8,6 +8,8 @@
 
 pub mod cluster;
 pub mod mqtt;
+pub mod nginx;
+pub mod relay;
 pub mod tls;
 
 use std::net::SocketAddr;

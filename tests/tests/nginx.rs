@@ -4,89 +4,16 @@
 //! from X-Forwarded-For with a spoofed leftmost entry ignored.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use herald_core::proto::v1::{ListConnectionsRequest, list_connections_request};
+use herald_tests::nginx::*;
 use herald_tests::tls::*;
 use herald_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const DOMAIN: &str = "push.herald.test";
-
-fn nginx_bin() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("nginx not found: install the nginx package (apt-get install nginx)")
-}
-
-/// The shipped configuration with this test's addresses, ports and paths.
-fn nginx_config(dir: &Path, port: u16, cert: &Path, key: &Path, edges: &[SocketAddr]) -> String {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
-    )
-    .expect("deploy/nginx/herald.conf");
-    let mut conf = shipped.clone();
-    let mut swap = |from: &str, to: String| {
-        assert!(
-            conf.contains(from),
-            "deploy/nginx/herald.conf no longer has {from:?}"
-        );
-        conf = conf.replacen(from, &to, 1);
-    };
-    let d = dir.display();
-    swap(
-        "pid /run/nginx-herald.pid;",
-        format!("pid {d}/nginx.pid;\nerror_log {d}/error.log;"),
-    );
-    swap("worker_processes auto;", "worker_processes 1;".into());
-    swap(
-        "access_log /var/log/nginx/herald.access.log herald;",
-        format!("access_log {d}/access.log herald;"),
-    );
-    swap(
-        "http {",
-        format!(
-            "http {{\n    client_body_temp_path {d}/body;\n    \
-             proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fcgi;\n    \
-             uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;"
-        ),
-    );
-    let servers: String = edges
-        .iter()
-        .map(|e| format!("server {e} max_fails=1 fail_timeout=5s;"))
-        .collect::<Vec<_>>()
-        .join("\n        ");
-    swap(
-        "server 10.0.0.11:8080 max_fails=1 fail_timeout=5s;\n        \
-         server 10.0.0.12:8080 max_fails=1 fail_timeout=5s;",
-        servers,
-    );
-    swap("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;"));
-    swap(
-        "server_name push.example.com;",
-        format!("server_name {DOMAIN};"),
-    );
-    swap(
-        "/etc/nginx/tls/push.example.com.crt",
-        cert.display().to_string(),
-    );
-    swap(
-        "/etc/nginx/tls/push.example.com.key",
-        key.display().to_string(),
-    );
-    // nginx reaches the edges from 127.0.0.2, so its address differs from the client's.
-    swap(
-        "proxy_pass http://herald_edges/ws/;",
-        "proxy_pass http://herald_edges/ws/;\n            proxy_bind 127.0.0.2;".into(),
-    );
-    conf
-}
+use tokio::net::TcpListener;
 
 /// A stand-in for a full edge: answers every request 503 with Retry-After, counting them.
 async fn full_edge() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -110,57 +37,6 @@ async fn full_edge() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, hits)
-}
-
-/// Runs nginx until dropped.
-struct Nginx {
-    child: tokio::process::Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    async fn start(dir: &Path, conf: &str, port: u16) -> Self {
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).expect("write nginx.conf");
-        let mut child = tokio::process::Command::new(nginx_bin())
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&path)
-            // One process, so killing it leaves no worker behind.
-            .args(["-g", "daemon off; master_process off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn nginx");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // Up to 30 s: a loaded machine starts processes slowly.
-        for _ in 0..600 {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Self {
-                    child,
-                    dir: dir.to_path_buf(),
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}):\n{log}");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("nginx does not listen on {addr}");
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
 }
 
 #[tokio::test]
@@ -190,12 +66,17 @@ async fn wechat_like_client_through_nginx_and_directly() {
     };
 
     let (full, full_hits) = full_edge().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let conf = nginx_config(dir.path(), port, &crt, &key, &[full, edge_ws]);
+    let port = free_port();
+    let conf = nginx_config(
+        dir.path(),
+        &NginxConf {
+            tls_port: port,
+            plain_port: None,
+            cert: &crt,
+            key: &key,
+            edges: &[full, edge_ws],
+        },
+    );
     let nginx = Nginx::start(dir.path(), &conf, port).await;
     let front = SocketAddr::from(([127, 0, 0, 1], port));
 

@@ -1,6 +1,8 @@
 //! MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), QoS 0: CONNECT, CONNACK, SUBSCRIBE, SUBACK,
-//! then every PUBLISH's payload is a message. Packets may span or share WebSocket frames. The
-//! packet helpers also serve the harness's MQTT publisher over plain TCP.
+//! then every PUBLISH's payload is a message. Packets may span or share WebSocket frames. With a
+//! token (Herald) the client connects on `/mqtt/{project}` with the token as CONNECT password;
+//! without one (mosquitto) on `/`, anonymously. The packet helpers also serve the harness's MQTT
+//! publisher over plain TCP.
 
 use super::codec::{Codec, Event, Hello};
 use super::{End, frame};
@@ -26,13 +28,23 @@ pub struct Mqtt {
 impl Codec for Mqtt {
     const SUBPROTOCOL: Option<&'static str> = Some("mqtt");
 
-    fn path(&self, _: &Hello<'_>) -> String {
-        "/".into()
+    fn path(&self, h: &Hello<'_>) -> String {
+        if h.token.is_empty() {
+            "/".into()
+        } else {
+            format!("/mqtt/{}", h.project)
+        }
     }
 
     fn opened(&mut self, h: &Hello<'_>, out: &mut Vec<u8>, _on: &mut impl FnMut(Event<'_>)) {
         self.topic = h.topic.map(Into::into);
-        frame::push(out, frame::BINARY, &connect(&format!("b{}", now_ns())));
+        let id = format!("b{}", now_ns());
+        let packet = if h.token.is_empty() {
+            connect(&id)
+        } else {
+            connect_with(&id, Some((h.project, h.token)))
+        };
+        frame::push(out, frame::BINARY, &packet);
     }
 
     fn data(
@@ -97,10 +109,24 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
 
 /// CONNECT, clean session, keep-alive 300 s.
 pub fn connect(client_id: &str) -> Vec<u8> {
+    connect_with(client_id, None)
+}
+
+/// CONNECT, clean session, keep-alive 300 s, with a user name and password when given.
+pub fn connect_with(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
     let mut body = Vec::new();
     put_str("MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02, 0x01, 0x2c]);
+    let flags = if login.is_some() {
+        0x02 | 0x80 | 0x40
+    } else {
+        0x02
+    };
+    body.extend_from_slice(&[4, flags, 0x01, 0x2c]);
     put_str(client_id, &mut body);
+    if let Some((user, password)) = login {
+        put_str(user, &mut body);
+        put_str(password, &mut body);
+    }
     let mut p = vec![0x10];
     put_len(body.len(), &mut p);
     p.extend(body);
@@ -182,5 +208,24 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0], "Ready");
         assert!(got[1].contains("[104, 101, 108, 108, 111]"), "{got:?}");
+    }
+
+    #[test]
+    fn with_a_token_it_logs_in_on_the_projects_path() {
+        let c = Mqtt::default();
+        let hello = Hello {
+            project: "bench",
+            token: "tok",
+            topic: None,
+        };
+        assert_eq!(c.path(&hello), "/mqtt/bench");
+        let p = connect_with("id", Some(("bench", "tok")));
+        let (kind, s, e) = split(&p).expect("whole packet");
+        assert_eq!(kind, 1);
+        let body = &p[s..e];
+        assert_eq!(body[7], 0xc2, "user name, password, clean session");
+        assert!(body.ends_with(b"\x00\x05bench\x00\x03tok"), "{body:?}");
+        let anonymous = Hello { token: "", ..hello };
+        assert_eq!(c.path(&anonymous), "/");
     }
 }

@@ -39,6 +39,11 @@ pub const API_KEY: &str = "bench-api-key-0123456789";
 pub enum ServerKind {
     /// Herald (the real binary), native protocol, gRPC publisher.
     Herald,
+    /// Herald with MQTT 3.1.1 subscribers (QoS 0, on `/mqtt/bench`, the token as CONNECT
+    /// password), gRPC publisher.
+    #[value(name = "herald-mqtt")]
+    #[serde(rename = "herald-mqtt")]
+    HeraldMqtt,
     /// nats-server: NATS over WebSocket, publisher over TCP.
     Nats,
     /// mosquitto: MQTT 3.1.1 over WebSocket, publisher over TCP.
@@ -207,7 +212,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let topic = "fan".to_string();
     Ok(match kind {
-        ServerKind::Herald | ServerKind::Cluster => {
+        ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::Cluster => {
             // The wss listener's table comes after the plain `[edge]` keys.
             let edge = match tls {
                 Some(t) => format!("{herald_edge_toml}\n{}", t.edge_toml),
@@ -240,6 +245,11 @@ pub async fn start(
                 client: ClientPlan {
                     tls: tls.map(|t| t.client.clone()),
                     spread,
+                    protocol: if kind == ServerKind::HeraldMqtt {
+                        Protocol::Mqtt
+                    } else {
+                        Protocol::Herald
+                    },
                     ..ClientPlan::herald(ws, &topic, SECRET)
                 },
                 publisher: Publisher::Herald(tx, 0),

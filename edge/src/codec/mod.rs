@@ -32,6 +32,7 @@ use herald_core::proto::bus::Envelope;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::EdgeConfig;
+use crate::hub::ConnHandle;
 use crate::session::{Next, SessionOps};
 
 /// The protocol a connection speaks, chosen at the upgrade (path and sub-protocol).
@@ -198,6 +199,19 @@ impl Codec {
             Codec::Native | Codec::Mqtt(_) => 0,
             // A client asking for rarer heart-beats than every 255 s gets them more often.
             Codec::Stomp(s) => secs(s.heart_beat().send_ms).min(255) as u8,
+        }
+    }
+
+    /// The connection of this edge that this one takes over once started (MQTT: the holder of
+    /// its client id in `project`): the per-user cap counts it as replaced, not as another device.
+    pub(crate) fn takes_over(
+        &self,
+        ids: &mqtt::takeover::ClientIds,
+        project: &ProjectId,
+    ) -> Option<ConnHandle> {
+        match self {
+            Codec::Native | Codec::Stomp(_) => None,
+            Codec::Mqtt(m) => m.takes_over(ids, project),
         }
     }
 

@@ -18,8 +18,9 @@ use super::packet::{
     self, Assembler, Connect, DecodeError, Packet, Publish, Subscribe, Unsubscribe, Version,
 };
 use super::reason::{self, ConnectReturn, Reason};
-use super::takeover::{Claim, SharedOutbound};
+use super::takeover::{Claim, ClientIds, SharedOutbound};
 use crate::codec::{Codec, Hello, HelloRefused};
+use crate::hub::ConnHandle;
 use crate::session::{Next, SessionOps, SubscribeRefused};
 
 /// The longest client id accepted, in bytes.
@@ -232,6 +233,15 @@ impl Mqtt {
     /// The keep alive the client asked for, seconds (0: none).
     pub(crate) fn keep_alive(&self) -> u16 {
         self.keep_alive
+    }
+
+    /// The connection of this edge holding this client id in `project`, which this one takes
+    /// over once started; none for a client id still to be assigned.
+    pub(crate) fn takes_over(&self, ids: &ClientIds, project: &ProjectId) -> Option<ConnHandle> {
+        if self.client_id.is_empty() {
+            return None;
+        }
+        ids.holder(project, &self.client_id)
     }
 
     fn v5(&self) -> bool {

@@ -62,6 +62,14 @@ impl ClientIds {
             })
     }
 
+    /// The connection holding `client_id` in `project`, if any.
+    pub(crate) fn holder(&self, project: &ProjectId, client_id: &Arc<str>) -> Option<ConnHandle> {
+        self.map
+            .lock()
+            .get(&(project.clone(), client_id.clone()))
+            .map(|h| h.handle)
+    }
+
     /// Forgets `client_id` if connection `number` still holds it.
     pub(crate) fn release(&self, project: &ProjectId, client_id: &Arc<str>, number: u64) {
         let mut map = self.map.lock();

@@ -1,0 +1,196 @@
+//! MQTT sessions across reconnects, with mqtt.js 5 and Paho through the real binary: a client
+//! whose network drops (the edge still holding its connection) reconnects by itself with the same
+//! client id and gets its unacknowledged QoS 1 messages again with DUP; a takeover replaces the
+//! connection it takes over under a per-user cap of one, while a second client id stays refused.
+
+use herald_tests::mqtt::{Lib, MqttClient};
+use herald_tests::relay::Relay;
+use herald_tests::*;
+use serde_json::{Value, json};
+
+fn mqtt_token(sub: &str, channels: &[&str]) -> String {
+    hs256(
+        ALPHA_SECRET,
+        None,
+        &json!({"sub": sub, "aud": "alpha", "exp": jsonwebtoken::get_current_timestamp() + 600,
+                "channels": channels}),
+    )
+}
+
+/// The network of a phone drops: the client notices (its socket closes), the edge does not (the
+/// connection stays open on its side, and the QoS 1 message published meanwhile goes into the
+/// void). The client reconnects by itself with the same client id, takes its session over on the
+/// same edge and gets every unacknowledged message again with DUP and its packet id before new
+/// ones. Paho never acknowledges here, so its first message comes again too; mqtt.js acknowledges
+/// (its packet handling waits for an acknowledgement before the next packet), so its first comes
+/// again only if that acknowledgement was lost with the network.
+#[tokio::test]
+async fn a_client_that_lost_its_network_reconnects_and_gets_unacknowledged_messages_with_dup() {
+    let herald = herald().start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let cases = [
+        (Lib::MqttJs, 5),
+        (Lib::MqttJs, 4),
+        (Lib::Paho, 4),
+        (Lib::Paho, 5),
+    ];
+    for (i, (lib, version)) in cases.into_iter().enumerate() {
+        let relay = Relay::start(herald.ws).await;
+        let id = format!("roamer-{i}");
+        let no_ack = lib == Lib::Paho;
+        let mut c = MqttClient::start(
+            lib,
+            json!({"url": format!("ws://{}/mqtt/alpha", relay.addr), "version": version,
+                   "clientId": id, "username": "alpha", "clean": false, "noAck": no_ack,
+                   "reconnectPeriod": 500, "reconnect": true,
+                   "password": mqtt_token(&id, &["news"])}),
+        )
+        .await;
+        assert_eq!(c.expect("connect").await["sessionPresent"], false);
+        assert_eq!(c.subscribe(json!({"news": 1})).await["codes"], json!([1]));
+        send(&mut grpc, publish("alpha", To::Group("news"), "m1")).await;
+        let m1 = c.message().await;
+        assert_eq!((&m1["payload"], &m1["dup"]), (&json!("m1"), &json!(false)));
+
+        relay.lose();
+        c.expect("close").await;
+        send(&mut grpc, publish("alpha", To::Group("news"), "m2")).await;
+        // The edge wrote m2 to the connection it still holds.
+        eventually(WAIT, async || match relay.lost_bytes() {
+            0 => Err("m2 not sent yet"),
+            _ => Ok(()),
+        })
+        .await;
+        relay.restore();
+
+        let connack = c.expect("connect").await;
+        assert_eq!(
+            connack["sessionPresent"], true,
+            "{lib:?} v{version}: {connack}"
+        );
+        // The subscription came with the session: m3 is new, after everything sent again.
+        send(&mut grpc, publish("alpha", To::Group("news"), "m3")).await;
+        while c.message().await["payload"] != "m3" {}
+        // Every message since the connection was lost (mqtt.js may report resent ones before
+        // the CONNACK).
+        let since: Vec<&Value> = {
+            let mut v: Vec<&Value> = c
+                .seen
+                .iter()
+                .rev()
+                .take_while(|e| e["event"] != "close")
+                .filter(|e| e["event"] == "message")
+                .collect();
+            v.reverse();
+            v
+        };
+        let (m3, resent) = since.split_last().expect("m3");
+        assert_eq!(m3["dup"], false, "{lib:?} v{version}: {m3}");
+        let payloads: Vec<&Value> = resent.iter().map(|m| &m["payload"]).collect();
+        if no_ack {
+            assert_eq!(payloads, [&json!("m1"), &json!("m2")], "{lib:?} v{version}");
+            assert_eq!(
+                resent[0]["messageId"], m1["messageId"],
+                "{lib:?} v{version}"
+            );
+        } else {
+            assert!(
+                payloads == [&json!("m2")] || payloads == [&json!("m1"), &json!("m2")],
+                "{lib:?} v{version}: {resent:?}"
+            );
+        }
+        assert!(
+            resent.iter().all(|m| m["dup"] == true),
+            "{lib:?} v{version}: sent again with DUP: {resent:?}"
+        );
+        c.end().await;
+        herald
+            .wait_metric(
+                r#"herald_edge_mqtt_takeovers_total{resumed="true"}"#,
+                (i + 1) as f64,
+            )
+            .await;
+    }
+    herald
+        .wait_metric(r#"herald_edge_connections{protocol="mqtt"}"#, 0.0)
+        .await;
+}
+
+/// With `max_connections_per_user = 1`, a reconnect with the same client id replaces the
+/// connection it takes over (it used to be refused with 4011 while the older one still counted);
+/// a second client id of the same user is still refused.
+#[tokio::test]
+async fn a_takeover_replaces_the_connection_under_a_per_user_cap_of_one() {
+    let herald = herald()
+        .projects(&format!(
+            "[[projects]]\nid = \"alpha\"\napi_keys = [\"{ALPHA_KEY}\"]\n\
+             [[projects.keys]]\nalg = \"HS256\"\nsecret = \"{ALPHA_SECRET}\"\n\
+             [projects.limits]\nmax_connections_per_user = 1\n"
+        ))
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    // (library, version, CONNACK code of the refused second device as the library reports it)
+    let cases = [
+        (Lib::MqttJs, 5, 0x97),
+        (Lib::MqttJs, 4, 3),
+        // Paho reports 3.1.1's return code 3 (server unavailable) as reason 0x88.
+        (Lib::Paho, 4, 0x88),
+        (Lib::Paho, 5, 0x97),
+    ];
+    for (i, (lib, version, refused)) in cases.into_iter().enumerate() {
+        let user = format!("u{i}");
+        let url = format!("ws://{}/mqtt/alpha", herald.ws);
+        let opts = |client_id: &str| {
+            json!({"url": url, "version": version, "clientId": client_id, "username": "alpha",
+                   "clean": false, "password": mqtt_token(&user, &["news"])})
+        };
+        let mut first = MqttClient::start(lib, opts("phone")).await;
+        assert_eq!(first.expect("connect").await["code"], 0);
+        assert_eq!(
+            first.subscribe(json!({"news": 1})).await["codes"],
+            json!([1])
+        );
+
+        let mut second = MqttClient::start(lib, opts("phone")).await;
+        let connack = second.expect("connect").await;
+        assert_eq!(
+            (&connack["code"], &connack["sessionPresent"]),
+            (&json!(0), &json!(true)),
+            "{lib:?} v{version}: the takeover under the cap: {connack}"
+        );
+        match lib {
+            Lib::MqttJs => assert_eq!(first.expect("ws_close").await["code"], 4012),
+            Lib::Paho => {
+                first.expect("disconnect").await;
+            }
+        }
+
+        // A second device of the same user: refused, and the takeover's connection stays.
+        let mut other = MqttClient::start(lib, opts("tablet")).await;
+        match lib {
+            Lib::MqttJs => {
+                let err = other.expect("error").await;
+                assert_eq!(err["code"], refused, "{lib:?} v{version}: {err}");
+                assert_eq!(other.expect("ws_close").await["code"], 4011);
+            }
+            Lib::Paho => {
+                let connack = other.expect("connect").await;
+                assert_eq!(connack["code"], refused, "{lib:?} v{version}: {connack}");
+            }
+        }
+        send(&mut grpc, publish("alpha", To::Group("news"), &user)).await;
+        let m = second.message().await;
+        assert_eq!((&m["topic"], &m["payload"]), (&json!("news"), &json!(user)));
+        second.end().await;
+        herald
+            .wait_metric(r#"herald_edge_connections{protocol="mqtt"}"#, 0.0)
+            .await;
+    }
+    herald
+        .wait_metric(
+            r#"herald_edge_connects_total{result="too_many_connections",protocol="mqtt"}"#,
+            4.0,
+        )
+        .await;
+}
