@@ -200,7 +200,10 @@ async fn run_one(
         server: kind,
         tls: matches!(
             kind,
-            ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::Cluster
+            ServerKind::Herald
+                | ServerKind::HeraldMqtt
+                | ServerKind::HeraldStomp
+                | ServerKind::Cluster
         ) && tls.is_some(),
         subscribers: subs,
         rate,

@@ -22,7 +22,8 @@ pub struct IdleOpts {
     /// Connections opened per second.
     #[arg(long, default_value_t = 3_000)]
     rate: u64,
-    /// `herald`, `herald-mqtt` (Herald with MQTT 3.1.1 clients), `baseline` (bare
+    /// `herald`, `herald-mqtt` / `herald-stomp` (Herald with MQTT 3.1.1 / STOMP 1.2 clients),
+    /// `baseline` (bare
     /// tokio-tungstenite, 128-byte read buffer), or a peer: `nats`, `mosquitto`, `ws` (Node ws);
     /// several, comma-separated, run one after the other.
     #[arg(long, value_delimiter = ',', default_value = "herald")]
@@ -72,8 +73,8 @@ pub async fn run(o: IdleOpts) -> anyhow::Result<()> {
 async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value> {
     let ping_secs = 3u64;
     let tls = o.tls.setup()?;
-    if tls.is_some() && !matches!(server, "herald" | "herald-mqtt") {
-        bail!("--tls is for --server herald or herald-mqtt");
+    if tls.is_some() && !server.starts_with("herald") {
+        bail!("--tls is for --server herald, herald-mqtt or herald-stomp");
     }
     let n = o.connections;
     // The server, and what publishes its one message (the baseline sends it by itself).
@@ -87,11 +88,12 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
             let kind = match other {
                 "herald" => ServerKind::Herald,
                 "herald-mqtt" => ServerKind::HeraldMqtt,
+                "herald-stomp" => ServerKind::HeraldStomp,
                 "nats" => ServerKind::Nats,
                 "mosquitto" => ServerKind::Mosquitto,
                 "ws" => ServerKind::Ws,
                 _ => bail!(
-                    "unknown server {other:?}: herald, herald-mqtt, baseline, nats, mosquitto or ws"
+                    "unknown server {other:?}: herald, herald-mqtt, herald-stomp, baseline, nats, mosquitto or ws"
                 ),
             };
             let edge = format!(

@@ -96,11 +96,13 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
             r.load_avg[0]
         );
     }
-    // Each Herald (native, then MQTT clients) against every other server of the run.
-    for h in results
-        .iter()
-        .filter(|r| matches!(r.server, ServerKind::Herald | ServerKind::HeraldMqtt))
-    {
+    // Each Herald (native, MQTT or STOMP clients) against every other server of the run.
+    for h in results.iter().filter(|r| {
+        matches!(
+            r.server,
+            ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::HeraldStomp
+        )
+    }) {
         for r in results.iter().filter(|r| !std::ptr::eq(*r, h)) {
             let _ = writeln!(
                 s,

@@ -60,13 +60,13 @@ fn idle_against_a_peer() {
 }
 
 #[test]
-fn idle_with_mqtt_clients_beside_native_ones() {
+fn idle_with_mqtt_and_stomp_clients_beside_native_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("idle.json");
     let stdout = bench(&[
         "idle",
         "--server",
-        "herald,herald-mqtt",
+        "herald,herald-mqtt,herald-stomp",
         "--connections",
         "30",
         "--rate",
@@ -78,8 +78,8 @@ fn idle_with_mqtt_clients_beside_native_ones() {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json result")).expect("json");
     let runs = v.as_array().expect("one result per server");
-    assert_eq!(runs.len(), 2, "{v}");
-    for (r, server) in runs.iter().zip(["herald", "herald-mqtt"]) {
+    assert_eq!(runs.len(), 3, "{v}");
+    for (r, server) in runs.iter().zip(["herald", "herald-mqtt", "herald-stomp"]) {
         assert_eq!(r["server"], server, "{r}");
         assert_eq!(r["connected"], 30, "{r}");
         assert_eq!(r["received"], 30, "{r}");
@@ -100,7 +100,7 @@ fn fanout_against_herald_and_peers_delivers_everything() {
         "--seconds",
         "1",
         "--servers",
-        "herald,herald-mqtt,nats,mosquitto",
+        "herald,herald-mqtt,herald-stomp,nats,mosquitto",
         "--per-worker",
         "8",
         "--out",
@@ -111,8 +111,9 @@ fn fanout_against_herald_and_peers_delivers_everything() {
     )
     .expect("json");
     let results = results.as_array().expect("one result per server");
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 5);
     assert_eq!(results[1]["server"], "herald-mqtt");
+    assert_eq!(results[2]["server"], "herald-stomp");
     for r in results {
         assert_eq!(r["expected"], 400, "{r}");
         assert_eq!(r["missing"], 0, "{r}");

@@ -4,8 +4,8 @@
 //!
 //! A codec is per connection and small: a state byte, and whatever it must hold until the
 //! subscription is done. One for each protocol: [`Herald`](super::herald::Herald) (`herald.v1`),
-//! [`Mqtt`](super::mqtt::Mqtt) (3.1.1), [`Nats`](super::nats::Nats), [`Plain`](super::plain::Plain)
-//! frames; a STOMP codec is one more implementation.
+//! [`Mqtt`](super::mqtt::Mqtt) (3.1.1), [`Stomp`](super::stomp::Stomp) (1.2),
+//! [`Nats`](super::nats::Nats), [`Plain`](super::plain::Plain) frames.
 
 use super::End;
 

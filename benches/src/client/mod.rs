@@ -2,7 +2,7 @@
 //! bytes of state and a normally empty `Vec`; reads go into one 64 KiB buffer per thread, the
 //! upgrade request is written once and dropped. Over TCP or TLS (rustls), from a loopback source
 //! address of its own, speaking a pluggable [`Codec`] over the WebSocket: herald.v1, MQTT 3.1.1,
-//! NATS or plain frames (and STOMP next).
+//! STOMP 1.2, NATS or plain frames.
 //!
 //! ```ignore
 //! let target = Target { server, spread: vec![], tls: None, sockbuf: 0, zero_linger: false };
@@ -15,7 +15,7 @@
 //! # Layout
 //! - [`frame`]: WebSocket framing.
 //! - [`codec`]: the [`Codec`] trait and its [`Event`]s.
-//! - [`herald`], [`mqtt`], [`nats`], [`plain`]: the codecs.
+//! - [`herald`], [`mqtt`], [`stomp`], [`nats`], [`plain`]: the codecs.
 
 pub mod codec;
 pub mod frame;
@@ -23,6 +23,7 @@ pub mod herald;
 pub mod mqtt;
 pub mod nats;
 pub mod plain;
+pub mod stomp;
 
 pub use codec::{Codec, Event, Hello};
 
@@ -47,6 +48,8 @@ pub enum Protocol {
     Herald,
     /// MQTT 3.1.1 over WebSocket (QoS 0).
     Mqtt,
+    /// STOMP 1.2 over WebSocket (`ack:auto`).
+    Stomp,
     /// The NATS protocol over WebSocket.
     Nats,
     /// Plain WebSocket: every data frame is a payload.

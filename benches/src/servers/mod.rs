@@ -44,6 +44,11 @@ pub enum ServerKind {
     #[value(name = "herald-mqtt")]
     #[serde(rename = "herald-mqtt")]
     HeraldMqtt,
+    /// Herald with STOMP 1.2 subscribers (`v12.stomp` on `/ws/bench`, the token in `CONNECT`,
+    /// `SUBSCRIBE` to `/topic/bench/<group>` with `ack:auto`), gRPC publisher.
+    #[value(name = "herald-stomp")]
+    #[serde(rename = "herald-stomp")]
+    HeraldStomp,
     /// nats-server: NATS over WebSocket, publisher over TCP.
     Nats,
     /// mosquitto: MQTT 3.1.1 over WebSocket, publisher over TCP.
@@ -212,7 +217,10 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let topic = "fan".to_string();
     Ok(match kind {
-        ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::Cluster => {
+        ServerKind::Herald
+        | ServerKind::HeraldMqtt
+        | ServerKind::HeraldStomp
+        | ServerKind::Cluster => {
             // The wss listener's table comes after the plain `[edge]` keys.
             let edge = match tls {
                 Some(t) => format!("{herald_edge_toml}\n{}", t.edge_toml),
@@ -245,10 +253,10 @@ pub async fn start(
                 client: ClientPlan {
                     tls: tls.map(|t| t.client.clone()),
                     spread,
-                    protocol: if kind == ServerKind::HeraldMqtt {
-                        Protocol::Mqtt
-                    } else {
-                        Protocol::Herald
+                    protocol: match kind {
+                        ServerKind::HeraldMqtt => Protocol::Mqtt,
+                        ServerKind::HeraldStomp => Protocol::Stomp,
+                        _ => Protocol::Herald,
                     },
                     ..ClientPlan::herald(ws, &topic, SECRET)
                 },
