@@ -1,5 +1,6 @@
 //! STOMP over WebSocket with the client people use: @stomp/stompjs 7 under Node
-//! (`tests/clients/stomp.mjs`), through real sockets to the real binary, over `ws` and `wss`;
+//! (`tests/clients/stomp.mjs`), through real sockets to the real binary, over `ws` and `wss`,
+//! directly and through nginx in front (the shipped configuration, the push center's URL);
 //! what stompjs never sends (a silent client, a garbled `CONNECT`) by a hand-written client.
 
 use std::path::PathBuf;
@@ -839,4 +840,110 @@ async fn one_publish_reaches_native_mqtt_and_stomp_clients_alike() {
             )
             .await;
     }
+}
+
+#[tokio::test]
+async fn stompjs_through_nginx_as_the_push_center_had_it() {
+    use herald_tests::nginx::*;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::root("test root");
+    // Clients connect to 127.0.0.1 (no resolver for a test domain in Node).
+    let (crt, key) = ca
+        .server(&[DOMAIN, "127.0.0.1"], &rcgen::PKCS_ECDSA_P256_SHA256)
+        .write(dir.path(), "nginx", &[]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let herald = herald().start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let conf = nginx_config(
+        dir.path(),
+        &NginxConf {
+            tls_port,
+            plain_port: Some(plain_port),
+            cert: &crt,
+            key: &key,
+            edges: &[herald.ws],
+        },
+    );
+    let nginx = Nginx::start(dir.path(), &conf, tls_port).await;
+
+    let t = with_claims("alpha", "alice", json!({"channels": ["shanghai"]}));
+    // The push center's own URL (seed 004: `/msg-center/websocket?token=..&projectId=..`), the
+    // shipped `/herald/{project}` with the token in CONNECT, over wss and ws.
+    let urls = [
+        format!("wss://127.0.0.1:{tls_port}/msg-center/websocket?token={t}&projectId=alpha"),
+        format!("wss://127.0.0.1:{tls_port}/herald/alpha"),
+        format!("ws://127.0.0.1:{plain_port}/msg-center/websocket?projectId=alpha&token={t}"),
+    ];
+    let mut clients = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let mut c = Stomp::start(json!({
+            "url": url,
+            "ca": ca_file,
+            "connectHeaders": if i == 1 { json!({"Authorization": format!("Bearer {t}")}) } else { json!({}) },
+        }))
+        .await;
+        assert_eq!(
+            c.next("upgrade").await["protocol"],
+            "v12.stomp",
+            "{url}\nnginx: {}",
+            nginx.error_log()
+        );
+        assert_eq!(c.next("connect").await["headers"]["user-name"], "alice");
+        c.subscribe("/topic/alpha/shanghai", "g", "client-individual")
+            .await;
+        c.subscribe("/user/queue/notice", "u", "auto").await;
+        c.subscribe("/topic/alpha", "b", "auto").await;
+        clients.push(c);
+    }
+    send(
+        &mut grpc,
+        publish("alpha", To::Group("shanghai"), r#"{"city":"shanghai"}"#),
+    )
+    .await;
+    send(&mut grpc, publish("alpha", To::User("alice"), "for alice")).await;
+    send(&mut grpc, publish("alpha", To::Broadcast, "for all")).await;
+    for c in &mut clients {
+        let m = c.next("message").await;
+        assert_eq!(
+            (&m["subscription"], &m["body"]),
+            (&json!("g"), &json!(r#"{"city":"shanghai"}"#))
+        );
+        c.send(json!({"ack": m["ack"]})).await;
+        let m = c.next("message").await;
+        assert_eq!(
+            (&m["subscription"], &m["body"]),
+            (&json!("u"), &json!("for alice"))
+        );
+        let m = c.next("message").await;
+        assert_eq!(
+            (&m["subscription"], &m["body"]),
+            (&json!("b"), &json!("for all"))
+        );
+    }
+
+    // Refusals come through nginx unchanged: a bad token, a project outside the alphabet (400
+    // from nginx itself, before any upgrade).
+    let mut refused = Stomp::start(json!({
+        "url": format!("wss://127.0.0.1:{tls_port}/msg-center/websocket?projectId=alpha"),
+        "ca": ca_file,
+        "connectHeaders": {"passcode": "not.a.jwt"},
+    }))
+    .await;
+    assert_eq!(refused.refused().await, ("invalid token".to_owned(), 4002));
+    let mut bad = Stomp::start(json!({
+        "url": format!("wss://127.0.0.1:{tls_port}/msg-center/websocket?projectId=../admin&token={t}"),
+        "ca": ca_file,
+    }))
+    .await;
+    let e = bad.next("ws_error").await;
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("400")),
+        "{e}"
+    );
+    // The access log holds no token (nginx logs the path without its query).
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+    assert!(log.contains("/msg-center/websocket"), "{log}");
+    assert!(!log.contains(&t), "a token in nginx's access log");
 }
