@@ -77,6 +77,7 @@ fn fanout(c: &mut Criterion) {
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
                         replaces: None,
+                        resume: Vec::new(),
                     },
                     0,
                 )
@@ -133,6 +134,7 @@ fn broadcast_small_project(c: &mut Criterion) {
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
                         replaces: None,
+                        resume: Vec::new(),
                     },
                     0,
                 )
@@ -180,6 +182,7 @@ fn jwt(c: &mut Criterion) {
             key("ed", KeyAlgorithm::EdDSA, Some("eddsa-public.pem")),
         ],
         client_certificates: None,
+        history: None,
     };
     let keys = herald_edge::AuthKeys::load(&[project], 5).expect("keys");
     let claims = serde_json::json!({"sub":"u1","aud":"bench","exp": jsonwebtoken::get_current_timestamp() + 3600});

@@ -127,6 +127,10 @@ pub enum FrameError {
     BinaryNotSupported = 4415,
     /// The connection is already in the maximum number of groups.
     TooManyGroups = 4429,
+    /// A resume asked for a stream its project keeps no history of.
+    NotRecoverable = 4404,
+    /// History could not be read: the stream goes on live, its missed messages were not sent.
+    HistoryUnavailable = 4503,
 }
 
 impl FrameError {

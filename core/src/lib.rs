@@ -9,11 +9,14 @@
 //!   in-process implementation.
 //! - [`bus`]: the [`Bus`](bus::Bus) trait (how envelopes and operator calls reach edges) and its
 //!   in-process implementation.
+//! - [`history`]: the [`History`](history::History) trait (recoverable streams with offsets and
+//!   epochs) and its in-process implementation.
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
 pub mod bus;
 pub mod codes;
+pub mod history;
 pub mod ids;
 pub mod projects;
 pub mod registry;

@@ -59,6 +59,10 @@ pub struct ProjectConfig {
     /// (`[projects.client_certificates]`). Default absent: a token is required.
     #[serde(default)]
     pub client_certificates: Option<ClientCertAuth>,
+    /// What this project keeps for clients to recover (`[projects.history]`). Default absent:
+    /// nothing is kept, messages carry no offset.
+    #[serde(default)]
+    pub history: Option<crate::history::HistoryConfig>,
 }
 
 /// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with
@@ -121,6 +125,9 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
             if k.len() < 16 {
                 problems.push(format!("{at}.api_keys[{j}]: shorter than 16 characters"));
             }
+        }
+        if let Some(h) = &p.history {
+            problems.extend(h.problems(&format!("{at}.history")));
         }
         for (j, o) in p.limits.origins.iter().enumerate() {
             if let Err(e) = check_origin_pattern(o) {

@@ -169,6 +169,8 @@ pub(crate) struct Admitted {
     pub(crate) project: ProjectId,
     pub(crate) identity: Identity,
     pub(crate) codec: Codec,
+    /// Streams the client resumes.
+    pub(crate) resume: Vec<crate::protocol::Since>,
 }
 
 /// Answers a client refused at accept (the edge's cap), after reading its request within a
@@ -296,6 +298,7 @@ pub(crate) async fn admit(
     let needs_hello =
         !up.wire.token_in_request() || (verified.is_none() && up.token.is_none() && cert.is_none());
     let mut codec = None;
+    let mut resume = Vec::new();
     let mut token = up.token.take();
     let mut project = path_project;
     if needs_hello {
@@ -309,7 +312,9 @@ pub(crate) async fn admit(
                 token: t,
                 project: p,
                 codec: c,
+                resume: r,
             }) => {
+                resume = r;
                 token = t.or(token);
                 if project.is_none() {
                     project = p;
@@ -367,6 +372,7 @@ pub(crate) async fn admit(
         project,
         identity,
         codec,
+        resume,
     })
 }
 

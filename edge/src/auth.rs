@@ -109,6 +109,8 @@ struct LoadedKey {
 /// The verification keys of every project, loaded from configuration.
 pub struct AuthKeys {
     projects: HashMap<String, Vec<LoadedKey>>,
+    /// What each project keeps for clients to recover (projects with `[projects.history]`).
+    history: HashMap<String, herald_core::history::HistoryConfig>,
     /// Projects accepting clients by certificate: the groups they join, the channels they may.
     by_certificate: HashMap<String, (Vec<GroupId>, Vec<String>)>,
 }
@@ -123,11 +125,20 @@ fn algorithm(alg: KeyAlgorithm) -> Algorithm {
 }
 
 impl AuthKeys {
+    /// What `project` keeps for clients to recover, if anything.
+    pub fn history(&self, project: &str) -> Option<&herald_core::history::HistoryConfig> {
+        self.history.get(project)
+    }
+
     /// Loads every project's keys; returns every problem found, each naming the key.
     pub fn load(projects: &[ProjectConfig], leeway_secs: u64) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut map = HashMap::new();
         let mut by_certificate = HashMap::new();
+        let history = projects
+            .iter()
+            .filter_map(|p| Some((p.id.clone(), p.history.clone()?)))
+            .collect();
         for (i, p) in projects.iter().enumerate() {
             let mut keys = Vec::new();
             for (j, k) in p.keys.iter().enumerate() {
@@ -194,6 +205,7 @@ impl AuthKeys {
             Ok(Self {
                 projects: map,
                 by_certificate,
+                history,
             })
         } else {
             Err(problems)
@@ -293,6 +305,7 @@ mod tests {
                 public_key_pem: None,
             }],
             client_certificates: None,
+            history: None,
         };
         AuthKeys::load(&[p], 0).expect("keys load")
     }

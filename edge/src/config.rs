@@ -54,6 +54,9 @@ pub struct EdgeConfig {
     /// hold its interest, in ms; past it the client is answered anyway and the write goes on in
     /// the background (docs/cluster.md). Default 5,000.
     pub registration_timeout_ms: u64,
+    /// How often the edge asks history where its recoverable streams stand, so a lost last
+    /// message is found and passed on; 0: never. Default 5.
+    pub history_check_secs: u64,
     /// Most interest changes waiting to be written to the registry; past it they are dropped
     /// and the edge's whole interest is written again instead (counted in
     /// `herald_edge_interest_overflows_total`). Default 100,000.
@@ -87,6 +90,7 @@ impl Default for EdgeConfig {
             reconnect_jitter_ms: 5_000,
             close_timeout_ms: 3_000,
             registration_timeout_ms: 5_000,
+            history_check_secs: 5,
             max_pending_interest: 100_000,
             mqtt_max_inflight: 32,
             limits: Default::default(),

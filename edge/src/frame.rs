@@ -54,7 +54,7 @@ pub fn ping_frame() -> Bytes {
 }
 
 /// Encodes a delivered message once, as a framed `msg` text frame:
-/// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["seq":..,]"data"|"b64":..}`.
+/// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["offset":..,"epoch":..,]"data"|"b64":..}`.
 pub fn message_frame(env: &Envelope) -> Bytes {
     let payload_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).is_ok();
     let mut json = String::with_capacity(64 + env.payload.len() * 4 / 3 + env.name.len());
@@ -77,7 +77,7 @@ pub fn message_frame(env: &Envelope) -> Bytes {
         push_json_string(&mut json, &env.event);
     }
     if env.seq != 0 {
-        let _ = write!(json, r#","seq":{}"#, env.seq);
+        let _ = write!(json, r#","offset":{},"epoch":{}"#, env.seq, env.epoch);
     }
     if payload_is_json {
         json.push_str(r#","data":"#);

@@ -131,6 +131,40 @@ struct Shard {
     projects: HashMap<ProjectId, Vec<u32>>,
     groups: Index<GroupId>,
     users: Index<UserId>,
+    /// Connections resuming streams, by slot: empty unless a client resumes (see [`Recovery`]).
+    recovering: HashMap<u32, Vec<Recovery>>,
+}
+
+/// Where a resuming connection stands on one stream (kind and name of the target). While its
+/// missed messages are read from history, live ones are held (`Holding`); once they are sent,
+/// live messages at or below the last one sent are dropped (`Floor`) until a newer one passes.
+struct Recovery {
+    kind: TargetKind,
+    name: Box<str>,
+    state: RecoveryState,
+}
+
+enum RecoveryState {
+    /// Live messages held while history is read: (offset, frame), their bytes, and whether
+    /// some were dropped for room (then history is read again).
+    Holding {
+        held: Vec<(u64, Bytes)>,
+        bytes: usize,
+        overflow: bool,
+    },
+    /// Messages up to this offset were sent.
+    Floor(u64),
+}
+
+/// How a finished read of history meets the live messages held meanwhile.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seam {
+    /// Joined: the connection is live on the stream; the last offset it was sent.
+    Joined(u64),
+    /// Held messages were dropped or do not follow the read: read again after this offset.
+    ReadAgain(u64),
+    /// The connection is gone.
+    Gone,
 }
 
 impl Shard {
@@ -307,6 +341,9 @@ pub struct NewConn {
     /// A connection this one takes over (MQTT client id): closed right after, so it is not
     /// counted against the per-user cap.
     pub replaces: Option<ConnHandle>,
+    /// Streams (kind, name) the client resumes: their live messages are held from the start
+    /// until their history is read ([`Hub::finish_recovery`]).
+    pub resume: Vec<(TargetKind, String)>,
 }
 
 /// Result of a join.
@@ -459,6 +496,23 @@ impl Hub {
                 project_pos,
                 ping_sent_at: None,
             });
+            if !c.resume.is_empty() {
+                shard.recovering.insert(
+                    slot,
+                    c.resume
+                        .iter()
+                        .map(|(kind, name)| Recovery {
+                            kind: *kind,
+                            name: name.as_str().into(),
+                            state: RecoveryState::Holding {
+                                held: Vec::new(),
+                                bytes: 0,
+                                overflow: false,
+                            },
+                        })
+                        .collect(),
+                );
+            }
             // A connection that finished its handshake while the edge began to drain is closed
             // like the others (checked under the shard lock `close_all` also takes).
             if let Some((code, max_ms)) = *self.shutdown.lock()
@@ -492,6 +546,7 @@ impl Hub {
                 return;
             }
             let conn = shard.conns.remove(h.slot as usize);
+            shard.recovering.remove(&h.slot);
             shard.project_remove(&conn.project, conn.project_pos);
             wire = conn.wire;
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
@@ -696,17 +751,23 @@ impl Hub {
                     let slots = shard.projects.get(project).map_or(&[][..], Vec::as_slice);
                     if slots.len() * 2 >= shard.conns.len() {
                         // Most of the shard: one pass over the slab, in memory order.
-                        for (_, c) in shard.conns.iter_mut() {
-                            if c.project.as_str() == project {
+                        for (slot, c) in shard.conns.iter_mut() {
+                            if c.project.as_str() == project
+                                && let Some(frame) =
+                                    passes(&mut shard.recovering, slot as u32, c, &mut frames)
+                            {
                                 delivered[c.wire as usize] +=
-                                    push(c, frames.get(c.wire), max, &mut wake) as u64;
+                                    push(c, &frame, max, &mut wake) as u64;
                             }
                         }
                     } else {
                         for slot in slots {
-                            if let Some(c) = shard.conns.get_mut(*slot as usize) {
+                            if let Some(c) = shard.conns.get_mut(*slot as usize)
+                                && let Some(frame) =
+                                    passes(&mut shard.recovering, *slot, c, &mut frames)
+                            {
                                 delivered[c.wire as usize] +=
-                                    push(c, frames.get(c.wire), max, &mut wake) as u64;
+                                    push(c, &frame, max, &mut wake) as u64;
                             }
                         }
                     }
@@ -718,9 +779,11 @@ impl Hub {
                     };
                     let slots = index.map(Slots::as_slice).unwrap_or_default();
                     for slot in slots {
-                        if let Some(c) = shard.conns.get_mut(*slot as usize) {
-                            delivered[c.wire as usize] +=
-                                push(c, frames.get(c.wire), max, &mut wake) as u64;
+                        if let Some(c) = shard.conns.get_mut(*slot as usize)
+                            && let Some(frame) =
+                                passes(&mut shard.recovering, *slot, c, &mut frames)
+                        {
+                            delivered[c.wire as usize] += push(c, &frame, max, &mut wake) as u64;
                         }
                     }
                 }
@@ -736,6 +799,163 @@ impl Hub {
             }
         }
         metrics::counter!("herald_edge_messages_total").increment(1);
+    }
+
+    /// Starts resuming a stream (`kind`, `name`) on a connection: from now on its live messages
+    /// for it are held until [`Hub::finish_recovery`]. False when the connection is gone.
+    pub fn begin_recovery(&self, h: ConnHandle, kind: TargetKind, name: &str) -> bool {
+        self.with_conn(h, |shard, slot| {
+            let list = shard.recovering.entry(slot).or_default();
+            let state = RecoveryState::Holding {
+                held: Vec::new(),
+                bytes: 0,
+                overflow: false,
+            };
+            match list.iter_mut().find(|r| r.kind == kind && *r.name == *name) {
+                Some(r) => r.state = state,
+                None => list.push(Recovery {
+                    kind,
+                    name: name.into(),
+                    state,
+                }),
+            }
+        })
+        .is_some()
+    }
+
+    /// Queues frames read from history (ahead of any held live message), whatever the queue
+    /// holds: a replay is paced by its reader ([`Hub::queued`]), never cut as a slow consumer.
+    pub fn push_replay(&self, h: ConnHandle, frames: impl IntoIterator<Item = Bytes>) -> bool {
+        let mut wake = None;
+        let ok = self
+            .with_conn(h, |shard, slot| {
+                let c = &mut shard.conns[slot as usize];
+                if c.closing.is_some() {
+                    return false;
+                }
+                let was_empty = c.outbox.is_empty();
+                for f in frames {
+                    c.queued += f.len();
+                    c.outbox.push_back(f);
+                }
+                if was_empty && !c.outbox.is_empty() {
+                    wake = c.waker.take();
+                }
+                true
+            })
+            .unwrap_or(false);
+        if let Some(w) = wake {
+            w.wake();
+        }
+        ok
+    }
+
+    /// Bytes waiting in a connection's queue; `None` when it is gone or closing.
+    pub fn queued(&self, h: ConnHandle) -> Option<usize> {
+        self.with_conn(h, |shard, slot| {
+            let c = &shard.conns[slot as usize];
+            c.closing.is_none().then_some(c.queued)
+        })
+        .flatten()
+    }
+
+    /// Ends the read of a stream's history that went up to offset `read_to`: the live messages
+    /// held meanwhile that follow it are queued and the connection is live on the stream, or the
+    /// held ones do not join up with what was read and history must be read again.
+    pub fn finish_recovery(
+        &self,
+        h: ConnHandle,
+        kind: TargetKind,
+        name: &str,
+        read_to: u64,
+        answer: Bytes,
+    ) -> Seam {
+        let mut wake = None;
+        let seam = self
+            .with_conn(h, |shard, slot| {
+                let Some(r) = shard
+                    .recovering
+                    .get_mut(&slot)
+                    .and_then(|list| list.iter_mut().find(|r| r.kind == kind && *r.name == *name))
+                else {
+                    return Seam::Gone;
+                };
+                let RecoveryState::Holding {
+                    held,
+                    bytes,
+                    overflow,
+                } = &mut r.state
+                else {
+                    return Seam::Gone;
+                };
+                let first = held.iter().map(|(o, _)| *o).find(|o| *o > read_to);
+                if *overflow || first.is_some_and(|o| o > read_to + 1) {
+                    // Dropped for room, or a message between the read and the first held one.
+                    *overflow = false;
+                    held.retain(|(o, _)| *o > read_to);
+                    *bytes = held.iter().map(|(_, f)| f.len()).sum();
+                    return Seam::ReadAgain(read_to);
+                }
+                let mut last = read_to;
+                let c = &mut shard.conns[slot as usize];
+                let was_empty = c.outbox.is_empty();
+                c.queued += answer.len();
+                c.outbox.push_back(answer);
+                for (o, f) in std::mem::take(held) {
+                    if o == last + 1 {
+                        last = o;
+                        c.queued += f.len();
+                        c.outbox.push_back(f);
+                    }
+                }
+                if was_empty && !c.outbox.is_empty() {
+                    wake = c.waker.take();
+                }
+                r.state = RecoveryState::Floor(last);
+                Seam::Joined(last)
+            })
+            .unwrap_or(Seam::Gone);
+        if let Some(w) = wake {
+            w.wake();
+        }
+        seam
+    }
+
+    /// Gives up resuming a stream (history unreadable): queues `frame` (the error) and the live
+    /// messages held meanwhile, and lets live ones through again.
+    pub fn abandon_recovery(
+        &self,
+        h: ConnHandle,
+        kind: TargetKind,
+        name: &str,
+        frame: Option<Bytes>,
+    ) {
+        let mut wake = None;
+        self.with_conn(h, |shard, slot| {
+            let mut held = Vec::new();
+            if let Some(list) = shard.recovering.get_mut(&slot) {
+                if let Some(i) = list.iter().position(|r| r.kind == kind && *r.name == *name)
+                    && let RecoveryState::Holding { held: h, .. } = list.swap_remove(i).state
+                {
+                    held = h;
+                }
+                if list.is_empty() {
+                    shard.recovering.remove(&slot);
+                }
+            }
+            let c = &mut shard.conns[slot as usize];
+            let was_empty = c.outbox.is_empty();
+            for f in frame.into_iter().chain(held.into_iter().map(|(_, f)| f)) {
+                c.queued += f.len();
+                c.outbox.push_back(f);
+            }
+            if was_empty && !c.outbox.is_empty() {
+                wake = c.waker.take();
+            }
+        });
+        if let Some(w) = wake {
+            w.wake();
+        }
     }
 
     /// Closes one connection (its task sends the close); false when it is already gone.
@@ -1012,6 +1232,63 @@ impl<'a> Frames<'a> {
     }
 }
 
+/// The frame a connection gets for the message of `frames`, or `None` when it must not get it
+/// now: held while the connection reads the stream's history, or already sent by that read.
+/// Cheap when nobody resumes: one emptiness check.
+fn passes(
+    recovering: &mut HashMap<u32, Vec<Recovery>>,
+    slot: u32,
+    c: &Conn,
+    frames: &mut Frames<'_>,
+) -> Option<Bytes> {
+    let env = frames.env;
+    if env.seq == 0 || recovering.is_empty() {
+        return Some(frames.get(c.wire).clone());
+    }
+    let Some(list) = recovering.get_mut(&slot) else {
+        return Some(frames.get(c.wire).clone());
+    };
+    let kind = env.kind();
+    let Some(i) = list
+        .iter()
+        .position(|r| r.kind == kind && *r.name == *env.name)
+    else {
+        return Some(frames.get(c.wire).clone());
+    };
+    match &mut list[i].state {
+        RecoveryState::Holding {
+            held,
+            bytes,
+            overflow,
+        } => {
+            let frame = frames.get(c.wire);
+            // Bounded like the connection's queue; history has what is dropped here.
+            if *bytes + frame.len() > MAX_HELD_BYTES {
+                *overflow = true;
+                held.clear();
+                *bytes = 0;
+            } else if !*overflow {
+                *bytes += frame.len();
+                held.push((env.seq, frame.clone()));
+            }
+            None
+        }
+        RecoveryState::Floor(floor) => {
+            if env.seq <= *floor {
+                return None;
+            }
+            list.swap_remove(i);
+            if list.is_empty() {
+                recovering.remove(&slot);
+            }
+            Some(frames.get(c.wire).clone())
+        }
+    }
+}
+
+/// The most bytes of live messages held for one resuming stream of one connection.
+const MAX_HELD_BYTES: usize = 1 << 20;
+
 /// Appends a frame to a connection's queue; closes it as a slow consumer on overflow. The task
 /// to wake (its queue was empty) goes to `wake`, woken once the shard lock is released so it
 /// does not run into the lock still held by the delivery.
@@ -1106,6 +1383,7 @@ mod tests {
             keep_alive_secs: 0,
             heart_beat_secs: 0,
             replaces: None,
+            resume: Vec::new(),
         }
     }
 

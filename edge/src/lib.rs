@@ -14,7 +14,10 @@
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
 //!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them
-//!   (native, [`codec::mqtt`], [`codec::stomp`]).
+//!   (native, [`codec::mqtt`], [`codec::stomp`]); `resume`: a native client's missed messages
+//!   read from history, joined with live ones without gap or duplicate; [`streams`]: each
+//!   recoverable stream passed on without hole (gaps repaired from history, duplicates dropped,
+//!   positions checked).
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
 #![deny(rust_2018_idioms)]
 
@@ -31,10 +34,13 @@ pub mod listener;
 pub mod local;
 pub mod protocol;
 pub mod proxy;
+mod resume;
 mod session;
+pub mod streams;
 pub mod tls;
 mod ws;
 
+use herald_core::history::History;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +98,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<limits::Limits>,
     /// MQTT client ids held on this edge (session takeover).
     pub(crate) mqtt_client_ids: Arc<codec::mqtt::takeover::ClientIds>,
+    /// Where recoverable messages are kept: read to resume clients.
+    pub(crate) history: Arc<dyn History>,
 }
 
 /// A listener's settings and, on `wss`, its TLS state.
@@ -119,7 +127,7 @@ pub struct Edge {
     registry: Arc<dyn Registry>,
 }
 
-struct HubHandler(Arc<Hub>);
+struct HubHandler(Arc<Hub>, Arc<streams::Streams>);
 
 impl EdgeHandler for HubHandler {
     fn deliver(&self, envelope: &Envelope) {
@@ -128,7 +136,7 @@ impl EdgeHandler for HubHandler {
                 .increment(1);
             return;
         }
-        self.0.deliver(envelope);
+        self.1.deliver(envelope);
     }
 
     fn control(&self, request: &ControlRequest) -> ControlReply {
@@ -144,8 +152,9 @@ impl Edge {
         keys: Arc<ArcSwap<AuthKeys>>,
         registry: Arc<dyn Registry>,
         bus: Arc<dyn Bus>,
+        history: Arc<dyn History>,
     ) -> Result<Self, EdgeError> {
-        Self::bind_with(cfg, keys, Some(registry), bus).await
+        Self::bind_with(cfg, keys, Some(registry), bus, history).await
     }
 
     /// Binds the listener of the only edge of a single node, whose hub is the registry
@@ -155,8 +164,9 @@ impl Edge {
         cfg: EdgeConfig,
         keys: Arc<ArcSwap<AuthKeys>>,
         bus: Arc<dyn Bus>,
+        history: Arc<dyn History>,
     ) -> Result<Self, EdgeError> {
-        Self::bind_with(cfg, keys, None, bus).await
+        Self::bind_with(cfg, keys, None, bus, history).await
     }
 
     async fn bind_with(
@@ -164,6 +174,7 @@ impl Edge {
         keys: Arc<ArcSwap<AuthKeys>>,
         registry: Option<Arc<dyn Registry>>,
         bus: Arc<dyn Bus>,
+        history: Arc<dyn History>,
     ) -> Result<Self, EdgeError> {
         let edge_id = EdgeId::new(&cfg.id)?;
         if !cfg.listeners.is_empty() && cfg.listen != EdgeConfig::default().listen {
@@ -217,7 +228,15 @@ impl Edge {
             Ok(Err(e)) => tracing::warn!(error = %e, "first registry heartbeat failed"),
             Err(_) => tracing::warn!("first registry heartbeat timed out"),
         }
-        bus.attach(edge_id, Arc::new(HubHandler(hub.clone())))
+        let streams = streams::Streams::new(hub.clone(), history.clone());
+        if cfg.history_check_secs > 0 {
+            tokio::spawn(
+                streams
+                    .clone()
+                    .check_every(Duration::from_secs(cfg.history_check_secs)),
+            );
+        }
+        bus.attach(edge_id, Arc::new(HubHandler(hub.clone(), streams)))
             .await?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer_bytes)
@@ -237,6 +256,7 @@ impl Edge {
                 ws_config,
                 limits,
                 mqtt_client_ids: Default::default(),
+                history,
             }),
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),
@@ -468,6 +488,7 @@ mod tests {
             keys,
             Arc::new(MemoryRegistry::new()),
             Arc::new(MemoryBus::new()),
+            Arc::new(herald_core::history::MemoryHistory::new()),
         )
         .await
         .expect("bind");

@@ -619,6 +619,7 @@ mod tests {
             keys: Vec::new(),
             limits,
             client_certificates: None,
+            history: None,
         }
     }
 

@@ -15,17 +15,22 @@ pub const NATIVE_PROTOCOL: &str = "herald.v1";
 /// A frame from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame<'a> {
-    /// `{"type":"auth","token":".."}`: the token, as the first frame.
+    /// `{"type":"auth","token":"..","resume":[..]}`: the token, as the first frame, and the
+    /// streams to resume where the client stopped.
     Auth {
         /// The JWT.
         token: Cow<'a, str>,
+        /// Streams to resume (empty: none).
+        resume: Vec<Since>,
     },
-    /// `{"type":"subscribe","id":1,"group":".."}`.
+    /// `{"type":"subscribe","id":1,"group":"..","since":{"offset":N,"epoch":E}}`.
     Subscribe {
         /// Request id echoed in the answer.
         id: u64,
         /// The group to join.
         group: Cow<'a, str>,
+        /// Where the client stopped on the group's stream, to get what it missed.
+        since: Option<Position>,
     },
     /// `{"type":"unsubscribe","id":1,"group":".."}`.
     Unsubscribe {
@@ -48,6 +53,67 @@ pub enum ClientFrame<'a> {
     },
 }
 
+/// A client's position on a stream: the last offset it got, under the epoch it got it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// The last offset received.
+    pub offset: u64,
+    /// The stream's epoch with it.
+    pub epoch: u32,
+}
+
+/// Which stream of the connection's to resume, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// The stream.
+    pub stream: StreamOf,
+    /// Where the client stopped.
+    pub position: Position,
+}
+
+/// A stream named by a client: one of its groups, its own user stream, or the broadcasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOf {
+    /// A group the connection is in.
+    Group(String),
+    /// The connection's own user.
+    User,
+    /// The project's broadcasts.
+    Broadcast,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    user: bool,
+    #[serde(default)]
+    broadcast: bool,
+    offset: u64,
+    epoch: u32,
+}
+
+impl RawSince {
+    fn since(self) -> Option<Since> {
+        let stream = match (self.group, self.user, self.broadcast) {
+            (Some(g), false, false) => StreamOf::Group(g),
+            (None, true, false) => StreamOf::User,
+            (None, false, true) => StreamOf::Broadcast,
+            _ => return None,
+        };
+        Some(Since {
+            stream,
+            position: Position {
+                offset: self.offset,
+                epoch: self.epoch,
+            },
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(rename = "type", borrow)]
@@ -58,6 +124,10 @@ struct RawFrame<'a> {
     group: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<Position>,
+    #[serde(default)]
+    resume: Option<Vec<RawSince>>,
 }
 
 /// Why a client frame was not understood; answered with an `error` frame.
@@ -87,12 +157,23 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
     Ok(match &*raw.kind {
         "auth" => ClientFrame::Auth {
             token: raw.token.ok_or_else(|| missing("auth needs \"token\""))?,
+            resume: match raw.resume {
+                None => Vec::new(),
+                Some(list) => list
+                    .into_iter()
+                    .map(RawSince::since)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        missing("each resume entry names one of \"group\", \"user\", \"broadcast\"")
+                    })?,
+            },
         },
         "subscribe" => ClientFrame::Subscribe {
             id,
             group: raw
                 .group
                 .ok_or_else(|| missing("subscribe needs \"group\""))?,
+            since: raw.since,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             id,
@@ -120,6 +201,24 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
 /// `{"type":"ack","id":N}`.
 pub fn ack(id: u64) -> Bytes {
     text_frame(&format!(r#"{{"type":"ack","id":{id}}}"#))
+}
+
+/// `{"type":"resumed","id":N,<stream>,"epoch":E,"offset":O,"recovered":B}`: the missed
+/// messages of a stream were sent (all of them when `recovered`), live ones follow.
+pub fn resumed(id: u64, stream: &StreamOf, epoch: u32, offset: u64, recovered: bool) -> Bytes {
+    let mut s = format!(r#"{{"type":"resumed","id":{id},"#);
+    match stream {
+        StreamOf::Group(g) => {
+            s.push_str(r#""group":"#);
+            push_json_string(&mut s, g);
+        }
+        StreamOf::User => s.push_str(r#""user":true"#),
+        StreamOf::Broadcast => s.push_str(r#""broadcast":true"#),
+    }
+    s.push_str(&format!(
+        r#","epoch":{epoch},"offset":{offset},"recovered":{recovered}}}"#
+    ));
+    text_frame(&s)
 }
 
 /// `{"type":"pong","id":N}`.
@@ -183,8 +282,35 @@ mod tests {
             parse(r#"{"type":"subscribe","id":7,"group":"news"}"#),
             Ok(ClientFrame::Subscribe {
                 id: 7,
-                group: "news".into()
+                group: "news".into(),
+                since: None,
             })
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","id":7,"group":"news","since":{"offset":3,"epoch":9}}"#),
+            Ok(ClientFrame::Subscribe {
+                id: 7,
+                group: "news".into(),
+                since: Some(Position {
+                    offset: 3,
+                    epoch: 9
+                }),
+            })
+        );
+        match parse(
+            r#"{"type":"auth","token":"t","resume":[{"user":true,"offset":1,"epoch":2},{"group":"g","offset":0,"epoch":2}]}"#,
+        ) {
+            Ok(ClientFrame::Auth { resume, .. }) => {
+                assert_eq!(resume.len(), 2);
+                assert_eq!(resume[0].stream, StreamOf::User);
+                assert_eq!(resume[1].stream, StreamOf::Group("g".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(r#"{"type":"auth","token":"t","resume":[{"user":true,"broadcast":true,"offset":1,"epoch":2}]}"#)
+                .map_err(|p| p.code),
+            Err(FrameError::BadFrame)
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping { id: 0 }));
         assert!(matches!(

@@ -21,6 +21,10 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::WebSocketContext;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use herald_core::codes::FrameError;
+use herald_core::history::StreamKey;
+use herald_core::proto::bus::TargetKind;
+
 use crate::admission::{self, Admitted, Counted, Refused};
 use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
@@ -29,6 +33,8 @@ use crate::config::EdgeConfig;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
 use crate::listener::Stream;
+use crate::protocol::{self, Position, StreamOf};
+use crate::resume::{self, Replay};
 use crate::ws::{self, Io, WriteQueue};
 use crate::{Bound, Shared};
 
@@ -161,6 +167,15 @@ pub(crate) enum SubscribeRefused {
     TooMany,
 }
 
+/// Why a subscription with `since` was refused.
+#[derive(Debug)]
+pub(crate) enum ResumeRefused {
+    /// As a plain subscription would be.
+    Subscribe(SubscribeRefused),
+    /// The project keeps no history of the group.
+    NotRecoverable,
+}
+
 /// Why a refresh was refused.
 #[derive(Debug)]
 pub(crate) enum RefreshRefused {
@@ -255,6 +270,68 @@ impl SessionOps<'_> {
         }
     }
 
+    /// Joins `group` like [`SessionOps::subscribe`] and sends what the client missed on its
+    /// stream since `since` (then `resumed`), ahead of live messages.
+    pub(crate) async fn subscribe_since(
+        &mut self,
+        id: u64,
+        group: &str,
+        since: Position,
+    ) -> Result<GroupId, ResumeRefused> {
+        let stream = StreamOf::Group(group.to_owned());
+        let (kind, name, key) = resume::stream_of(&stream, &self.core.project, &self.core.user)
+            .map_err(|e| ResumeRefused::Subscribe(SubscribeRefused::BadName(e)))?;
+        if !self.keeps(&key) {
+            return Err(ResumeRefused::NotRecoverable);
+        }
+        let hub = &self.shared.hub;
+        hub.begin_recovery(self.core.handle, kind, &name);
+        match self.subscribe(group).await {
+            Ok(g) => {
+                self.replay(id, stream, kind, name, key, since);
+                Ok(g)
+            }
+            Err(e) => {
+                hub.abandon_recovery(self.core.handle, kind, &name, None);
+                Err(ResumeRefused::Subscribe(e))
+            }
+        }
+    }
+
+    /// Whether the project keeps the history of `key`.
+    fn keeps(&self, key: &StreamKey) -> bool {
+        self.shared
+            .keys
+            .load()
+            .history(self.core.project.as_str())
+            .is_some_and(|h| h.keeps(&key.target))
+    }
+
+    /// Starts the task that sends a stream's missed messages to this connection.
+    fn replay(
+        &self,
+        id: u64,
+        stream: StreamOf,
+        kind: TargetKind,
+        name: String,
+        key: StreamKey,
+        since: Position,
+    ) {
+        let replay = Replay {
+            hub: self.shared.hub.clone(),
+            history: self.shared.history.clone(),
+            conn: self.core.handle,
+            id,
+            stream,
+            kind,
+            name,
+            key,
+            since,
+            room: (self.shared.cfg.max_queued_bytes / 2).max(1),
+        };
+        tokio::spawn(replay.run());
+    }
+
     /// Leaves `group`; whether the connection was in it.
     pub(crate) fn unsubscribe(&mut self, group: &str) -> Result<bool, IdError> {
         let group = GroupId::new(group)?;
@@ -295,7 +372,42 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         project,
         identity,
         mut codec,
+        resume,
     } = a;
+    // Streams resumed at connect: checked now, held from the insertion on, replayed after the
+    // welcome. Refused ones are answered with an error frame each.
+    let mut resumed = Vec::new();
+    let mut resume_errors = Vec::new();
+    if !resume.is_empty() {
+        let keys = shared.keys.load();
+        let history = keys.history(project.as_str());
+        for s in resume {
+            match resume::stream_of(&s.stream, &project, &identity.user) {
+                Err(e) => {
+                    resume_errors.push(protocol::error(0, FrameError::BadName, &e.to_string()))
+                }
+                Ok((kind, name, key)) => {
+                    if !history.is_some_and(|h| h.keeps(&key.target)) {
+                        resume_errors.push(protocol::error(
+                            0,
+                            FrameError::NotRecoverable,
+                            "this stream keeps no history",
+                        ));
+                    } else if kind == TargetKind::Group
+                        && !identity.groups.iter().any(|g| g.as_str() == name)
+                    {
+                        resume_errors.push(protocol::error(
+                            0,
+                            FrameError::BadFrame,
+                            "resume names a group the token does not join: subscribe with since",
+                        ));
+                    } else {
+                        resumed.push((s.stream, kind, name, key, s.position));
+                    }
+                }
+            }
+        }
+    }
     let per_user = shared
         .limits
         .policy()
@@ -315,6 +427,10 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 keep_alive_secs: codec.keep_alive_secs(),
                 heart_beat_secs: codec.heart_beat_secs(),
                 replaces,
+                resume: resumed
+                    .iter()
+                    .map(|(_, kind, name, _, _)| (*kind, name.clone()))
+                    .collect(),
             },
             per_user,
         )
@@ -371,6 +487,12 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         core: &mut s.core,
         q: &mut s.q,
     };
+    for e in resume_errors {
+        ops.push(e);
+    }
+    for (stream, kind, name, key, since) in resumed {
+        ops.replay(0, stream, kind, name, key, since);
+    }
     if let Next::Close(code) = s.codec.started(&mut ops).await {
         close_session(shared, s, code, 0).await;
         return None;

@@ -3,6 +3,7 @@
 //! edge, the router or both (`[cluster]`, `--role`); signals for reload (SIGHUP) and graceful
 //! shutdown (SIGTERM, SIGINT).
 
+use herald_core::history::{History, MemoryHistory};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,7 @@ fn dev_project() -> ProjectConfig {
             public_key_pem: None,
         }],
         client_certificates: None,
+        history: None,
     }
 }
 
@@ -188,13 +190,17 @@ async fn build_nodes(
     if !cfg.cluster.clustered() {
         // One edge in this process: its hub answers the router's lookups, nothing is kept twice.
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        let edge = Edge::bind_single(cfg.edge.clone(), auth.clone(), bus.clone()).await?;
+        // History lives as long as this process: a restart is a new epoch for every stream.
+        let history: Arc<dyn History> = Arc::new(MemoryHistory::new());
+        let edge =
+            Edge::bind_single(cfg.edge.clone(), auth.clone(), bus.clone(), history.clone()).await?;
         let registry = edge.registry();
         let router = Router::bind(
             cfg.router.clone(),
             api.clone(),
             registry.clone(),
             bus.clone(),
+            history,
         )
         .await?;
         return Ok(Nodes {
@@ -206,6 +212,15 @@ async fn build_nodes(
     }
     let c = &cfg.cluster;
     let role = c.role;
+    if let Some(p) = cfg.projects.iter().find(|p| p.history.is_some()) {
+        anyhow::bail!(
+            "projects ({}).history: a cluster keeps history in a shared store, which this \
+             release does not have yet; remove [projects.history] or run a single node",
+            p.id
+        );
+    }
+    // Never read while no project keeps history (refused above).
+    let history: Arc<dyn History> = Arc::new(MemoryHistory::new());
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(&RedisConfig {
         urls: c.redis_urls.clone(),
         cluster: c.redis_cluster,
@@ -234,6 +249,7 @@ async fn build_nodes(
                 auth.clone(),
                 registry.clone(),
                 bus.clone(),
+                history.clone(),
             )
             .await?,
         )
@@ -247,6 +263,7 @@ async fn build_nodes(
                 api.clone(),
                 registry.clone(),
                 bus.clone(),
+                history,
             )
             .await?,
         )

@@ -2,6 +2,7 @@
 //! ([`ApiError::code`]). The messages are part of the API (docs/api.md): they name the field.
 
 use herald_core::bus::BusError;
+use herald_core::history::HistoryError;
 use herald_core::registry::RegistryError;
 use tonic::{Code, Status};
 
@@ -31,6 +32,10 @@ pub enum ApiError {
     /// The bus is unreachable or failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The history store is unreachable or failed: a recoverable message was not stored, so it
+    /// was not sent either.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 impl ApiError {
@@ -49,7 +54,7 @@ impl ApiError {
             ApiError::WrongProject => Code::PermissionDenied,
             ApiError::UnknownProject(_) => Code::NotFound,
             ApiError::Invalid { .. } => Code::InvalidArgument,
-            ApiError::Registry(_) | ApiError::Bus(_) => Code::Unavailable,
+            ApiError::Registry(_) | ApiError::Bus(_) | ApiError::History(_) => Code::Unavailable,
         }
     }
 }

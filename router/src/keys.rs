@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use herald_core::history::HistoryConfig;
 use herald_core::projects::ProjectConfig;
 use tonic::metadata::MetadataMap;
 
@@ -32,6 +33,8 @@ impl Scope {
 pub struct ApiKeys {
     keys: HashMap<String, Scope>,
     projects: HashSet<String>,
+    /// What each project keeps (only projects with `[projects.history]`).
+    history: HashMap<String, HistoryConfig>,
 }
 
 impl ApiKeys {
@@ -49,7 +52,16 @@ impl ApiKeys {
         Self {
             keys,
             projects: projects.iter().map(|p| p.id.clone()).collect(),
+            history: projects
+                .iter()
+                .filter_map(|p| Some((p.id.clone(), p.history.clone()?)))
+                .collect(),
         }
+    }
+
+    /// What the project keeps for clients to recover, if anything.
+    pub fn history(&self, project: &str) -> Option<&HistoryConfig> {
+        self.history.get(project)
     }
 
     /// Whether the project exists.

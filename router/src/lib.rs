@@ -5,7 +5,8 @@
 //! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
 //! - [`service`]: the `herald.v1.Herald` service: validation, target resolution through the
-//!   [`Registry`](herald_core::registry::Registry), hand-off to the [`Bus`](herald_core::bus::Bus).
+//!   [`Registry`](herald_core::registry::Registry), recoverable messages stored in the
+//!   [`History`](herald_core::history::History) first, hand-off to the [`Bus`](herald_core::bus::Bus).
 #![deny(rust_2018_idioms)]
 
 pub mod config;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use herald_core::bus::Bus;
+use herald_core::history::History;
 use herald_core::proto::v1::herald_server::HeraldServer;
 use herald_core::registry::Registry;
 use tokio::net::TcpListener;
@@ -57,6 +59,7 @@ impl Router {
         keys: Arc<ArcSwap<ApiKeys>>,
         registry: Arc<dyn Registry>,
         bus: Arc<dyn Bus>,
+        history: Arc<dyn History>,
     ) -> Result<Self, RouterError> {
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -66,7 +69,7 @@ impl Router {
             })?;
         Ok(Self {
             listener,
-            service: RouterService::new(cfg, keys, registry, bus),
+            service: RouterService::new(cfg, keys, registry, bus, history),
         })
     }
 

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use herald_core::bus::{
     Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho, ListOf,
 };
+use herald_core::history::{History, StreamKey, StreamTarget};
 use herald_core::ids::{ConnectionId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
 use herald_core::proto::v1::herald_server::Herald;
@@ -22,6 +24,7 @@ use herald_core::proto::v1::{
     list_connections_request, target,
 };
 use herald_core::registry::{InterestKey, Registry};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,6 +48,7 @@ struct Inner {
     keys: Arc<ArcSwap<ApiKeys>>,
     registry: Arc<dyn Registry>,
     bus: Arc<dyn Bus>,
+    history: Arc<dyn History>,
     id_prefix: u32,
     next_id: AtomicU64,
 }
@@ -56,12 +60,14 @@ fn valid_event(e: &str) -> bool {
 }
 
 impl RouterService {
-    /// A service resolving through `registry` and publishing on `bus`.
+    /// A service resolving through `registry`, keeping recoverable messages in `history` and
+    /// publishing on `bus`.
     pub fn new(
         cfg: RouterConfig,
         keys: Arc<ArcSwap<ApiKeys>>,
         registry: Arc<dyn Registry>,
         bus: Arc<dyn Bus>,
+        history: Arc<dyn History>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -69,6 +75,7 @@ impl RouterService {
                 keys,
                 registry,
                 bus,
+                history,
                 id_prefix: rand::random(),
                 next_id: AtomicU64::new(1),
             }),
@@ -105,14 +112,20 @@ impl RouterService {
             .target
             .and_then(|t| t.kind)
             .ok_or_else(|| ApiError::invalid("target", "required (broadcast, group or user)"))?;
-        let (kind, name, key) = match target {
-            target::Kind::Broadcast(_) => (TargetKind::Broadcast, String::new(), None),
+        let (kind, name, key, stream) = match target {
+            target::Kind::Broadcast(_) => (
+                TargetKind::Broadcast,
+                String::new(),
+                None,
+                StreamTarget::Broadcast,
+            ),
             target::Kind::Group(g) => {
                 let id = GroupId::new(&g).map_err(|e| ApiError::invalid("target.group", e))?;
                 (
                     TargetKind::Group,
                     g,
-                    Some(InterestKey::Group(project.clone(), id)),
+                    Some(InterestKey::Group(project.clone(), id.clone())),
+                    StreamTarget::Group(id),
                 )
             }
             target::Kind::User(u) => {
@@ -120,7 +133,8 @@ impl RouterService {
                 (
                     TargetKind::User,
                     u,
-                    Some(InterestKey::User(project.clone(), id)),
+                    Some(InterestKey::User(project.clone(), id.clone())),
+                    StreamTarget::User(id),
                 )
             }
         };
@@ -163,11 +177,11 @@ impl RouterService {
                 return Ok(PublishReply {
                     message_id,
                     resolution: Resolution::Duplicate as i32,
-                    edges: 0,
+                    ..Default::default()
                 });
             }
         }
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             version: ENVELOPE_VERSION,
             project: project.to_string(),
             kind: kind as i32,
@@ -176,12 +190,47 @@ impl RouterService {
             event: req.event,
             message_id: message_id.clone(),
             seq: 0,
+            epoch: 0,
             published_at_unix_us: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64),
         };
-        let handed = self.hand_off(&project, key.as_ref(), &envelope).await;
-        let edges = match handed {
+        let retention = inner
+            .keys
+            .load()
+            .history(project.as_str())
+            .filter(|h| h.keeps(&stream))
+            .map(|h| h.retention());
+        let stored = match retention {
+            None => Ok(None),
+            Some(retention) => {
+                // Stored before it is sent: what an edge or a resuming client reads back is
+                // what went out, under the offset it went out with.
+                let stream = StreamKey {
+                    project: project.clone(),
+                    target: stream,
+                };
+                let data = Bytes::from(envelope.encode_to_vec());
+                inner
+                    .history
+                    .append(&stream, retention, data)
+                    .await
+                    .map(Some)
+            }
+        };
+        let handed = match stored {
+            Ok(position) => {
+                if let Some(p) = position {
+                    envelope.seq = p.offset;
+                    envelope.epoch = p.epoch;
+                }
+                self.hand_off(&project, key.as_ref(), &envelope)
+                    .await
+                    .map(|edges| (edges, position))
+            }
+            Err(e) => Err(e.into()),
+        };
+        let (edges, position) = match handed {
             Ok(edges) => edges,
             Err(e) => {
                 if !req.idempotency_key.is_empty() {
@@ -205,6 +254,8 @@ impl RouterService {
             message_id,
             resolution: resolution as i32,
             edges,
+            offset: position.map_or(0, |p| p.offset),
+            epoch: position.map_or(0, |p| p.epoch),
         })
     }
 
@@ -499,6 +550,7 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use herald_core::bus::{EdgeHandler, MemoryBus};
+    use herald_core::history::MemoryHistory;
     use herald_core::ids::EdgeId;
     use herald_core::projects::ProjectConfig;
     use herald_core::proto::v1::{Broadcast, ConnectionInfo, Target};
@@ -609,6 +661,7 @@ mod tests {
             keys: Vec::new(),
             limits: Default::default(),
             client_certificates: None,
+            history: None,
         };
         Arc::new(ArcSwap::from_pointee(ApiKeys::new(
             &[project("alpha", ALPHA), project("beta", BETA)],
@@ -621,7 +674,7 @@ mod tests {
             max_payload_bytes: 100,
             ..RouterConfig::default()
         };
-        RouterService::new(cfg, keys(), registry, bus)
+        RouterService::new(cfg, keys(), registry, bus, Arc::new(MemoryHistory::new()))
     }
 
     fn edge(s: &str) -> EdgeId {

@@ -91,6 +91,8 @@ pub(crate) struct Hello {
     pub(crate) project: Option<ProjectId>,
     /// The codec's state for the session.
     pub(crate) codec: Codec,
+    /// Streams the client resumes (native `auth` with `resume`).
+    pub(crate) resume: Vec<crate::protocol::Since>,
 }
 
 /// A connect frame refused: the close code and the protocol's own answer before the close.

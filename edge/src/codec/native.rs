@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{Codec, Hello, Welcome};
 use crate::protocol::{self, ClientFrame};
-use crate::session::{Next, RefreshRefused, SessionOps, SubscribeRefused};
+use crate::session::{Next, RefreshRefused, ResumeRefused, SessionOps, SubscribeRefused};
 
 /// The `auth` frame: the token, when it is the first frame. Anything else is refused with
 /// 4001 (authentication required).
@@ -15,10 +15,11 @@ pub(crate) fn hello(first: Message) -> Result<Hello, CloseCode> {
         return Err(CloseCode::AuthRequired);
     };
     match protocol::parse(&t) {
-        Ok(ClientFrame::Auth { token }) => Ok(Hello {
+        Ok(ClientFrame::Auth { token, resume }) => Ok(Hello {
             token: Some(token.into_owned()),
             project: None,
             codec: Codec::Native,
+            resume,
         }),
         _ => Err(CloseCode::AuthRequired),
     }
@@ -64,21 +65,26 @@ pub(crate) async fn on_message(ops: &mut SessionOps<'_>, m: Message) -> Next {
     };
     match frame {
         ClientFrame::Ping { id } => ops.push(protocol::pong(id)),
-        ClientFrame::Subscribe { id, group } => match ops.subscribe(&group).await {
+        ClientFrame::Subscribe {
+            id,
+            group,
+            since: Some(since),
+        } => match ops.subscribe_since(id, &group, since).await {
             Ok(_) => ops.push(protocol::ack(id)),
-            Err(SubscribeRefused::BadName(e)) => {
-                ops.push(protocol::error(id, FrameError::BadName, &e.to_string()))
-            }
-            Err(SubscribeRefused::NotAllowed) => ops.push(protocol::error(
+            Err(ResumeRefused::NotRecoverable) => ops.push(protocol::error(
                 id,
-                FrameError::NotAllowed,
-                "the token's channels claim does not allow this group",
+                FrameError::NotRecoverable,
+                "this group keeps no history: subscribe without since",
             )),
-            Err(SubscribeRefused::TooMany) => ops.push(protocol::error(
-                id,
-                FrameError::TooManyGroups,
-                "too many groups on this connection",
-            )),
+            Err(ResumeRefused::Subscribe(e)) => ops.push(subscribe_refused(id, e)),
+        },
+        ClientFrame::Subscribe {
+            id,
+            group,
+            since: None,
+        } => match ops.subscribe(&group).await {
+            Ok(_) => ops.push(protocol::ack(id)),
+            Err(e) => ops.push(subscribe_refused(id, e)),
         },
         ClientFrame::Unsubscribe { id, group } => match ops.unsubscribe(&group) {
             Ok(_) => ops.push(protocol::ack(id)),
@@ -98,4 +104,21 @@ pub(crate) async fn on_message(ops: &mut SessionOps<'_>, m: Message) -> Next {
         )),
     }
     Next::Continue
+}
+
+/// The error frame of a refused subscription.
+fn subscribe_refused(id: u64, e: SubscribeRefused) -> Bytes {
+    match e {
+        SubscribeRefused::BadName(e) => protocol::error(id, FrameError::BadName, &e.to_string()),
+        SubscribeRefused::NotAllowed => protocol::error(
+            id,
+            FrameError::NotAllowed,
+            "the token's channels claim does not allow this group",
+        ),
+        SubscribeRefused::TooMany => protocol::error(
+            id,
+            FrameError::TooManyGroups,
+            "too many groups on this connection",
+        ),
+    }
 }

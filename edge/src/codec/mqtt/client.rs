@@ -140,6 +140,7 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         token,
         project,
         codec: Codec::Mqtt(Box::new(codec)),
+        resume: Vec::new(),
     })
 }
 

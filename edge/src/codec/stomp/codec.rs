@@ -480,6 +480,7 @@ pub(crate) fn hello(
             token: c.token,
             project: None,
             codec: crate::codec::Codec::Stomp(Box::new(c.codec)),
+            resume: Vec::new(),
         }),
         Err(r) => Err(crate::codec::HelloRefused {
             code: r.code,

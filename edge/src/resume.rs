@@ -1,0 +1,173 @@
+//! Resume: a client that names where it stopped on a stream (a group, its user stream, the
+//! broadcasts) gets the messages it missed from history, in order, then live ones, with no gap
+//! and no duplicate at the seam.
+//!
+//! The hub holds the connection's live messages of that stream from before the first read
+//! ([`Hub::begin_recovery`]); a [`Replay`] task reads history page by page, queues each page once
+//! the connection's queue has room (a replay is paced by its reader, never cut as a slow
+//! consumer), then joins the held live messages ([`Hub::finish_recovery`]) and answers
+//! `resumed`. Only the native protocol resumes; MQTT and STOMP get live messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::codes::FrameError;
+use herald_core::history::{History, StreamKey, StreamTarget};
+use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
+use herald_core::proto::bus::{Envelope, TargetKind};
+use prost::Message as _;
+
+use crate::frame::message_frame;
+use crate::hub::{ConnHandle, Hub, Seam};
+use crate::protocol::{self, Position, StreamOf};
+
+/// Messages read from history at once.
+const PAGE: usize = 256;
+
+/// The hub's name of a client's stream: target kind, name, and the history's key.
+pub(crate) fn stream_of(
+    s: &StreamOf,
+    project: &ProjectId,
+    user: &UserId,
+) -> Result<(TargetKind, String, StreamKey), IdError> {
+    let (kind, name, target) = match s {
+        StreamOf::Group(g) => {
+            let id = GroupId::new(g)?;
+            (TargetKind::Group, g.clone(), StreamTarget::Group(id))
+        }
+        StreamOf::User => (
+            TargetKind::User,
+            user.as_str().to_owned(),
+            StreamTarget::User(user.clone()),
+        ),
+        StreamOf::Broadcast => (
+            TargetKind::Broadcast,
+            String::new(),
+            StreamTarget::Broadcast,
+        ),
+    };
+    Ok((
+        kind,
+        name,
+        StreamKey {
+            project: project.clone(),
+            target,
+        },
+    ))
+}
+
+/// One stream of one connection to bring up to date.
+pub(crate) struct Replay {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) history: Arc<dyn History>,
+    pub(crate) conn: ConnHandle,
+    /// The request id answered (`subscribe`'s; 0 for `auth`).
+    pub(crate) id: u64,
+    pub(crate) stream: StreamOf,
+    pub(crate) kind: TargetKind,
+    pub(crate) name: String,
+    pub(crate) key: StreamKey,
+    pub(crate) since: Position,
+    /// Pages are queued while the connection's queue holds less than this.
+    pub(crate) room: usize,
+}
+
+impl Replay {
+    /// Sends what the client missed, then lets live messages through.
+    pub(crate) async fn run(self) {
+        let mut after = self.since.offset;
+        let mut first_read = true;
+        let mut recovered = true;
+        let mut epoch = self.since.epoch;
+        loop {
+            let page = match self.history.read(&self.key, after, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(stream = %self.key, error = %e, "resume: history unavailable");
+                    metrics::counter!("herald_edge_resumes_total", "result" => "unavailable")
+                        .increment(1);
+                    self.hub.abandon_recovery(
+                        self.conn,
+                        self.kind,
+                        &self.name,
+                        Some(protocol::error(
+                            self.id,
+                            FrameError::HistoryUnavailable,
+                            "history unavailable: live messages follow, missed ones were not sent",
+                        )),
+                    );
+                    return;
+                }
+            };
+            if first_read {
+                first_read = false;
+                if page.position.epoch != self.since.epoch {
+                    // Another storage: the client's offsets mean nothing here. Nothing is
+                    // replayed; the client resyncs from its own source of truth.
+                    recovered = false;
+                    epoch = page.position.epoch;
+                    after = page.position.offset;
+                    if let Seam::Joined(_) | Seam::Gone = self.finish(after, epoch, recovered) {
+                        return;
+                    }
+                    continue;
+                }
+                if page.first > after + 1 {
+                    // Some of the missed messages are past retention: what is kept is sent.
+                    recovered = false;
+                }
+            }
+            let full = page.messages.len() == PAGE;
+            let mut frames = Vec::with_capacity(page.messages.len());
+            for (offset, data) in page.messages {
+                after = offset;
+                match Envelope::decode(data) {
+                    Ok(mut env) => {
+                        env.seq = offset;
+                        env.epoch = epoch;
+                        frames.push(message_frame(&env));
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %self.key, offset, error = %e, "resume: unreadable message skipped");
+                    }
+                }
+            }
+            if !frames.is_empty() && !self.hub.push_replay(self.conn, frames) {
+                return;
+            }
+            if full {
+                if !self.wait_for_room().await {
+                    return;
+                }
+                continue;
+            }
+            match self.finish(after, epoch, recovered) {
+                Seam::Joined(_) | Seam::Gone => return,
+                Seam::ReadAgain(from) => after = from,
+            }
+        }
+    }
+
+    fn finish(&self, after: u64, epoch: u32, recovered: bool) -> Seam {
+        let answer = protocol::resumed(self.id, &self.stream, epoch, after, recovered);
+        let seam = self
+            .hub
+            .finish_recovery(self.conn, self.kind, &self.name, after, answer);
+        if let Seam::Joined(_) = seam {
+            metrics::counter!("herald_edge_resumes_total", "result" => if recovered { "recovered" } else { "lost" })
+                .increment(1);
+        }
+        seam
+    }
+
+    /// Waits until the connection's queue has room for another page; false once it is gone.
+    async fn wait_for_room(&self) -> bool {
+        loop {
+            match self.hub.queued(self.conn) {
+                None => return false,
+                Some(q) if q < self.room => return true,
+                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
