@@ -361,6 +361,8 @@ mod tests {
                     expires_unix: u64::MAX,
                     wire: Wire::Native,
                     keep_alive_secs: 0,
+                    heart_beat_secs: 0,
+                    replaces: None,
                     resume: Vec::new(),
                 },
                 0,

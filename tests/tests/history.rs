@@ -30,7 +30,9 @@ async fn connect_with(herald: &Herald, sub: &str, extra: Value) -> Client {
         .await
         .expect("websocket upgrade");
     let mut c = Client { ws };
-    let mut auth = json!({"type": "auth", "token": token("alpha", sub)});
+    let mut claims = claims("alpha", sub);
+    claims["channels"] = json!(["news", "chat/*", "other"]);
+    let mut auth = json!({"type": "auth", "token": hs256(ALPHA_SECRET, None, &claims)});
     if let (Some(a), Some(e)) = (auth.as_object_mut(), extra.as_object()) {
         a.extend(e.clone());
     }
