@@ -8,6 +8,8 @@
 //!   (`cluster`: the same through a local cluster).
 //! - `storm`: connects per second and handshake latency.
 //! - `million`: one million connections against a local cluster.
+//! - `history`: what keeping recoverable messages costs: appends to the Redis history store
+//!   (round trips, latency, Redis CPU) and memory per retained message, Redis and in-process.
 //!
 //! What they share, each module using only those listed before it:
 //! - `proc_stats`: what the harness reads of a process from `/proc` (RSS, CPU, writes).
@@ -24,6 +26,7 @@
 
 mod client;
 mod fanout;
+mod history;
 mod idle;
 mod million;
 mod payload;
@@ -65,6 +68,8 @@ enum Scenario {
     Storm(storm::StormOpts),
     /// One million connections against a local cluster (edges, router, Redis, NATS).
     Million(million::MillionOpts),
+    /// The history store: append cost on Redis and memory per retained message.
+    History(history::HistoryOpts),
     /// A client-end worker of `million` (started by it).
     #[command(hide = true)]
     MillionWorker(million::WorkerOpts),
@@ -96,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::Million(o) => million::run(o).await,
+            Scenario::History(o) => history::run(o).await,
             Scenario::MillionWorker(o) => million::worker(o).await,
             Scenario::BaselineServer(o) => servers::baseline::baseline(o).await,
             Scenario::Pki(o) => tls::pki(o),

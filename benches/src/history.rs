@@ -1,0 +1,245 @@
+//! The `history` scenario: what keeping recoverable messages costs. Appends to the Redis history
+//! store on a redis-server the harness starts (single, or a 3-master Redis Cluster): round trips
+//! and µs per append, latency p50/p99, redis-server CPU per append, at each concurrency asked;
+//! then memory per retained message, in Redis (`MEMORY USAGE` of a full stream, and `used_memory`
+//! over many) and in the in-process store (this process's RSS growth).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use herald_cluster::{RedisConfig, RedisHistory};
+use herald_core::history::{History, MemoryHistory, Retention, StreamKey, StreamTarget};
+use herald_core::ids::{GroupId, ProjectId};
+use herald_sandbox::Backends;
+
+use crate::proc_stats;
+
+/// Options of `history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryOpts {
+    /// Appends timed at each concurrency.
+    #[arg(long, default_value_t = 20_000)]
+    appends: u64,
+    /// Appends in flight at once, one run per value (each task appends to its own stream).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<u64>,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Messages a stream keeps (also the messages of the memory measurement's streams).
+    #[arg(long, default_value_t = 1_000)]
+    size: u32,
+    /// Streams filled for the memory measurement (Redis `used_memory` and in-process RSS).
+    #[arg(long, default_value_t = 200)]
+    streams: u64,
+    /// A 3-master Redis Cluster instead of a single redis-server.
+    #[arg(long)]
+    redis_cluster: bool,
+}
+
+fn stream(i: u64) -> StreamKey {
+    StreamKey {
+        project: ProjectId::new("bench").expect("a valid project id"),
+        target: StreamTarget::Group(GroupId::new(&format!("g{i}")).expect("a valid group")),
+    }
+}
+
+/// `redis-cli -p PORT ARGS...` on the first node, following redirections; its output.
+async fn cli(b: &Backends, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(herald_sandbox::server_bin("redis-cli")?)
+        .args(["-p", &b.redis[0].port.to_string(), "-c"])
+        .args(args)
+        .output()
+        .await
+        .context("redis-cli")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `used_memory` summed over every node.
+async fn used_memory(b: &Backends) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for r in &b.redis {
+        let out = tokio::process::Command::new(herald_sandbox::server_bin("redis-cli")?)
+            .args(["-p", &r.port.to_string(), "INFO", "memory"])
+            .output()
+            .await
+            .context("redis-cli")?;
+        sum += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("used_memory missing")?;
+    }
+    Ok(sum)
+}
+
+/// Redis CPU ticks over every node.
+fn redis_ticks(b: &Backends) -> anyhow::Result<u64> {
+    b.redis
+        .iter()
+        .filter_map(|r| r.pid())
+        .map(proc_stats::cpu_ticks)
+        .sum()
+}
+
+/// Runs the scenario; prints one JSON object and a Markdown table.
+pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
+    let b = Backends::builder()
+        .redis_cluster(o.redis_cluster)
+        .nats_nodes(0)
+        .prefix("hist")
+        .wait(Duration::from_secs(30))
+        .start()
+        .await?;
+    let h = RedisHistory::new(&RedisConfig {
+        urls: b.redis_urls(),
+        cluster: b.redis_cluster,
+        key_prefix: b.prefix.clone(),
+        timeout: Duration::from_secs(10),
+        ..RedisConfig::default()
+    })?;
+    let h = Arc::new(h);
+    let keep = Retention {
+        size: o.size,
+        ttl: Duration::from_secs(3_600),
+    };
+    let payload = Bytes::from(vec![b'x'; o.payload]);
+    let load_avg = proc_stats::load_avg();
+    let tick_us = 1e6 / proc_stats::clock_ticks_per_sec() as f64;
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    for &c in &o.concurrency {
+        let c = c.max(1);
+        // Warm: connections open, scripts cached, streams exist.
+        for i in 0..c {
+            h.append(&stream(i), keep, payload.clone()).await?;
+        }
+        let per_task = o.appends / c;
+        let trips0 = h.round_trips();
+        let cpu0 = redis_ticks(&b)?;
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..c {
+            let (h, payload) = (h.clone(), payload.clone());
+            tasks.spawn(async move {
+                let mut hist = Histogram::<u64>::new(3)?;
+                let k = stream(i);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    h.append(&k, keep, payload.clone()).await?;
+                    hist.record(t.elapsed().as_micros() as u64)?;
+                }
+                anyhow::Ok(hist)
+            });
+        }
+        let mut hist = Histogram::<u64>::new(3)?;
+        while let Some(r) = tasks.join_next().await {
+            hist.add(r??)?;
+        }
+        let wall = t0.elapsed();
+        let n = per_task * c;
+        let trips = (h.round_trips() - trips0) as f64 / n as f64;
+        let cpu_us = (redis_ticks(&b)? - cpu0) as f64 * tick_us / n as f64;
+        let us = wall.as_secs_f64() * 1e6 / n as f64;
+        rows.push(format!(
+            "| Redis append, concurrency {c} | {n} | {:.0} | {us:.1} | {} | {} | {} | {trips:.2} | {cpu_us:.1} |",
+            n as f64 / wall.as_secs_f64(),
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.max(),
+        ));
+        runs.push(serde_json::json!({
+            "concurrency": c, "appends": n, "appends_per_sec": n as f64 / wall.as_secs_f64(),
+            "us_per_append": us, "p50_us": hist.value_at_quantile(0.5),
+            "p99_us": hist.value_at_quantile(0.99), "max_us": hist.max(),
+            "round_trips_per_append": trips, "redis_cpu_us_per_append": cpu_us,
+        }));
+    }
+
+    // Memory in Redis: one stream holding `size` messages, then `streams` more.
+    let full = stream(1_000_000);
+    for _ in 0..o.size {
+        h.append(&full, keep, payload.clone()).await?;
+    }
+    let (meta, s) = h.keys_of(&full);
+    let stream_bytes: u64 = cli(&b, &["MEMORY", "USAGE", &s, "SAMPLES", "0"])
+        .await?
+        .parse()
+        .context("MEMORY USAGE")?;
+    let meta_bytes: u64 = cli(&b, &["MEMORY", "USAGE", &meta, "SAMPLES", "0"])
+        .await?
+        .parse()
+        .context("MEMORY USAGE")?;
+    let per_msg_usage = stream_bytes as f64 / f64::from(o.size);
+    let used0 = used_memory(&b).await?;
+    fill(&*h, o.streams, 2_000_000, o.size, &payload).await?;
+    let used = used_memory(&b).await?.saturating_sub(used0);
+    let per_msg_used = used as f64 / (o.streams * u64::from(o.size)) as f64;
+
+    // In this process: RSS growth for the same streams (glibc malloc here; herald runs jemalloc).
+    let mem = MemoryHistory::new();
+    let me = std::process::id();
+    let rss0 = proc_stats::rss_kib(me)?;
+    let t0 = Instant::now();
+    fill(&mem, o.streams, 0, o.size, &payload).await?;
+    let mem_us = t0.elapsed().as_secs_f64() * 1e6 / (o.streams * u64::from(o.size)) as f64;
+    let rss = proc_stats::rss_kib(me)?.saturating_sub(rss0) * 1024;
+    let per_msg_rss = rss as f64 / (o.streams * u64::from(o.size)) as f64;
+    drop(mem);
+
+    let out = serde_json::json!({
+        "scenario": "history", "redis_cluster": o.redis_cluster, "payload": o.payload,
+        "size": o.size, "streams": o.streams, "load_avg": load_avg, "appends": runs,
+        "redis_stream_bytes": stream_bytes, "redis_meta_bytes": meta_bytes,
+        "redis_bytes_per_message_memory_usage": per_msg_usage,
+        "redis_bytes_per_message_used_memory": per_msg_used,
+        "memory_history_bytes_per_message_rss": per_msg_rss,
+        "memory_history_us_per_append": mem_us,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    println!(
+        "\n| {} | appends | appends/s | µs/append | p50 µs | p99 µs | max µs | round trips/append | redis CPU µs/append |",
+        if o.redis_cluster {
+            "Redis Cluster (3 masters)"
+        } else {
+            "single Redis"
+        }
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "\nmemory per retained {}-byte message: Redis {per_msg_usage:.1} B (MEMORY USAGE of a \
+         {}-message stream: {stream_bytes} B, meta {meta_bytes} B), {per_msg_used:.1} B \
+         (used_memory over {} streams); in-process {per_msg_rss:.1} B (RSS), {mem_us:.2} µs/append; \
+         load {load_avg:?}",
+        o.payload, o.size, o.streams
+    );
+    Ok(())
+}
+
+/// Appends `size` messages to each of `streams` streams numbered from `from`.
+async fn fill(
+    h: &dyn History,
+    streams: u64,
+    from: u64,
+    size: u32,
+    payload: &Bytes,
+) -> anyhow::Result<()> {
+    let keep = Retention {
+        size,
+        ttl: Duration::from_secs(3_600),
+    };
+    for i in 0..streams {
+        let k = stream(from + i);
+        for _ in 0..size {
+            // A copy per message, as a store keeps each message's own bytes.
+            h.append(&k, keep, Bytes::copy_from_slice(payload)).await?;
+        }
+    }
+    Ok(())
+}
