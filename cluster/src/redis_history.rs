@@ -187,7 +187,8 @@ struct Inner {
     keys: Keys,
     cluster: bool,
     timeout: Duration,
-    meta_grace: Duration,
+    /// How long a meta outlives its retention age, in ms.
+    meta_grace_ms: AtomicU64,
     append: Script,
     read: Script,
     healthy: AtomicBool,
@@ -215,7 +216,7 @@ impl RedisHistory {
                 },
                 cluster: cfg.cluster,
                 timeout: cfg.timeout,
-                meta_grace: DEFAULT_META_GRACE,
+                meta_grace_ms: AtomicU64::new(DEFAULT_META_GRACE.as_millis() as u64),
                 append: Script::new(APPEND),
                 read: Script::new(READ),
                 healthy: AtomicBool::new(true),
@@ -226,11 +227,11 @@ impl RedisHistory {
     }
 
     /// Sets how long a stream's epoch and offset outlive its retention age after the last
-    /// append (default [`DEFAULT_META_GRACE`]). Call before cloning.
-    pub fn with_meta_grace(mut self, grace: Duration) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.meta_grace = grace;
-        }
+    /// append (default [`DEFAULT_META_GRACE`]); for every clone.
+    pub fn with_meta_grace(self, grace: Duration) -> Self {
+        self.inner
+            .meta_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
         self
     }
 
@@ -450,8 +451,9 @@ impl Inner {
     }
 
     fn meta_ttl_ms(&self, retention_age: Duration) -> String {
-        (retention_age + self.meta_grace)
-            .as_millis()
+        let grace = self.meta_grace_ms.load(Ordering::Relaxed);
+        (retention_age.as_millis() as u64)
+            .saturating_add(grace)
             .max(1)
             .to_string()
     }
