@@ -1,7 +1,8 @@
 //! The `history` scenario: what keeping recoverable messages costs. Appends to the Redis history
 //! store on a redis-server the harness starts (single, or a 3-master Redis Cluster): round trips
-//! and µs per append, latency p50/p99, redis-server CPU per append, at each concurrency asked;
-//! then memory per retained message, in Redis (`MEMORY USAGE` of a full stream, and `used_memory`
+//! and µs per append, latency p50/p99, redis-server CPU per append, at each concurrency asked,
+//! each after the same number of plain `XADD`s (no script, no meta, no trimming by age) on a
+//! connection of the same kind, the floor any Redis store pays; then memory per retained message, in Redis (`MEMORY USAGE` of a full stream, and `used_memory`
 //! over many) and in the in-process store (this process's RSS growth).
 
 use std::sync::Arc;
@@ -85,6 +86,111 @@ fn redis_ticks(b: &Backends) -> anyhow::Result<u64> {
         .sum()
 }
 
+/// One timed run: `n` calls spread over `c` tasks, each on its own stream number.
+struct Timed {
+    n: u64,
+    wall: Duration,
+    hist: Histogram<u64>,
+    cpu_us: f64,
+}
+
+async fn timed<F, Fut>(b: &Backends, c: u64, per_task: u64, call: F) -> anyhow::Result<Timed>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let tick_us = 1e6 / proc_stats::clock_ticks_per_sec() as f64;
+    let cpu0 = redis_ticks(b)?;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..c {
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            for _ in 0..per_task {
+                let t = Instant::now();
+                call(i).await?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    while let Some(r) = tasks.join_next().await {
+        hist.add(r??)?;
+    }
+    let wall = t0.elapsed();
+    let n = per_task * c;
+    let cpu_us = (redis_ticks(b)? - cpu0) as f64 * tick_us / n as f64;
+    Ok(Timed {
+        n,
+        wall,
+        hist,
+        cpu_us,
+    })
+}
+
+/// A plain connection of the same kind as the store's, for the `XADD` floor.
+async fn plain_conn(b: &Backends) -> anyhow::Result<PlainConn> {
+    Ok(if b.redis_cluster {
+        PlainConn::Cluster(
+            redis::cluster::ClusterClient::new(b.redis_urls())?
+                .get_async_connection()
+                .await?,
+        )
+    } else {
+        PlainConn::Single(
+            redis::Client::open(b.redis_urls()[0].as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        )
+    })
+}
+
+#[derive(Clone)]
+enum PlainConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl PlainConn {
+    async fn xadd(&self, key: String, size: u32, payload: Bytes) -> anyhow::Result<()> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key)
+            .arg("MAXLEN")
+            .arg(size)
+            .arg("*")
+            .arg("d")
+            .arg(&payload[..]);
+        match self.clone() {
+            PlainConn::Single(mut c) => cmd.query_async::<()>(&mut c).await?,
+            PlainConn::Cluster(mut c) => cmd.query_async::<()>(&mut c).await?,
+        }
+        Ok(())
+    }
+}
+
+fn row(what: &str, t: &Timed, trips: &str) -> (String, serde_json::Value) {
+    let per_sec = t.n as f64 / t.wall.as_secs_f64();
+    let us = t.wall.as_secs_f64() * 1e6 / t.n as f64;
+    let (p50, p99, max) = (
+        t.hist.value_at_quantile(0.5),
+        t.hist.value_at_quantile(0.99),
+        t.hist.max(),
+    );
+    (
+        format!(
+            "| {what} | {} | {per_sec:.0} | {us:.1} | {p50} | {p99} | {max} | {trips} | {:.1} |",
+            t.n, t.cpu_us
+        ),
+        serde_json::json!({
+            "what": what, "calls": t.n, "per_sec": per_sec, "us_per_call": us,
+            "p50_us": p50, "p99_us": p99, "max_us": max, "round_trips_per_call": trips,
+            "redis_cpu_us_per_call": t.cpu_us,
+        }),
+    )
+}
+
 /// Runs the scenario; prints one JSON object and a Markdown table.
 pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
     let b = Backends::builder()
@@ -108,55 +214,47 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
     };
     let payload = Bytes::from(vec![b'x'; o.payload]);
     let load_avg = proc_stats::load_avg();
-    let tick_us = 1e6 / proc_stats::clock_ticks_per_sec() as f64;
+    let plain = plain_conn(&b).await?;
     let mut runs = Vec::new();
     let mut rows = Vec::new();
     for &c in &o.concurrency {
         let c = c.max(1);
-        // Warm: connections open, scripts cached, streams exist.
+        let per_task = o.appends / c;
+        // The floor: plain XADDs, each task on its own key.
+        let (conn, p, size) = (plain.clone(), payload.clone(), o.size);
+        for i in 0..c {
+            conn.xadd(format!("plain:{{{i}}}"), size, p.clone()).await?;
+        }
+        let t = timed(&b, c, per_task, move |i| {
+            let (conn, p) = (conn.clone(), p.clone());
+            async move { conn.xadd(format!("plain:{{{i}}}"), size, p).await }
+        })
+        .await?;
+        let (r, j) = row(&format!("plain XADD, concurrency {c}"), &t, "1");
+        rows.push(r);
+        runs.push(j);
+        // The store. Warm: scripts cached, streams exist.
         for i in 0..c {
             h.append(&stream(i), keep, payload.clone()).await?;
         }
-        let per_task = o.appends / c;
         let trips0 = h.round_trips();
-        let cpu0 = redis_ticks(&b)?;
-        let t0 = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..c {
-            let (h, payload) = (h.clone(), payload.clone());
-            tasks.spawn(async move {
-                let mut hist = Histogram::<u64>::new(3)?;
-                let k = stream(i);
-                for _ in 0..per_task {
-                    let t = Instant::now();
-                    h.append(&k, keep, payload.clone()).await?;
-                    hist.record(t.elapsed().as_micros() as u64)?;
-                }
-                anyhow::Ok(hist)
-            });
-        }
-        let mut hist = Histogram::<u64>::new(3)?;
-        while let Some(r) = tasks.join_next().await {
-            hist.add(r??)?;
-        }
-        let wall = t0.elapsed();
-        let n = per_task * c;
-        let trips = (h.round_trips() - trips0) as f64 / n as f64;
-        let cpu_us = (redis_ticks(&b)? - cpu0) as f64 * tick_us / n as f64;
-        let us = wall.as_secs_f64() * 1e6 / n as f64;
-        rows.push(format!(
-            "| Redis append, concurrency {c} | {n} | {:.0} | {us:.1} | {} | {} | {} | {trips:.2} | {cpu_us:.1} |",
-            n as f64 / wall.as_secs_f64(),
-            hist.value_at_quantile(0.5),
-            hist.value_at_quantile(0.99),
-            hist.max(),
-        ));
-        runs.push(serde_json::json!({
-            "concurrency": c, "appends": n, "appends_per_sec": n as f64 / wall.as_secs_f64(),
-            "us_per_append": us, "p50_us": hist.value_at_quantile(0.5),
-            "p99_us": hist.value_at_quantile(0.99), "max_us": hist.max(),
-            "round_trips_per_append": trips, "redis_cpu_us_per_append": cpu_us,
-        }));
+        let (hh, p) = (h.clone(), payload.clone());
+        let t = timed(&b, c, per_task, move |i| {
+            let (hh, p) = (hh.clone(), p.clone());
+            async move {
+                hh.append(&stream(i), keep, p).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let trips = (h.round_trips() - trips0) as f64 / t.n as f64;
+        let (r, j) = row(
+            &format!("RedisHistory append, concurrency {c}"),
+            &t,
+            &format!("{trips:.2}"),
+        );
+        rows.push(r);
+        runs.push(j);
     }
 
     // Memory in Redis: one stream holding `size` messages, then `streams` more.
@@ -192,7 +290,7 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
 
     let out = serde_json::json!({
         "scenario": "history", "redis_cluster": o.redis_cluster, "payload": o.payload,
-        "size": o.size, "streams": o.streams, "load_avg": load_avg, "appends": runs,
+        "size": o.size, "streams": o.streams, "load_avg": load_avg, "runs": runs,
         "redis_stream_bytes": stream_bytes, "redis_meta_bytes": meta_bytes,
         "redis_bytes_per_message_memory_usage": per_msg_usage,
         "redis_bytes_per_message_used_memory": per_msg_used,
@@ -201,7 +299,7 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     println!(
-        "\n| {} | appends | appends/s | µs/append | p50 µs | p99 µs | max µs | round trips/append | redis CPU µs/append |",
+        "\n| {} | calls | calls/s | µs/call | p50 µs | p99 µs | max µs | round trips/call | redis CPU µs/call |",
         if o.redis_cluster {
             "Redis Cluster (3 masters)"
         } else {

@@ -59,14 +59,14 @@ local function id_parts(id)
   local o, t = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(o), tonumber(t)
 end
--- The oldest offset appended at or after `cutoff` (last + 1 when none), and whether older
--- entries precede it. Entries are in offset order and times never decrease, so a binary search
--- over the offsets finds the boundary in O(log n) lookups; usually the head is young: one lookup.
+-- The oldest offset appended at or after `cutoff` (last + 1 when none), whether older entries
+-- precede it, and its append time. Entries are in offset order and times never decrease, so a
+-- binary search over the offsets finds the boundary in O(log n) lookups.
 local function first_kept(stream, cutoff, last)
   local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if not head then return last + 1, false end
+  if not head then return last + 1, false, nil end
   local o, t = id_parts(head[1])
-  if t >= cutoff then return o, false end
+  if t >= cutoff then return o, false, t end
   local lo, hi = o + 1, last + 1
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
@@ -79,35 +79,45 @@ local function first_kept(stream, cutoff, last)
     if young then hi = mid else lo = mid + 1 end
   end
   local e = redis.call('XRANGE', stream, string.format('%d', lo), '+', 'COUNT', 1)[1]
-  if not e then return last + 1, true end
-  return (id_parts(e[1])), true
+  if not e then return last + 1, true, nil end
+  local eo, et = id_parts(e[1])
+  return eo, true, et
 end
 "
     };
 }
 
 /// Append: creates the epoch when the meta is missing (dropping stale entries), takes the next
-/// offset, adds the entry, trims by count then by age, renews both expiries.
+/// offset, adds the entry (trimmed by count), trims by age when something may have aged out,
+/// renews both expiries.
 /// KEYS: meta, stream. ARGV: epoch if new, size, ttl ms, meta ttl ms, data.
 /// Returns {offset, epoch}.
+///
+/// The age check reads the stream's head (which skips the entries `MAXLEN` marked deleted in the
+/// first node: a third of the script's cost when done on every append), so it runs only from
+/// `a` on: the oldest entry's time plus the age when last checked, before which nothing can have
+/// aged out (count trimming only makes the real head younger), or when the age changed.
 const APPEND: &str = concat!(
     lua_prelude!(),
     r"
 if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
   redis.call('DEL', KEYS[2])
 end
-local epoch = tonumber(redis.call('HGET', KEYS[1], 'e'))
+local m = redis.call('HMGET', KEYS[1], 'e', 't', 'a')
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-redis.call('HSET', KEYS[1], 't', ARGV[3])
 local now = now_ms()
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-%d', off, now), 'd', ARGV[5])
-local first, aged = first_kept(KEYS[2], now - tonumber(ARGV[3]), off)
-if aged then
-  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', first))
+local ttl = tonumber(ARGV[3])
+if m[2] ~= ARGV[3] or not m[3] or now >= tonumber(m[3]) then
+  local first, aged, head_t = first_kept(KEYS[2], now - ttl, off)
+  if aged then
+    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', first))
+  end
+  redis.call('HSET', KEYS[1], 't', ARGV[3], 'a', string.format('%d', (head_t or now) + ttl))
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {off, epoch}
+return {off, tonumber(m[1])}
 "
 );
 
@@ -172,7 +182,8 @@ impl Keys {
         }
     }
 
-    /// The meta hash (`e` epoch, `o` last offset, `t` retention age in ms) and the stream.
+    /// The meta hash (`e` epoch, `o` last offset, `t` retention age in ms, `a` when the next
+    /// append checks age) and the stream.
     fn pair(&self, stream: &StreamKey) -> (String, String) {
         let tag = Self::tag(stream);
         (
