@@ -170,7 +170,7 @@ impl PlainConn {
     }
 }
 
-fn row(what: &str, t: &Timed, trips: &str) -> (String, serde_json::Value) {
+fn row(what: &str, t: &Timed, trips: f64) -> (String, serde_json::Value) {
     let per_sec = t.n as f64 / t.wall.as_secs_f64();
     let us = t.wall.as_secs_f64() * 1e6 / t.n as f64;
     let (p50, p99, max) = (
@@ -180,7 +180,7 @@ fn row(what: &str, t: &Timed, trips: &str) -> (String, serde_json::Value) {
     );
     (
         format!(
-            "| {what} | {} | {per_sec:.0} | {us:.1} | {p50} | {p99} | {max} | {trips} | {:.1} |",
+            "| {what} | {} | {per_sec:.0} | {us:.1} | {p50} | {p99} | {max} | {trips:.2} | {:.1} |",
             t.n, t.cpu_us
         ),
         serde_json::json!({
@@ -230,7 +230,7 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
             async move { conn.xadd(format!("plain:{{{i}}}"), size, p).await }
         })
         .await?;
-        let (r, j) = row(&format!("plain XADD, concurrency {c}"), &t, "1");
+        let (r, j) = row(&format!("plain XADD, concurrency {c}"), &t, 1.0);
         rows.push(r);
         runs.push(j);
         // The store. Warm: scripts cached, streams exist.
@@ -248,11 +248,7 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
         })
         .await?;
         let trips = (h.round_trips() - trips0) as f64 / t.n as f64;
-        let (r, j) = row(
-            &format!("RedisHistory append, concurrency {c}"),
-            &t,
-            &format!("{trips:.2}"),
-        );
+        let (r, j) = row(&format!("RedisHistory append, concurrency {c}"), &t, trips);
         rows.push(r);
         runs.push(j);
     }

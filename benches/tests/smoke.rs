@@ -290,3 +290,32 @@ fn cluster_delivers_through_two_edges_a_router_redis_and_nats() {
         assert_eq!(r[0]["client_errors"], 0, "{r}");
     }
 }
+
+#[test]
+fn history_appends_in_one_round_trip_and_reports_memory() {
+    let v = json_head(&bench(&[
+        "history",
+        "--appends",
+        "40",
+        "--concurrency",
+        "1,4",
+        "--size",
+        "10",
+        "--streams",
+        "2",
+    ]));
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "{v}");
+    for r in runs {
+        assert_eq!(r["round_trips_per_call"], 1.0, "{v}");
+        assert!(r["p99_us"].as_u64().is_some_and(|p| p > 0), "{v}");
+    }
+    // A 100-byte message costs its bytes and more, in Redis.
+    assert!(
+        v["redis_bytes_per_message_memory_usage"]
+            .as_f64()
+            .is_some_and(|b| b > 100.0),
+        "{v}"
+    );
+    assert!(v["memory_history_bytes_per_message_rss"].as_f64().is_some());
+}
