@@ -94,6 +94,12 @@ pub struct ClusterConfig {
     pub redis_urls: Vec<String>,
     /// Whether `redis_urls` name a Redis Cluster. Default false.
     pub redis_cluster: bool,
+    /// Where projects' history is kept (`[projects.history]`): Redis URLs as `redis_urls`.
+    /// Default empty: the registry's Redis. A Redis of its own keeps history out of reach of
+    /// what only clears the registry (a `FLUSHALL`, a restart without persistence).
+    pub history_redis_urls: Vec<String>,
+    /// Whether `history_redis_urls` name a Redis Cluster. Default false.
+    pub history_redis_cluster: bool,
     /// Prefix of every Redis key and NATS subject (`[a-z0-9_-]`), so clusters can share servers.
     /// Default `"herald"`.
     pub prefix: String,
@@ -116,6 +122,8 @@ impl Default for ClusterConfig {
             registry: RegistryKind::Memory,
             redis_urls: vec!["redis://127.0.0.1:6379".into()],
             redis_cluster: false,
+            history_redis_urls: Vec::new(),
+            history_redis_cluster: false,
             prefix: "herald".into(),
             bus: BusKind::Memory,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
@@ -166,6 +174,18 @@ impl ClusterConfig {
             for (i, u) in self.redis_urls.iter().enumerate() {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                     p.push(format!("cluster.redis_urls[{i}]: not a redis:// URL"));
+                }
+            }
+            if !self.history_redis_cluster && self.history_redis_urls.len() > 1 {
+                p.push(
+                    "cluster.history_redis_urls: a single Redis takes one URL (set \
+                     history_redis_cluster = true for a Redis Cluster)"
+                        .into(),
+                );
+            }
+            for (i, u) in self.history_redis_urls.iter().enumerate() {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    p.push(format!("cluster.history_redis_urls[{i}]: not a redis:// URL"));
                 }
             }
         }

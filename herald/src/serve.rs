@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisRegistry};
+use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisHistory, RedisRegistry};
 use herald_core::bus::{Bus, MemoryBus};
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
 use herald_core::registry::Registry;
@@ -212,15 +212,19 @@ async fn build_nodes(
     }
     let c = &cfg.cluster;
     let role = c.role;
-    if let Some(p) = cfg.projects.iter().find(|p| p.history.is_some()) {
-        anyhow::bail!(
-            "projects ({}).history: a cluster keeps history in a shared store, which this \
-             release does not have yet; remove [projects.history] or run a single node",
-            p.id
-        );
-    }
-    // Never read while no project keeps history (refused above).
-    let history: Arc<dyn History> = Arc::new(MemoryHistory::new());
+    // History in Redis: the registry's, or one of its own (`history_redis_urls`).
+    let (history_urls, history_cluster) = if c.history_redis_urls.is_empty() {
+        (c.redis_urls.clone(), c.redis_cluster)
+    } else {
+        (c.history_redis_urls.clone(), c.history_redis_cluster)
+    };
+    let history: Arc<dyn History> = Arc::new(RedisHistory::new(&RedisConfig {
+        urls: history_urls,
+        cluster: history_cluster,
+        key_prefix: c.prefix.clone(),
+        edge_ttl: Duration::from_secs(c.edge_ttl_secs),
+        timeout: Duration::from_millis(c.redis_timeout_ms),
+    })?);
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(&RedisConfig {
         urls: c.redis_urls.clone(),
         cluster: c.redis_cluster,

@@ -363,6 +363,24 @@ impl Herald {
         c
     }
 
+    /// Connects without a token in the request, sends it in an `auth` frame with the fields of
+    /// `extra` (e.g. `resume`), and waits for the welcome frame.
+    pub async fn connect_auth(&self, project: &str, token: &str, extra: Value) -> Client {
+        let (ws, _) = self
+            .open(&self.url(project, ""), &[])
+            .await
+            .expect("websocket upgrade");
+        let mut c = Client { ws };
+        let mut auth = json!({"type": "auth", "token": token});
+        if let (Some(a), Some(e)) = (auth.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        c.send_json(auth).await;
+        let welcome = c.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        c
+    }
+
     /// A gRPC client using `api_key` (or none).
     pub async fn grpc(&self, api_key: Option<&str>) -> Grpc {
         grpc_at(self.grpc, api_key).await

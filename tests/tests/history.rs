@@ -23,23 +23,14 @@ size = 5000
 ttl_secs = 600
 "#;
 
-/// A native client authenticated by an `auth` frame carrying `extra` fields (`resume`).
+/// A native client of `alpha` allowed the recoverable groups, authenticated by an `auth` frame
+/// carrying `extra` fields (`resume`).
 async fn connect_with(herald: &Herald, sub: &str, extra: Value) -> Client {
-    let (ws, _) = herald
-        .open(&herald.url("alpha", ""), &[])
-        .await
-        .expect("websocket upgrade");
-    let mut c = Client { ws };
     let mut claims = claims("alpha", sub);
     claims["channels"] = json!(["news", "chat/*", "other"]);
-    let mut auth = json!({"type": "auth", "token": hs256(ALPHA_SECRET, None, &claims)});
-    if let (Some(a), Some(e)) = (auth.as_object_mut(), extra.as_object()) {
-        a.extend(e.clone());
-    }
-    c.send_json(auth).await;
-    let welcome = c.next_json().await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    c
+    herald
+        .connect_auth("alpha", &hs256(ALPHA_SECRET, None, &claims), extra)
+        .await
 }
 
 /// Reads frames until `resumed` for the request `id`; returns the messages before it, the
