@@ -23,6 +23,8 @@ use crate::protocol::{self, Position, StreamOf};
 
 /// Messages read from history at once.
 const PAGE: usize = 256;
+/// Reads of history after which held live messages that never join up go on as they are.
+const MAX_ROUNDS: u32 = 10_000;
 
 /// The hub's name of a client's stream: target kind, name, and the history's key.
 pub(crate) fn stream_of(
@@ -78,8 +80,17 @@ impl Replay {
         let mut after = self.since.offset;
         let mut first_read = true;
         let mut recovered = true;
-        let mut epoch = self.since.epoch;
+        let epoch = self.since.epoch;
+        let mut rounds = 0u32;
         loop {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                // Held messages never joined up with history: pass them on as they are.
+                tracing::warn!(stream = %self.key, "resume: live messages never joined history");
+                self.hub
+                    .abandon_recovery(self.conn, self.kind, &self.name, None);
+                return;
+            }
             let page = match self.history.read(&self.key, after, PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -104,13 +115,18 @@ impl Replay {
                 if page.position.epoch != self.since.epoch {
                     // Another storage: the client's offsets mean nothing here. Nothing is
                     // replayed; the client resyncs from its own source of truth.
-                    recovered = false;
-                    epoch = page.position.epoch;
-                    after = page.position.offset;
-                    if let Seam::Joined(_) | Seam::Gone = self.finish(after, epoch, recovered) {
-                        return;
-                    }
-                    continue;
+                    // Live messages held meanwhile were not sent: they all go.
+                    let answer = protocol::resumed(
+                        self.id,
+                        &self.stream,
+                        page.position.epoch,
+                        page.position.offset,
+                        false,
+                    );
+                    self.hub
+                        .abandon_recovery(self.conn, self.kind, &self.name, Some(answer));
+                    metrics::counter!("herald_edge_resumes_total", "result" => "lost").increment(1);
+                    return;
                 }
                 if page.first > after + 1 {
                     // Some of the missed messages are past retention: what is kept is sent.
@@ -143,7 +159,11 @@ impl Replay {
             }
             match self.finish(after, epoch, recovered) {
                 Seam::Joined(_) | Seam::Gone => return,
-                Seam::ReadAgain(from) => after = from,
+                Seam::ReadAgain(from) => {
+                    after = from;
+                    // Let what is missing reach history (and other tasks run).
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
         }
     }

@@ -130,63 +130,79 @@ impl Streams {
                     return;
                 }
             };
-            let mut cursors = self.cursors.lock();
-            let Some(c) = cursors.get_mut(&key) else {
-                return;
-            };
-            if page.position.epoch != c.epoch {
-                // History was lost under us: what is held goes on, the gap stays.
-                drop(cursors);
-                self.skip_gap(&key);
-                return;
-            }
-            let mut lost = false;
-            for (offset, data) in page.messages {
-                if offset != c.offset + 1 {
-                    // Past retention: the missing ones are gone.
-                    lost |= offset > c.offset + 1;
-                    if offset <= c.offset {
-                        continue;
-                    }
-                }
-                match Envelope::decode(data) {
-                    Ok(mut env) => {
-                        env.seq = offset;
-                        env.epoch = c.epoch;
-                        c.offset = offset;
-                        c.held.remove(&offset);
-                        self.hub.deliver(&env);
-                        metrics::counter!("herald_edge_stream_repaired_total").increment(1);
-                    }
-                    Err(e) => {
-                        tracing::warn!(stream = %key, offset, error = %e, "unreadable message in history");
-                        c.offset = offset;
-                    }
-                }
-            }
-            if lost {
-                metrics::counter!("herald_edge_stream_gaps_unrepaired_total").increment(1);
-            }
-            pass_held(&self.hub, c);
-            let next = c.held.keys().next().copied();
-            match next {
-                None => {
-                    c.repairing = false;
+            {
+                let mut cursors = self.cursors.lock();
+                let Some(c) = cursors.get_mut(&key) else {
+                    return;
+                };
+                if page.position.epoch != c.epoch {
+                    // History was lost under us: what is held goes on, the gap stays.
+                    drop(cursors);
+                    self.skip_gap(&key);
                     return;
                 }
-                Some(first) if page.position.offset < first || page.first > c.offset + 1 => {
-                    // History does not have what is missing (trimmed, or not stored): go on.
+                let mut lost = false;
+                for (offset, data) in page.messages {
+                    if offset != c.offset + 1 {
+                        // Past retention: the missing ones are gone.
+                        lost |= offset > c.offset + 1;
+                        if offset <= c.offset {
+                            continue;
+                        }
+                    }
+                    match Envelope::decode(data) {
+                        Ok(mut env) => {
+                            env.seq = offset;
+                            env.epoch = c.epoch;
+                            c.offset = offset;
+                            c.held.remove(&offset);
+                            self.hub.deliver(&env);
+                            metrics::counter!("herald_edge_stream_repaired_total").increment(1);
+                        }
+                        Err(e) => {
+                            tracing::warn!(stream = %key, offset, error = %e, "unreadable message in history");
+                            c.offset = offset;
+                        }
+                    }
+                }
+                if lost {
                     metrics::counter!("herald_edge_stream_gaps_unrepaired_total").increment(1);
-                    c.offset = first - 1;
-                    pass_held(&self.hub, c);
-                    if c.held.is_empty() {
+                }
+                pass_held(&self.hub, c);
+                let next = c.held.keys().next().copied();
+                match next {
+                    None => {
                         c.repairing = false;
                         return;
                     }
-                    from = c.offset;
+                    Some(first) if page.position.offset < first || page.first > c.offset + 1 => {
+                        // History does not have what is missing (trimmed, or not stored): go on.
+                        metrics::counter!("herald_edge_stream_gaps_unrepaired_total").increment(1);
+                        c.offset = first - 1;
+                        pass_held(&self.hub, c);
+                        if c.held.is_empty() {
+                            c.repairing = false;
+                            return;
+                        }
+                        from = c.offset;
+                    }
+                    Some(_) if c.offset == from => {
+                        // No progress: history does not hold what is missing. Go on over the gap.
+                        metrics::counter!("herald_edge_stream_gaps_unrepaired_total").increment(1);
+                        if let Some(first) = c.held.keys().next().copied() {
+                            c.offset = first - 1;
+                        }
+                        pass_held(&self.hub, c);
+                        if c.held.is_empty() {
+                            c.repairing = false;
+                            return;
+                        }
+                        from = c.offset;
+                    }
+                    Some(_) => from = c.offset,
                 }
-                Some(_) => from = c.offset,
             }
+            tokio::task::yield_now().await;
         }
     }
 

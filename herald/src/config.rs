@@ -185,7 +185,9 @@ impl ClusterConfig {
             }
             for (i, u) in self.history_redis_urls.iter().enumerate() {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    p.push(format!("cluster.history_redis_urls[{i}]: not a redis:// URL"));
+                    p.push(format!(
+                        "cluster.history_redis_urls[{i}]: not a redis:// URL"
+                    ));
                 }
             }
         }

@@ -34,7 +34,10 @@ async fn node(b: &Backends, id: &str, nats: Option<usize>) -> Herald {
         .edge("history_check_secs", 1)
         .router("control_timeout_ms", 700);
     if let Some(i) = nats {
-        h = h.cluster("nats_urls", toml::Value::Array(vec![b.nats[i].url().into()]));
+        h = h.cluster(
+            "nats_urls",
+            toml::Value::Array(vec![b.nats[i].url().into()]),
+        );
     }
     h.start().await
 }
@@ -150,4 +153,9 @@ async fn a_nats_node_killed_under_an_edge_loses_nothing_of_a_user_stream() {
         "0 missing, 0 duplicates"
     );
     c.expect_silence(Duration::from_millis(300)).await;
+    eprintln!(
+        "nats node killed: {} messages repaired from history, {} gaps",
+        n1.metric("herald_edge_stream_repaired_total").await,
+        n1.metric("herald_edge_stream_gaps_total").await
+    );
 }
