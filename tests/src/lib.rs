@@ -348,7 +348,9 @@ impl Herald {
         let tcp = TcpStream::connect(self.ws)
             .await
             .map_err(tungstenite::Error::Io)?;
-        tokio_tungstenite::client_async(req, tcp).await
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+            .await
+            .expect("websocket handshake answered in time")
     }
 
     /// Connects with a token in the query and waits for the welcome frame.
@@ -682,7 +684,11 @@ pub enum To<'a> {
 
 /// Publishes and returns the reply; fails the test on an error status.
 pub async fn send(grpc: &mut Grpc, req: PublishRequest) -> PublishReply {
-    grpc.publish(req).await.expect("publish").into_inner()
+    tokio::time::timeout(WAIT, grpc.publish(req))
+        .await
+        .expect("publish answered in time")
+        .expect("publish")
+        .into_inner()
 }
 
 /// Asserts that no message reached `c`, a connection of `user` in `project`, before a marker

@@ -27,6 +27,11 @@ const N: u64 = 300;
 
 /// A node running edge and router, its edge checking stream positions every second.
 async fn node(b: &Backends, id: &str, nats: Option<usize>) -> Herald {
+    node_with(b, id, nats, None).await
+}
+
+/// [`node`], with history in the Redis at `history` instead of the registry's.
+async fn node_with(b: &Backends, id: &str, nats: Option<usize>, history: Option<String>) -> Herald {
     let mut h = herald()
         .clustered(b)
         .projects(PROJECTS)
@@ -38,6 +43,9 @@ async fn node(b: &Backends, id: &str, nats: Option<usize>) -> Herald {
             "nats_urls",
             toml::Value::Array(vec![b.nats[i].url().into()]),
         );
+    }
+    if let Some(url) = history {
+        h = h.cluster("history_redis_urls", toml::Value::Array(vec![url.into()]));
     }
     h.start().await
 }
@@ -157,5 +165,45 @@ async fn a_nats_node_killed_under_an_edge_loses_nothing_of_a_user_stream() {
         "nats node killed: {} messages repaired from history, {} gaps",
         n1.metric("herald_edge_stream_repaired_total").await,
         n1.metric("herald_edge_stream_gaps_total").await
+    );
+}
+
+#[tokio::test]
+async fn a_registry_flushed_mid_stream_loses_nothing_of_a_recoverable_group() {
+    let b = Backends::start().await;
+    // History in a Redis of its own: a FLUSHALL of the registry's leaves it whole.
+    let store = Backends::start_with(false, 0).await;
+    let history = store.redis_urls().remove(0);
+    let n1 = node_with(&b, "e1", None, Some(history.clone())).await;
+    let n2 = node_with(&b, "e2", None, Some(history)).await;
+    let token = token_for("alice", &["news"]);
+    let mut c1 = n1.connect_auth("alpha", &token, json!({})).await;
+    let mut c2 = n2.connect_auth("alpha", &token, json!({})).await;
+    let live = publisher(n1.grpc(Some(ALPHA_KEY)).await, To::Group("news"));
+    let (mut f1, mut f2) = (Vec::new(), Vec::new());
+    while check(&f1).len() < 30 {
+        f1.push(c1.next_json().await);
+    }
+    // The registry's Redis loses everything: the router resolves the group from a registry the
+    // edges are rebuilding; what does not reach an edge is read back from history.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &b.redis_urls()[0], "FLUSHALL"])
+        .output()
+        .expect("redis-cli (Debian package redis-tools) runs");
+    assert!(out.status.success(), "FLUSHALL: {out:?}");
+    let f1 = read_to_end(&mut c1, f1).await;
+    let f2 = read_to_end(&mut c2, std::mem::take(&mut f2)).await;
+    live.await.expect("publisher");
+    for (edge, frames) in [("e1", &f1), ("e2", &f2)] {
+        assert_eq!(
+            check(frames),
+            (1..=N).collect::<Vec<_>>(),
+            "{edge}: 0 missing, 0 duplicates"
+        );
+    }
+    eprintln!(
+        "registry flushed: {} + {} messages repaired from history",
+        n1.metric("herald_edge_stream_repaired_total").await,
+        n2.metric("herald_edge_stream_repaired_total").await
     );
 }
