@@ -535,18 +535,22 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
 
     /// The next text frame as JSON (control frames skipped); fails on close or timeout.
     pub async fn next_json(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("stream open")
-                .expect("a frame");
-            match m {
-                Message::Text(t) => return serde_json::from_str(&t).expect("json text frame"),
-                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
-                _ => continue,
+        // One deadline for the whole wait: the server's pings must not extend it.
+        let ws = &mut self.ws;
+        tokio::time::timeout(WAIT, async move {
+            loop {
+                let m = ws.next().await.expect("stream open").expect("a frame");
+                match m {
+                    Message::Text(t) => {
+                        return serde_json::from_str(&t).expect("json text frame");
+                    }
+                    Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+                    _ => continue,
+                }
             }
-        }
+        })
+        .await
+        .expect("a text frame in time")
     }
 
     /// The next frame that is a delivered message (`type` = `msg`).
