@@ -833,14 +833,7 @@ impl Hub {
                 if c.closing.is_some() {
                     return false;
                 }
-                let was_empty = c.outbox.is_empty();
-                for f in frames {
-                    c.queued += f.len();
-                    c.outbox.push_back(f);
-                }
-                if was_empty && !c.outbox.is_empty() {
-                    wake = c.waker.take();
-                }
+                wake = enqueue(c, frames);
                 true
             })
             .unwrap_or(false);
@@ -897,20 +890,14 @@ impl Hub {
                     return Seam::ReadAgain(read_to);
                 }
                 let mut last = read_to;
-                let c = &mut shard.conns[slot as usize];
-                let was_empty = c.outbox.is_empty();
-                c.queued += answer.len();
-                c.outbox.push_back(answer);
-                for (o, f) in std::mem::take(held) {
-                    if o == last + 1 {
+                let joined = std::mem::take(held).into_iter().filter_map(|(o, f)| {
+                    (o == last + 1).then(|| {
                         last = o;
-                        c.queued += f.len();
-                        c.outbox.push_back(f);
-                    }
-                }
-                if was_empty && !c.outbox.is_empty() {
-                    wake = c.waker.take();
-                }
+                        f
+                    })
+                });
+                let c = &mut shard.conns[slot as usize];
+                wake = enqueue(c, std::iter::once(answer).chain(joined));
                 r.state = RecoveryState::Floor(last);
                 Seam::Joined(last)
             })
@@ -944,14 +931,7 @@ impl Hub {
                 }
             }
             let c = &mut shard.conns[slot as usize];
-            let was_empty = c.outbox.is_empty();
-            for f in frame.into_iter().chain(held.into_iter().map(|(_, f)| f)) {
-                c.queued += f.len();
-                c.outbox.push_back(f);
-            }
-            if was_empty && !c.outbox.is_empty() {
-                wake = c.waker.take();
-            }
+            wake = enqueue(c, frame.into_iter().chain(held.into_iter().map(|(_, f)| f)));
         });
         if let Some(w) = wake {
             w.wake();
@@ -1283,6 +1263,21 @@ fn passes(
             }
             Some(frames.get(c.wire).clone())
         }
+    }
+}
+
+/// Queues `frames` whatever the bound (replays and held messages, paced by their reader);
+/// returns the task to wake when the queue was empty.
+fn enqueue(c: &mut Conn, frames: impl IntoIterator<Item = Bytes>) -> Option<Waker> {
+    let was_empty = c.outbox.is_empty();
+    for f in frames {
+        c.queued += f.len();
+        c.outbox.push_back(f);
+    }
+    if was_empty && !c.outbox.is_empty() {
+        c.waker.take()
+    } else {
+        None
     }
 }
 
