@@ -3,6 +3,14 @@
 //! command and script touches keys of one hash tag only, and a tag is one user or group key (or
 //! one edge), never a project. The layout is documented in `docs/cluster.md`.
 //!
+//! The registry knows whether it is whole. Its *epoch* (one key, created by the first edge that
+//! finds it missing) names the registry's current life: a flush or a restart without persistence
+//! deletes it. Every edge writes its whole interest again under the epoch it finds and then
+//! confirms that epoch; a router trusts what it resolves only while every live edge has confirmed
+//! the current epoch, and, after a loss, once one liveness TTL has passed (an edge alive before
+//! the loss heartbeats within it). Until then targets resolve to [`Route::Incomplete`] and the
+//! router sends them by the project's broadcast path.
+//!
 //! Writes of one batch are pipelined: a batch costs two round trips whatever its size (one on
 //! each side of the edge's index, so a crash between them leaves nothing cleanup cannot find).
 //! On Redis Cluster the commands of one phase are sent concurrently and the multiplexed
@@ -16,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use herald_core::ids::{EdgeId, ProjectId};
-use herald_core::registry::{InterestChange, InterestKey, Liveness, Registry, RegistryError};
+use herald_core::registry::{
+    InterestChange, InterestKey, Liveness, Registry, RegistryError, Route,
+};
 use parking_lot::{Mutex, RwLock};
 use redis::{Cmd, Script, Value};
 
@@ -60,6 +70,18 @@ const REAP_LEASE: Duration = Duration::from_secs(60);
 
 /// Live-edge knowledge younger than this is used as is.
 const LIVE_FRESH: Duration = Duration::from_secs(1);
+
+/// While the registry is incomplete, what the router knows of it is refreshed this often (by
+/// the publishes that need it), so it finds the registry whole again soon after it is.
+const INCOMPLETE_FRESH: Duration = Duration::from_millis(250);
+
+/// Returns the registry's epoch, creating it (`ARGV[1]`) when it is missing.
+const EPOCH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+";
 
 /// Heartbeat: renews the edge's liveness key unless the edge is being cleaned up.
 /// Returns 0 when the edge was not alive (registered anew), 1 when renewed, 2 when fenced.
@@ -114,6 +136,16 @@ impl Keys {
         format!("{}:edges", self.prefix)
     }
 
+    /// The registry's epoch: `<id>:<created unix ms>:<1 when created after a loss, else 0>`.
+    fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// Hash: edge -> the epoch id under which it last wrote its whole interest.
+    fn synced(&self) -> String {
+        format!("{}:synced", self.prefix)
+    }
+
     /// Idempotency keys are single-key commands: no tag is needed; whatever the publisher's key
     /// holds only picks the slot.
     fn idempotency(&self, project: &ProjectId, key: &str) -> String {
@@ -130,6 +162,46 @@ struct LiveEdges {
     until: HashMap<EdgeId, Instant>,
 }
 
+/// The registry's epoch, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Epoch {
+    id: String,
+    created_ms: u64,
+    /// Created by an edge that had written its interest under an earlier epoch: state was lost.
+    after_loss: bool,
+}
+
+impl Epoch {
+    fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.split(':');
+        let id = parts.next()?.to_string();
+        let created_ms = parts.next()?.parse().ok()?;
+        let after_loss = parts.next()? == "1";
+        Some(Self {
+            id,
+            created_ms,
+            after_loss,
+        })
+    }
+
+    fn fresh(after_loss: bool) -> String {
+        format!("{:016x}:{}:{}", rand::random::<u64>(), unix_ms(), u8::from(after_loss))
+    }
+}
+
+/// What this process concluded of the registry's wholeness at its last live-edge refresh.
+#[derive(Default)]
+struct Wholeness {
+    /// The raw epoch under which the registry was whole, if it was.
+    whole_under: Option<String>,
+    /// Why it was not.
+    why: String,
+    /// The last epoch id seen, and an epoch id seen replacing another (a loss this process
+    /// witnessed even when the edge that created the epoch did not know).
+    seen: Option<String>,
+    replaced: Option<String>,
+}
+
 struct Inner {
     conn: Conn,
     keys: Keys,
@@ -138,6 +210,10 @@ struct Inner {
     timeout: Duration,
     heartbeat: Script,
     reap_start: Script,
+    epoch: Script,
+    /// Per edge of this process: the epoch id it last wrote its whole interest under.
+    synced: Mutex<HashMap<EdgeId, String>>,
+    wholeness: RwLock<Wholeness>,
     live: RwLock<LiveEdges>,
     refreshing: tokio::sync::Mutex<()>,
     reaping: Mutex<HashSet<EdgeId>>,
@@ -174,6 +250,9 @@ impl RedisRegistry {
                 timeout: cfg.timeout,
                 heartbeat: Script::new(HEARTBEAT),
                 reap_start: Script::new(REAP_START),
+                epoch: Script::new(EPOCH),
+                synced: Mutex::new(HashMap::new()),
+                wholeness: RwLock::new(Wholeness::default()),
                 live: RwLock::new(LiveEdges::default()),
                 refreshing: tokio::sync::Mutex::new(()),
                 reaping: Mutex::new(HashSet::new()),
@@ -373,7 +452,7 @@ impl Inner {
             .query(redis::cmd("SMEMBERS").arg(self.keys.edges()))
             .await?;
         let edges: Vec<EdgeId> = names.iter().filter_map(|n| EdgeId::new(n).ok()).collect();
-        let cmds = edges
+        let mut cmds: Vec<Cmd> = edges
             .iter()
             .map(|e| {
                 let mut c = redis::cmd("PTTL");
@@ -381,7 +460,17 @@ impl Inner {
                 c
             })
             .collect();
-        let ttls = self.phase(cmds).await?;
+        cmds.push(redis::cmd("GET").arg(self.keys.epoch()).clone());
+        cmds.push(redis::cmd("HGETALL").arg(self.keys.synced()).clone());
+        let mut ttls = self.phase(cmds).await?;
+        let synced: HashMap<String, String> = match ttls.pop() {
+            Some(v) => redis::from_redis_value(v).unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let epoch: Option<String> = match ttls.pop() {
+            Some(v) => redis::from_redis_value(v).unwrap_or_default(),
+            None => None,
+        };
         let mut until = HashMap::new();
         let mut dead = Vec::new();
         for (edge, ttl) in edges.into_iter().zip(ttls) {
@@ -396,6 +485,7 @@ impl Inner {
                 _ => dead.push(edge),
             }
         }
+        self.judge(epoch.as_deref(), &until, &synced);
         let mut live = self.live.write();
         *live = LiveEdges {
             fetched: Some(started),
@@ -403,6 +493,59 @@ impl Inner {
             until,
         };
         Ok(dead)
+    }
+
+    /// Decides whether the registry is whole: it has an epoch, every live edge has written its
+    /// interest under it, and, when the epoch began after a loss, one liveness TTL has passed
+    /// since (every edge alive before the loss has heartbeated by then).
+    fn judge(
+        &self,
+        raw: Option<&str>,
+        live: &HashMap<EdgeId, Instant>,
+        synced: &HashMap<String, String>,
+    ) {
+        let mut w = self.wholeness.write();
+        let verdict = (|| {
+            let raw = raw.ok_or("the registry has no epoch (flushed or restarted)")?;
+            let epoch = Epoch::parse(raw).ok_or("the registry's epoch is unreadable")?;
+            if w.seen.as_ref().is_some_and(|s| *s != epoch.id) {
+                w.replaced = Some(epoch.id.clone());
+            }
+            w.seen = Some(epoch.id.clone());
+            let lost = epoch.after_loss || w.replaced.as_ref() == Some(&epoch.id);
+            let age = unix_ms().saturating_sub(epoch.created_ms);
+            if lost && age < self.ttl.as_millis() as u64 {
+                return Err("the registry was rebuilt less than one edge TTL ago");
+            }
+            if live
+                .keys()
+                .any(|e| synced.get(e.as_str()) != Some(&epoch.id))
+            {
+                return Err("a live edge has not written its interest again yet");
+            }
+            Ok(raw.to_string())
+        })();
+        let whole = verdict.is_ok();
+        match verdict {
+            Ok(raw) => {
+                w.whole_under = Some(raw);
+                w.why.clear();
+            }
+            Err(why) => {
+                w.whole_under = None;
+                w.why = why.to_string();
+            }
+        }
+        metrics::gauge!("herald_registry_whole").set(if whole { 1.0 } else { 0.0 });
+    }
+
+    /// The registry's epoch id, created when missing; `after_loss` marks one created by an
+    /// edge that had written its interest under an earlier epoch.
+    async fn current_epoch(&self, after_loss: bool) -> Result<Epoch, RegistryError> {
+        let raw: String = self
+            .script(&self.epoch, &[&self.keys.epoch()], &[Epoch::fresh(after_loss)])
+            .await?;
+        Epoch::parse(&raw).ok_or_else(|| self.failed(format!("unreadable registry epoch {raw:?}")))
     }
 
     /// Refreshes when the live cache is older than [`LIVE_FRESH`], or when `unknown` (a
@@ -413,7 +556,12 @@ impl Inner {
             let live = self.live.read();
             (live.fetched.map(|t| t.elapsed()), live.generation)
         };
-        if !unknown && age.is_some_and(|a| a < LIVE_FRESH) {
+        let fresh = if self.wholeness.read().whole_under.is_some() {
+            LIVE_FRESH
+        } else {
+            INCOMPLETE_FRESH
+        };
+        if !unknown && age.is_some_and(|a| a < fresh) {
             return Ok(());
         }
         let dead = self.refresh_live(Some(generation)).await?;
@@ -488,6 +636,8 @@ impl Inner {
             .await?;
         self.query::<()>(redis::cmd("SREM").arg(self.keys.edges()).arg(edge.as_str()))
             .await?;
+        self.query::<()>(redis::cmd("HDEL").arg(self.keys.synced()).arg(edge.as_str()))
+            .await?;
         self.query::<()>(redis::cmd("DEL").arg(&reaping)).await?;
         self.live.write().until.remove(edge);
         metrics::counter!("herald_registry_edges_reaped_total").increment(1);
@@ -544,11 +694,16 @@ impl Registry for RedisRegistry {
                     .arg(edge.as_str()),
             )
             .await?;
+        // A new epoch means the registry lost its state (or this edge never wrote under it):
+        // the edge writes its whole interest again even when its own liveness key survived.
+        let synced = inner.synced.lock().get(edge).cloned();
+        let epoch = inner.current_epoch(synced.is_some()).await?;
+        let current = synced.as_ref() == Some(&epoch.id);
         // Edges notice dead peers too: whoever notices first cleans up.
         if let Err(e) = inner.ensure_live(false).await {
             tracing::debug!(error = %e, "live-edge refresh failed");
         }
-        Ok(if state == 1 {
+        Ok(if state == 1 && current {
             Liveness::Renewed
         } else {
             Liveness::Registered
@@ -581,12 +736,25 @@ impl Registry for RedisRegistry {
 
     async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError> {
         let inner = &self.inner;
+        // The epoch is read first: a loss during the writes makes a new one, which this
+        // confirmation does not name, so the next heartbeat resyncs again.
+        let had = inner.synced.lock().contains_key(edge);
+        let epoch = inner.current_epoch(had).await?;
         let old = inner.index_members(edge.as_str()).await?;
         let now: HashSet<String> = keys.iter().map(Keys::member).collect();
         let removes: Vec<String> = old.difference(&now).cloned().collect();
         let adds: Vec<String> = now.into_iter().collect();
         inner.write(edge, &adds, &removes).await?;
-        tracing::info!(edge = %edge, keys = adds.len(), stale = removes.len(), "interest re-registered");
+        inner
+            .query::<()>(
+                redis::cmd("HSET")
+                    .arg(inner.keys.synced())
+                    .arg(edge.as_str())
+                    .arg(&epoch.id),
+            )
+            .await?;
+        inner.synced.lock().insert(edge.clone(), epoch.id.clone());
+        tracing::info!(edge = %edge, keys = adds.len(), stale = removes.len(), epoch = %epoch.id, "interest re-registered");
         Ok(())
     }
 
@@ -607,6 +775,54 @@ impl Registry for RedisRegistry {
             .into_iter()
             .filter(|e| inner.alive_now(e) == Some(true))
             .collect())
+    }
+
+    async fn resolve(&self, key: &InterestKey) -> Result<Route, RegistryError> {
+        let inner = &self.inner;
+        // One round trip: the epoch beside the key's edges (pipelined; on a cluster, sent to
+        // both nodes at once).
+        let mut replies = inner
+            .phase(vec![
+                redis::cmd("GET").arg(inner.keys.epoch()).clone(),
+                redis::cmd("SMEMBERS")
+                    .arg(inner.keys.interest(&Keys::member(key)))
+                    .clone(),
+            ])
+            .await?
+            .into_iter();
+        let epoch: Option<String> = replies
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .flatten();
+        let names: Vec<String> = replies
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_default();
+        let candidates: Vec<EdgeId> = names.iter().filter_map(|n| EdgeId::new(n).ok()).collect();
+        let whole = |inner: &Inner| {
+            let w = inner.wholeness.read();
+            match (&epoch, &w.whole_under) {
+                (Some(now), Some(then)) if now == then => None,
+                (None, _) => Some("the registry has no epoch (flushed or restarted)".to_string()),
+                (Some(_), None) => Some(w.why.clone()),
+                (Some(_), Some(_)) => Some("the registry's epoch changed".to_string()),
+            }
+        };
+        let unknown = candidates.iter().any(|e| inner.alive_now(e) != Some(true));
+        // Judged whole under another epoch than the one just read: judge again now. Once
+        // judged incomplete, what is known is refreshed every INCOMPLETE_FRESH.
+        let changed = whole(inner).is_some() && inner.wholeness.read().whole_under.is_some();
+        inner.ensure_live(unknown || changed).await?;
+        if let Some(why) = whole(inner) {
+            return Ok(Route::Incomplete(why));
+        }
+        // Never an edge whose liveness is known to have run out.
+        Ok(Route::Edges(
+            candidates
+                .into_iter()
+                .filter(|e| inner.alive_now(e) == Some(true))
+                .collect(),
+        ))
     }
 
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {

@@ -51,6 +51,17 @@ pub enum Liveness {
     Fenced,
 }
 
+/// How a target resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The registry is whole: exactly these live edges hold the key.
+    Edges(Vec<EdgeId>),
+    /// The registry may be missing entries (it was flushed or restarted and the edges have not
+    /// all written their interest again): the target must go to every edge that may hold it,
+    /// the project's broadcast path, until the registry is whole again. The text says why.
+    Incomplete(String),
+}
+
 /// Where interest lies in the cluster.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
@@ -67,8 +78,14 @@ pub trait Registry: Send + Sync + 'static {
     async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError>;
     /// Forgets an edge that is shutting down, with its entries, at once rather than at expiry.
     async fn deregister(&self, edge: &EdgeId) -> Result<(), RegistryError>;
-    /// The live edges holding interest in `key`.
+    /// The live edges holding interest in `key`, as the registry holds them now (whole or not).
     async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError>;
+    /// How a target resolves: [`Route::Edges`] when the registry is known whole,
+    /// [`Route::Incomplete`] while it is being rebuilt. A registry that cannot lose its state
+    /// (the in-process one) is always whole.
+    async fn resolve(&self, key: &InterestKey) -> Result<Route, RegistryError> {
+        self.edges_for(key).await.map(Route::Edges)
+    }
     /// Every live edge.
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError>;
     /// Why the registry's backend is degraded (unreachable, failing), or `None` when it is fine.

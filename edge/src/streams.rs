@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use herald_core::history::{History, Position, StreamKey, StreamTarget};
 use herald_core::ids::{GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
+use herald_core::registry::InterestKey;
 use parking_lot::Mutex;
 use prost::Message as _;
 
@@ -78,6 +79,11 @@ impl Streams {
             return;
         };
         let mut cursors = self.cursors.lock();
+        if !cursors.contains_key(&key) && !self.held_here(&key) {
+            // Sent to every edge while the registry was being rebuilt, and nobody here wants
+            // it: no cursor (and no position checks) for a stream this edge does not serve.
+            return;
+        }
         let c = cursors.entry(key.clone()).or_insert_with(|| Cursor {
             epoch: env.epoch,
             offset: env.seq - 1,
@@ -109,6 +115,16 @@ impl Streams {
             drop(cursors);
             tokio::spawn(self.clone().repair(key, from));
         }
+    }
+
+    /// Whether a local connection is a recipient of the stream.
+    fn held_here(&self, key: &StreamKey) -> bool {
+        let interest = match &key.target {
+            StreamTarget::Broadcast => return true,
+            StreamTarget::Group(g) => InterestKey::Group(key.project.clone(), g.clone()),
+            StreamTarget::User(u) => InterestKey::User(key.project.clone(), u.clone()),
+        };
+        self.hub.holds(&interest)
     }
 
     /// Reads the stream after `from` from history and passes on what follows the cursor, then

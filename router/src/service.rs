@@ -14,7 +14,7 @@ use herald_core::bus::{
     Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho, ListOf,
 };
 use herald_core::history::{History, StreamKey, StreamTarget};
-use herald_core::ids::{ConnectionId, GroupId, ProjectId, UserId};
+use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
 use herald_core::proto::v1::herald_server::Herald;
 use herald_core::proto::v1::{
@@ -23,7 +23,7 @@ use herald_core::proto::v1::{
     PublishStreamReply, PublishStreamRequest, Resolution, disconnect_request,
     list_connections_request, target,
 };
-use herald_core::registry::{InterestKey, Registry};
+use herald_core::registry::{InterestKey, Registry, Route};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -33,6 +33,14 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::RouterConfig;
 use crate::error::ApiError;
 use crate::keys::{ApiKeys, Scope};
+
+/// How a message was handed on.
+struct Handed {
+    /// Edges it was handed to (for the broadcast path: the edges listening, 0 when unknown).
+    edges: u32,
+    /// Sent by the project's broadcast path because the registry was not whole.
+    fallback: bool,
+}
 
 /// Most acks sent in one stream reply.
 const MAX_ACK_BATCH: usize = 256;
@@ -226,11 +234,11 @@ impl RouterService {
                 }
                 self.hand_off(&project, key.as_ref(), &envelope)
                     .await
-                    .map(|edges| (edges, position))
+                    .map(|handed| (handed, position))
             }
             Err(e) => Err(e.into()),
         };
-        let (edges, position) = match handed {
+        let (Handed { edges, fallback }, position) = match handed {
             Ok(edges) => edges,
             Err(e) => {
                 if !req.idempotency_key.is_empty() {
@@ -243,62 +251,102 @@ impl RouterService {
                 return Err(e);
             }
         };
-        let resolution = if edges == 0 && key.is_some() {
+        let resolution = if edges == 0 && key.is_some() && !fallback {
             Resolution::NoRecipients
         } else {
             Resolution::Delivered
         };
-        metrics::counter!("herald_router_publishes_total", "resolution" => if edges == 0 { "no_recipients" } else { "delivered" })
+        metrics::counter!("herald_router_publishes_total", "resolution" => if resolution == Resolution::NoRecipients { "no_recipients" } else { "delivered" })
             .increment(1);
         Ok(PublishReply {
             message_id,
             resolution: resolution as i32,
             edges,
+            fallback,
             offset: position.map_or(0, |p| p.offset),
             epoch: position.map_or(0, |p| p.epoch),
         })
     }
 
-    /// Resolves the target and hands the envelope to every edge that must receive it; returns
-    /// the number of edges.
+    /// Sends an envelope by the project's broadcast path: every edge receives it and delivers it
+    /// to its local recipients of the envelope's own target. Returns the edges listening (0 when
+    /// the registry cannot say).
+    async fn to_every_edge(&self, project: &ProjectId, envelope: &Envelope) -> Result<u32, ApiError> {
+        let inner = &self.inner;
+        inner
+            .bus
+            .publish(Destination::Broadcast(project), envelope)
+            .await?;
+        if inner.registry.degraded().is_some() {
+            return Ok(0);
+        }
+        match inner.registry.live_edges().await {
+            Ok(edges) => Ok(edges.len() as u32),
+            Err(e) => {
+                tracing::debug!(error = %e, "sent to every edge; live edges unknown");
+                Ok(0)
+            }
+        }
+    }
+
+    /// Resolves the target and hands the envelope to every edge that must receive it.
+    ///
+    /// While the registry is incomplete (rebuilt after a flush or a restart) or unreachable, a
+    /// group or user target goes by the project's broadcast path instead, so that every edge
+    /// that may hold it gets it: never a recipient missed for a registry that is not whole.
     async fn hand_off(
         &self,
         project: &ProjectId,
         key: Option<&InterestKey>,
         envelope: &Envelope,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<Handed, ApiError> {
         let inner = &self.inner;
         match key {
             None => {
-                inner
-                    .bus
-                    .publish(Destination::Broadcast(project), envelope)
-                    .await?;
                 // A broadcast needs no lookup: it is delivered even while the registry is
                 // unreachable; only the count of edges is then unknown (0).
-                match inner.registry.live_edges().await {
-                    Ok(edges) => Ok(edges.len() as u32),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "broadcast sent; live edges unknown");
-                        Ok(0)
-                    }
-                }
+                let edges = self.to_every_edge(project, envelope).await?;
+                Ok(Handed {
+                    edges,
+                    fallback: false,
+                })
             }
             Some(key) => {
-                let edges = inner.registry.edges_for(key).await?;
-                let mut sent = 0;
-                for edge in &edges {
-                    match inner.bus.publish(Destination::Edge(edge), envelope).await {
-                        Ok(()) => sent += 1,
-                        Err(BusError::UnknownEdge(e)) => {
-                            tracing::debug!(edge = %e, "registry named an edge the bus does not know");
-                        }
-                        Err(e) => return Err(e.into()),
+                let why = match inner.registry.resolve(key).await {
+                    Ok(Route::Edges(edges)) => {
+                        return self.to_edges(&edges, envelope).await.map(|edges| Handed {
+                            edges,
+                            fallback: false,
+                        });
                     }
-                }
-                Ok(sent)
+                    Ok(Route::Incomplete(why)) => ("incomplete", why),
+                    Err(e) => ("unreachable", e.to_string()),
+                };
+                metrics::counter!("herald_router_fallback_publishes_total", "registry" => why.0)
+                    .increment(1);
+                tracing::debug!(registry = why.0, why = %why.1, "target sent to every edge of the project");
+                let edges = self.to_every_edge(project, envelope).await?;
+                Ok(Handed {
+                    edges,
+                    fallback: true,
+                })
             }
         }
+    }
+
+    /// Hands the envelope to each of `edges`; returns how many took it.
+    async fn to_edges(&self, edges: &[EdgeId], envelope: &Envelope) -> Result<u32, ApiError> {
+        let mut sent = 0;
+        for edge in edges {
+            match self.inner.bus.publish(Destination::Edge(edge), envelope).await {
+                Ok(()) => sent += 1,
+                Err(BusError::UnknownEdge(e)) => {
+                    tracing::debug!(edge = %e, "registry named an edge the bus does not know");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sent)
     }
 
     /// Publishes one message of a stream; its outcome, error included, is its ack.
@@ -551,7 +599,6 @@ mod tests {
     use async_trait::async_trait;
     use herald_core::bus::{EdgeHandler, MemoryBus};
     use herald_core::history::MemoryHistory;
-    use herald_core::ids::EdgeId;
     use herald_core::projects::ProjectConfig;
     use herald_core::proto::v1::{Broadcast, ConnectionInfo, Target};
     use herald_core::registry::{InterestChange, Liveness, MemoryRegistry, RegistryError};
@@ -904,12 +951,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_registry_outage_is_unavailable_but_broadcasts_go_on() {
+    async fn a_registry_outage_sends_targets_to_every_edge() {
         let bus = Arc::new(MemoryBus::new());
         let e1 = Arc::new(Edge::default());
         bus.attach(edge("e1"), e1.clone()).await.expect("attach");
         let svc = service(Arc::new(Down), bus);
-        let (code, message) = refused(&svc, Some(ALPHA), publish("alpha", group("g"), "1")).await;
+        // A group target goes by the project's broadcast path, still a group message.
+        let r = svc
+            .publish(req(Some(ALPHA), publish("alpha", group("g"), "1")))
+            .await
+            .expect("delivered by the broadcast path")
+            .into_inner();
+        assert_eq!(
+            (r.resolution(), r.edges, r.fallback),
+            (Resolution::Delivered, 0, true)
+        );
+        {
+            let got = e1.got.lock().expect("lock");
+            assert_eq!(got.len(), 1);
+            assert_eq!((got[0].kind(), got[0].name.as_str()), (TargetKind::Group, "g"));
+        }
+        // An idempotency key needs the registry: refused, never delivered twice.
+        let mut keyed = publish("alpha", group("g"), "2");
+        keyed.idempotency_key = "k1".into();
+        let (code, message) = refused(&svc, Some(ALPHA), keyed).await;
         assert_eq!(
             (code, message.as_str()),
             (Code::Unavailable, "registry unavailable: down")
@@ -917,18 +982,102 @@ mod tests {
         let r = svc
             .publish(req(
                 Some(ALPHA),
-                publish("alpha", target::Kind::Broadcast(Broadcast {}), "2"),
+                publish("alpha", target::Kind::Broadcast(Broadcast {}), "3"),
             ))
             .await
             .expect("a broadcast needs no registry")
             .into_inner();
-        assert_eq!((r.resolution, r.edges), (Resolution::Delivered as i32, 0));
-        assert_eq!(e1.got.lock().expect("lock").len(), 1);
+        assert_eq!(
+            (r.resolution(), r.edges, r.fallback),
+            (Resolution::Delivered, 0, false)
+        );
+        assert_eq!(e1.got.lock().expect("lock").len(), 2);
         let s = svc
             .count_connections(req(Some(ALPHA), CountConnectionsRequest::default()))
             .await
             .expect_err("no live edges");
         assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    /// A registry that says it is being rebuilt.
+    struct Rebuilding(Arc<MemoryRegistry>);
+
+    #[async_trait::async_trait]
+    impl Registry for Rebuilding {
+        async fn heartbeat(&self, e: &EdgeId) -> Result<Liveness, RegistryError> {
+            self.0.heartbeat(e).await
+        }
+        async fn update(&self, e: &EdgeId, c: &[InterestChange]) -> Result<(), RegistryError> {
+            self.0.update(e, c).await
+        }
+        async fn resync(&self, e: &EdgeId, k: &[InterestKey]) -> Result<(), RegistryError> {
+            self.0.resync(e, k).await
+        }
+        async fn deregister(&self, e: &EdgeId) -> Result<(), RegistryError> {
+            self.0.deregister(e).await
+        }
+        async fn edges_for(&self, k: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+            self.0.edges_for(k).await
+        }
+        async fn resolve(&self, _: &InterestKey) -> Result<Route, RegistryError> {
+            Ok(Route::Incomplete("rebuilding".into()))
+        }
+        async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+            self.0.live_edges().await
+        }
+        async fn claim_idempotency_key(
+            &self,
+            p: &ProjectId,
+            k: &str,
+            w: Duration,
+        ) -> Result<bool, RegistryError> {
+            self.0.claim_idempotency_key(p, k, w).await
+        }
+        async fn release_idempotency_key(&self, p: &ProjectId, k: &str) -> Result<(), RegistryError> {
+            self.0.release_idempotency_key(p, k).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_registry_sends_targets_to_every_edge_and_says_so() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(MemoryBus::new());
+        let edges = [Arc::new(Edge::default()), Arc::new(Edge::default())];
+        for (name, handler) in ["e1", "e2"].iter().zip(&edges) {
+            registry.heartbeat(&edge(name)).await.expect("heartbeat");
+            bus.attach(edge(name), handler.clone()).await.expect("attach");
+        }
+        // Only e1 holds alice, but the registry cannot vouch for that: both edges get it.
+        registry
+            .update(
+                &edge("e1"),
+                &[InterestChange::Add(InterestKey::User(
+                    ProjectId::new("alpha").expect("valid"),
+                    "alice".parse().expect("valid"),
+                ))],
+            )
+            .await
+            .expect("update");
+        let svc = service(Arc::new(Rebuilding(registry)), bus);
+        for target in [
+            target::Kind::User("alice".into()),
+            target::Kind::User("nobody".into()),
+        ] {
+            let r = svc
+                .publish(req(Some(ALPHA), publish("alpha", target, "1")))
+                .await
+                .expect("delivered")
+                .into_inner();
+            assert_eq!(
+                (r.resolution(), r.edges, r.fallback),
+                (Resolution::Delivered, 2, true)
+            );
+        }
+        for e in &edges {
+            let got = e.got.lock().expect("lock");
+            assert_eq!(got.len(), 2);
+            assert!(got.iter().all(|m| m.kind() == TargetKind::User));
+        }
     }
 
     #[tokio::test]

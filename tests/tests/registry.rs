@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use herald_cluster::{RedisConfig, RedisRegistry};
 use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
-use herald_core::registry::{InterestChange, InterestKey, Liveness, MemoryRegistry, Registry};
+use herald_core::registry::{
+    InterestChange, InterestKey, Liveness, MemoryRegistry, Registry, Route,
+};
 use herald_tests::cluster::{Backends, server_bin};
 use herald_tests::{WAIT, eventually, eventually_eq};
 
@@ -122,9 +124,10 @@ async fn conformance(r: &dyn Registry, other: &dyn Registry) {
     .await;
     assert!(again >= w, "claimable again after {again:?}, within {w:?}");
 
-    // An edge registers once, then renews.
+    // An edge registers, writes its whole interest, then renews.
     assert!(live(r).await.is_empty());
     assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Registered);
+    r.resync(&e1, &[]).await.expect("resync");
     assert_eq!(r.heartbeat(&e1).await.expect("hb"), Liveness::Renewed);
     assert_eq!(
         other.heartbeat(&e2).await.expect("hb"),
@@ -298,6 +301,103 @@ async fn redis_liveness(b: &Backends) {
     r.forget_live_edges();
     assert_eq!(sorted(&r, &alice).await, vec![e1.clone(), e2.clone()]);
     assert!(r.degraded().is_none());
+}
+
+/// `FLUSHALL` on every node of `b`.
+async fn flushall(b: &Backends) {
+    for r in &b.redis {
+        let out = tokio::process::Command::new(server_bin("redis-cli"))
+            .args(["-p", &r.port.to_string(), "FLUSHALL"])
+            .output()
+            .await
+            .expect("redis-cli");
+        assert!(out.status.success(), "FLUSHALL: {out:?}");
+    }
+}
+
+/// An edge's heartbeat and, when it is told to, the rewrite of its whole interest.
+async fn beat(r: &RedisRegistry, e: &EdgeId, keys: &[InterestKey]) -> Liveness {
+    let l = r.heartbeat(e).await.expect("hb");
+    if l == Liveness::Registered {
+        r.resync(e, keys).await.expect("resync");
+    }
+    l
+}
+
+/// The registry knows when it is not whole: from a flush until every live edge has written its
+/// interest again and, after a loss, one edge TTL has passed; targets then resolve to
+/// `Route::Incomplete`, never to a half-rebuilt set of edges.
+#[tokio::test]
+async fn the_redis_registry_says_when_it_is_not_whole() {
+    let b = Backends::start_with(false, 0).await;
+    let ttl = Duration::from_secs(4);
+    let (edge1, edge2, router) = (registry(&b, ttl), registry(&b, ttl), registry(&b, ttl));
+    let (e1, e2) = (edge("e1"), edge("e2"));
+    let alice = user("a", "alice");
+    let whole = Route::Edges(vec![e1.clone()]);
+    let resolve = async || router.resolve(&alice).await.expect("resolve");
+
+    // A fresh registry is whole once its edges have written their interest: no wait.
+    assert_eq!(beat(&edge1, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    assert_eq!(beat(&edge2, &e2, &[]).await, Liveness::Registered);
+    eventually_eq(WAIT, whole.clone(), async || {
+        beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
+        beat(&edge2, &e2, &[]).await;
+        resolve().await
+    })
+    .await;
+    assert_eq!(beat(&edge1, &e1, &[]).await, Liveness::Renewed);
+
+    // Flushed: incomplete at once, and still within a TTL of the loss even with every edge
+    // written again; whole after it.
+    let flushed = Instant::now();
+    flushall(&b).await;
+    assert!(matches!(resolve().await, Route::Incomplete(_)));
+    assert_eq!(beat(&edge1, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    assert_eq!(beat(&edge2, &e2, &[]).await, Liveness::Registered);
+    let got = resolve().await;
+    if flushed.elapsed() < ttl {
+        assert!(matches!(got, Route::Incomplete(_)), "{got:?}");
+    }
+    eventually_eq(WAIT, whole.clone(), async || {
+        beat(&edge1, &e1, &[alice.clone()]).await;
+        beat(&edge2, &e2, &[]).await;
+        resolve().await
+    })
+    .await;
+
+    // An edge alive but not yet written again keeps it incomplete past the TTL.
+    flushall(&b).await;
+    beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
+    assert_eq!(edge2.heartbeat(&e2).await.expect("hb"), Liveness::Registered);
+    tokio::time::sleep(ttl).await;
+    edge2.heartbeat(&e2).await.expect("hb");
+    beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
+    router.forget_live_edges();
+    let got = resolve().await;
+    assert!(matches!(got, Route::Incomplete(_)), "{got:?}");
+    edge2.resync(&e2, &[]).await.expect("resync");
+    router.forget_live_edges();
+    assert_eq!(resolve().await, whole);
+
+    // A restarted edge that knows nothing of earlier epochs creates the next one: the router,
+    // which saw the earlier one, still waits a TTL.
+    let flushed = Instant::now();
+    flushall(&b).await;
+    let restarted = registry(&b, ttl);
+    assert_eq!(beat(&restarted, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    beat(&edge2, &e2, &[]).await;
+    router.forget_live_edges();
+    let got = resolve().await;
+    if flushed.elapsed() < ttl {
+        assert!(matches!(got, Route::Incomplete(_)), "{got:?}");
+    }
+    eventually_eq(WAIT, whole, async || {
+        beat(&restarted, &e1, std::slice::from_ref(&alice)).await;
+        beat(&edge2, &e2, &[]).await;
+        resolve().await
+    })
+    .await;
 }
 
 #[tokio::test]
