@@ -185,7 +185,12 @@ impl Epoch {
     }
 
     fn fresh(after_loss: bool) -> String {
-        format!("{:016x}:{}:{}", rand::random::<u64>(), unix_ms(), u8::from(after_loss))
+        format!(
+            "{:016x}:{}:{}",
+            rand::random::<u64>(),
+            unix_ms(),
+            u8::from(after_loss)
+        )
     }
 }
 
@@ -543,7 +548,11 @@ impl Inner {
     /// edge that had written its interest under an earlier epoch.
     async fn current_epoch(&self, after_loss: bool) -> Result<Epoch, RegistryError> {
         let raw: String = self
-            .script(&self.epoch, &[&self.keys.epoch()], &[Epoch::fresh(after_loss)])
+            .script(
+                &self.epoch,
+                &[&self.keys.epoch()],
+                &[Epoch::fresh(after_loss)],
+            )
             .await?;
         Epoch::parse(&raw).ok_or_else(|| self.failed(format!("unreadable registry epoch {raw:?}")))
     }
@@ -636,8 +645,12 @@ impl Inner {
             .await?;
         self.query::<()>(redis::cmd("SREM").arg(self.keys.edges()).arg(edge.as_str()))
             .await?;
-        self.query::<()>(redis::cmd("HDEL").arg(self.keys.synced()).arg(edge.as_str()))
-            .await?;
+        self.query::<()>(
+            redis::cmd("HDEL")
+                .arg(self.keys.synced())
+                .arg(edge.as_str()),
+        )
+        .await?;
         self.query::<()>(redis::cmd("DEL").arg(&reaping)).await?;
         self.live.write().until.remove(edge);
         metrics::counter!("herald_registry_edges_reaped_total").increment(1);
@@ -779,25 +792,26 @@ impl Registry for RedisRegistry {
 
     async fn resolve(&self, key: &InterestKey) -> Result<Route, RegistryError> {
         let inner = &self.inner;
-        // One round trip: the epoch beside the key's edges (pipelined; on a cluster, sent to
-        // both nodes at once).
+        // One round trip: the key's edges, then the epoch (pipelined in this order, so a flush
+        // between the two reads shows as a missing epoch; on a cluster, sent to both nodes at
+        // once).
         let mut replies = inner
             .phase(vec![
-                redis::cmd("GET").arg(inner.keys.epoch()).clone(),
                 redis::cmd("SMEMBERS")
                     .arg(inner.keys.interest(&Keys::member(key)))
                     .clone(),
+                redis::cmd("GET").arg(inner.keys.epoch()).clone(),
             ])
             .await?
             .into_iter();
-        let epoch: Option<String> = replies
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .flatten();
         let names: Vec<String> = replies
             .next()
             .and_then(|v| redis::from_redis_value(v).ok())
             .unwrap_or_default();
+        let epoch: Option<String> = replies
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .flatten();
         let candidates: Vec<EdgeId> = names.iter().filter_map(|n| EdgeId::new(n).ok()).collect();
         let whole = |inner: &Inner| {
             let w = inner.wholeness.read();

@@ -43,8 +43,9 @@ pub enum RegistryError {
 pub enum Liveness {
     /// The edge was alive and stays so.
     Renewed,
-    /// The edge was not known alive (first start, expired, or the registry lost its state): it
-    /// is alive now, and must write its whole interest again ([`Registry::resync`]).
+    /// The edge was not known alive (first start, expired, or the registry lost its state), or
+    /// has not written its interest since the registry began anew: it is alive now, and must
+    /// write its whole interest again ([`Registry::resync`]).
     Registered,
     /// The edge was declared dead and its entries are being removed; it may not register until
     /// that is done. Try again shortly, then resync.

@@ -271,7 +271,11 @@ impl RouterService {
     /// Sends an envelope by the project's broadcast path: every edge receives it and delivers it
     /// to its local recipients of the envelope's own target. Returns the edges listening (0 when
     /// the registry cannot say).
-    async fn to_every_edge(&self, project: &ProjectId, envelope: &Envelope) -> Result<u32, ApiError> {
+    async fn to_every_edge(
+        &self,
+        project: &ProjectId,
+        envelope: &Envelope,
+    ) -> Result<u32, ApiError> {
         let inner = &self.inner;
         inner
             .bus
@@ -338,7 +342,12 @@ impl RouterService {
     async fn to_edges(&self, edges: &[EdgeId], envelope: &Envelope) -> Result<u32, ApiError> {
         let mut sent = 0;
         for edge in edges {
-            match self.inner.bus.publish(Destination::Edge(edge), envelope).await {
+            match self
+                .inner
+                .bus
+                .publish(Destination::Edge(edge), envelope)
+                .await
+            {
                 Ok(()) => sent += 1,
                 Err(BusError::UnknownEdge(e)) => {
                     tracing::debug!(edge = %e, "registry named an edge the bus does not know");
@@ -969,7 +978,10 @@ mod tests {
         {
             let got = e1.got.lock().expect("lock");
             assert_eq!(got.len(), 1);
-            assert_eq!((got[0].kind(), got[0].name.as_str()), (TargetKind::Group, "g"));
+            assert_eq!(
+                (got[0].kind(), got[0].name.as_str()),
+                (TargetKind::Group, "g")
+            );
         }
         // An idempotency key needs the registry: refused, never delivered twice.
         let mut keyed = publish("alpha", group("g"), "2");
@@ -1033,7 +1045,11 @@ mod tests {
         ) -> Result<bool, RegistryError> {
             self.0.claim_idempotency_key(p, k, w).await
         }
-        async fn release_idempotency_key(&self, p: &ProjectId, k: &str) -> Result<(), RegistryError> {
+        async fn release_idempotency_key(
+            &self,
+            p: &ProjectId,
+            k: &str,
+        ) -> Result<(), RegistryError> {
             self.0.release_idempotency_key(p, k).await
         }
     }
@@ -1045,7 +1061,9 @@ mod tests {
         let edges = [Arc::new(Edge::default()), Arc::new(Edge::default())];
         for (name, handler) in ["e1", "e2"].iter().zip(&edges) {
             registry.heartbeat(&edge(name)).await.expect("heartbeat");
-            bus.attach(edge(name), handler.clone()).await.expect("attach");
+            bus.attach(edge(name), handler.clone())
+                .await
+                .expect("attach");
         }
         // Only e1 holds alice, but the registry cannot vouch for that: both edges get it.
         registry

@@ -7,7 +7,7 @@ use herald_core::proto::v1::{
     DisconnectRequest, ListConnectionsRequest, PublishRequest, Resolution, disconnect_request,
     list_connections_request,
 };
-use herald_tests::cluster::Backends;
+use herald_tests::cluster::{Backends, server_bin};
 use herald_tests::*;
 use serde_json::{Value, json};
 
@@ -40,14 +40,15 @@ fn list_user(project: &str, user: &str) -> ListConnectionsRequest {
     }
 }
 
-/// Publishes until a publish reaches `edges` edges (the registry converges in the background),
-/// then returns its reply.
+/// Publishes until a publish is resolved by the registry (not sent to every edge while it
+/// is rebuilt) to `edges` edges (the registry converges in the background).
 async fn publish_until(grpc: &mut Grpc, req: PublishRequest, edges: u32, within: Duration) {
     let until = Instant::now() + within;
     loop {
         let r = grpc.publish(req.clone()).await;
         if let Ok(r) = &r
             && r.get_ref().edges == edges
+            && !r.get_ref().fallback
         {
             return;
         }
@@ -337,10 +338,30 @@ async fn edges_re_register_after_redis_restarts_empty() {
         }
     })
     .await;
-    // Existing clients keep being served: a broadcast needs no registry lookup.
+    // Existing clients keep being served: a broadcast needs no registry lookup, and group and
+    // user targets go to every edge, each delivering to its own recipients.
     send(&mut g2, publish("alpha", To::Broadcast, "\"down\"")).await;
     assert_eq!(next_data(&mut alice).await, json!("down"));
     assert_eq!(next_data(&mut bob).await, json!("down"));
+    let r = send(&mut g2, publish("alpha", To::Group("news"), "\"group\"")).await;
+    assert!(
+        r.fallback && r.resolution() == Resolution::Delivered,
+        "{r:?}"
+    );
+    let r = send(&mut g2, publish("alpha", To::User("alice"), "\"user\"")).await;
+    assert!(
+        r.fallback && r.resolution() == Resolution::Delivered,
+        "{r:?}"
+    );
+    assert_eq!(next_data(&mut alice).await, json!("group"));
+    assert_eq!(next_data(&mut alice).await, json!("user"));
+    assert_eq!(next_data(&mut bob).await, json!("group"));
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert!(
+        n2.metric(r#"herald_router_fallback_publishes_total{registry="unreachable"}"#)
+            .await
+            >= 2.0
+    );
     b.redis[0].restart().await.expect("redis-server restarts");
 
     // No client reconnects: the edges write their whole interest again.
@@ -414,4 +435,75 @@ fn signal(pid: u32, sig: &str) {
         .expect("kill")
         .success();
     assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Plain (not recoverable) targets through a registry flush: the router sees at once that the
+/// registry is not whole and sends group and user messages to every edge until the edges have
+/// written their interest again, so nothing is lost although no history keeps them.
+#[tokio::test]
+async fn a_registry_flushed_mid_stream_loses_nothing_of_plain_targets() {
+    const N: u64 = 300;
+    let b = Backends::start().await;
+    let (n1, n2) = (node(&b, "all", "e1").await, node(&b, "all", "e2").await);
+    let mut alice = n1
+        .connect("alpha", &with_groups("alpha", "alice", &["news"]))
+        .await;
+    let mut bob = n2
+        .connect("alpha", &with_groups("alpha", "bob", &["news"]))
+        .await;
+    let mut carol = n2
+        .connect("alpha", &with_groups("alpha", "carol", &[]))
+        .await;
+    let mut g = n1.grpc(Some(ALPHA_KEY)).await;
+    publish_until(&mut g, publish("alpha", To::Group("news"), "0"), 2, WAIT).await;
+    // Numbered group messages, and the same numbers to carol's user stream.
+    let publisher = {
+        let mut g = n1.grpc(Some(ALPHA_KEY)).await;
+        tokio::spawn(async move {
+            let mut fallback = 0;
+            for n in 1..=N {
+                for to in [To::Group("news"), To::User("carol")] {
+                    let r = send(&mut g, publish("alpha", to, &n.to_string())).await;
+                    assert_eq!(r.resolution(), Resolution::Delivered, "{n}: {r:?}");
+                    fallback += u32::from(r.fallback);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            fallback
+        })
+    };
+    let numbers = async |c: &mut Client| {
+        let mut got = Vec::new();
+        while got.last() != Some(&N) {
+            if let Some(n) = next_data(c).await.as_u64().filter(|n| *n > 0) {
+                got.push(n);
+            }
+        }
+        got
+    };
+    let mut first = Vec::new();
+    while first.len() < 30 {
+        if let Some(n) = next_data(&mut alice).await.as_u64().filter(|n| *n > 0) {
+            first.push(n);
+        }
+    }
+    let out = tokio::process::Command::new(server_bin("redis-cli"))
+        .args(["-u", &b.redis_urls()[0], "FLUSHALL"])
+        .output()
+        .await
+        .expect("redis-cli");
+    assert!(out.status.success(), "FLUSHALL: {out:?}");
+    first.extend(numbers(&mut alice).await);
+    let all: Vec<u64> = (1..=N).collect();
+    assert_eq!(first, all, "alice (e1): 0 missing, 0 duplicates");
+    assert_eq!(numbers(&mut bob).await, all, "bob (e2)");
+    assert_eq!(numbers(&mut carol).await, all, "carol (e2, user)");
+    let fallback = publisher.await.expect("publisher");
+    assert!(fallback > 0, "no publish went by the broadcast path");
+    eprintln!(
+        "registry flushed: {fallback} of {} publishes sent to every edge, 0 lost",
+        2 * N
+    );
+    // Whole again: targets resolve to the edges holding them.
+    publish_until(&mut g, publish("alpha", To::User("carol"), "0"), 1, WAIT).await;
 }

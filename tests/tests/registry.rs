@@ -338,7 +338,10 @@ async fn the_redis_registry_says_when_it_is_not_whole() {
     let resolve = async || router.resolve(&alice).await.expect("resolve");
 
     // A fresh registry is whole once its edges have written their interest: no wait.
-    assert_eq!(beat(&edge1, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    assert_eq!(
+        beat(&edge1, &e1, std::slice::from_ref(&alice)).await,
+        Liveness::Registered
+    );
     assert_eq!(beat(&edge2, &e2, &[]).await, Liveness::Registered);
     eventually_eq(WAIT, whole.clone(), async || {
         beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
@@ -353,14 +356,17 @@ async fn the_redis_registry_says_when_it_is_not_whole() {
     let flushed = Instant::now();
     flushall(&b).await;
     assert!(matches!(resolve().await, Route::Incomplete(_)));
-    assert_eq!(beat(&edge1, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    assert_eq!(
+        beat(&edge1, &e1, std::slice::from_ref(&alice)).await,
+        Liveness::Registered
+    );
     assert_eq!(beat(&edge2, &e2, &[]).await, Liveness::Registered);
     let got = resolve().await;
     if flushed.elapsed() < ttl {
         assert!(matches!(got, Route::Incomplete(_)), "{got:?}");
     }
     eventually_eq(WAIT, whole.clone(), async || {
-        beat(&edge1, &e1, &[alice.clone()]).await;
+        beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
         beat(&edge2, &e2, &[]).await;
         resolve().await
     })
@@ -369,7 +375,10 @@ async fn the_redis_registry_says_when_it_is_not_whole() {
     // An edge alive but not yet written again keeps it incomplete past the TTL.
     flushall(&b).await;
     beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
-    assert_eq!(edge2.heartbeat(&e2).await.expect("hb"), Liveness::Registered);
+    assert_eq!(
+        edge2.heartbeat(&e2).await.expect("hb"),
+        Liveness::Registered
+    );
     tokio::time::sleep(ttl).await;
     edge2.heartbeat(&e2).await.expect("hb");
     beat(&edge1, &e1, std::slice::from_ref(&alice)).await;
@@ -385,7 +394,10 @@ async fn the_redis_registry_says_when_it_is_not_whole() {
     let flushed = Instant::now();
     flushall(&b).await;
     let restarted = registry(&b, ttl);
-    assert_eq!(beat(&restarted, &e1, std::slice::from_ref(&alice)).await, Liveness::Registered);
+    assert_eq!(
+        beat(&restarted, &e1, std::slice::from_ref(&alice)).await,
+        Liveness::Registered
+    );
     beat(&edge2, &e2, &[]).await;
     router.forget_live_edges();
     let got = resolve().await;
