@@ -5,8 +5,10 @@
 //! on). A message that jumps ahead (one lost between router and edge, a NATS reconnect, two
 //! routers racing) is held while the missing range is read from history; a message at or below
 //! the cursor is a duplicate and dropped. Every `edge.history_check_secs` the edge asks history
-//! for the positions of its streams, so a lost *last* message is found too. Cursors of streams
-//! no longer seen for an hour are forgotten.
+//! for the positions of its streams, so a lost *last* message is found too. A new epoch (the
+//! stream's storage was lost, offsets start again at 1), seen on a message or in a position, is
+//! followed from its start: what of it never came here is read from history too. Cursors of
+//! streams no longer seen for an hour are forgotten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -93,10 +95,11 @@ impl Streams {
         });
         c.seen = Instant::now();
         if c.epoch != env.epoch {
-            // The stream's storage was lost and started over: follow the new epoch.
-            c.epoch = env.epoch;
-            c.offset = env.seq - 1;
-            c.held.clear();
+            // The stream's storage was lost and started over at offset 1: the old epoch's held
+            // messages go on over their gap (they were stored and acknowledged), then the new
+            // epoch is followed from its start, so messages of it that never came here (a
+            // registry rebuilt after the same loss) are read from history.
+            self.switch_epoch(c, env.epoch);
         }
         if env.seq <= c.offset {
             metrics::counter!("herald_edge_stream_duplicates_total").increment(1);
@@ -111,9 +114,9 @@ impl Streams {
         if !c.repairing {
             c.repairing = true;
             metrics::counter!("herald_edge_stream_gaps_total").increment(1);
-            let from = c.offset;
+            let (epoch, from) = (c.epoch, c.offset);
             drop(cursors);
-            tokio::spawn(self.clone().repair(key, from));
+            tokio::spawn(self.clone().repair(key, epoch, from));
         }
     }
 
@@ -127,9 +130,24 @@ impl Streams {
         self.hub.holds(&interest)
     }
 
+    /// Moves a cursor to a new epoch of its stream, from its start (offset 0), passing the old
+    /// epoch's held messages on first. A repair running for the old epoch notices and starts
+    /// over on the new one.
+    fn switch_epoch(&self, c: &mut Cursor, epoch: u32) {
+        for (offset, env) in std::mem::take(&mut c.held) {
+            if offset > c.offset {
+                c.offset = offset;
+                self.hub.deliver(&env);
+            }
+        }
+        metrics::counter!("herald_edge_stream_epoch_changes_total").increment(1);
+        c.epoch = epoch;
+        c.offset = 0;
+    }
+
     /// Reads the stream after `from` from history and passes on what follows the cursor, then
     /// the held messages that join up.
-    async fn repair(self: Arc<Self>, key: StreamKey, mut from: u64) {
+    async fn repair(self: Arc<Self>, key: StreamKey, mut epoch: u32, mut from: u64) {
         let mut tries = 0;
         loop {
             let page = match self.history.read(&key, from, PAGE).await {
@@ -151,6 +169,13 @@ impl Streams {
                 let Some(c) = cursors.get_mut(&key) else {
                     return;
                 };
+                if c.epoch != epoch {
+                    // The cursor moved to a new epoch meanwhile: repair that one from where
+                    // it stands.
+                    epoch = c.epoch;
+                    from = c.offset;
+                    continue;
+                }
                 if page.position.epoch != c.epoch {
                     // History was lost under us: what is held goes on, the gap stays.
                     drop(cursors);
@@ -239,13 +264,13 @@ impl Streams {
     /// Asks history where each known stream stands, repairs the ones whose last messages never
     /// came, and forgets idle cursors. Returns the number of streams checked.
     pub async fn check(self: &Arc<Self>) -> usize {
-        let keys: Vec<(StreamKey, u64)> = {
+        let keys: Vec<(StreamKey, u32)> = {
             let mut cursors = self.cursors.lock();
             cursors.retain(|_, c| c.repairing || c.seen.elapsed() < IDLE);
             cursors
                 .iter()
                 .filter(|(_, c)| !c.repairing)
-                .map(|(k, c)| (k.clone(), c.offset))
+                .map(|(k, c)| (k.clone(), c.epoch))
                 .collect()
         };
         if keys.is_empty() {
@@ -259,19 +284,28 @@ impl Streams {
                 return 0;
             }
         };
-        for ((key, _), Position { offset, epoch }) in keys.into_iter().zip(positions) {
+        for ((key, asked), Position { offset, epoch }) in keys.into_iter().zip(positions) {
             let mut cursors = self.cursors.lock();
             let Some(c) = cursors.get_mut(&key) else {
                 continue;
             };
-            if c.repairing || c.epoch != epoch || offset <= c.offset {
+            if c.repairing || c.epoch != asked {
+                // Moved on since the question was asked: the answer may be older than it.
+                continue;
+            }
+            if epoch != c.epoch {
+                // The stream's storage was lost and no message of the new epoch came here (yet):
+                // follow the new epoch from its start.
+                self.switch_epoch(c, epoch);
+            }
+            if offset <= c.offset {
                 continue;
             }
             c.repairing = true;
             metrics::counter!("herald_edge_stream_gaps_total").increment(1);
             let from = c.offset;
             drop(cursors);
-            tokio::spawn(self.clone().repair(key, from));
+            tokio::spawn(self.clone().repair(key, epoch, from));
         }
         streams.len()
     }
@@ -362,6 +396,81 @@ mod tests {
             .collect()
     }
 
+    /// A connection of `u`, a member of `news`.
+    async fn member(hub: &Arc<Hub>) -> crate::hub::ConnHandle {
+        hub.insert(
+            NewConn {
+                project: ProjectId::new("p").expect("p"),
+                user: UserId::new("u").expect("u"),
+                groups: vec![GroupId::new("news").expect("g")],
+                remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+                expires_unix: u64::MAX,
+                wire: Wire::Native,
+                keep_alive_secs: 0,
+                heart_beat_secs: 0,
+                replaces: None,
+                resume: Vec::new(),
+            },
+            0,
+        )
+        .await
+        .expect("inserted")
+    }
+
+    /// Reads `h`'s offsets until there are `n` (10 s at most).
+    async fn offsets_until(hub: &Hub, h: crate::hub::ConnHandle, got: &mut Vec<u64>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            got.extend(offsets(hub, h));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_is_followed_from_its_start_on_a_message_or_a_position() {
+        let hub = hub();
+        let history = Arc::new(MemoryHistory::new());
+        let key = StreamKey {
+            project: ProjectId::new("p").expect("p"),
+            target: StreamTarget::Group(GroupId::new("news").expect("g")),
+        };
+        let keep = Retention {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let append = async |n: usize| {
+            let mut epoch = 0;
+            for _ in 0..n {
+                let data = Bytes::from(env(0, 0).encode_to_vec());
+                epoch = history
+                    .append(&key, keep, data)
+                    .await
+                    .expect("append")
+                    .epoch;
+            }
+            epoch
+        };
+        let e1 = append(2).await;
+        let h = member(&hub).await;
+        let streams = Streams::new(hub.clone(), history.clone());
+        streams.deliver(&env(1, e1));
+        streams.deliver(&env(2, e1));
+        // The store is lost; the new epoch's 1 and 2 never come here, 3 does.
+        history.clear();
+        let e2 = append(3).await;
+        assert_ne!(e1, e2);
+        streams.deliver(&env(3, e2));
+        let mut got = offsets(&hub, h);
+        offsets_until(&hub, h, &mut got, 5).await;
+        assert_eq!(got, [1, 2, 1, 2, 3]);
+        // Lost again; nothing of the third epoch comes on the bus: the position check finds it.
+        history.clear();
+        append(2).await;
+        assert_eq!(streams.check().await, 1);
+        offsets_until(&hub, h, &mut got, 7).await;
+        assert_eq!(got, [1, 2, 1, 2, 3, 1, 2]);
+    }
+
     #[tokio::test]
     async fn a_gap_is_repaired_from_history_and_duplicates_dropped() {
         let hub = hub();
@@ -383,24 +492,7 @@ mod tests {
                 .expect("append")
                 .epoch;
         }
-        let h = hub
-            .insert(
-                NewConn {
-                    project: ProjectId::new("p").expect("p"),
-                    user: UserId::new("u").expect("u"),
-                    groups: vec![GroupId::new("news").expect("g")],
-                    remote: SocketAddr::from(([127, 0, 0, 1], 1)),
-                    expires_unix: u64::MAX,
-                    wire: Wire::Native,
-                    keep_alive_secs: 0,
-                    heart_beat_secs: 0,
-                    replaces: None,
-                    resume: Vec::new(),
-                },
-                0,
-            )
-            .await
-            .expect("inserted");
+        let h = member(&hub).await;
         let streams = Streams::new(hub.clone(), history.clone());
         streams.deliver(&env(1, epoch));
         // 2 and 3 lost on the bus; 4 arrives, then 3 late, then 1 again.

@@ -31,6 +31,34 @@ pub struct NatsServer {
     /// Monitoring (HTTP) port.
     pub monitor: u16,
     process: Option<Process>,
+    /// How it was started, to start it again the same way.
+    spawn: Spawn,
+}
+
+/// What starts one server: its arguments, working directory, log, name and options.
+#[derive(Debug, Clone)]
+struct Spawn {
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+    log: Stderr,
+    name: String,
+    options: NatsOptions,
+}
+
+impl Spawn {
+    fn run(&self) -> Result<Process> {
+        let mut cmd = Command::new(server_bin("nats-server")?);
+        cmd.args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        Process::spawn(
+            "nats-server",
+            &mut cmd,
+            self.log.clone(),
+            self.options.own_group,
+        )
+    }
 }
 
 impl NatsServer {
@@ -39,6 +67,39 @@ impl NatsServer {
         if let Some(mut p) = self.process.take() {
             p.kill().await;
         }
+    }
+
+    /// Starts it again with the same name, ports and routes (after [`Self::kill`], or killing
+    /// it first); returns once it serves clients again (within the start's wait). A member of a
+    /// cluster rejoins through its routes; the clients it had reconnect by themselves.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill().await;
+        let mut p = self.spawn.run()?;
+        let until = Instant::now() + self.spawn.options.wait;
+        loop {
+            if nats_is(self.port, &self.spawn.name).await {
+                break;
+            }
+            if let Some(st) = p.exited() {
+                return Err(Error::Exited {
+                    what: "nats-server (restarted)".into(),
+                    detail: format!(
+                        " ({st}): port {} taken meanwhile?{}",
+                        self.port,
+                        p.log().hint()
+                    ),
+                });
+            }
+            if Instant::now() > until {
+                return Err(Error::NotReady {
+                    what: format!("nats-server listening again on port {}", self.port),
+                    within: self.spawn.options.wait,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.process = Some(p);
+        Ok(())
     }
 
     /// The running process, if it runs.
@@ -60,7 +121,7 @@ impl NatsServer {
 /// Starts `n` NATS servers (working directory `dir`); with more than one, joined as a cluster and
 /// returned once each reports its routes to all others.
 pub async fn start(dir: &Path, n: usize, options: &NatsOptions) -> Result<Vec<NatsServer>> {
-    let bin = server_bin("nats-server")?;
+    server_bin("nats-server")?;
     let mut ports = Vec::with_capacity(n);
     for _ in 0..n {
         ports.push((free_port()?, free_port()?, free_port()?));
@@ -73,38 +134,54 @@ pub async fn start(dir: &Path, n: usize, options: &NatsOptions) -> Result<Vec<Na
     // Names unique on the machine, so each server is known as ours by its INFO line.
     let name = |i: usize, port: u16| format!("n{i}-{}-{port}", std::process::id());
     for (i, (port, cluster_port, monitor)) in ports.iter().enumerate() {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor.to_string(), "-n", &name(i, *port)]);
+        let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .into_iter()
+            .chain(["-m", &monitor.to_string(), "-n", &name(i, *port)])
+            .map(String::from)
+            .collect();
         if n > 1 {
-            cmd.args(["--cluster_name", "herald-test"])
-                .args(["--cluster", &format!("nats://127.0.0.1:{cluster_port}")])
-                .args(["--routes", &routes.join(",")]);
+            args.extend(
+                ["--cluster_name", "herald-test"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain([
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{cluster_port}"),
+                        "--routes".into(),
+                        routes.join(","),
+                    ]),
+            );
         }
-        cmd.current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
         let log = match &options.log_dir {
             Some(d) => Stderr::File(d.join(format!("nats-{i}.log"))),
             None => Stderr::Null,
         };
-        let process = Process::spawn("nats-server", &mut cmd, log, options.own_group)?;
+        let spawn = Spawn {
+            args,
+            dir: dir.to_path_buf(),
+            log,
+            name: name(i, *port),
+            options: options.clone(),
+        };
+        let process = spawn.run()?;
         servers.push(NatsServer {
             port: *port,
             monitor: *monitor,
             process: Some(process),
+            spawn,
         });
     }
-    for (i, s) in servers.iter_mut().enumerate() {
+    for s in &mut servers {
         // Our own process must be the one listening (another test may race for a free port).
         let until = Instant::now() + options.wait;
         let (port, monitor) = (s.port, s.monitor);
+        let own = s.spawn.name.clone();
         let p = s
             .process
             .as_mut()
             .ok_or_else(|| Error::Setup("nats-server gone".into()))?;
         loop {
-            if nats_is(port, &name(i, port)).await {
+            if nats_is(port, &own).await {
                 break;
             }
             if let Some(st) = p.exited() {

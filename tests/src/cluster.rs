@@ -52,6 +52,19 @@ impl Backends {
             .unwrap_or_else(|e| panic!("cluster backends: {e}"));
         Self(b)
     }
+
+    /// A lone Redis started with more `redis-server` arguments (e.g. `--appendonly yes`, which
+    /// replace the sandbox's no-persistence defaults), and no NATS.
+    pub async fn redis_with(args: &[&str]) -> Self {
+        let b = herald_sandbox::Backends::builder()
+            .nats_nodes(0)
+            .redis_args(args.iter().copied())
+            .wait(WAIT)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("redis backend: {e}"));
+        Self(b)
+    }
 }
 
 impl Deref for Backends {

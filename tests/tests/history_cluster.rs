@@ -1,6 +1,7 @@
 //! Nothing lost in a cluster: numbered messages to recoverable targets through real
 //! `redis-server` (history and registry) and a 3-node `nats-server` cluster, with faults in the
-//! middle. Every client checks every offset: 0 missing, 0 duplicates.
+//! middle. Every client checks every offset: 0 missing, 0 duplicates. More faults, with what
+//! plain targets lose beside: tests/tests/history_chaos.rs.
 
 use std::time::Duration;
 
@@ -134,38 +135,6 @@ async fn an_edge_killed_its_clients_resume_on_the_other_edge_and_miss_nothing() 
     all.extend(check(&after));
     assert_eq!(all, (1..=N).collect::<Vec<_>>(), "0 missing, 0 duplicates");
     c.expect_silence(Duration::from_millis(300)).await;
-}
-
-#[tokio::test]
-async fn a_nats_node_killed_under_an_edge_loses_nothing_of_a_user_stream() {
-    let mut b = Backends::start().await;
-    let n1 = node(&b, "e1", Some(0)).await;
-    let n2 = node(&b, "e2", Some(1)).await;
-    let mut c = n1
-        .connect_auth("alpha", &token_for("alice", &[]), json!({}))
-        .await;
-    let live = publisher(n2.grpc(Some(ALPHA_KEY)).await, To::User("alice"));
-    let mut frames = Vec::new();
-    while check(&frames).len() < 30 {
-        frames.push(c.next_json().await);
-    }
-    // e1's NATS node dies: what is published until e1 reconnects to another one is lost on the
-    // bus, and the edge repairs it from history (a later message shows the gap, the position
-    // check finds a lost last one).
-    b.nats[0].kill().await;
-    let frames = read_to_end(&mut c, frames).await;
-    live.await.expect("publisher");
-    assert_eq!(
-        check(&frames),
-        (1..=N).collect::<Vec<_>>(),
-        "0 missing, 0 duplicates"
-    );
-    c.expect_silence(Duration::from_millis(300)).await;
-    eprintln!(
-        "nats node killed: {} messages repaired from history, {} gaps",
-        n1.metric("herald_edge_stream_repaired_total").await,
-        n1.metric("herald_edge_stream_gaps_total").await
-    );
 }
 
 #[tokio::test]
