@@ -1,8 +1,11 @@
 //! One Redis connection for the cluster backends, single Redis or Redis Cluster, built the same
 //! way for the registry and the history store: multiplexed, reconnecting, with the call deadline
-//! as connect and response timeout.
+//! as connect and response timeout; and the health both keep of it ([`Health`]).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -94,6 +97,101 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How long callers fail fast after a failed call before one of them tries Redis again.
+const PROBE_AFTER: Duration = Duration::from_millis(200);
+
+/// What a backend's health is called in the log, metrics and readiness.
+pub(crate) struct HealthNames {
+    /// Prefix of the readiness text and subject of the log lines (`redis`, `redis history`).
+    pub label: &'static str,
+    /// Gauge: 1 while reachable.
+    pub up: &'static str,
+    /// Counter of failed calls.
+    pub errors: &'static str,
+    /// Counter of round trips.
+    pub trips: &'static str,
+}
+
+/// The health of one Redis backend: reachable or not, the last error and the round trips, for
+/// readiness, metrics and the log, and a breaker: while Redis is known down, calls fail at once,
+/// and one call every [`PROBE_AFTER`] tries it again, so a publish never waits for a reconnect
+/// to a Redis that is not there.
+pub(crate) struct Health {
+    names: HealthNames,
+    healthy: AtomicBool,
+    last_error: Mutex<String>,
+    round_trips: AtomicU64,
+    /// While unhealthy: when the next call may try Redis.
+    probe_at: Mutex<Instant>,
+}
+
+impl Health {
+    pub(crate) fn new(names: HealthNames) -> Self {
+        Self {
+            names,
+            healthy: AtomicBool::new(true),
+            last_error: Mutex::new(String::new()),
+            round_trips: AtomicU64::new(0),
+            probe_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Before a call: `Err(last error)` while Redis is known down and no probe is due; the
+    /// caller then fails at once. A due probe goes through, and the next is pushed back.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.healthy.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut at = self.probe_at.lock();
+        let now = Instant::now();
+        if now < *at {
+            return Err(format!("{} (retrying)", self.last_error.lock()));
+        }
+        *at = now + PROBE_AFTER;
+        Ok(())
+    }
+
+    /// Records a call that Redis answered.
+    pub(crate) fn ok(&self) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("{} reachable again", self.names.label);
+            metrics::gauge!(self.names.up).set(1.0);
+        }
+    }
+
+    /// Records a failed call; returns its message.
+    pub(crate) fn failed(&self, msg: String) -> String {
+        *self.probe_at.lock() = Instant::now() + PROBE_AFTER;
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %msg, "{} unreachable; degraded", self.names.label);
+            metrics::gauge!(self.names.up).set(0.0);
+        }
+        metrics::counter!(self.names.errors).increment(1);
+        *self.last_error.lock() = msg.clone();
+        msg
+    }
+
+    /// Counts a round trip.
+    pub(crate) fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(self.names.trips).increment(1);
+    }
+
+    /// Round trips so far.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Why the backend is degraded, or `None`.
+    pub(crate) fn degraded(&self) -> Option<String> {
+        if self.healthy.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(format!("{}: {}", self.names.label, self.last_error.lock()))
         }
     }
 }

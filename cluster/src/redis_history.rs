@@ -18,7 +18,7 @@
 //! epoch, and its stale entries are deleted first.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,11 +27,10 @@ use futures_util::StreamExt as _;
 use herald_core::history::{
     History, HistoryError, MAX_SIZE, Page, Position, Retention, StreamKey, StreamTarget, new_epoch,
 };
-use parking_lot::Mutex;
 use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use crate::ClusterError;
-use crate::redis_conn::Conn;
+use crate::redis_conn::{Conn, Health, HealthNames};
 use crate::redis_registry::RedisConfig;
 
 /// How long a stream's meta (epoch and last offset) outlives its last append by default, past
@@ -202,9 +201,7 @@ struct Inner {
     meta_grace_ms: AtomicU64,
     append: Script,
     read: Script,
-    healthy: AtomicBool,
-    last_error: Mutex<String>,
-    round_trips: AtomicU64,
+    health: Health,
 }
 
 /// The history store in Redis (single or Cluster). Cheap to clone.
@@ -230,9 +227,12 @@ impl RedisHistory {
                 meta_grace_ms: AtomicU64::new(DEFAULT_META_GRACE.as_millis() as u64),
                 append: Script::new(APPEND),
                 read: Script::new(READ),
-                healthy: AtomicBool::new(true),
-                last_error: Mutex::new(String::new()),
-                round_trips: AtomicU64::new(0),
+                health: Health::new(HealthNames {
+                    label: "redis history",
+                    up: "herald_history_up",
+                    errors: "herald_history_errors_total",
+                    trips: "herald_history_round_trips_total",
+                }),
             }),
         })
     }
@@ -249,16 +249,12 @@ impl RedisHistory {
     /// Round trips to Redis so far (a script, a command or a pipeline each count one; on Redis
     /// Cluster a phase sent to several nodes at once counts one).
     pub fn round_trips(&self) -> u64 {
-        self.inner.round_trips.load(Ordering::Relaxed)
+        self.inner.health.round_trips()
     }
 
     /// Why the store is failing, while it is (the last error), for readiness.
     pub fn degraded(&self) -> Option<String> {
-        if self.inner.healthy.load(Ordering::Relaxed) {
-            None
-        } else {
-            Some(format!("redis history: {}", self.inner.last_error.lock()))
-        }
+        self.inner.health.degraded()
     }
 
     /// The Redis keys of a stream: its meta hash and its stream (tests, measurements).
@@ -365,10 +361,7 @@ impl Inner {
     fn outcome<T>(&self, r: redis::RedisResult<T>) -> Result<T, HistoryError> {
         match r {
             Ok(v) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("redis history reachable again");
-                    metrics::gauge!("herald_history_up").set(1.0);
-                }
+                self.health.ok();
                 Ok(v)
             }
             Err(e) => Err(self.failed(e.to_string())),
@@ -376,18 +369,11 @@ impl Inner {
     }
 
     fn failed(&self, msg: String) -> HistoryError {
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %msg, "redis history unreachable");
-            metrics::gauge!("herald_history_up").set(0.0);
-        }
-        metrics::counter!("herald_history_errors_total").increment(1);
-        *self.last_error.lock() = msg.clone();
-        HistoryError::Unavailable(msg)
+        HistoryError::Unavailable(self.health.failed(msg))
     }
 
     fn trip(&self) {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("herald_history_round_trips_total").increment(1);
+        self.health.trip();
     }
 
     /// Runs a script on keys of one hash tag: by hash, and whole when Redis lost its script
@@ -399,6 +385,7 @@ impl Inner {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<Value, HistoryError> {
+        self.health.check().map_err(HistoryError::Unavailable)?;
         let run = async {
             let mut conn = self.conn.clone();
             self.trip();
@@ -428,6 +415,7 @@ impl Inner {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        self.health.check().map_err(HistoryError::Unavailable)?;
         self.trip();
         let run = async {
             if self.cluster {

@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -31,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::{Cmd, Script, Value};
 
 use crate::ClusterError;
-use crate::redis_conn::Conn;
+use crate::redis_conn::{Conn, Health, HealthNames};
 
 /// Settings of the Redis registry.
 #[derive(Debug, Clone)]
@@ -222,9 +221,7 @@ struct Inner {
     live: RwLock<LiveEdges>,
     refreshing: tokio::sync::Mutex<()>,
     reaping: Mutex<HashSet<EdgeId>>,
-    healthy: AtomicBool,
-    last_error: Mutex<String>,
-    round_trips: AtomicU64,
+    health: Health,
 }
 
 /// The registry in Redis (single or Cluster). Cheap to clone.
@@ -261,9 +258,12 @@ impl RedisRegistry {
                 live: RwLock::new(LiveEdges::default()),
                 refreshing: tokio::sync::Mutex::new(()),
                 reaping: Mutex::new(HashSet::new()),
-                healthy: AtomicBool::new(true),
-                last_error: Mutex::new(String::new()),
-                round_trips: AtomicU64::new(0),
+                health: Health::new(HealthNames {
+                    label: "redis",
+                    up: "herald_registry_up",
+                    errors: "herald_registry_errors_total",
+                    trips: "herald_registry_round_trips_total",
+                }),
             }),
         })
     }
@@ -271,7 +271,7 @@ impl RedisRegistry {
     /// Round trips to Redis so far (a pipeline, a script or a command each count one; on
     /// Redis Cluster a phase sent to several nodes at once counts one).
     pub fn round_trips(&self) -> u64 {
-        self.inner.round_trips.load(Ordering::Relaxed)
+        self.inner.health.round_trips()
     }
 
     /// Forgets what this process knows about live edges (tests).
@@ -297,10 +297,7 @@ impl Inner {
     fn outcome<T>(&self, r: redis::RedisResult<T>) -> Result<T, RegistryError> {
         match r {
             Ok(v) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("redis reachable again");
-                    metrics::gauge!("herald_registry_up").set(1.0);
-                }
+                self.health.ok();
                 Ok(v)
             }
             Err(e) => Err(self.failed(e.to_string())),
@@ -308,23 +305,19 @@ impl Inner {
     }
 
     fn failed(&self, msg: String) -> RegistryError {
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %msg, "redis unreachable; registry degraded");
-            metrics::gauge!("herald_registry_up").set(0.0);
-        }
-        metrics::counter!("herald_registry_errors_total").increment(1);
-        *self.last_error.lock() = msg.clone();
-        RegistryError::Unavailable(msg)
+        RegistryError::Unavailable(self.health.failed(msg))
     }
 
-    fn trip(&self) {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("herald_registry_round_trips_total").increment(1);
+    /// Counts a round trip, after the breaker let the call through.
+    fn trip(&self) -> Result<(), RegistryError> {
+        self.health.check().map_err(RegistryError::Unavailable)?;
+        self.health.trip();
+        Ok(())
     }
 
     /// Runs one command with the call deadline.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RegistryError> {
-        self.trip();
+        self.trip()?;
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(r) => self.outcome(r),
@@ -339,7 +332,7 @@ impl Inner {
         keys: &[&str],
         args: &[String],
     ) -> Result<T, RegistryError> {
-        self.trip();
+        self.trip()?;
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -361,7 +354,7 @@ impl Inner {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        self.trip();
+        self.trip()?;
         let run = async {
             if self.cluster {
                 let replies: Vec<redis::RedisResult<Value>> =
@@ -856,11 +849,7 @@ impl Registry for RedisRegistry {
     }
 
     fn degraded(&self) -> Option<String> {
-        if self.inner.healthy.load(Ordering::Relaxed) {
-            None
-        } else {
-            Some(format!("redis: {}", self.inner.last_error.lock()))
-        }
+        self.inner.health.degraded()
     }
 
     async fn claim_idempotency_key(

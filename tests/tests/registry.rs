@@ -465,6 +465,18 @@ async fn redis_down_is_an_error_then_recovers_and_reports_registration_lost() {
     b.redis[0].kill().await;
     assert!(r.heartbeat(&e).await.is_err());
     assert!(r.degraded().is_some_and(|d| d.contains("redis")));
+    // While it is down, calls fail at once: one tries Redis again every 200 ms at most.
+    let (trips, since) = (r.round_trips(), Instant::now());
+    for _ in 0..200 {
+        assert!(r.resolve(&user("a", "bob")).await.is_err());
+    }
+    let probes = r.round_trips() - trips;
+    let due = since.elapsed().as_millis() as u64 / 200 + 1;
+    assert!(
+        probes <= due,
+        "{probes} calls reached Redis in {:?}",
+        since.elapsed()
+    );
     b.redis[0].restart().await.expect("redis-server restarts");
     // The manager reconnects; the restarted (empty) Redis no longer knows the edge.
     let until = Instant::now() + WAIT;
