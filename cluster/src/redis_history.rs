@@ -257,6 +257,19 @@ impl RedisHistory {
         self.inner.health.degraded()
     }
 
+    /// `PING`s the store within the call deadline; the outcome updates [`Self::degraded`]. Not
+    /// counted in [`Self::round_trips`], which counts the work of appends, reads and checks.
+    pub async fn probe(&self) -> Result<(), HistoryError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<Value>(&mut conn);
+        match tokio::time::timeout(inner.timeout, ping).await {
+            Ok(r) => inner.outcome(r).map(drop),
+            Err(_) => Err(inner.failed("redis call timed out".into())),
+        }
+    }
+
     /// The Redis keys of a stream: its meta hash and its stream (tests, measurements).
     pub fn keys_of(&self, stream: &StreamKey) -> (String, String) {
         self.inner.keys.pair(stream)
@@ -564,6 +577,14 @@ impl History for RedisHistory {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    fn degraded(&self) -> Option<String> {
+        RedisHistory::degraded(self)
+    }
+
+    async fn probe(&self) -> Result<(), HistoryError> {
+        RedisHistory::probe(self).await
     }
 }
 

@@ -189,6 +189,18 @@ pub trait History: Send + Sync + 'static {
 
     /// The positions of `streams`, in the same order.
     async fn positions(&self, streams: &[StreamKey]) -> Result<Vec<Position>, HistoryError>;
+
+    /// Why the store is failing, while it is (for readiness); `None` when it works, or cannot
+    /// fail (the in-process store).
+    fn degraded(&self) -> Option<String> {
+        None
+    }
+
+    /// Asks the store whether it is reachable, which also updates [`History::degraded`]: a node
+    /// that neither publishes nor reads still learns that its store went away, or came back.
+    async fn probe(&self) -> Result<(), HistoryError> {
+        Ok(())
+    }
 }
 
 /// An epoch for new storage: random, never 0.

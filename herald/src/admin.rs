@@ -1,7 +1,8 @@
 //! The admin HTTP endpoint: `/healthz` (alive), `/readyz` (serving, 503 while draining) and
 //! `/metrics` (Prometheus text format).
 //!
-//! Degraded is not unready: while Redis or NATS is unreachable the node still serves its clients,
+//! Degraded is not unready: while Redis (the registry's or history's) or NATS is unreachable the
+//! node still serves its clients,
 //! so `/readyz` stays 200 and says `degraded` with the reasons in its body (a probe that drained
 //! every edge on a Redis blip would turn a blip into an outage).
 
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use herald_core::bus::Bus;
+use herald_core::history::History;
 use herald_core::registry::Registry;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -29,6 +31,8 @@ pub struct AdminState {
     pub registry: Arc<dyn Registry>,
     /// The bus, asked whether it is degraded.
     pub bus: Arc<dyn Bus>,
+    /// The history store, asked whether it is degraded.
+    pub history: Arc<dyn History>,
 }
 
 /// Serves the admin endpoint until `cancel` fires.
@@ -48,10 +52,14 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     if !s.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
-    let reasons: Vec<String> = [s.registry.degraded(), s.bus.degraded()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let reasons: Vec<String> = [
+        s.registry.degraded(),
+        s.bus.degraded(),
+        s.history.degraded(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     metrics::gauge!("herald_degraded").set(if reasons.is_empty() { 0.0 } else { 1.0 });
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".into())

@@ -154,9 +154,11 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
             metrics,
             registry: nodes.registry.clone(),
             bus: nodes.bus.clone(),
+            history: nodes.history.clone(),
         },
         admin_stop.clone(),
     ));
+    let probe_task = tokio::spawn(probe_history(nodes.history.clone()));
     let router_task = nodes.router.map(|r| tokio::spawn(r.run(cancel.clone())));
     let grace = Duration::from_secs(cfg.admin.shutdown_grace_secs);
     match nodes.edge {
@@ -167,6 +169,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     admin_stop.cancel();
+    probe_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     tracing::info!("herald stopped");
     Ok(())
@@ -178,6 +181,23 @@ struct Nodes {
     router: Option<Router>,
     registry: Arc<dyn Registry>,
     bus: Arc<dyn Bus>,
+    history: Arc<dyn History>,
+}
+
+/// How often the history store is probed for readiness.
+const HISTORY_PROBE: Duration = Duration::from_secs(2);
+
+/// Probes the history store every [`HISTORY_PROBE`], so `/readyz` says it is degraded (or back)
+/// even on a node that neither publishes nor reads history meanwhile.
+async fn probe_history(history: Arc<dyn History>) {
+    let mut tick = tokio::time::interval(HISTORY_PROBE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = history.probe().await {
+            tracing::debug!(error = %e, "history probe failed");
+        }
+    }
 }
 
 /// Builds the registry and bus the configuration names, then the edge and the router its role
@@ -200,7 +220,7 @@ async fn build_nodes(
             api.clone(),
             registry.clone(),
             bus.clone(),
-            history,
+            history.clone(),
         )
         .await?;
         return Ok(Nodes {
@@ -208,6 +228,7 @@ async fn build_nodes(
             router: Some(router),
             registry,
             bus,
+            history,
         });
     }
     let c = &cfg.cluster;
@@ -267,7 +288,7 @@ async fn build_nodes(
                 api.clone(),
                 registry.clone(),
                 bus.clone(),
-                history,
+                history.clone(),
             )
             .await?,
         )
@@ -279,6 +300,7 @@ async fn build_nodes(
         router,
         registry,
         bus,
+        history,
     })
 }
 

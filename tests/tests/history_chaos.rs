@@ -660,3 +660,52 @@ async fn a_client_offline_for_ten_seconds_resumes_and_misses_nothing() {
         ],
     );
 }
+
+#[tokio::test]
+async fn readiness_says_the_history_store_is_degraded_on_idle_edges_and_routers() {
+    // History in a Redis of its own, which goes away and comes back; nothing is published or
+    // read meanwhile, so only the nodes' own probes can notice.
+    let b = Backends::start_with(false, 1).await;
+    let mut store = Backends::start_with(false, 0).await;
+    let history = store.redis_urls().remove(0);
+    let role = |role: &str| {
+        let h = herald()
+            .clustered(&b)
+            .projects(PROJECTS)
+            .role(role)
+            .cluster(
+                "history_redis_urls",
+                toml::Value::Array(vec![history.clone().into()]),
+            );
+        if role == "edge" {
+            h.edge("id", "e1")
+        } else {
+            h
+        }
+    };
+    let edge = role("edge").start().await;
+    let router = role("router").start().await;
+    for n in [&edge, &router] {
+        n.wait_ready().await;
+    }
+    store.redis[0].kill().await;
+    for (what, n) in [("edge", &edge), ("router", &router)] {
+        eventually(WAIT, async || match n.admin_get("/readyz").await {
+            (200, body)
+                if body.starts_with("ready, degraded: ") && body.contains("redis history") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{what} /readyz: {other:?}")),
+        })
+        .await;
+        n.wait_metric("herald_degraded", 1.0).await;
+        assert_eq!(n.metric("herald_history_up").await, 0.0, "{what}");
+    }
+    store.redis[0].restart().await.expect("redis restarts");
+    for n in [&edge, &router] {
+        n.wait_ready().await;
+        n.wait_metric("herald_degraded", 0.0).await;
+        n.wait_metric("herald_history_up", 1.0).await;
+    }
+}
