@@ -80,7 +80,7 @@ impl Replay {
         let mut after = self.since.offset;
         let mut first_read = true;
         let mut recovered = true;
-        let epoch = self.since.epoch;
+        let mut epoch = self.since.epoch;
         let mut rounds = 0u32;
         loop {
             rounds += 1;
@@ -114,19 +114,21 @@ impl Replay {
                 first_read = false;
                 if page.position.epoch != self.since.epoch {
                     // Another storage: the client's offsets mean nothing here. Nothing is
-                    // replayed; the client resyncs from its own source of truth.
-                    // Live messages held meanwhile were not sent: they all go.
-                    let answer = protocol::resumed(
-                        self.id,
-                        &self.stream,
-                        page.position.epoch,
-                        page.position.offset,
-                        false,
-                    );
-                    self.hub
-                        .abandon_recovery(self.conn, self.kind, &self.name, Some(answer));
-                    metrics::counter!("herald_edge_resumes_total", "result" => "lost").increment(1);
-                    return;
+                    // replayed; the client resyncs from its own source of truth, which stands
+                    // for the stream up to its position now. Live messages follow from the
+                    // position on: held ones at or below it are dropped (the answer names it),
+                    // and a gap after it is read from history like any other seam.
+                    epoch = page.position.epoch;
+                    after = page.position.offset;
+                    recovered = false;
+                    match self.finish(after, epoch, recovered) {
+                        Seam::Joined(_) | Seam::Gone => return,
+                        Seam::ReadAgain(from) => {
+                            after = from;
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            continue;
+                        }
+                    }
                 }
                 if page.first > after + 1 {
                     // Some of the missed messages are past retention: what is kept is sent.

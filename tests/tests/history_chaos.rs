@@ -353,7 +353,9 @@ async fn redis_restarted_under_registry_and_history_every_client_is_told_the_new
         s.rec.iter().filter(|r| r.0 != e1).count() >= AFTER
     })
     .await;
-    // x comes back with what it had: the epoch it knew is gone, and it is told so.
+    // x comes back with what it had, once e2 reaches Redis again (before, a resume is answered
+    // 4503, history unavailable): the epoch it knew is gone, and it is told so.
+    n2.wait_ready().await;
     let (xe, xo) = sx.last();
     let mut x = n2
         .connect_auth(
@@ -432,6 +434,8 @@ async fn a_persistent_history_redis_restarted_keeps_every_message_and_its_epoch(
     let before = s1.rec.len();
     s1.read_until(&mut c1, |s| s.rec.len() >= before + AFTER)
         .await;
+    // Once e2 reaches the store again (before, a resume is answered 4503, history unavailable).
+    n2.wait_ready().await;
     let (xe, xo) = sx.last();
     let mut x = n2
         .connect_auth(
