@@ -33,12 +33,17 @@ pub enum ControlRequest {
         /// The project, or `None` for all.
         project: Option<ProjectId>,
     },
-    /// List the connections of a user or a group.
+    /// List the connections of a user or a group, in id order (edge id, then number).
     List {
         /// The project.
         project: ProjectId,
         /// Whose connections.
         of: ListOf,
+        /// Only connections whose id orders after this one (a page's cursor): none of an edge
+        /// whose id sorts before its edge, the numbers above its number on its edge.
+        after: Option<ConnectionId>,
+        /// At most this many connections, the lowest ids first; `None`: all.
+        limit: Option<u32>,
     },
     /// Close connections.
     Disconnect {
@@ -216,15 +221,20 @@ impl From<&ControlRequest> for wire::ControlRequest {
                     project: project.as_ref().map(|p| p.to_string()).unwrap_or_default(),
                 })
             }
-            ControlRequest::List { project, of } => {
-                wire::control_request::Call::List(wire::ListCall {
-                    project: project.to_string(),
-                    of: Some(match of {
-                        ListOf::User(u) => wire::list_call::Of::User(u.to_string()),
-                        ListOf::Group(g) => wire::list_call::Of::Group(g.to_string()),
-                    }),
-                })
-            }
+            ControlRequest::List {
+                project,
+                of,
+                after,
+                limit,
+            } => wire::control_request::Call::List(wire::ListCall {
+                project: project.to_string(),
+                of: Some(match of {
+                    ListOf::User(u) => wire::list_call::Of::User(u.to_string()),
+                    ListOf::Group(g) => wire::list_call::Of::Group(g.to_string()),
+                }),
+                after: after.as_ref().map(ToString::to_string).unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            }),
             ControlRequest::Disconnect {
                 project,
                 who,
@@ -268,6 +278,12 @@ impl TryFrom<wire::ControlRequest> for ControlRequest {
                     wire::list_call::Of::User(u) => ListOf::User(UserId::new(&u)?),
                     wire::list_call::Of::Group(g) => ListOf::Group(GroupId::new(&g)?),
                 },
+                after: if l.after.is_empty() {
+                    None
+                } else {
+                    Some(l.after.parse()?)
+                },
+                limit: (l.limit > 0).then_some(l.limit),
             },
             wire::control_request::Call::Disconnect(d) => ControlRequest::Disconnect {
                 project: ProjectId::new(&d.project)?,
@@ -328,6 +344,14 @@ mod tests {
             ControlRequest::List {
                 project: p.clone(),
                 of: ListOf::Group(GroupId::new("news").expect("valid")),
+                after: None,
+                limit: None,
+            },
+            ControlRequest::List {
+                project: p.clone(),
+                of: ListOf::User(UserId::new("alice").expect("valid")),
+                after: Some("edge-1-42".parse().expect("valid")),
+                limit: Some(1_001),
             },
             ControlRequest::Disconnect {
                 project: p.clone(),
@@ -349,6 +373,7 @@ mod tests {
             call: Some(wire::control_request::Call::List(wire::ListCall {
                 project: "alpha".into(),
                 of: Some(wire::list_call::Of::User("a.*".into())),
+                ..Default::default()
             })),
         };
         assert!(ControlRequest::try_from(bad).is_err());

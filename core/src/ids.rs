@@ -183,8 +183,9 @@ id_type!(
 
 /// A connection's public id: `<edge id>-<number>`, the number in decimal without leading zeros.
 /// Edge ids may hold `-`, numbers never do, so the last `-` separates them; each id has exactly
-/// one spelling (`e1-07` names no connection).
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// one spelling (`e1-07` names no connection). Ids order by edge id, then number: the order of
+/// a connection listing.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId {
     edge: EdgeId,
     number: u64,

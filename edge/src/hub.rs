@@ -997,6 +997,78 @@ impl Hub {
         self.len() == 0
     }
 
+    /// The connections of a user or a group of `project`, in number order: only those whose id
+    /// orders after `after`, at most `limit` of them (the lowest numbers).
+    fn list(
+        &self,
+        project: &ProjectId,
+        of: &ListOf,
+        after: Option<&ConnectionId>,
+        limit: Option<u32>,
+    ) -> Vec<ConnectionInfo> {
+        // Ids order by edge, then number: a cursor on a later edge leaves nothing here, one on
+        // an earlier edge leaves everything.
+        let above = match after {
+            Some(a) if *a.edge() > self.edge => return Vec::new(),
+            Some(a) if *a.edge() == self.edge => Some(a.number()),
+            _ => None,
+        };
+        // First the numbers alone (cheap to sort and cut: a page of a large group does not
+        // build every entry), then the entries of the page.
+        let mut picked: Vec<(u64, u32, u32)> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let shard = shard.lock();
+            let slots = match of {
+                ListOf::User(u) => shard.users.get(project).and_then(|m| m.get(u)),
+                ListOf::Group(g) => shard.groups.get(project).and_then(|m| m.get(g)),
+            };
+            for &slot in slots.map(Slots::as_slice).unwrap_or_default() {
+                if let Some(c) = shard.conns.get(slot as usize)
+                    && above.is_none_or(|n| c.number > n)
+                {
+                    picked.push((c.number, i as u32, slot));
+                }
+            }
+        }
+        if let Some(limit) = limit.map(|l| l as usize)
+            && picked.len() > limit
+        {
+            picked.select_nth_unstable(limit);
+            picked.truncate(limit);
+        }
+        picked.sort_unstable_by_key(|&(_, shard, _)| shard);
+        let mut out: Vec<(u64, ConnectionInfo)> = Vec::with_capacity(picked.len());
+        for run in picked.chunk_by(|a, b| a.1 == b.1) {
+            let shard = self.shards[run[0].1 as usize].lock();
+            for &(number, _, slot) in run {
+                // Still the same connection, still one of the user's or the group's.
+                let Some(c) = shard.conns.get(slot as usize) else {
+                    continue;
+                };
+                let member = match of {
+                    ListOf::User(u) => c.user == *u,
+                    ListOf::Group(g) => c.groups.contains(g),
+                };
+                if c.number != number || c.project != *project || !member {
+                    continue;
+                }
+                out.push((
+                    number,
+                    ConnectionInfo {
+                        id: self.connection_id(number).to_string(),
+                        user: c.user.to_string(),
+                        remote_addr: c.remote.to_string(),
+                        connected_since_unix_ms: c.since_unix_ms,
+                        groups: c.groups.iter().map(|g| g.to_string()).collect(),
+                        edge: self.edge.to_string(),
+                    },
+                ));
+            }
+        }
+        out.sort_unstable_by_key(|&(number, _)| number);
+        out.into_iter().map(|(_, c)| c).collect()
+    }
+
     /// Answers an operator call about local connections.
     pub fn control(&self, req: &ControlRequest) -> ControlReply {
         match req {
@@ -1020,29 +1092,12 @@ impl Hub {
                 }
                 ControlReply::Count(counts)
             }
-            ControlRequest::List { project, of } => {
-                let mut out = Vec::new();
-                for shard in self.shards.iter() {
-                    let shard = shard.lock();
-                    let slots = match of {
-                        ListOf::User(u) => shard.users.get(project).and_then(|m| m.get(u)),
-                        ListOf::Group(g) => shard.groups.get(project).and_then(|m| m.get(g)),
-                    };
-                    for slot in slots.map(Slots::as_slice).unwrap_or_default() {
-                        if let Some(c) = shard.conns.get(*slot as usize) {
-                            out.push(ConnectionInfo {
-                                id: self.connection_id(c.number).to_string(),
-                                user: c.user.to_string(),
-                                remote_addr: c.remote.to_string(),
-                                connected_since_unix_ms: c.since_unix_ms,
-                                groups: c.groups.iter().map(|g| g.to_string()).collect(),
-                                edge: self.edge.to_string(),
-                            });
-                        }
-                    }
-                }
-                ControlReply::List(out)
-            }
+            ControlRequest::List {
+                project,
+                of,
+                after,
+                limit,
+            } => ControlReply::List(self.list(project, of, after.as_ref(), *limit)),
             ControlRequest::Disconnect {
                 project,
                 who,
@@ -1707,6 +1762,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn listings_come_in_number_order_from_a_cursor() {
+        let hub = hub_with(cfg(), None);
+        let mut handles = Vec::new();
+        for i in 0..10 {
+            handles.push(add(&hub, "a", "alice", &["news"]).await);
+            // Another user in the group, and another project's alice: never listed for alice.
+            add(&hub, "a", &format!("bob{i}"), &["news"]).await;
+            add(&hub, "b", "alice", &[]).await;
+        }
+        let numbers: Vec<u64> = handles.iter().map(|h| h.number).collect();
+        let page = |after: Option<ConnectionId>, limit| {
+            let ControlReply::List(l) = hub.control(&ControlRequest::List {
+                project: p("a"),
+                of: ListOf::User(u("alice")),
+                after,
+                limit,
+            }) else {
+                panic!("not a list");
+            };
+            l.into_iter()
+                .map(|c| c.id.parse::<ConnectionId>().expect("id").number())
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(page(None, None), numbers);
+        assert_eq!(page(None, Some(4)), numbers[..4]);
+        let at = |i: usize| Some(hub.connection_id(numbers[i]));
+        assert_eq!(page(at(3), Some(4)), numbers[4..8]);
+        assert_eq!(page(at(7), Some(4)), numbers[8..]);
+        assert!(page(at(9), Some(4)).is_empty());
+        // A cursor on an edge that sorts before this one leaves everything, after it nothing.
+        let on = |edge: &str| {
+            Some(ConnectionId::new(
+                EdgeId::new(edge).expect("edge"),
+                u64::MAX,
+            ))
+        };
+        assert_eq!(page(on("e0"), None), numbers);
+        assert!(page(on("e2"), None).is_empty());
+        // A connection that left is not listed.
+        hub.remove(handles[0]);
+        assert_eq!(page(None, Some(2)), numbers[1..3]);
+    }
+
+    #[tokio::test]
     async fn control_counts_lists_and_disconnects() {
         let hub = hub_with(cfg(), None);
         let a1 = add(&hub, "a", "alice", &["news"]).await;
@@ -1728,6 +1827,8 @@ mod tests {
         let list = |of| match hub.control(&ControlRequest::List {
             project: p("a"),
             of,
+            after: None,
+            limit: None,
         }) {
             ControlReply::List(mut l) => {
                 l.sort_by(|x, y| x.id.cmp(&y.id));

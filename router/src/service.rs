@@ -18,9 +18,9 @@ use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
 use herald_core::proto::v1::herald_server::Herald;
 use herald_core::proto::v1::{
-    CountConnectionsReply, CountConnectionsRequest, DisconnectReply, DisconnectRequest,
-    ListConnectionsReply, ListConnectionsRequest, PublishAck, PublishReply, PublishRequest,
-    PublishStreamReply, PublishStreamRequest, Resolution, disconnect_request,
+    ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
+    DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PublishAck, PublishReply,
+    PublishRequest, PublishStreamReply, PublishStreamRequest, Resolution, disconnect_request,
     list_connections_request, target,
 };
 use herald_core::registry::{InterestKey, Registry, Route};
@@ -44,6 +44,11 @@ struct Handed {
 
 /// Most acks sent in one stream reply.
 const MAX_ACK_BATCH: usize = 256;
+
+/// Connections in a listing page when the request names no page size.
+pub const DEFAULT_PAGE_SIZE: u32 = 1_000;
+/// Most connections in a listing page: a larger page size is taken as this.
+pub const MAX_PAGE_SIZE: u32 = 5_000;
 
 /// The router's gRPC service.
 #[derive(Clone)]
@@ -444,16 +449,55 @@ impl RouterService {
             }
             None => return Err(ApiError::invalid("of", "a user or a group is required")),
         };
-        let outcome = self.control(ControlRequest::List { project, of }).await?;
-        let mut connections = Vec::new();
-        for (_, reply) in &outcome.replies {
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(
+                t.parse::<ConnectionId>()
+                    .map_err(|_| ApiError::invalid("page_token", "not a next_page_token"))?,
+            ),
+        };
+        // Each edge gives at most one more than a page: more than a page in all means another
+        // page follows.
+        let outcome = self
+            .control(ControlRequest::List {
+                project,
+                of,
+                after: after.clone(),
+                limit: Some(page_size + 1),
+            })
+            .await?;
+        let mut found: Vec<(ConnectionId, ConnectionInfo)> = Vec::new();
+        for (_, reply) in outcome.replies.iter() {
             if let ControlReply::List(list) = reply {
-                connections.extend(list.iter().cloned());
+                // Edges that predate paging answer everything: the cursor is applied here too.
+                found.extend(list.iter().filter_map(|c| {
+                    let id = c.id.parse::<ConnectionId>().ok()?;
+                    after
+                        .as_ref()
+                        .is_none_or(|a| id > *a)
+                        .then(|| (id, c.clone()))
+                }));
             }
         }
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let page_size = page_size as usize;
+        let next_page_token = if found.len() > page_size {
+            found.truncate(page_size);
+            found
+                .last()
+                .map(|(id, _)| id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(ListConnectionsReply {
-            connections,
+            connections: found.into_iter().map(|(_, c)| c).collect(),
             missing_edges: missing(&outcome),
+            next_page_token,
         })
     }
 
@@ -1127,6 +1171,7 @@ mod tests {
                 ListConnectionsRequest {
                     project: "alpha".into(),
                     of: Some(list_connections_request::Of::Group("news".into())),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1139,6 +1184,7 @@ mod tests {
                 ListConnectionsRequest {
                     project: "alpha".into(),
                     of: None,
+                    ..Default::default()
                 },
             ))
             .await
@@ -1197,6 +1243,81 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// An edge from before paging: answers every connection it has, whatever the cursor.
+    struct Unpaged(&'static str, u64);
+
+    impl EdgeHandler for Unpaged {
+        fn deliver(&self, _: &Envelope) {}
+        fn control(&self, _: &ControlRequest) -> ControlReply {
+            ControlReply::List(
+                (1..=self.1)
+                    .rev()
+                    .map(|n| ConnectionInfo {
+                        id: format!("{}-{n}", self.0),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_pages_cover_every_edge_once_in_id_order() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(MemoryBus::new());
+        // Attached in an order that is not the id order; edges that ignore the cursor.
+        for (name, n) in [("e2", 4), ("e10", 3), ("e1", 5)] {
+            registry.heartbeat(&edge(name)).await.expect("heartbeat");
+            bus.attach(edge(name), Arc::new(Unpaged(name, n)))
+                .await
+                .expect("attach");
+        }
+        let svc = service(registry, bus);
+        let list = async |page_size, page_token: &str| {
+            svc.list_connections(req(
+                Some(ALPHA),
+                ListConnectionsRequest {
+                    project: "alpha".into(),
+                    of: Some(list_connections_request::Of::User("u".into())),
+                    page_size,
+                    page_token: page_token.into(),
+                },
+            ))
+            .await
+        };
+        let mut token = String::new();
+        let mut pages = Vec::new();
+        loop {
+            let r = list(5, &token).await.expect("page").into_inner();
+            pages.push(
+                r.connections
+                    .iter()
+                    .map(|c| c.id.clone())
+                    .collect::<Vec<_>>(),
+            );
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        let want: Vec<Vec<&str>> = vec![
+            vec!["e1-1", "e1-2", "e1-3", "e1-4", "e1-5"],
+            vec!["e10-1", "e10-2", "e10-3", "e2-1", "e2-2"],
+            vec!["e2-3", "e2-4"],
+        ];
+        assert_eq!(pages, want);
+        // A page that ends exactly at the last connection says so: no empty page after it.
+        let r = list(12, "").await.expect("all").into_inner();
+        assert_eq!((r.connections.len(), r.next_page_token.as_str()), (12, ""));
+        let r = list(0, "").await.expect("default size").into_inner();
+        assert_eq!(r.connections.len(), 12);
+        let s = list(5, "e1-01").await.expect_err("not a token");
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "page_token: not a next_page_token")
+        );
     }
 
     #[tokio::test]

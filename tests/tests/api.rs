@@ -91,6 +91,7 @@ async fn api_keys_authenticate_and_scope_every_call() {
     let list = ListConnectionsRequest {
         project: "alpha".into(),
         of: Some(list_connections_request::Of::User("al".into())),
+        ..Default::default()
     };
     assert_eq!(
         code_of(beta.list_connections(list.clone()).await),
@@ -441,6 +442,7 @@ async fn count_and_list_connections() {
     let list = |of| ListConnectionsRequest {
         project: "alpha".into(),
         of: Some(of),
+        ..Default::default()
     };
     let of_alice = alpha
         .list_connections(list(list_connections_request::Of::User("alice".into())))
@@ -507,6 +509,7 @@ async fn count_and_list_connections() {
         .list_connections(ListConnectionsRequest {
             project: "alpha".into(),
             of: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(code_of(e), Code::InvalidArgument);
@@ -899,6 +902,7 @@ async fn large_listings_are_not_cut_by_the_request_size_limit() {
         .list_connections(ListConnectionsRequest {
             project: "alpha".into(),
             of: Some(list_connections_request::Of::User("big".into())),
+            ..Default::default()
         })
         .await
         .expect("a listing larger than the request limit")
@@ -953,4 +957,155 @@ async fn publish_stream_broken_by_an_oversized_message_ends_with_an_error() {
     let ids: Vec<u64> = acks.iter().map(|a| a.request_id).collect();
     assert_eq!(ids, vec![1]);
     assert_eq!(c.next_msg().await["data"], json!(1));
+}
+
+/// Every page of a listing through gRPC, from the first: the ids of each page.
+async fn pages(
+    grpc: &mut Grpc,
+    of: list_connections_request::Of,
+    page_size: u32,
+) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = grpc
+            .list_connections(ListConnectionsRequest {
+                project: "alpha".into(),
+                of: Some(of.clone()),
+                page_size,
+                page_token,
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        assert!(r.missing_edges.is_empty(), "{:?}", r.missing_edges);
+        out.push(r.connections.into_iter().map(|c| c.id).collect());
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+/// The order of a listing: by edge id, then connection number.
+fn id_order(id: &str) -> (String, u64) {
+    let (edge, n) = id.rsplit_once('-').expect("<edge>-<number>");
+    (edge.to_string(), n.parse().expect("number"))
+}
+
+#[tokio::test]
+async fn listings_of_more_than_a_page_come_in_pages_through_grpc_and_the_cli() {
+    const N: usize = 2_500;
+    let herald = herald()
+        .edge(
+            "limits",
+            toml::Value::Table(toml::toml! { per_ip_connect_rate = 0 }),
+        )
+        .start()
+        .await;
+    let tok = member("alpha", "crowd", &["many"], &[]);
+    let mut clients = Vec::with_capacity(N);
+    let mut ids = Vec::with_capacity(N);
+    while clients.len() < N {
+        let batch = futures_util::future::join_all(
+            (0..100).map(|_| connect_with_id(&herald, "alpha", &tok)),
+        )
+        .await;
+        for (c, id) in batch {
+            clients.push(c);
+            ids.push(id);
+        }
+    }
+    ids.sort_by_key(|id| id_order(id));
+    let mut admin = herald.grpc(Some(ADMIN_KEY)).await;
+
+    // The default page is 1,000; pages follow the id order and cover every connection once.
+    let by_user = pages(
+        &mut admin,
+        list_connections_request::Of::User("crowd".into()),
+        0,
+    )
+    .await;
+    let sizes: Vec<usize> = by_user.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1_000, 1_000, 500]);
+    assert_eq!(by_user.concat(), ids);
+    let by_group = pages(
+        &mut admin,
+        list_connections_request::Of::Group("many".into()),
+        700,
+    )
+    .await;
+    let sizes: Vec<usize> = by_group.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [700, 700, 700, 400]);
+    assert_eq!(by_group.concat(), ids);
+    // Larger than the most (5,000) is taken as the most: one page.
+    let all = pages(
+        &mut admin,
+        list_connections_request::Of::Group("many".into()),
+        1 << 30,
+    )
+    .await;
+    assert_eq!(all, [ids.clone()]);
+
+    // A token that no reply gave is refused.
+    let bad = admin
+        .list_connections(ListConnectionsRequest {
+            project: "alpha".into(),
+            of: Some(list_connections_request::Of::User("crowd".into())),
+            page_token: "not a token".into(),
+            ..Default::default()
+        })
+        .await;
+    let s = bad.expect_err("a bad token");
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::InvalidArgument, "page_token: not a next_page_token")
+    );
+
+    // The CLI fetches every page by default...
+    let out = operator(
+        &herald,
+        ALPHA_KEY,
+        "list",
+        &["-p", "alpha", "--user", "crowd"],
+    )
+    .await;
+    assert!(out.status.success(), "list: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().expect("id"))
+        .collect();
+    assert_eq!(listed, ids);
+    // ... or one page from a token, naming the next one.
+    let out = operator(
+        &herald,
+        ALPHA_KEY,
+        "list",
+        &[
+            "-p",
+            "alpha",
+            "--group",
+            "many",
+            "--page-size",
+            "3",
+            "--page-token",
+            &ids[1],
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "list: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().expect("id"))
+        .collect();
+    assert_eq!(listed, ids[2..5]);
+    assert_eq!(
+        text(&out.stderr),
+        format!("next page: --page-token {}\n", ids[4])
+    );
+    drop(clients);
 }

@@ -37,6 +37,7 @@ fn list_user(project: &str, user: &str) -> ListConnectionsRequest {
     ListConnectionsRequest {
         project: project.into(),
         of: Some(list_connections_request::Of::User(user.into())),
+        ..Default::default()
     }
 }
 
@@ -506,4 +507,94 @@ async fn a_registry_flushed_mid_stream_loses_nothing_of_plain_targets() {
     );
     // Whole again: targets resolve to the edges holding them.
     publish_until(&mut g, publish("alpha", To::User("carol"), "0"), 1, WAIT).await;
+}
+
+/// Opens `n` connections of `sub` to `edge` (100 at a time); returns them with their ids.
+async fn crowd(edge: &Herald, sub: &str, n: usize) -> (Vec<Client>, Vec<String>) {
+    let tok = token("alpha", sub);
+    let mut clients = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    while clients.len() < n {
+        let batch = (n - clients.len()).min(100);
+        let opened = futures_util::future::join_all((0..batch).map(|_| async {
+            let (ws, _) = edge
+                .open(&edge.url("alpha", &format!("token={tok}")), &[])
+                .await
+                .expect("websocket upgrade");
+            let mut c = Client { ws };
+            let w = c.next_json().await;
+            assert_eq!(w["type"], "welcome", "{w}");
+            let id = w["connection"].as_str().expect("connection id").to_string();
+            (c, id)
+        }))
+        .await;
+        for (c, id) in opened {
+            clients.push(c);
+            ids.push(id);
+        }
+    }
+    (clients, ids)
+}
+
+#[tokio::test]
+async fn listing_pages_gather_both_edges_in_order_and_cover_each_connection_once() {
+    let b = Backends::start().await;
+    let unlimited = || toml::Value::Table(toml::toml! { per_ip_connect_rate = 0 });
+    let e1 = herald()
+        .clustered(&b)
+        .role("edge")
+        .edge("id", "e1")
+        .edge("limits", unlimited())
+        .start()
+        .await;
+    let e2 = herald()
+        .clustered(&b)
+        .role("edge")
+        .edge("id", "e2")
+        .edge("limits", unlimited())
+        .start()
+        .await;
+    let router = node(&b, "router", "r1").await;
+    // Opened on e2 first: the order is the ids', not the connections' age.
+    let (_on_e2, ids2) = crowd(&e2, "crowd", 600).await;
+    let (_on_e1, ids1) = crowd(&e1, "crowd", 1_100).await;
+    let number = |id: &String| -> u64 {
+        id.rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .expect("<edge>-<number>")
+    };
+    let mut want = Vec::new();
+    for mut ids in [ids1, ids2] {
+        ids.sort_by_key(number);
+        want.extend(ids);
+    }
+    let mut grpc = router.grpc(Some(ALPHA_KEY)).await;
+    // The default page (1,000), then 250: the 7th page holds the last 200.
+    let mut by_250 = vec![250; 6];
+    by_250.push(200);
+    for (page_size, want_sizes) in [(0, vec![1_000, 700]), (250, by_250)] {
+        let mut got = Vec::new();
+        let mut got_sizes = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = grpc
+                .list_connections(ListConnectionsRequest {
+                    page_size,
+                    page_token,
+                    ..list_user("alpha", "crowd")
+                })
+                .await
+                .expect("a page")
+                .into_inner();
+            assert!(r.missing_edges.is_empty(), "{:?}", r.missing_edges);
+            got_sizes.push(r.connections.len());
+            got.extend(r.connections.into_iter().map(|c| c.id));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            page_token = r.next_page_token;
+        }
+        assert_eq!(got_sizes, want_sizes, "page size {page_size}");
+        assert_eq!(got, want, "page size {page_size}");
+    }
 }

@@ -95,6 +95,7 @@ async fn no_token_key_or_secret_is_logged_at_trace() {
         .list_connections(ListConnectionsRequest {
             project: "alpha".into(),
             of: Some(list_connections_request::Of::User("by-frame".into())),
+            ..Default::default()
         })
         .await
         .expect("list");

@@ -129,6 +129,7 @@ async fn wechat_like_client_through_nginx_and_directly() {
         .list_connections(ListConnectionsRequest {
             project: "alpha".into(),
             of: Some(list_connections_request::Of::User("wx".into())),
+            ..Default::default()
         })
         .await
         .expect("list")

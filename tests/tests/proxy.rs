@@ -78,6 +78,7 @@ async fn listed_remote(herald: &Herald, user: &str) -> String {
         .list_connections(ListConnectionsRequest {
             project: "alpha".into(),
             of: Some(list_connections_request::Of::User(user.into())),
+            ..Default::default()
         })
         .await
         .expect("list")

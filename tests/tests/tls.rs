@@ -326,6 +326,7 @@ async fn mutual_tls_required_and_optional() {
         .list_connections(ListConnectionsRequest {
             project: "devices".into(),
             of: Some(list_connections_request::Of::User("sensor-17".into())),
+            ..Default::default()
         })
         .await
         .expect("list")
