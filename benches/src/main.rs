@@ -10,6 +10,8 @@
 //! - `million`: one million connections against a local cluster.
 //! - `history`: what keeping recoverable messages costs: appends to the Redis history store
 //!   (round trips, latency, Redis CPU) and memory per retained message, Redis and in-process.
+//! - `recovery`: history end to end through a local cluster: recoverable against plain publish
+//!   latency and round trips, the edges' position checks at many streams, a wave of resumes.
 //!
 //! What they share, each module using only those listed before it:
 //! - `proc_stats`: what the harness reads of a process from `/proc` (RSS, CPU, writes).
@@ -31,6 +33,7 @@ mod idle;
 mod million;
 mod payload;
 mod proc_stats;
+mod recovery;
 mod report;
 mod servers;
 mod storm;
@@ -70,6 +73,9 @@ enum Scenario {
     Million(million::MillionOpts),
     /// The history store: append cost on Redis and memory per retained message.
     History(history::HistoryOpts),
+    /// History end to end through a local cluster: publish cost recoverable vs plain, position
+    /// checks at many streams, resume of many clients.
+    Recovery(recovery::RecoveryOpts),
     /// A client-end worker of `million` (started by it).
     #[command(hide = true)]
     MillionWorker(million::WorkerOpts),
@@ -102,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Storm(o) => storm::run(o).await,
             Scenario::Million(o) => million::run(o).await,
             Scenario::History(o) => history::run(o).await,
+            Scenario::Recovery(o) => recovery::run(o).await,
             Scenario::MillionWorker(o) => million::worker(o).await,
             Scenario::BaselineServer(o) => servers::baseline::baseline(o).await,
             Scenario::Pki(o) => tls::pki(o),
