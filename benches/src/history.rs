@@ -4,8 +4,16 @@
 //! each after the same number of plain `XADD`s (no script, no meta, no trimming by age) on a
 //! connection of the same kind, the floor any Redis store pays; then memory per retained message, in Redis (`MEMORY USAGE` of a full stream, and `used_memory`
 //! over many) and in the in-process store (this process's RSS growth).
+//!
+//! With `--jetstream`, the same appends to NATS JetStream beside them, the store the issue
+//! weighed against Redis: a `nats-server -js` on loopback, one stream over `hist.>` keeping
+//! `--size` messages per subject (a subject per target), each append a publish carrying
+//! `Nats-Expected-Last-Subject-Sequence` (the target's previous message, as a writer that
+//! numbers offsets itself must, so two writers cannot both take the same offset) and awaiting its
+//! ack: µs, p50/p99, nats-server CPU per append, then bytes per retained message (file and
+//! memory storage).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -39,6 +47,9 @@ pub struct HistoryOpts {
     /// A 3-master Redis Cluster instead of a single redis-server.
     #[arg(long)]
     redis_cluster: bool,
+    /// Also measure NATS JetStream appends (a `nats-server -js` on loopback).
+    #[arg(long)]
+    jetstream: bool,
 }
 
 fn stream(i: u64) -> StreamKey {
@@ -77,15 +88,6 @@ async fn used_memory(b: &Backends) -> anyhow::Result<u64> {
     Ok(sum)
 }
 
-/// Redis CPU ticks over every node.
-fn redis_ticks(b: &Backends) -> anyhow::Result<u64> {
-    b.redis
-        .iter()
-        .filter_map(|r| r.pid())
-        .map(proc_stats::cpu_ticks)
-        .sum()
-}
-
 /// One timed run: `n` calls spread over `c` tasks, each on its own stream number.
 struct Timed {
     n: u64,
@@ -99,8 +101,20 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
+    let pids: Vec<u32> = b.redis.iter().filter_map(|r| r.pid()).collect();
+    timed_on(&pids, c, per_task, call).await
+}
+
+/// [`timed`], counting the CPU of the processes `pids`.
+async fn timed_on<F, Fut>(pids: &[u32], c: u64, per_task: u64, call: F) -> anyhow::Result<Timed>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let tick_us = 1e6 / proc_stats::clock_ticks_per_sec() as f64;
-    let cpu0 = redis_ticks(b)?;
+    let server_ticks =
+        || -> anyhow::Result<u64> { pids.iter().map(|p| proc_stats::cpu_ticks(*p)).sum() };
+    let cpu0 = server_ticks()?;
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..c {
@@ -121,7 +135,7 @@ where
     }
     let wall = t0.elapsed();
     let n = per_task * c;
-    let cpu_us = (redis_ticks(b)? - cpu0) as f64 * tick_us / n as f64;
+    let cpu_us = (server_ticks()? - cpu0) as f64 * tick_us / n as f64;
     Ok(Timed {
         n,
         wall,
@@ -253,6 +267,14 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
         runs.push(j);
     }
 
+    let js = if o.jetstream {
+        let (js_rows, js_json) = jetstream(&o, &payload).await?;
+        rows.extend(js_rows);
+        js_json
+    } else {
+        serde_json::Value::Null
+    };
+
     // Memory in Redis: one stream holding `size` messages, then `streams` more.
     let full = stream(1_000_000);
     for _ in 0..o.size {
@@ -291,11 +313,11 @@ pub async fn run(o: HistoryOpts) -> anyhow::Result<()> {
         "redis_bytes_per_message_memory_usage": per_msg_usage,
         "redis_bytes_per_message_used_memory": per_msg_used,
         "memory_history_bytes_per_message_rss": per_msg_rss,
-        "memory_history_us_per_append": mem_us,
+        "memory_history_us_per_append": mem_us, "jetstream": js,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     println!(
-        "\n| {} | calls | calls/s | µs/call | p50 µs | p99 µs | max µs | round trips/call | redis CPU µs/call |",
+        "\n| {} | calls | calls/s | µs/call | p50 µs | p99 µs | max µs | round trips/call | server CPU µs/call |",
         if o.redis_cluster {
             "Redis Cluster (3 masters)"
         } else {
@@ -336,4 +358,168 @@ async fn fill(
         }
     }
     Ok(())
+}
+
+/// A `nats-server -js` on a free loopback port, storing under `dir`; killed when dropped.
+struct JetStreamServer {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl JetStreamServer {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let port = herald_sandbox::free_port()?;
+        let child = tokio::process::Command::new(herald_sandbox::server_bin("nats-server")?)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start nats-server -js")?;
+        let until = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < until, "nats-server -js did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { port, child })
+    }
+}
+
+/// A JetStream stream over `<name>.>` keeping `size` messages per subject, an hour at most.
+async fn js_stream(
+    ctx: &async_nats::jetstream::Context,
+    name: &str,
+    size: u32,
+    storage: async_nats::jetstream::stream::StorageType,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    Ok(ctx
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{name}.>")],
+            max_messages_per_subject: i64::from(size),
+            max_age: Duration::from_secs(3_600),
+            storage,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Appends to `subject`, expecting its last message at stream sequence `last` (0: none), with
+/// the target's own offset in a header; the new message's stream sequence.
+async fn js_append(
+    ctx: &async_nats::jetstream::Context,
+    subject: String,
+    last: u64,
+    offset: u64,
+    payload: Bytes,
+) -> anyhow::Result<u64> {
+    let msg = async_nats::jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .expected_last_subject_sequence(last)
+        .header("Herald-Offset", offset.to_string().as_str());
+    let ack = ctx.send_publish(subject, msg).await?.await?;
+    Ok(ack.sequence)
+}
+
+/// The JetStream rows (µs, latency, nats-server CPU per append, at each concurrency) and memory.
+async fn jetstream(
+    o: &HistoryOpts,
+    payload: &Bytes,
+) -> anyhow::Result<(Vec<String>, serde_json::Value)> {
+    use async_nats::jetstream::stream::StorageType;
+    let dir = tempfile::tempdir()?;
+    let server = JetStreamServer::start(dir.path()).await?;
+    let pid = server.child.id().context("nats-server pid")?;
+    let client = async_nats::connect(format!("nats://127.0.0.1:{}", server.port)).await?;
+    let ctx = async_nats::jetstream::new(client);
+    js_stream(&ctx, "hist", o.size, StorageType::File).await?;
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    for &c in &o.concurrency {
+        let c = c.max(1);
+        let per_task = o.appends / c;
+        // Each task appends to its own subject and keeps its last sequence and offset, as a
+        // single writer per target would; warm first.
+        let lasts: Arc<Vec<Mutex<(u64, u64)>>> =
+            Arc::new((0..c).map(|_| Mutex::new((0, 0))).collect());
+        for i in 0..c {
+            let (last, off) = *lasts[i as usize]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let seq = js_append(
+                &ctx,
+                format!("hist.c{c}.{i}"),
+                last,
+                off + 1,
+                payload.clone(),
+            )
+            .await?;
+            *lasts[i as usize]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = (seq, off + 1);
+        }
+        let (cx, p, l) = (ctx.clone(), payload.clone(), lasts.clone());
+        let t = timed_on(&[pid], c, per_task, move |i| {
+            let (cx, p, l) = (cx.clone(), p.clone(), l.clone());
+            async move {
+                let (last, off) = *l[i as usize].lock().unwrap_or_else(PoisonError::into_inner);
+                let seq = js_append(&cx, format!("hist.c{c}.{i}"), last, off + 1, p).await?;
+                *l[i as usize].lock().unwrap_or_else(PoisonError::into_inner) = (seq, off + 1);
+                Ok(())
+            }
+        })
+        .await?;
+        let (r, j) = row(
+            &format!("JetStream append (file, expected last subject seq), concurrency {c}"),
+            &t,
+            1.0,
+        );
+        rows.push(r);
+        runs.push(j);
+    }
+    // A stale expectation is refused: what makes the offsets atomic.
+    let stale = js_append(&ctx, "hist.c1.0".into(), 1, 0, payload.clone()).await;
+    anyhow::ensure!(stale.is_err(), "a stale expected sequence was accepted");
+    // Memory: `streams` subjects of `size` messages, file and memory storage.
+    let mut bytes = serde_json::Map::new();
+    for (name, storage) in [("mfile", StorageType::File), ("mmem", StorageType::Memory)] {
+        let mut s = js_stream(&ctx, name, o.size, storage).await?;
+        let rss0 = proc_stats::rss_kib(pid)?;
+        for i in 0..o.streams {
+            let mut last = 0;
+            for off in 1..=u64::from(o.size) {
+                last = js_append(
+                    &ctx,
+                    format!("{name}.{i}"),
+                    last,
+                    off,
+                    Bytes::copy_from_slice(payload),
+                )
+                .await?;
+            }
+        }
+        let rss = proc_stats::rss_kib(pid)?.saturating_sub(rss0) * 1024;
+        let info = s.info().await?;
+        let n = info.state.messages.max(1) as f64;
+        let per = info.state.bytes as f64 / n;
+        let per_rss = rss as f64 / n;
+        rows.push(format!(
+            "\nJetStream {name} ({:?} storage): {} messages, {} bytes: {per:.1} B per retained {}-byte message (stream state, headers included); nats-server RSS growth {per_rss:.1} B per message",
+            storage, info.state.messages, info.state.bytes, o.payload
+        ));
+        bytes.insert(
+            name.into(),
+            serde_json::json!({"state": per, "rss": per_rss}),
+        );
+    }
+    Ok((
+        rows,
+        serde_json::json!({"runs": runs, "bytes_per_message": bytes}),
+    ))
 }
