@@ -23,7 +23,7 @@ use crate::config::EdgeConfig;
 use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
-use crate::ws::{self, WriteQueue};
+use crate::ws::{self, FrameTrack, WriteQueue};
 use crate::{Bound, Shared, proxy, tls};
 
 /// Why a client was refused; one value answers it (HTTP status before the upgrade, close code
@@ -164,6 +164,8 @@ impl Drop for Counted {
 pub(crate) struct Admitted {
     pub(crate) stream: Stream,
     pub(crate) ctx: WebSocketContext,
+    /// What the context was given so far.
+    pub(crate) track: FrameTrack,
     pub(crate) remote: SocketAddr,
     pub(crate) counted: Counted,
     pub(crate) project: ProjectId,
@@ -278,6 +280,8 @@ pub(crate) async fn admit(
     {
         return None;
     }
+    let mut track = FrameTrack::default();
+    track.handed(&up.leftover);
     let mut ctx = WebSocketContext::from_partially_read(
         std::mem::take(&mut up.leftover),
         Role::Server,
@@ -303,7 +307,7 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let read = read_hello(tcp, &mut ctx, up.wire, cfg);
+        let read = read_hello(tcp, &mut ctx, up.wire, cfg, &mut track);
         let hello = timeout(deadline, read)
             .await
             .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
@@ -367,6 +371,7 @@ pub(crate) async fn admit(
     Some(Admitted {
         stream,
         ctx,
+        track,
         remote,
         counted,
         project,
@@ -382,10 +387,11 @@ async fn read_hello(
     ctx: &mut WebSocketContext,
     wire: Wire,
     cfg: &EdgeConfig,
+    track: &mut FrameTrack,
 ) -> Result<Hello, HelloRefused> {
     let mut reader = HelloReader::new(wire, cfg);
     loop {
-        let m = ws::read_first(tcp, ctx).await.map_err(|e| {
+        let m = ws::read_first(tcp, ctx, track).await.map_err(|e| {
             HelloRefused::close(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))
         })?;
         if let Some(hello) = reader.feed(m) {

@@ -29,16 +29,131 @@ pub(crate) struct Io<'a, 'b> {
     pub(crate) stream: &'a mut Stream,
     pub(crate) cx: &'a mut Context<'b>,
     pub(crate) out: &'a mut BytesMut,
+    /// Follows what tungstenite is given, where the context may be replaced ([`FrameTrack`]).
+    pub(crate) track: Option<&'a mut FrameTrack>,
 }
 
 impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut rb = ReadBuf::new(buf);
         match Pin::new(&mut *self.stream).poll_read(self.cx, &mut rb) {
-            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Ok(())) => {
+                if let Some(t) = &mut self.track {
+                    t.handed(rb.filled());
+                }
+                Ok(rb.filled().len())
+            }
             Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+}
+
+/// Follows the client's frames through the bytes handed to tungstenite, so that a connection can
+/// drop its context's read buffer once that buffer may have grown.
+///
+/// tungstenite reads into a buffer of `edge.read_buffer_bytes` (128) and, to take a frame, reserves
+/// the frame's whole length on top of what it already holds: a frame of more than about half the
+/// buffer (a `CONNECT` carrying its token, a STOMP `SUBSCRIBE`, a native `refresh`) doubles the
+/// buffer, and it never shrinks; an idle connection would keep it for its whole life. Once more
+/// than half the buffer's size was handed over, the buffer may have grown; when tungstenite then
+/// asks for bytes and none are there ([`io::ErrorKind::WouldBlock`]) while the bytes handed over
+/// end at the end of a frame that is not part of a fragmented message, it holds nothing (it asks
+/// only when it has no whole frame, and the bytes end at a frame's end), so the connection
+/// replaces it with a fresh context ([`FrameTrack::may_renew`]). Eight bytes: the session stays
+/// within its allocation size.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FrameTrack {
+    /// Payload bytes of the current frame still to come (saturating: tungstenite refuses frames
+    /// anywhere near 4 GiB before their payload).
+    left: u32,
+    /// Bytes handed over since the context was made (saturating).
+    count: u16,
+    /// Header bytes of the current frame seen so far.
+    seen: u8,
+    /// The current header's length once its second byte is seen ([`HEAD_LEN`]), and
+    /// [`FRAGMENTED`].
+    head: u8,
+}
+
+/// The header length bits of [`FrameTrack::head`].
+const HEAD_LEN: u8 = 0x0f;
+/// A data frame without FIN came, and the final one has not.
+const FRAGMENTED: u8 = 0x80;
+
+impl FrameTrack {
+    /// Follows bytes handed to tungstenite.
+    pub(crate) fn handed(&mut self, mut b: &[u8]) {
+        self.count = self
+            .count
+            .saturating_add(u16::try_from(b.len()).unwrap_or(u16::MAX));
+        while !b.is_empty() {
+            if self.seen == 0 && self.left > 0 {
+                let n = b.len().min(self.left as usize);
+                self.left -= n as u32;
+                b = &b[n..];
+                continue;
+            }
+            let byte = b[0];
+            b = &b[1..];
+            match self.seen {
+                0 => {
+                    // FIN and opcode: data frames (opcodes below 8) open or close a message.
+                    if byte & 0x08 == 0 {
+                        if byte & 0x80 == 0 {
+                            self.head |= FRAGMENTED;
+                        } else {
+                            self.head &= !FRAGMENTED;
+                        }
+                    }
+                }
+                1 => {
+                    let mask = if byte & 0x80 != 0 { 4 } else { 0 };
+                    let (ext, len) = match byte & 0x7f {
+                        126 => (2, 0),
+                        127 => (8, 0),
+                        n => (0, u32::from(n)),
+                    };
+                    self.head = (self.head & FRAGMENTED) | (2 + ext + mask);
+                    self.left = len;
+                }
+                n => {
+                    // A header is 2 bytes, the extended length (0, 2 or 8) and the mask (0 or 4):
+                    // 2 and 6 have no extended length, 4 and 8 two bytes, 10 and 14 eight.
+                    let ext_end = match self.head & HEAD_LEN {
+                        4 | 8 => 4,
+                        10 | 14 => 10,
+                        _ => 2,
+                    };
+                    if n < ext_end {
+                        self.left = if self.left > u32::MAX >> 8 {
+                            u32::MAX
+                        } else {
+                            self.left << 8 | u32::from(byte)
+                        };
+                    }
+                }
+            }
+            self.seen += 1;
+            if self.seen >= 2 && self.seen == self.head & HEAD_LEN {
+                self.seen = 0;
+            }
+        }
+    }
+
+    /// Whether the context may be replaced now that tungstenite asked for bytes and none were
+    /// there: it may have grown its buffer (more than half of `read_buffer_bytes` handed over)
+    /// and holds nothing (the bytes end at a frame's end, no message is half read).
+    pub(crate) fn may_renew(&self, read_buffer_bytes: usize) -> bool {
+        usize::from(self.count) * 2 > read_buffer_bytes
+            && self.seen == 0
+            && self.left == 0
+            && self.head & FRAGMENTED == 0
+    }
+
+    /// The context was replaced.
+    pub(crate) fn renewed(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -174,17 +289,20 @@ fn ws_close(code: CloseCode) -> CloseFrame {
     }
 }
 
-/// Reads a message; `WouldBlock` only when control frames wait to be written.
+/// Reads a message; `WouldBlock` only when control frames wait to be written. `track` follows
+/// the bytes read where the context may later be replaced.
 pub(crate) async fn read_message(
     stream: &mut Stream,
     ctx: &mut WebSocketContext,
     ctl: &mut BytesMut,
+    mut track: Option<&mut FrameTrack>,
 ) -> Result<Message, WsError> {
     poll_fn(|cx| {
         match ctx.read(&mut Io {
             stream,
             cx,
             out: ctl,
+            track: track.as_deref_mut(),
         }) {
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && ctl.is_empty() => {
                 Poll::Pending
@@ -199,10 +317,11 @@ pub(crate) async fn read_message(
 pub(crate) async fn read_first(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
+    track: &mut FrameTrack,
 ) -> Result<Message, WsError> {
     let mut ctl = BytesMut::new();
     loop {
-        let read = read_message(tcp, ctx, &mut ctl).await;
+        let read = read_message(tcp, ctx, &mut ctl, Some(&mut *track)).await;
         if !ctl.is_empty() {
             tcp.write_all(&std::mem::take(&mut ctl))
                 .await
@@ -260,6 +379,7 @@ pub(crate) async fn close_and_finish(
                 stream: tcp,
                 cx: &mut noop,
                 out: &mut ctl,
+                track: None,
             },
             Some(ws_close(code)),
         );
@@ -280,7 +400,7 @@ pub(crate) async fn close_and_finish(
             return tcp.shutdown().await;
         }
         loop {
-            match read_message(tcp, ctx, &mut ctl).await {
+            match read_message(tcp, ctx, &mut ctl, None).await {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     q.take_ctl(&mut ctl);
                     q.flush(tcp).await?;
@@ -342,6 +462,76 @@ mod tests {
 
     fn bytes(q: &WriteQueue) -> Vec<u8> {
         q.frames.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    /// A client frame: FIN as given, `opcode`, masked, `len` payload bytes.
+    fn client_frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65_535 => {
+                f.push(0x80 | 126);
+                f.extend((len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend((len as u64).to_be_bytes());
+            }
+        }
+        f.extend([1, 2, 3, 4]);
+        f.extend(std::iter::repeat_n(0xAB, len));
+        f
+    }
+
+    #[test]
+    fn frame_track_knows_where_frames_end_however_the_bytes_are_split() {
+        // (frame, whether a message is half read after it)
+        let frames = [
+            (client_frame(true, 2, 5), false),
+            (client_frame(true, 9, 0), false),
+            (client_frame(true, 1, 300), false),
+            (client_frame(false, 2, 125), true),
+            (client_frame(true, 9, 3), true),
+            (client_frame(true, 0, 126), false),
+            (client_frame(true, 2, 70_000), false),
+            (client_frame(true, 2, 65_535), false),
+        ];
+        for chunk in [1, 2, 3, 7, 13, 128, 100_000] {
+            let mut t = FrameTrack::default();
+            for (f, fragmented) in &frames {
+                for (i, piece) in f.chunks(chunk).enumerate() {
+                    let end = (i + 1) * chunk >= f.len();
+                    t.handed(piece);
+                    let at_rest = t.may_renew(0);
+                    assert_eq!(
+                        at_rest,
+                        end && !fragmented,
+                        "chunk {chunk}, len {}",
+                        f.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frame_track_renews_only_once_half_the_buffer_came() {
+        let mut t = FrameTrack::default();
+        t.handed(&client_frame(true, 2, 50));
+        assert!(
+            !t.may_renew(128),
+            "56 bytes cannot have grown a 128-byte buffer"
+        );
+        t.handed(&client_frame(true, 2, 10));
+        assert!(t.may_renew(128));
+        t.renewed();
+        assert!(!t.may_renew(128));
+        // A frame still coming is never renewed under.
+        let f = client_frame(true, 1, 250);
+        t.handed(&f[..200]);
+        assert!(!t.may_renew(128));
+        t.handed(&f[200..]);
+        assert!(t.may_renew(128));
     }
 
     #[test]
