@@ -313,3 +313,21 @@ pub(crate) fn heart_beat_frame(wire: Wire) -> Option<Bytes> {
 fn secs(ms: u32) -> u16 {
     ms.div_ceil(1000).min(u32::from(u16::MAX)) as u16
 }
+
+#[cfg(test)]
+mod size_tests {
+    use std::mem::size_of;
+
+    /// A live connection's protocol state is allocated once per connection: keep each within its
+    /// jemalloc size class (idle RSS per connection, benches/README.md).
+    #[test]
+    fn codec_state_stays_small() {
+        let mqtt = size_of::<super::mqtt::client::Mqtt>();
+        assert!(mqtt <= 128, "MQTT codec grew to {mqtt} bytes");
+        // The shared outbound state, with the `Arc` counts and the lock.
+        let out = size_of::<parking_lot::Mutex<super::mqtt::delivery::Outbound>>() + 16;
+        assert!(out <= 80, "MQTT outbound state grew to {out} bytes");
+        let stomp = size_of::<super::stomp::codec::StompCodec>();
+        assert!(stomp <= 160, "STOMP codec grew to {stomp} bytes");
+    }
+}

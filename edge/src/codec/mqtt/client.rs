@@ -37,19 +37,34 @@ pub(crate) struct Mqtt {
     problem_info: bool,
     receive_maximum: u16,
     client_max_packet: Option<u32>,
-    /// The client id; empty until one is assigned.
-    client_id: Arc<str>,
+    /// The client id (empty until one is assigned), held on the edge once started.
+    client_id: ClientId,
     /// The largest packet accepted from the client.
     max_packet: u32,
     asm: Assembler,
-    /// Packets that came behind `CONNECT` in its WebSocket message.
-    pending: Bytes,
+    /// Packets that came behind `CONNECT` in its WebSocket message (rare: boxed).
+    pending: Option<Box<Bytes>>,
     out: Option<SharedOutbound>,
-    claim: Option<Claim>,
     /// The `DISCONNECT` to send before a close this codec decided.
-    disconnect: Option<Bytes>,
+    disconnect: Option<Box<Bytes>>,
     /// The client sent `DISCONNECT`: the server sends none.
     client_disconnected: bool,
+}
+
+/// A connection's client id: as the client gave it until the connection starts, then held in
+/// the edge's client ids (released when the connection ends).
+enum ClientId {
+    Given(Arc<str>),
+    Held(Claim),
+}
+
+impl ClientId {
+    fn get(&self) -> &Arc<str> {
+        match self {
+            ClientId::Given(id) => id,
+            ClientId::Held(c) => &c.client_id,
+        }
+    }
 }
 
 fn count_malformed(e: &DecodeError) {
@@ -127,12 +142,11 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         problem_info: c.request_problem_information,
         receive_maximum: c.receive_maximum,
         client_max_packet: c.maximum_packet_size,
-        client_id: Arc::from(c.client_id),
+        client_id: ClientId::Given(Arc::from(c.client_id)),
         max_packet: u32::MAX,
         asm,
-        pending,
+        pending: (!pending.is_empty()).then(|| Box::new(pending)),
         out: None,
-        claim: None,
         disconnect: None,
         client_disconnected: false,
     };
@@ -239,10 +253,11 @@ impl Mqtt {
     /// The connection of this edge holding this client id in `project`, which this one takes
     /// over once started; none for a client id still to be assigned.
     pub(crate) fn takes_over(&self, ids: &ClientIds, project: &ProjectId) -> Option<ConnHandle> {
-        if self.client_id.is_empty() {
+        let id = self.client_id.get();
+        if id.is_empty() {
             return None;
         }
-        ids.holder(project, &self.client_id)
+        ids.holder(project, id)
     }
 
     fn v5(&self) -> bool {
@@ -276,16 +291,18 @@ impl Mqtt {
             self.client_max_packet,
             cfg.max_queued_bytes,
         )));
-        let assigned = self.client_id.is_empty();
-        if assigned {
-            self.client_id = Arc::from(ops.connection_id());
-        }
+        let assigned = self.client_id.get().is_empty();
+        let client_id = if assigned {
+            Arc::from(ops.connection_id())
+        } else {
+            self.client_id.get().clone()
+        };
         let ids = ops.mqtt_client_ids().clone();
-        let previous = ids.claim(ops.project(), &self.client_id, ops.handle(), &out);
-        self.claim = Some(Claim {
+        let previous = ids.claim(ops.project(), &client_id, ops.handle(), &out);
+        self.client_id = ClientId::Held(Claim {
             ids,
             project: ops.project().clone(),
-            client_id: self.client_id.clone(),
+            client_id,
             number: ops.handle().number,
         });
         let mut present = false;
@@ -329,7 +346,7 @@ impl Mqtt {
                     // Nothing is kept once the connection is gone (docs/protocol-mqtt.md).
                     session_expiry: (self.session_expiry > 0).then_some(0),
                     maximum_packet_size: Some(self.max_packet),
-                    assigned_client_id: assigned.then_some(&*self.client_id),
+                    assigned_client_id: assigned.then_some(&**self.client_id.get()),
                     capabilities: true,
                     ..Default::default()
                 },
@@ -340,8 +357,10 @@ impl Mqtt {
         for f in resend {
             ops.push(f);
         }
-        let pending = std::mem::take(&mut self.pending);
-        self.input(ops, pending).await
+        match self.pending.take() {
+            Some(pending) => self.input(ops, *pending).await,
+            None => Next::Continue,
+        }
     }
 
     /// Handles one client data message.
@@ -387,7 +406,7 @@ impl Mqtt {
     /// Closes with `code`, preceded (5.0) by a `DISCONNECT` with `reason` and `why`.
     fn close(&mut self, code: CloseCode, reason: Reason, why: &str) -> Next {
         if self.v5() {
-            self.disconnect = Some(encode::disconnect(reason, Some(why)));
+            self.disconnect = Some(Box::new(encode::disconnect(reason, Some(why))));
         }
         Next::Close(code)
     }
@@ -609,7 +628,7 @@ impl Mqtt {
         if !self.v5() || self.client_disconnected {
             return None;
         }
-        self.disconnect.take().or_else(|| {
+        self.disconnect.take().map(|d| *d).or_else(|| {
             Some(encode::disconnect(
                 reason::disconnect_v5(code),
                 Some(code.reason()),

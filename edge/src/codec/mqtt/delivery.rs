@@ -231,15 +231,23 @@ pub struct Outbound {
     window: Window,
 }
 
-/// QoS 1 messages sent and not yet acknowledged, and the ones waiting for room.
+/// The QoS 1 window: its bounds, the last packet identifier, and the messages in it.
 #[derive(Debug)]
 struct Window {
     max: u16,
     next_id: u16,
+    max_waiting_bytes: usize,
+    /// Allocated while a QoS 1 message is unacknowledged or waiting, dropped once none is: most
+    /// connections never hold one, and an idle one holds nothing.
+    queues: Option<Box<Queues>>,
+}
+
+/// QoS 1 messages sent and not yet acknowledged, and the ones waiting for room.
+#[derive(Debug, Default)]
+struct Queues {
     sent: VecDeque<(u16, Bytes)>,
     waiting: VecDeque<Bytes>,
     waiting_bytes: usize,
-    max_waiting_bytes: usize,
 }
 
 impl Outbound {
@@ -257,10 +265,8 @@ impl Outbound {
             window: Window {
                 max: inflight.max(1),
                 next_id: 0,
-                sent: VecDeque::new(),
-                waiting: VecDeque::new(),
-                waiting_bytes: 0,
                 max_waiting_bytes,
+                queues: None,
             },
         }
     }
@@ -301,6 +307,8 @@ impl Outbound {
             (Err(_), Delivery::Off) => {}
             (Err(i), d) => self.groups.insert(i, (group.into(), d)),
         }
+        // Exactly as long as the subscriptions: most connections hold one or two.
+        self.groups.shrink_to_fit();
     }
 
     /// The groups subscribed with `SUBSCRIBE` and their QoS (for a resumed session to join).
@@ -315,7 +323,7 @@ impl Outbound {
 
     /// How many QoS 1 messages wait for an acknowledgement.
     pub fn inflight(&self) -> usize {
-        self.window.sent.len()
+        self.window.queues.as_ref().map_or(0, |q| q.sent.len())
     }
 
     /// The delivery of a template's message on this connection.
@@ -367,19 +375,21 @@ impl Outbound {
             }
             if qos == 0 {
                 push_publish(&p, 0, self.v5, 0, false, frames);
-            } else if self.window.sent.len() < self.window.max as usize
-                && self.window.waiting.is_empty()
-            {
-                let id = self.window.next_id();
+                continue;
+            }
+            let w = &mut self.window;
+            let q = w.queues.get_or_insert_default();
+            if q.sent.len() < w.max as usize && q.waiting.is_empty() {
+                let id = next_id(&mut w.next_id, &q.sent);
                 push_publish(&p, 1, self.v5, id, false, frames);
-                self.window.sent.push_back((id, f));
+                q.sent.push_back((id, f));
             } else {
-                self.window.waiting_bytes += f.len();
-                self.window.waiting.push_back(f);
-                if self.window.waiting_bytes > self.window.max_waiting_bytes {
+                q.waiting_bytes += f.len();
+                q.waiting.push_back(f);
+                if q.waiting_bytes > w.max_waiting_bytes {
                     return Err(Overflow::Waiting {
-                        bytes: self.window.waiting_bytes,
-                        max: self.window.max_waiting_bytes,
+                        bytes: q.waiting_bytes,
+                        max: w.max_waiting_bytes,
                     });
                 }
             }
@@ -391,18 +401,24 @@ impl Outbound {
     /// Returns whether the identifier was in flight.
     pub fn acked(&mut self, packet_id: u16, out: &mut VecDeque<Bytes>) -> bool {
         let w = &mut self.window;
-        let Some(i) = w.sent.iter().position(|(id, _)| *id == packet_id) else {
+        let Some(q) = w.queues.as_deref_mut() else {
             return false;
         };
-        w.sent.remove(i);
-        while w.sent.len() < w.max as usize {
-            let Some(t) = w.waiting.pop_front() else {
+        let Some(i) = q.sent.iter().position(|(id, _)| *id == packet_id) else {
+            return false;
+        };
+        q.sent.remove(i);
+        while q.sent.len() < w.max as usize {
+            let Some(t) = q.waiting.pop_front() else {
                 break;
             };
-            w.waiting_bytes -= t.len();
-            let id = w.next_id();
+            q.waiting_bytes -= t.len();
+            let id = next_id(&mut w.next_id, &q.sent);
             push_publish(&Parts::of(&t), 1, self.v5, id, false, out);
-            w.sent.push_back((id, t));
+            q.sent.push_back((id, t));
+        }
+        if q.sent.is_empty() && q.waiting.is_empty() {
+            w.queues = None;
         }
         true
     }
@@ -410,21 +426,22 @@ impl Outbound {
     /// Sends every unacknowledged message again, with DUP and its packet identifier, into `out`
     /// (after a takeover).
     pub fn resend(&mut self, out: &mut VecDeque<Bytes>) {
-        for (id, t) in &self.window.sent {
+        let Some(q) = &self.window.queues else {
+            return;
+        };
+        for (id, t) in &q.sent {
             push_publish(&Parts::of(t), 1, self.v5, *id, true, out);
         }
     }
 }
 
-impl Window {
-    /// The next packet identifier not in flight (1 to 65,535).
-    fn next_id(&mut self) -> u16 {
-        loop {
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            let id = self.next_id;
-            if !self.sent.iter().any(|(s, _)| *s == id) {
-                return id;
-            }
+/// The packet identifier after `last` (1 to 65,535) that is not in flight in `sent`.
+fn next_id(last: &mut u16, sent: &VecDeque<(u16, Bytes)>) -> u16 {
+    loop {
+        *last = last.wrapping_add(1).max(1);
+        let id = *last;
+        if !sent.iter().any(|(s, _)| *s == id) {
+            return id;
         }
     }
 }

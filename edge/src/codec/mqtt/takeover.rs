@@ -23,7 +23,6 @@ pub(crate) struct ClientIds {
 }
 
 struct Holder {
-    number: u64,
     handle: ConnHandle,
     state: SharedOutbound,
 }
@@ -51,7 +50,6 @@ impl ClientIds {
             .insert(
                 (project.clone(), client_id.clone()),
                 Holder {
-                    number: handle.number,
                     handle,
                     state: state.clone(),
                 },
@@ -74,7 +72,7 @@ impl ClientIds {
     pub(crate) fn release(&self, project: &ProjectId, client_id: &Arc<str>, number: u64) {
         let mut map = self.map.lock();
         let key = (project.clone(), client_id.clone());
-        if map.get(&key).is_some_and(|h| h.number == number) {
+        if map.get(&key).is_some_and(|h| h.handle.number == number) {
             map.remove(&key);
         }
     }

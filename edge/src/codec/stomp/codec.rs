@@ -126,8 +126,9 @@ pub struct StompCodec {
     subs: Subscriptions,
     /// Groups joined from the token: subscribing needs no `channels`, unsubscribing keeps them.
     token_groups: Box<[Box<str>]>,
-    /// The frame to send before the coming close (an `ERROR`, or the `RECEIPT` of `DISCONNECT`).
-    last: Option<Bytes>,
+    /// The frame to send before the coming close (an `ERROR`, or the `RECEIPT` of `DISCONNECT`);
+    /// boxed, as it is rare.
+    last: Option<Box<Bytes>>,
     /// The server's `heart-beat`, as sent in `CONNECTED`.
     server_heart_beat: (u32, u32),
     /// The bounds of the subscriptions, refreshed from the edge's settings at every message.
@@ -245,7 +246,7 @@ impl StompCodec {
     /// left, else an `ERROR` naming the reason (none for a normal closure).
     pub fn closing(&mut self, code: CloseCode, reconnect_after_ms: u32) -> Option<Bytes> {
         if let Some(last) = self.last.take() {
-            return Some(last);
+            return Some(*last);
         }
         match code {
             CloseCode::Normal => None,
@@ -301,7 +302,7 @@ impl StompCodec {
         receipt_id: Option<&str>,
         detail: &str,
     ) -> Next {
-        self.last = Some(error(self.version, message, receipt_id, detail));
+        self.last = Some(Box::new(error(self.version, message, receipt_id, detail)));
         Next::Close(code)
     }
 
@@ -349,7 +350,7 @@ impl StompCodec {
                 }
             }
             Command::Disconnect => {
-                self.last = receipt_id.map(|r| receipt(self.version, r));
+                self.last = receipt_id.map(|r| Box::new(receipt(self.version, r)));
                 Next::Close(CloseCode::Normal)
             }
             Command::Send => self.fail(

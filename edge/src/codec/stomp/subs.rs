@@ -239,6 +239,8 @@ impl Subscriptions {
             ack: sub.ack,
             head: head.into(),
         });
+        // Exactly as long as the subscriptions: most connections hold one.
+        self.subs.shrink_to_fit();
         self.next_key = self.next_key.wrapping_add(1);
         Ok(())
     }
@@ -253,6 +255,7 @@ impl Subscriptions {
     ) -> Option<Destination> {
         let at = self.subs.iter().position(|s| *s.id == *id)?;
         let sub = self.subs.remove(at);
+        self.subs.shrink_to_fit();
         if let Some(acks) = &mut self.acks {
             acks.inflight.retain(|i| i.sub != sub.key);
             acks.held.retain(|h| h.sub != sub.key);
