@@ -17,6 +17,7 @@ pub mod nats_bus;
 mod redis_conn;
 pub mod redis_history;
 pub mod redis_registry;
+mod redis_sessions;
 
 pub use nats_bus::{NatsBus, NatsConfig};
 pub use redis_history::RedisHistory;

@@ -270,6 +270,33 @@ impl RedisHistory {
         }
     }
 
+    /// The Redis key of a session (`<prefix>:s:<project>:<id>`, see `redis_sessions`).
+    pub fn session_key(&self, key: &herald_core::sessions::SessionKey) -> String {
+        format!("{}:s:{}:{}", self.inner.keys.prefix, key.project, key.id)
+    }
+
+    /// Runs a script on keys of one slot (see [`Inner::script`]).
+    pub(crate) async fn run_script(
+        &self,
+        script: &Script,
+        source: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<Value, HistoryError> {
+        self.inner.script(script, source, keys, args).await
+    }
+
+    /// Runs one command under the call deadline, recorded for readiness.
+    pub(crate) async fn command(&self, cmd: Cmd) -> Result<Value, HistoryError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner.trip();
+        match tokio::time::timeout(inner.timeout, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(r) => inner.outcome(r),
+            Err(_) => Err(inner.failed("redis call timed out".into())),
+        }
+    }
+
     /// The Redis keys of a stream: its meta hash and its stream (tests, measurements).
     pub fn keys_of(&self, stream: &StreamKey) -> (String, String) {
         self.inner.keys.pair(stream)

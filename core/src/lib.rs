@@ -11,6 +11,8 @@
 //!   in-process implementation.
 //! - [`history`]: the [`History`](history::History) trait (recoverable streams with offsets and
 //!   epochs) and its in-process implementation.
+//! - [`sessions`]: the [`Sessions`](sessions::Sessions) trait (where a client that comes back
+//!   stood: subscriptions and acknowledged positions) and its in-process implementation.
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
@@ -20,5 +22,6 @@ pub mod history;
 pub mod ids;
 pub mod projects;
 pub mod registry;
+pub mod sessions;
 
 pub use herald_proto as proto;

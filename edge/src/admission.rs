@@ -173,6 +173,8 @@ pub(crate) struct Admitted {
     pub(crate) codec: Codec,
     /// Streams the client resumes.
     pub(crate) resume: Vec<crate::protocol::Since>,
+    /// The device it names (native `auth` with `device`).
+    pub(crate) device: Option<String>,
 }
 
 /// Answers a client refused at accept (the edge's cap), after reading its request within a
@@ -303,6 +305,7 @@ pub(crate) async fn admit(
         !up.wire.token_in_request() || (verified.is_none() && up.token.is_none() && cert.is_none());
     let mut codec = None;
     let mut resume = Vec::new();
+    let mut device = None;
     let mut token = up.token.take();
     let mut project = path_project;
     if needs_hello {
@@ -317,8 +320,10 @@ pub(crate) async fn admit(
                 project: p,
                 codec: c,
                 resume: r,
+                device: d,
             }) => {
                 resume = r;
+                device = d;
                 token = t.or(token);
                 if project.is_none() {
                     project = p;
@@ -378,6 +383,7 @@ pub(crate) async fn admit(
         identity,
         codec,
         resume,
+        device,
     })
 }
 

@@ -25,6 +25,7 @@ mod admission;
 pub mod auth;
 pub mod codec;
 pub mod config;
+mod device;
 pub mod frame;
 pub mod handshake;
 pub mod hub;
@@ -41,6 +42,7 @@ pub mod tls;
 mod ws;
 
 use herald_core::history::History;
+use herald_core::sessions::Sessions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) mqtt_client_ids: Arc<codec::mqtt::takeover::ClientIds>,
     /// Where recoverable messages are kept: read to resume clients.
     pub(crate) history: Arc<dyn History>,
+    /// Where devices' and MQTT sessions' acknowledged positions are kept.
+    pub(crate) sessions: Arc<dyn Sessions>,
 }
 
 /// A listener's settings and, on `wss`, its TLS state.
@@ -153,8 +157,9 @@ impl Edge {
         registry: Arc<dyn Registry>,
         bus: Arc<dyn Bus>,
         history: Arc<dyn History>,
+        sessions: Arc<dyn Sessions>,
     ) -> Result<Self, EdgeError> {
-        Self::bind_with(cfg, keys, Some(registry), bus, history).await
+        Self::bind_with(cfg, keys, Some(registry), bus, history, sessions).await
     }
 
     /// Binds the listener of the only edge of a single node, whose hub is the registry
@@ -165,8 +170,9 @@ impl Edge {
         keys: Arc<ArcSwap<AuthKeys>>,
         bus: Arc<dyn Bus>,
         history: Arc<dyn History>,
+        sessions: Arc<dyn Sessions>,
     ) -> Result<Self, EdgeError> {
-        Self::bind_with(cfg, keys, None, bus, history).await
+        Self::bind_with(cfg, keys, None, bus, history, sessions).await
     }
 
     async fn bind_with(
@@ -175,6 +181,7 @@ impl Edge {
         registry: Option<Arc<dyn Registry>>,
         bus: Arc<dyn Bus>,
         history: Arc<dyn History>,
+        sessions: Arc<dyn Sessions>,
     ) -> Result<Self, EdgeError> {
         let edge_id = EdgeId::new(&cfg.id)?;
         if !cfg.listeners.is_empty() && cfg.listen != EdgeConfig::default().listen {
@@ -257,6 +264,7 @@ impl Edge {
                 limits,
                 mqtt_client_ids: Default::default(),
                 history,
+                sessions,
             }),
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),
@@ -489,6 +497,7 @@ mod tests {
             Arc::new(MemoryRegistry::new()),
             Arc::new(MemoryBus::new()),
             Arc::new(herald_core::history::MemoryHistory::new()),
+            Arc::new(herald_core::sessions::MemorySessions::new()),
         )
         .await
         .expect("bind");

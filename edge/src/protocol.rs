@@ -22,6 +22,9 @@ pub enum ClientFrame<'a> {
         token: Cow<'a, str>,
         /// Streams to resume (empty: none).
         resume: Vec<Since>,
+        /// The device this connection is, for the server to remember what it acknowledged
+        /// of its user stream.
+        device: Option<Cow<'a, str>>,
     },
     /// `{"type":"subscribe","id":1,"group":"..","since":{"offset":N,"epoch":E}}`.
     Subscribe {
@@ -43,6 +46,14 @@ pub enum ClientFrame<'a> {
     Ping {
         /// Request id echoed in the answer.
         id: u64,
+    },
+    /// `{"type":"ack","id":1,"stream":"user","offset":N,"epoch":E}`: every message of the
+    /// user stream up to offset N (of epoch E) was handled by this device.
+    Ack {
+        /// Request id echoed in the answer.
+        id: u64,
+        /// Up to where.
+        position: Position,
     },
     /// `{"type":"refresh","id":1,"token":".."}`: a fresh token before the current one expires.
     Refresh {
@@ -128,6 +139,14 @@ struct RawFrame<'a> {
     since: Option<Position>,
     #[serde(default)]
     resume: Option<Vec<RawSince>>,
+    #[serde(default, borrow)]
+    device: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<u32>,
 }
 
 /// Why a client frame was not understood; answered with an `error` frame.
@@ -167,6 +186,7 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
                         missing("each resume entry names one of \"group\", \"user\", \"broadcast\"")
                     })?,
             },
+            device: raw.device,
         },
         "subscribe" => ClientFrame::Subscribe {
             id,
@@ -182,6 +202,20 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, FrameProblem> {
                 .ok_or_else(|| missing("unsubscribe needs \"group\""))?,
         },
         "ping" => ClientFrame::Ping { id },
+        "ack" => {
+            if raw.stream.as_deref() != Some("user") {
+                return Err(missing(
+                    "ack needs \"stream\":\"user\" (only user streams are acknowledged)",
+                ));
+            }
+            match (raw.offset, raw.epoch) {
+                (Some(offset), Some(epoch)) => ClientFrame::Ack {
+                    id,
+                    position: Position { offset, epoch },
+                },
+                _ => return Err(missing("ack needs \"offset\" and \"epoch\"")),
+            }
+        }
         "refresh" => ClientFrame::Refresh {
             id,
             token: raw
@@ -313,6 +347,31 @@ mod tests {
             Err(FrameError::BadFrame)
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping { id: 0 }));
+        assert_eq!(
+            parse(r#"{"type":"ack","id":2,"stream":"user","offset":5,"epoch":9}"#),
+            Ok(ClientFrame::Ack {
+                id: 2,
+                position: Position {
+                    offset: 5,
+                    epoch: 9
+                }
+            })
+        );
+        for bad in [
+            r#"{"type":"ack","id":2,"offset":5,"epoch":9}"#,
+            r#"{"type":"ack","id":2,"stream":"news","offset":5,"epoch":9}"#,
+            r#"{"type":"ack","id":2,"stream":"user","epoch":9}"#,
+        ] {
+            assert_eq!(
+                parse(bad).map_err(|p| (p.id, p.code)),
+                Err((2, FrameError::BadFrame)),
+                "{bad}"
+            );
+        }
+        match parse(r#"{"type":"auth","token":"t","device":"phone-1"}"#) {
+            Ok(ClientFrame::Auth { device, .. }) => assert_eq!(device.as_deref(), Some("phone-1")),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             parse(r#"{"type":"auth","token":"a\"b"}"#),
             Ok(ClientFrame::Auth { .. })

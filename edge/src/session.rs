@@ -30,6 +30,7 @@ use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
 use crate::codec::{Codec, Welcome};
 use crate::config::EdgeConfig;
+use crate::device::{self, Device};
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
 use crate::listener::Stream;
@@ -147,6 +148,8 @@ pub(crate) struct SessionCore {
     project: ProjectId,
     /// Inbound frame rate.
     bucket: MessageBucket,
+    /// The device this connection is (native `auth` with `device`); none for most.
+    device: Option<Box<Device>>,
     /// What the connection counts against the limits, given back when the session ends.
     _counted: Counted,
 }
@@ -176,6 +179,15 @@ pub(crate) enum ResumeRefused {
     Subscribe(SubscribeRefused),
     /// The project keeps no history of the group.
     NotRecoverable,
+}
+
+/// Why an `ack` was refused.
+#[derive(Debug)]
+pub(crate) enum AckRefused {
+    /// The connection named no device.
+    NoDevice,
+    /// The store could not keep it.
+    Unavailable,
 }
 
 /// Why a refresh was refused.
@@ -334,6 +346,27 @@ impl SessionOps<'_> {
         tokio::spawn(replay.run());
     }
 
+    /// Keeps that this device handled its user stream up to `at`.
+    pub(crate) async fn ack_user(&mut self, at: Position) -> Result<(), AckRefused> {
+        let Some(d) = &self.core.device else {
+            return Err(AckRefused::NoDevice);
+        };
+        let at = herald_core::history::Position {
+            offset: at.offset,
+            epoch: at.epoch,
+        };
+        match d.sessions.ack(&d.key, &d.stream, at, d.ttl).await {
+            Ok(()) => {
+                metrics::counter!("herald_edge_device_acks_total").increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "device acknowledgement not kept");
+                Err(AckRefused::Unavailable)
+            }
+        }
+    }
+
     /// Leaves `group`; whether the connection was in it.
     pub(crate) fn unsubscribe(&mut self, group: &str) -> Result<bool, IdError> {
         let group = GroupId::new(group)?;
@@ -375,12 +408,30 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         project,
         identity,
         mut codec,
-        resume,
+        mut resume,
+        device,
     } = a;
     // Streams resumed at connect: checked now, held from the insertion on, replayed after the
     // welcome. Refused ones are answered with an error frame each.
     let mut resumed = Vec::new();
     let mut resume_errors = Vec::new();
+    let device = match device {
+        None => None,
+        Some(name) => {
+            let keys = shared.keys.load_full();
+            device::start(
+                &name,
+                &project,
+                &identity.user,
+                keys.history(project.as_str()),
+                &*shared.history,
+                &shared.sessions,
+                &mut resume,
+                &mut resume_errors,
+            )
+            .await
+        }
+    };
     if !resume.is_empty() {
         let keys = shared.keys.load();
         let history = keys.history(project.as_str());
@@ -481,6 +532,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 .collect(),
             project,
             bucket: shared.limits.message_bucket(),
+            device,
             _counted: counted,
         },
         codec,

@@ -4,6 +4,7 @@
 //! shutdown (SIGTERM, SIGINT).
 
 use herald_core::history::{History, MemoryHistory};
+use herald_core::sessions::{MemorySessions, Sessions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -212,8 +213,16 @@ async fn build_nodes(
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
         // History lives as long as this process: a restart is a new epoch for every stream.
         let history: Arc<dyn History> = Arc::new(MemoryHistory::new());
-        let edge =
-            Edge::bind_single(cfg.edge.clone(), auth.clone(), bus.clone(), history.clone()).await?;
+        // Sessions (devices' and MQTT clients' acknowledged positions) likewise.
+        let sessions: Arc<dyn Sessions> = Arc::new(MemorySessions::new());
+        let edge = Edge::bind_single(
+            cfg.edge.clone(),
+            auth.clone(),
+            bus.clone(),
+            history.clone(),
+            sessions,
+        )
+        .await?;
         let registry = edge.registry();
         let router = Router::bind(
             cfg.router.clone(),
@@ -239,13 +248,16 @@ async fn build_nodes(
     } else {
         (c.history_redis_urls.clone(), c.history_redis_cluster)
     };
-    let history: Arc<dyn History> = Arc::new(RedisHistory::new(&RedisConfig {
+    let redis_history = RedisHistory::new(&RedisConfig {
         urls: history_urls,
         cluster: history_cluster,
         key_prefix: c.prefix.clone(),
         edge_ttl: Duration::from_secs(c.edge_ttl_secs),
         timeout: Duration::from_millis(c.redis_timeout_ms),
-    })?);
+    })?;
+    // Sessions beside the streams their positions point into, on the same connection.
+    let sessions: Arc<dyn Sessions> = Arc::new(redis_history.clone());
+    let history: Arc<dyn History> = Arc::new(redis_history);
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(&RedisConfig {
         urls: c.redis_urls.clone(),
         cluster: c.redis_cluster,
@@ -275,6 +287,7 @@ async fn build_nodes(
                 registry.clone(),
                 bus.clone(),
                 history.clone(),
+                sessions,
             )
             .await?,
         )

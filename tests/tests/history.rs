@@ -234,3 +234,147 @@ async fn a_replay_far_beyond_the_queue_is_paced_not_cut() {
     assert_eq!(offsets(&got), (1..=2000).collect::<Vec<_>>());
     assert_eq!(herald.metric("herald_edge_slow_consumers_total").await, 0.0);
 }
+
+/// What an application on a device does with its user stream: it handles a message once, and
+/// drops one whose offset is not above the last it handled under the same epoch (a resend).
+#[derive(Default)]
+struct DeviceApp {
+    epoch: u64,
+    handled: u64,
+    seen: Vec<u64>,
+    dropped: Vec<u64>,
+}
+
+impl DeviceApp {
+    fn take(&mut self, m: &Value) {
+        let (o, e) = (
+            m["offset"].as_u64().expect("offset"),
+            m["epoch"].as_u64().expect("epoch"),
+        );
+        if e == self.epoch && o <= self.handled {
+            self.dropped.push(o);
+            return;
+        }
+        self.epoch = e;
+        self.handled = o;
+        self.seen.push(o);
+    }
+}
+
+/// Publishes `n` numbered messages to user `u` and returns their offsets.
+async fn to_user(grpc: &mut herald_tests::Grpc, u: &str, from: u64, to: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for n in from..=to {
+        let r = send(
+            grpc,
+            publish("alpha", To::User(u), &format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
+        out.push(r.offset);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_device_gets_its_user_stream_at_least_once_across_reconnects() {
+    let herald = herald().projects(PROJECTS).start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    // A message before the device ever connected is not its business.
+    to_user(&mut grpc, "d1", 1, 1).await;
+
+    // First connection of the phone: its user stream starts where the stream stands.
+    let mut phone = connect_with(&herald, "d1", json!({"device": "phone"})).await;
+    let (before, resumed) = until_resumed(&mut phone, 0).await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(
+        (resumed["user"].as_bool(), resumed["offset"].as_u64()),
+        (Some(true), Some(1)),
+        "{resumed}"
+    );
+    let epoch = resumed["epoch"].as_u64().expect("epoch");
+    // A second device of the same user, with its own acknowledgements.
+    let mut tablet = connect_with(&herald, "d1", json!({"device": "tablet"})).await;
+    until_resumed(&mut tablet, 0).await;
+
+    assert_eq!(to_user(&mut grpc, "d1", 2, 6).await, [2, 3, 4, 5, 6]);
+    let mut app = DeviceApp::default();
+    for _ in 2..=6 {
+        let m = phone.next_msg().await;
+        app.take(&m);
+    }
+    assert_eq!(app.seen, [2, 3, 4, 5, 6]);
+    for _ in 2..=6 {
+        tablet.next_msg().await;
+    }
+    // The phone handled up to 4 durably and says so; 5 and 6 it received and did not ack.
+    phone
+        .send_json(json!({"type":"ack","id":9,"stream":"user","offset":4,"epoch":epoch}))
+        .await;
+    assert_eq!(phone.next_json().await, json!({"type":"ack","id":9}));
+    // An older acknowledgement moves nothing back.
+    phone
+        .send_json(json!({"type":"ack","id":10,"stream":"user","offset":2,"epoch":epoch}))
+        .await;
+    assert_eq!(phone.next_json().await, json!({"type":"ack","id":10}));
+    tablet
+        .send_json(json!({"type":"ack","id":1,"stream":"user","offset":6,"epoch":epoch}))
+        .await;
+    assert_eq!(tablet.next_json().await["type"], "ack");
+    drop(phone);
+    drop(tablet);
+
+    // Away: 7 and 8.
+    assert_eq!(to_user(&mut grpc, "d1", 7, 8).await, [7, 8]);
+
+    // Back: exactly the unacknowledged ones (5, 6: resent; 7, 8: missed), in order, then live.
+    let mut phone = connect_with(&herald, "d1", json!({"device": "phone"})).await;
+    let (got, resumed) = until_resumed(&mut phone, 0).await;
+    assert_eq!(
+        offsets(&got),
+        [5, 6, 7, 8],
+        "from the last acknowledged offset"
+    );
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    for m in &got {
+        assert_eq!(m["data"]["n"], m["offset"], "{m}");
+        app.take(m);
+    }
+    assert_eq!(to_user(&mut grpc, "d1", 9, 9).await, [9]);
+    app.take(&phone.next_msg().await);
+    // The duplicate rule: 5 and 6 came twice and were dropped by offset; each handled once.
+    assert_eq!(app.dropped, [5, 6]);
+    assert_eq!(app.seen, (2..=9).collect::<Vec<_>>());
+
+    // The tablet acknowledged everything: only what came while it was away.
+    let mut tablet = connect_with(&herald, "d1", json!({"device": "tablet"})).await;
+    let (got, _) = until_resumed(&mut tablet, 0).await;
+    assert_eq!(offsets(&got), [7, 8, 9]);
+
+    // An explicit resume of the user stream wins over what the server kept.
+    let mut again = connect_with(
+        &herald,
+        "d1",
+        json!({"device": "phone", "resume": [{"user": true, "offset": 8, "epoch": epoch}]}),
+    )
+    .await;
+    let (got, _) = until_resumed(&mut again, 0).await;
+    assert_eq!(offsets(&got), [9]);
+
+    // Without a device, an ack is refused; a device of a project without user streams is told.
+    let mut plain = connect_with(&herald, "d2", json!({})).await;
+    plain
+        .send_json(json!({"type":"ack","id":3,"stream":"user","offset":1,"epoch":epoch}))
+        .await;
+    let e = plain.next_json().await;
+    assert_eq!(
+        (e["id"].as_u64(), e["code"].as_u64()),
+        (Some(3), Some(4400)),
+        "{e}"
+    );
+    let mut bad = connect_with(&herald, "d2", json!({"device": "no.dots"})).await;
+    let e = bad.next_json().await;
+    assert_eq!(e["code"], 4422, "{e}");
+    herald
+        .wait_metric("herald_edge_device_acks_total", 3.0)
+        .await;
+}

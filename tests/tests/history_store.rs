@@ -77,6 +77,8 @@ async fn on_redis(b: &mut Backends) {
     b.prefix = format!("{prefix}c");
     let h = store(b);
     conformance(&h, "alpha").await;
+    // Sessions live in the same store, under the same contract as the in-process ones.
+    herald_core::sessions::conformance(&h, "alpha").await;
     // A group name with `/` and every id character, and a user of the same name, are their own
     // streams; the same name in another project too.
     let odd = group("alpha", "a/b-c_d@e=f/G9");

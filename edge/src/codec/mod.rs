@@ -93,6 +93,8 @@ pub(crate) struct Hello {
     pub(crate) codec: Codec,
     /// Streams the client resumes (native `auth` with `resume`).
     pub(crate) resume: Vec<crate::protocol::Since>,
+    /// The device the client names (native `auth` with `device`).
+    pub(crate) device: Option<String>,
 }
 
 /// A connect frame refused: the close code and the protocol's own answer before the close.

@@ -1,12 +1,16 @@
 //! The native protocol `herald.v1` as a codec: JSON text frames (`docs/protocol.md`).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use herald_core::codes::{CloseCode, FrameError};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Codec, Hello, Welcome};
 use crate::protocol::{self, ClientFrame};
-use crate::session::{Next, RefreshRefused, ResumeRefused, SessionOps, SubscribeRefused};
+use crate::session::{
+    AckRefused, Next, RefreshRefused, ResumeRefused, SessionOps, SubscribeRefused,
+};
 
 /// The `auth` frame: the token, when it is the first frame. Anything else is refused with
 /// 4001 (authentication required).
@@ -15,11 +19,16 @@ pub(crate) fn hello(first: Message) -> Result<Hello, CloseCode> {
         return Err(CloseCode::AuthRequired);
     };
     match protocol::parse(&t) {
-        Ok(ClientFrame::Auth { token, resume }) => Ok(Hello {
+        Ok(ClientFrame::Auth {
+            token,
+            resume,
+            device,
+        }) => Ok(Hello {
             token: Some(token.into_owned()),
             project: None,
             codec: Codec::Native,
             resume,
+            device: device.map(Cow::into_owned),
         }),
         _ => Err(CloseCode::AuthRequired),
     }
@@ -89,6 +98,19 @@ pub(crate) async fn on_message(ops: &mut SessionOps<'_>, m: Message) -> Next {
         ClientFrame::Unsubscribe { id, group } => match ops.unsubscribe(&group) {
             Ok(_) => ops.push(protocol::ack(id)),
             Err(e) => ops.push(protocol::error(id, FrameError::BadName, &e.to_string())),
+        },
+        ClientFrame::Ack { id, position } => match ops.ack_user(position).await {
+            Ok(()) => ops.push(protocol::ack(id)),
+            Err(AckRefused::NoDevice) => ops.push(protocol::error(
+                id,
+                FrameError::BadFrame,
+                "ack needs a device: name it in auth (\"device\")",
+            )),
+            Err(AckRefused::Unavailable) => ops.push(protocol::error(
+                id,
+                FrameError::HistoryUnavailable,
+                "history unavailable: the acknowledgement was not kept",
+            )),
         },
         ClientFrame::Refresh { id, token } => match ops.refresh(&token) {
             Ok(()) => ops.push(protocol::ack(id)),

@@ -155,6 +155,7 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         project,
         codec: Codec::Mqtt(Box::new(codec)),
         resume: Vec::new(),
+        device: None,
     })
 }
 

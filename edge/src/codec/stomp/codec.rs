@@ -482,6 +482,7 @@ pub(crate) fn hello(
             project: None,
             codec: crate::codec::Codec::Stomp(Box::new(c.codec)),
             resume: Vec::new(),
+            device: None,
         }),
         Err(r) => Err(crate::codec::HelloRefused {
             code: r.code,
