@@ -130,3 +130,36 @@ pub(crate) async fn start(
         sessions: sessions.clone(),
     }))
 }
+
+/// Why an `ack` was refused.
+#[derive(Debug)]
+pub(crate) enum AckRefused {
+    /// The connection named no device.
+    NoDevice,
+    /// The store could not keep it.
+    Unavailable,
+}
+
+/// Keeps that `device` handled its user stream up to `at`.
+pub(crate) async fn ack_user(
+    device: Option<&Device>,
+    at: crate::protocol::Position,
+) -> Result<(), AckRefused> {
+    let Some(d) = device else {
+        return Err(AckRefused::NoDevice);
+    };
+    let at = herald_core::history::Position {
+        offset: at.offset,
+        epoch: at.epoch,
+    };
+    match d.sessions.ack(&d.key, &d.stream, at, d.ttl).await {
+        Ok(()) => {
+            metrics::counter!("herald_edge_device_acks_total").increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "device acknowledgement not kept");
+            Err(AckRefused::Unavailable)
+        }
+    }
+}

@@ -30,7 +30,7 @@ use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
 use crate::codec::{Codec, Welcome};
 use crate::config::EdgeConfig;
-use crate::device::{self, Device};
+use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
 use crate::listener::Stream;
@@ -148,8 +148,6 @@ pub(crate) struct SessionCore {
     project: ProjectId,
     /// Inbound frame rate.
     bucket: MessageBucket,
-    /// The device this connection is (native `auth` with `device`); none for most.
-    device: Option<Box<Device>>,
     /// What the connection counts against the limits, given back when the session ends.
     _counted: Counted,
 }
@@ -179,15 +177,6 @@ pub(crate) enum ResumeRefused {
     Subscribe(SubscribeRefused),
     /// The project keeps no history of the group.
     NotRecoverable,
-}
-
-/// Why an `ack` was refused.
-#[derive(Debug)]
-pub(crate) enum AckRefused {
-    /// The connection named no device.
-    NoDevice,
-    /// The store could not keep it.
-    Unavailable,
 }
 
 /// Why a refresh was refused.
@@ -346,27 +335,6 @@ impl SessionOps<'_> {
         tokio::spawn(replay.run());
     }
 
-    /// Keeps that this device handled its user stream up to `at`.
-    pub(crate) async fn ack_user(&mut self, at: Position) -> Result<(), AckRefused> {
-        let Some(d) = &self.core.device else {
-            return Err(AckRefused::NoDevice);
-        };
-        let at = herald_core::history::Position {
-            offset: at.offset,
-            epoch: at.epoch,
-        };
-        match d.sessions.ack(&d.key, &d.stream, at, d.ttl).await {
-            Ok(()) => {
-                metrics::counter!("herald_edge_device_acks_total").increment(1);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "device acknowledgement not kept");
-                Err(AckRefused::Unavailable)
-            }
-        }
-    }
-
     /// Leaves `group`; whether the connection was in it.
     pub(crate) fn unsubscribe(&mut self, group: &str) -> Result<bool, IdError> {
         let group = GroupId::new(group)?;
@@ -415,9 +383,10 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     // welcome. Refused ones are answered with an error frame each.
     let mut resumed = Vec::new();
     let mut resume_errors = Vec::new();
-    let device = match device {
-        None => None,
-        Some(name) => {
+    if let Some(name) = device
+        && let Codec::Native(slot) = &mut codec
+    {
+        *slot = {
             let keys = shared.keys.load_full();
             device::start(
                 &name,
@@ -430,8 +399,8 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 &mut resume_errors,
             )
             .await
-        }
-    };
+        };
+    }
     if !resume.is_empty() {
         let keys = shared.keys.load();
         let history = keys.history(project.as_str());
@@ -532,7 +501,6 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 .collect(),
             project,
             bucket: shared.limits.message_bucket(),
-            device,
             _counted: counted,
         },
         codec,

@@ -162,8 +162,8 @@ pub(crate) struct Welcome<'a> {
 
 /// A live connection's protocol state.
 pub(crate) enum Codec {
-    /// `herald.v1`: no state beyond the session's.
-    Native,
+    /// `herald.v1`: no state beyond the session's, but the device of a client that names one.
+    Native(Option<Box<crate::device::Device>>),
     /// MQTT 3.1, 3.1.1 and 5.0.
     Mqtt(Box<mqtt::client::Mqtt>),
     /// STOMP 1.0, 1.1 and 1.2.
@@ -174,13 +174,13 @@ impl Codec {
     /// The codec of a client whose token came with the request and that sends no connect frame.
     pub(crate) fn plain(wire: Wire) -> Self {
         debug_assert!(wire.token_in_request());
-        Codec::Native
+        Codec::Native(None)
     }
 
     /// The protocol this codec speaks.
     pub(crate) fn wire(&self) -> Wire {
         match self {
-            Codec::Native => Wire::Native,
+            Codec::Native(_) => Wire::Native,
             Codec::Mqtt(_) => Wire::Mqtt,
             Codec::Stomp(_) => Wire::Stomp,
         }
@@ -191,7 +191,7 @@ impl Codec {
     /// frame from the client.
     pub(crate) fn keep_alive_secs(&self) -> u16 {
         match self {
-            Codec::Native => 0,
+            Codec::Native(_) => 0,
             Codec::Mqtt(m) => m.keep_alive(),
             Codec::Stomp(s) => secs(s.heart_beat().expect_ms),
         }
@@ -200,7 +200,7 @@ impl Codec {
     /// Seconds between the heart-beats the hub sends the client ([`heart_beat_frame`]), 0: none.
     pub(crate) fn heart_beat_secs(&self) -> u8 {
         match self {
-            Codec::Native | Codec::Mqtt(_) => 0,
+            Codec::Native(_) | Codec::Mqtt(_) => 0,
             // A client asking for rarer heart-beats than every 255 s gets them more often.
             Codec::Stomp(s) => secs(s.heart_beat().send_ms).min(255) as u8,
         }
@@ -214,7 +214,7 @@ impl Codec {
         project: &ProjectId,
     ) -> Option<ConnHandle> {
         match self {
-            Codec::Native | Codec::Stomp(_) => None,
+            Codec::Native(_) | Codec::Stomp(_) => None,
             Codec::Mqtt(m) => m.takes_over(ids, project),
         }
     }
@@ -233,7 +233,7 @@ impl Codec {
     /// The answer to an accepted connect (empty when [`Codec::started`] answers).
     pub(crate) fn welcome(&mut self, w: &Welcome<'_>) -> Bytes {
         match self {
-            Codec::Native => native::welcome(w),
+            Codec::Native(_) => native::welcome(w),
             Codec::Mqtt(_) => Bytes::new(),
             Codec::Stomp(s) => s.welcome(w.connection_id, w.user, w.groups),
         }
@@ -242,7 +242,7 @@ impl Codec {
     /// Runs once the connection is in the hub and its welcome queued.
     pub(crate) async fn started(&mut self, ops: &mut SessionOps<'_>) -> Next {
         match self {
-            Codec::Native => Next::Continue,
+            Codec::Native(_) => Next::Continue,
             Codec::Mqtt(m) => m.started(ops).await,
             Codec::Stomp(_) => Next::Continue,
         }
@@ -251,7 +251,7 @@ impl Codec {
     /// The protocol's answer to a refused connect, sent before the close frame.
     pub(crate) fn refusal(&mut self, code: CloseCode) -> Option<Bytes> {
         match self {
-            Codec::Native => {
+            Codec::Native(_) => {
                 let _ = code;
                 None
             }
@@ -263,7 +263,7 @@ impl Codec {
     /// Handles one client data message of a live session.
     pub(crate) async fn on_message(&mut self, ops: &mut SessionOps<'_>, m: Message) -> Next {
         match self {
-            Codec::Native => native::on_message(ops, m).await,
+            Codec::Native(d) => native::on_message(ops, d, m).await,
             Codec::Mqtt(c) => c.on_message(ops, m).await,
             Codec::Stomp(s) => stomp::codec::on_message(s, ops, m).await,
         }
@@ -274,7 +274,7 @@ impl Codec {
     #[inline]
     pub(crate) fn render(&mut self, frames: &mut VecDeque<Bytes>) -> Option<CloseCode> {
         match self {
-            Codec::Native => {
+            Codec::Native(_) => {
                 let _ = frames;
                 None
             }
@@ -286,7 +286,7 @@ impl Codec {
     /// What to send before the server closes the connection with `code`.
     pub(crate) fn closing(&mut self, code: CloseCode, reconnect_after_ms: u32) -> Option<Bytes> {
         match self {
-            Codec::Native => native::closing(code, reconnect_after_ms),
+            Codec::Native(_) => native::closing(code, reconnect_after_ms),
             Codec::Mqtt(m) => m.closing(code),
             Codec::Stomp(s) => s.closing(code, reconnect_after_ms),
         }

@@ -7,10 +7,9 @@ use herald_core::codes::{CloseCode, FrameError};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Codec, Hello, Welcome};
+use crate::device::{AckRefused, Device, ack_user};
 use crate::protocol::{self, ClientFrame};
-use crate::session::{
-    AckRefused, Next, RefreshRefused, ResumeRefused, SessionOps, SubscribeRefused,
-};
+use crate::session::{Next, RefreshRefused, ResumeRefused, SessionOps, SubscribeRefused};
 
 /// The `auth` frame: the token, when it is the first frame. Anything else is refused with
 /// 4001 (authentication required).
@@ -26,7 +25,7 @@ pub(crate) fn hello(first: Message) -> Result<Hello, CloseCode> {
         }) => Ok(Hello {
             token: Some(token.into_owned()),
             project: None,
-            codec: Codec::Native,
+            codec: Codec::Native(None),
             resume,
             device: device.map(Cow::into_owned),
         }),
@@ -52,7 +51,11 @@ pub(crate) fn closing(code: CloseCode, reconnect_after_ms: u32) -> Option<Bytes>
 }
 
 /// Handles one client frame.
-pub(crate) async fn on_message(ops: &mut SessionOps<'_>, m: Message) -> Next {
+pub(crate) async fn on_message(
+    ops: &mut SessionOps<'_>,
+    device: &Option<Box<Device>>,
+    m: Message,
+) -> Next {
     let text = match m {
         Message::Text(t) => t,
         Message::Binary(_) => {
@@ -99,7 +102,7 @@ pub(crate) async fn on_message(ops: &mut SessionOps<'_>, m: Message) -> Next {
             Ok(_) => ops.push(protocol::ack(id)),
             Err(e) => ops.push(protocol::error(id, FrameError::BadName, &e.to_string())),
         },
-        ClientFrame::Ack { id, position } => match ops.ack_user(position).await {
+        ClientFrame::Ack { id, position } => match ack_user(device.as_deref(), position).await {
             Ok(()) => ops.push(protocol::ack(id)),
             Err(AckRefused::NoDevice) => ops.push(protocol::error(
                 id,
