@@ -62,6 +62,9 @@ pub struct ServeOpts {
     /// gRPC listen address (`router.listen`).
     #[arg(long)]
     pub grpc_listen: Option<SocketAddr>,
+    /// HTTP/JSON API listen address (`router.http_listen`; off unless set).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// Admin HTTP listen address (`admin.listen`).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,

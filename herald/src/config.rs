@@ -275,6 +275,8 @@ pub struct Overrides {
     pub ws_listen: Option<SocketAddr>,
     /// `router.listen`.
     pub grpc_listen: Option<SocketAddr>,
+    /// `router.http_listen`.
+    pub http_listen: Option<SocketAddr>,
     /// `admin.listen`.
     pub admin_listen: Option<SocketAddr>,
     /// `cluster.role`.
@@ -305,6 +307,9 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     }
     if let Some(a) = overrides.grpc_listen {
         fig = fig.merge(Serialized::default("router.listen", a));
+    }
+    if let Some(a) = overrides.http_listen {
+        fig = fig.merge(Serialized::default("router.http_listen", a));
     }
     if let Some(a) = overrides.admin_listen {
         fig = fig.merge(Serialized::default("admin.listen", a));

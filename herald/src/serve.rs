@@ -62,6 +62,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let overrides = Overrides {
         ws_listen: opts.ws_listen,
         grpc_listen: opts.grpc_listen,
+        http_listen: opts.http_listen,
         admin_listen: opts.admin_listen,
         role: opts.role,
     };
@@ -97,6 +98,10 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let ws = nodes.edge.as_ref().map(Edge::local_addr).transpose()?;
     let listeners = nodes.edge.as_ref().map(Edge::local_addrs).transpose()?;
     let grpc = nodes.router.as_ref().map(Router::local_addr).transpose()?;
+    let http = match &nodes.router {
+        Some(r) => r.http_addr()?,
+        None => None,
+    };
     let admin_addr = admin_listener.local_addr()?;
     // One machine-readable line for scripts and tests, then the human guide in dev mode.
     let mut line = String::from("herald ready");
@@ -110,6 +115,9 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     if let Some(grpc) = grpc {
         line.push_str(&format!(" grpc={grpc}"));
     }
+    if let Some(http) = http {
+        line.push_str(&format!(" http={http}"));
+    }
     println!("{line} admin={admin_addr}");
     let listeners = listeners.map(|l| {
         let l: Vec<String> = l.iter().map(ToString::to_string).collect();
@@ -119,6 +127,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         ws = ws.map(tracing::field::display),
         listeners = listeners.as_deref().map(tracing::field::display),
         grpc = grpc.map(tracing::field::display),
+        http = http.map(tracing::field::display),
         admin = %admin_addr,
         role = %cfg.cluster.role.as_str(),
         clustered = cfg.cluster.clustered(),

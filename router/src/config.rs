@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct RouterConfig {
     /// Address of the gRPC listener. Default `0.0.0.0:50051`.
     pub listen: SocketAddr,
+    /// Address of the HTTP/JSON API listener (the same calls as gRPC). Default none: off.
+    pub http_listen: Option<SocketAddr>,
     /// Largest payload accepted, in bytes (larger: `INVALID_ARGUMENT`). Default 65,536.
     pub max_payload_bytes: usize,
     /// How long an idempotency key is remembered, in seconds. Default 300.
@@ -24,6 +26,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http_listen: None,
             max_payload_bytes: 65_536,
             idempotency_window_secs: 300,
             control_timeout_ms: 2_000,

@@ -4,6 +4,8 @@
 //! - [`config`]: the router's settings.
 //! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
+//! - [`http`]: the HTTP/JSON API beside gRPC (`router.http_listen`), running the same service
+//!   functions.
 //! - [`service`]: the `herald.v1.Herald` service: validation, target resolution through the
 //!   [`Registry`](herald_core::registry::Registry), recoverable messages stored in the
 //!   [`History`](herald_core::history::History) first, hand-off to the [`Bus`](herald_core::bus::Bus).
@@ -11,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod service;
 
@@ -44,16 +47,20 @@ pub enum RouterError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The HTTP/JSON server failed.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
 }
 
 /// A bound router, ready to serve.
 pub struct Router {
     listener: TcpListener,
+    http: Option<TcpListener>,
     service: RouterService,
 }
 
 impl Router {
-    /// Binds the gRPC listener.
+    /// Binds the gRPC listener, and the HTTP/JSON one when `cfg.http_listen` is set.
     pub async fn bind(
         cfg: RouterConfig,
         keys: Arc<ArcSwap<ApiKeys>>,
@@ -67,19 +74,42 @@ impl Router {
                 addr: cfg.listen,
                 source,
             })?;
+        let http = match cfg.http_listen {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RouterError::Bind { addr, source })?,
+            ),
+        };
         Ok(Self {
             listener,
+            http,
             service: RouterService::new(cfg, keys, registry, bus, history),
         })
     }
 
-    /// The address the listener is bound to.
+    /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// The address the HTTP/JSON listener is bound to, when there is one.
+    pub fn http_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.http.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
     /// Serves until `cancel` fires, then finishes calls in flight.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), RouterError> {
+        let http = self.http.map(|listener| {
+            let app = http::app(self.service.clone());
+            let stop = cancel.clone().cancelled_owned();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<HeraldServer<RouterService>>().await;
         let max = self.service.max_message_bytes();
@@ -96,6 +126,12 @@ impl Router {
                 cancel.cancelled_owned(),
             )
             .await?;
+        if let Some(http) = http {
+            match http.await {
+                Ok(r) => r.map_err(RouterError::Http)?,
+                Err(e) => tracing::warn!(error = %e, "http server task failed"),
+            }
+        }
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::RouterConfig;
@@ -101,7 +102,12 @@ impl RouterService {
     }
 
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Scope, ApiError> {
-        self.inner.keys.load().authenticate(req.metadata())
+        self.authenticate_metadata(req.metadata())
+    }
+
+    /// The scope of the API key in the `authorization` metadata (or HTTP header).
+    pub(crate) fn authenticate_metadata(&self, md: &MetadataMap) -> Result<Scope, ApiError> {
+        self.inner.keys.load().authenticate(md)
     }
 
     /// Checks the project id, its existence and the key's right to it.
@@ -114,7 +120,8 @@ impl RouterService {
         Ok(id)
     }
 
-    async fn publish_one(
+    /// Publishes one message for a caller of `scope`.
+    pub(crate) async fn publish_one(
         &self,
         scope: &Scope,
         req: PublishRequest,
@@ -370,21 +377,28 @@ impl RouterService {
             None => Err(ApiError::invalid("message", "required")),
             Some(msg) => self.publish_one(scope, msg).await,
         };
-        match outcome {
-            Ok(reply) => PublishAck {
-                request_id,
-                reply: Some(reply),
-                ..Default::default()
-            },
-            Err(e) => PublishAck {
-                request_id,
-                reply: None,
-                error_code: e.code() as i32,
-                error_message: e.to_string(),
-            },
-        }
+        ack(request_id, outcome)
     }
+}
 
+/// The ack of one message of a stream or a batch: its reply, or its error's code and message.
+pub(crate) fn ack(request_id: u64, outcome: Result<PublishReply, ApiError>) -> PublishAck {
+    match outcome {
+        Ok(reply) => PublishAck {
+            request_id,
+            reply: Some(reply),
+            ..Default::default()
+        },
+        Err(e) => PublishAck {
+            request_id,
+            reply: None,
+            error_code: e.code() as i32,
+            error_message: e.to_string(),
+        },
+    }
+}
+
+impl RouterService {
     async fn control(&self, req: ControlRequest) -> Result<ControlOutcome, ApiError> {
         let deadline = Duration::from_millis(self.inner.cfg.control_timeout_ms);
         // Without the live edges no reply could say who is missing: refuse rather than
@@ -393,16 +407,16 @@ impl RouterService {
         Ok(self.inner.bus.control(&req, &live, deadline).await?)
     }
 
-    async fn count(
+    /// Counts connections for a caller of `scope`.
+    pub(crate) async fn count(
         &self,
-        request: Request<CountConnectionsRequest>,
+        scope: &Scope,
+        req: CountConnectionsRequest,
     ) -> Result<CountConnectionsReply, ApiError> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = match (&scope, req.project.is_empty()) {
+        let project = match (scope, req.project.is_empty()) {
             (Scope::Admin, true) => None,
-            (Scope::Project(p), true) => Some(self.project(&scope, &p.clone())?),
-            (_, false) => Some(self.project(&scope, &req.project)?),
+            (Scope::Project(p), true) => Some(self.project(scope, p)?),
+            (_, false) => Some(self.project(scope, &req.project)?),
         };
         let outcome = self
             .control(ControlRequest::Count {
@@ -433,13 +447,13 @@ impl RouterService {
         })
     }
 
-    async fn list(
+    /// Lists one page of connections for a caller of `scope`.
+    pub(crate) async fn list(
         &self,
-        request: Request<ListConnectionsRequest>,
+        scope: &Scope,
+        req: ListConnectionsRequest,
     ) -> Result<ListConnectionsReply, ApiError> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = self.project(&scope, &req.project)?;
+        let project = self.project(scope, &req.project)?;
         let of = match req.of {
             Some(list_connections_request::Of::User(u)) => {
                 ListOf::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
@@ -501,10 +515,13 @@ impl RouterService {
         })
     }
 
-    async fn kick(&self, request: Request<DisconnectRequest>) -> Result<DisconnectReply, ApiError> {
-        let scope = self.authenticate(&request)?;
-        let req = request.into_inner();
-        let project = self.project(&scope, &req.project)?;
+    /// Disconnects for a caller of `scope`.
+    pub(crate) async fn kick(
+        &self,
+        scope: &Scope,
+        req: DisconnectRequest,
+    ) -> Result<DisconnectReply, ApiError> {
+        let project = self.project(scope, &req.project)?;
         let who = match req.who {
             Some(disconnect_request::Who::User(u)) => {
                 DisconnectWho::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
@@ -628,21 +645,30 @@ impl Herald for RouterService {
         &self,
         request: Request<CountConnectionsRequest>,
     ) -> Result<Response<CountConnectionsReply>, Status> {
-        Ok(Response::new(self.count(request).await?))
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.count(&scope, request.into_inner()).await?,
+        ))
     }
 
     async fn list_connections(
         &self,
         request: Request<ListConnectionsRequest>,
     ) -> Result<Response<ListConnectionsReply>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.list(&scope, request.into_inner()).await?,
+        ))
     }
 
     async fn disconnect(
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
-        Ok(Response::new(self.kick(request).await?))
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.kick(&scope, request.into_inner()).await?,
+        ))
     }
 }
 

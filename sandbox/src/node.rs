@@ -24,6 +24,8 @@ pub struct Ready {
     pub listeners: Vec<SocketAddr>,
     /// The gRPC listener (a router).
     pub grpc: Option<SocketAddr>,
+    /// The HTTP/JSON API listener (a router with `router.http_listen`).
+    pub http: Option<SocketAddr>,
     /// The admin listener.
     pub admin: Option<SocketAddr>,
 }
@@ -57,6 +59,7 @@ impl Ready {
             ws: addr("ws")?,
             listeners,
             grpc: addr("grpc")?,
+            http: addr("http")?,
             admin: addr("admin")?,
         })
     }
@@ -282,8 +285,11 @@ mod tests {
         assert_eq!(all.grpc, Some(SocketAddr::from(([127, 0, 0, 1], 50051))));
         assert_eq!(all.admin, Some(SocketAddr::from(([127, 0, 0, 1], 9090))));
         let router =
-            Ready::parse("herald ready grpc=127.0.0.1:1 admin=127.0.0.1:2").expect("router");
+            Ready::parse("herald ready grpc=127.0.0.1:1 http=127.0.0.1:3 admin=127.0.0.1:2")
+                .expect("router");
         assert_eq!((router.ws, router.listeners.len()), (None, 0));
+        assert_eq!(router.http, Some(SocketAddr::from(([127, 0, 0, 1], 3))));
+        assert_eq!(all.http, None);
         assert!(Ready::parse("herald ready ws=nonsense").is_err());
     }
 

@@ -275,6 +275,7 @@ impl HeraldBuilder {
             ws: ready.ws.unwrap_or(none),
             listeners: ready.listeners,
             grpc: ready.grpc.unwrap_or(none),
+            http: ready.http.unwrap_or(none),
             admin: ready.admin.unwrap_or(none),
             node,
             config_path,
@@ -292,6 +293,8 @@ pub struct Herald {
     pub listeners: Vec<SocketAddr>,
     /// gRPC listener.
     pub grpc: SocketAddr,
+    /// HTTP/JSON API listener (0.0.0.0:0 unless `router.http_listen` is set).
+    pub http: SocketAddr,
     /// Admin HTTP listener.
     pub admin: SocketAddr,
     node: herald_sandbox::Node,
@@ -516,6 +519,75 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// An HTTP/1.1 answer: status, headers (names in lower case) and body.
+#[derive(Debug)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of a header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`connection: close`): `head` holds extra header
+/// lines; `content-length` is the body's unless `head` sets one.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    head: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for (k, v) in head {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !head
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let out = String::from_utf8(out).expect("utf-8 answer");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }
 
 /// A connected WebSocket client, over plain TCP unless `S` says otherwise (TLS).

@@ -1,0 +1,858 @@
+//! The router's HTTP/JSON API (`router.http_listen`): checked against its OpenAPI file
+//! (docs/openapi.json) on a running server, and against the gRPC API it mirrors.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use herald_core::proto::v1::{ListConnectionsRequest, PublishRequest, list_connections_request};
+use herald_tests::cluster::Backends;
+use herald_tests::*;
+use serde_json::{Value, json};
+use tonic::Code;
+
+/// The OpenAPI file, parsed.
+fn openapi() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    let text = std::fs::read_to_string(path).expect("docs/openapi.json");
+    serde_json::from_str(&text).expect("docs/openapi.json is JSON")
+}
+
+/// A JSON Schema validator for the keywords the OpenAPI file uses. A keyword it does not know
+/// fails the test: the file cannot say more than is checked.
+struct Validator<'a> {
+    doc: &'a Value,
+}
+
+fn push(errors: &mut Vec<String>, at: &str, what: String) {
+    errors.push(format!("{at}: {what}"));
+}
+
+impl Validator<'_> {
+    fn resolve<'s>(&'s self, schema: &'s Value) -> &'s Value {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let name = r
+                    .strip_prefix("#/components/schemas/")
+                    .unwrap_or_else(|| panic!("unsupported $ref {r}"));
+                &self.doc["components"]["schemas"][name]
+            }
+            None => schema,
+        }
+    }
+
+    /// Every way `v` breaks `schema`, each with its place.
+    fn check(&self, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        let Some(obj) = schema.as_object() else {
+            panic!("schema at {at} is not an object: {schema}");
+        };
+        for (keyword, arg) in obj {
+            match keyword.as_str() {
+                // Annotations.
+                "description" | "contentEncoding" | "title" => {}
+                "type" => {
+                    let t = arg.as_str().expect("type is a string");
+                    let ok = match t {
+                        "object" => v.is_object(),
+                        "array" => v.is_array(),
+                        "string" => v.is_string(),
+                        "integer" => v.is_i64() || v.is_u64(),
+                        "number" => v.is_number(),
+                        "boolean" => v.is_boolean(),
+                        "null" => v.is_null(),
+                        other => panic!("unsupported type {other}"),
+                    };
+                    if !ok {
+                        push(errors, at, format!("{v} is not of type {t}"));
+                    }
+                }
+                "enum" => {
+                    if !arg.as_array().expect("enum list").contains(v) {
+                        push(errors, at, format!("{v} is not one of {arg}"));
+                    }
+                }
+                "required" => {
+                    if let Some(o) = v.as_object() {
+                        for name in arg.as_array().expect("required list") {
+                            let name = name.as_str().expect("a name");
+                            if !o.contains_key(name) {
+                                push(errors, at, format!("{name} is required"));
+                            }
+                        }
+                    }
+                }
+                "minProperties" | "maxProperties" => {
+                    if let Some(o) = v.as_object() {
+                        let n = arg.as_u64().expect("a count") as usize;
+                        let bad = if keyword == "minProperties" {
+                            o.len() < n
+                        } else {
+                            o.len() > n
+                        };
+                        if bad {
+                            push(
+                                errors,
+                                at,
+                                format!("{} properties breaks {keyword} {n}", o.len()),
+                            );
+                        }
+                    }
+                }
+                "minLength" | "maxLength" => {
+                    if let Some(s) = v.as_str() {
+                        let n = arg.as_u64().expect("a length") as usize;
+                        let len = s.chars().count();
+                        let bad = if keyword == "minLength" {
+                            len < n
+                        } else {
+                            len > n
+                        };
+                        if bad {
+                            push(errors, at, format!("length {len} breaks {keyword} {n}"));
+                        }
+                    }
+                }
+                "minimum" | "maximum" => {
+                    if let Some(x) = v.as_f64() {
+                        let n = arg.as_f64().expect("a bound");
+                        let bad = if keyword == "minimum" { x < n } else { x > n };
+                        if bad {
+                            push(errors, at, format!("{x} breaks {keyword} {n}"));
+                        }
+                    }
+                }
+                "maxItems" => {
+                    if let Some(a) = v.as_array() {
+                        let n = arg.as_u64().expect("a count") as usize;
+                        if a.len() > n {
+                            push(errors, at, format!("{} items breaks maxItems {n}", a.len()));
+                        }
+                    }
+                }
+                "items" => {
+                    if let Some(a) = v.as_array() {
+                        for (i, item) in a.iter().enumerate() {
+                            self.check(arg, item, &format!("{at}[{i}]"), errors);
+                        }
+                    }
+                }
+                "properties" => {
+                    if let Some(o) = v.as_object() {
+                        for (name, sub) in arg.as_object().expect("properties map") {
+                            if let Some(x) = o.get(name) {
+                                self.check(sub, x, &format!("{at}.{name}"), errors);
+                            }
+                        }
+                    }
+                }
+                "additionalProperties" => {
+                    if let Some(o) = v.as_object() {
+                        let known = obj.get("properties").and_then(Value::as_object);
+                        for (name, x) in o {
+                            if known.is_some_and(|k| k.contains_key(name)) {
+                                continue;
+                            }
+                            match arg {
+                                Value::Bool(false) => {
+                                    errors.push(format!("{at}: {name} is not allowed"));
+                                }
+                                Value::Bool(true) => {}
+                                sub => self.check(sub, x, &format!("{at}.{name}"), errors),
+                            }
+                        }
+                    }
+                }
+                "not" => {
+                    let mut sub = Vec::new();
+                    self.check(arg, v, at, &mut sub);
+                    if sub.is_empty() {
+                        push(
+                            errors,
+                            at,
+                            format!("{v} matches the schema it must not: {arg}"),
+                        );
+                    }
+                }
+                "oneOf" => {
+                    let matching = arg
+                        .as_array()
+                        .expect("oneOf list")
+                        .iter()
+                        .filter(|s| {
+                            let mut sub = Vec::new();
+                            self.check(s, v, at, &mut sub);
+                            sub.is_empty()
+                        })
+                        .count();
+                    if matching != 1 {
+                        push(
+                            errors,
+                            at,
+                            format!("matches {matching} of oneOf {arg}, not 1"),
+                        );
+                    }
+                }
+                "$ref" => {}
+                other => panic!("the validator does not know the keyword {other:?} (at {at})"),
+            }
+        }
+    }
+
+    fn errors(&self, schema: &Value, v: &Value) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.check(schema, v, "$", &mut errors);
+        errors
+    }
+}
+
+#[test]
+fn the_validator_catches_what_it_claims_to() {
+    let doc = json!({"components": {"schemas": {"S": {
+        "type": "object", "additionalProperties": false, "required": ["a"],
+        "oneOf": [{"required": ["b"]}, {"required": ["c"]}],
+        "not": {"required": ["d", "e"]},
+        "properties": {
+            "a": {"type": "integer", "minimum": 0, "maximum": 9},
+            "b": {"type": "string", "minLength": 1, "maxLength": 2},
+            "c": {"type": "array", "maxItems": 1, "items": {"enum": ["x"]}},
+            "d": {}, "e": {},
+            "m": {"type": "object", "additionalProperties": {"type": "boolean"},
+                  "minProperties": 1, "maxProperties": 1}
+        }
+    }}}});
+    let v = Validator { doc: &doc };
+    let s = json!({"$ref": "#/components/schemas/S"});
+    assert_eq!(
+        v.errors(&s, &json!({"a": 1, "b": "x"})),
+        Vec::<String>::new()
+    );
+    for bad in [
+        json!({"b": "x"}),
+        json!({"a": 1}),
+        json!({"a": 1, "b": "x", "c": []}),
+        json!({"a": -1, "b": "x"}),
+        json!({"a": 10, "b": "x"}),
+        json!({"a": 1.5, "b": "x"}),
+        json!({"a": 1, "b": ""}),
+        json!({"a": 1, "b": "xyz"}),
+        json!({"a": 1, "c": ["x", "x"]}),
+        json!({"a": 1, "c": ["y"]}),
+        json!({"a": 1, "b": "x", "z": 0}),
+        json!({"a": 1, "b": "x", "d": 0, "e": 0}),
+        json!({"a": 1, "b": "x", "m": {}}),
+        json!({"a": 1, "b": "x", "m": {"p": 1}}),
+        json!({"a": 1, "b": "x", "m": {"p": true, "q": true}}),
+        json!([1]),
+    ] {
+        assert!(!v.errors(&s, &bad).is_empty(), "{bad} passed");
+    }
+}
+
+/// The operation `POST path` of the file.
+fn operation<'a>(doc: &'a Value, path: &str) -> &'a Value {
+    let op = &doc["paths"][path]["post"];
+    assert!(op.is_object(), "POST {path} is not in docs/openapi.json");
+    op
+}
+
+/// One call and what it must get.
+struct Case {
+    path: &'static str,
+    key: Option<&'static str>,
+    body: String,
+    status: u16,
+    /// Extra header lines (e.g. a declared length).
+    head: Vec<(&'static str, String)>,
+}
+
+fn case(path: &'static str, key: Option<&'static str>, body: Value, status: u16) -> Case {
+    Case {
+        path,
+        key,
+        body: body.to_string(),
+        status,
+        head: Vec::new(),
+    }
+}
+
+fn raw_case(path: &'static str, key: Option<&'static str>, body: &str, status: u16) -> Case {
+    Case {
+        body: body.into(),
+        ..case(path, key, Value::Null, status)
+    }
+}
+
+/// A body declared larger than any call takes, sent as its head alone.
+fn too_large(path: &'static str) -> Case {
+    Case {
+        body: String::new(),
+        head: vec![("content-length", (64 << 20).to_string())],
+        ..case(path, Some(ALPHA_KEY), Value::Null, 413)
+    }
+}
+
+/// Runs `c` against the server and checks the answer against the file: a documented status,
+/// JSON, the documented schema; a request answered 200 must match the request schema too.
+/// Returns the answer's body. Records the (path, status) covered.
+async fn run(
+    addr: SocketAddr,
+    doc: &Value,
+    covered: &mut BTreeSet<(String, String)>,
+    c: Case,
+) -> Value {
+    let v = Validator { doc };
+    let op = operation(doc, c.path);
+    let auth = c.key.map(|k| format!("Bearer {k}"));
+    let mut head: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        head.push(("authorization", a));
+    }
+    for (k, val) in &c.head {
+        head.push((k, val));
+    }
+    let r = http_request(addr, "POST", c.path, &head, c.body.as_bytes()).await;
+    let what = format!("POST {} {} -> {} {}", c.path, c.body, r.status, r.body);
+    assert_eq!(r.status, c.status, "{what}");
+    let status = r.status.to_string();
+    let documented = &op["responses"][&status];
+    assert!(
+        documented.is_object(),
+        "status {status} is not documented: {what}"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+    let body: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {what}"));
+    let schema = &documented["content"]["application/json"]["schema"];
+    assert_eq!(v.errors(schema, &body), Vec::<String>::new(), "{what}");
+    if r.status == 200 && !c.body.is_empty() {
+        let sent: Value = serde_json::from_str(&c.body).expect("a JSON request");
+        let request_schema = &op["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            v.errors(request_schema, &sent),
+            Vec::<String>::new(),
+            "the server took a request the file does not describe: {what}"
+        );
+    }
+    if r.status == 401 {
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
+    }
+    covered.insert((c.path.to_string(), status));
+    body
+}
+
+#[tokio::test]
+async fn the_http_api_answers_as_its_openapi_file_says() {
+    let doc = openapi();
+    let v = Validator { doc: &doc };
+    // Every example in the file is a valid request.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let content = &item["post"]["requestBody"]["content"]["application/json"];
+        for (name, example) in content["examples"].as_object().into_iter().flatten() {
+            assert_eq!(
+                v.errors(&content["schema"], &example["value"]),
+                Vec::<String>::new(),
+                "example {name} of {path}"
+            );
+        }
+    }
+
+    // A cluster node, so that a backend outage (503) can be shown too.
+    let mut b = Backends::start_with(false, 1).await;
+    let node = herald()
+        .clustered(&b)
+        .role("all")
+        .edge("id", "e1")
+        .router("http_listen", "127.0.0.1:0")
+        .router("max_payload_bytes", 1024)
+        .router("control_timeout_ms", 700)
+        .start()
+        .await;
+    node.wait_ready().await;
+    let addr = node.http;
+    let mut c = claims("alpha", "alice");
+    c["groups"] = json!(["news"]);
+    let mut alice = node.connect("alpha", &hs256(ALPHA_SECRET, None, &c)).await;
+    let mut covered = BTreeSet::new();
+    let (p, pb, cnt, list, dis) = (
+        "/v1/publish",
+        "/v1/publish/batch",
+        "/v1/connections/count",
+        "/v1/connections/list",
+        "/v1/connections/disconnect",
+    );
+    let to_alice = json!({"project": "alpha", "target": {"user": "alice"}, "data": {"n": 1}});
+
+    // Publish: as JSON, as base64, a broadcast with an idempotency key, twice.
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(p, Some(ALPHA_KEY), to_alice.clone(), 200),
+    )
+    .await;
+    assert_eq!(r["resolution"], "RESOLUTION_DELIVERED");
+    assert_eq!(alice.next_msg().await["data"], json!({"n": 1}));
+    let bytes =
+        json!({"project": "alpha", "target": {"group": "news"}, "b64": "AP8=", "event": "raw"});
+    run(
+        addr,
+        &doc,
+        &mut covered,
+        case(p, Some(ALPHA_KEY), bytes, 200),
+    )
+    .await;
+    let m = alice.next_msg().await;
+    assert_eq!(
+        (m["b64"].as_str(), m["event"].as_str()),
+        (Some("AP8="), Some("raw"))
+    );
+    let once = json!({"project": "alpha", "target": {"broadcast": {}}, "data": "x", "idempotency_key": "k1"});
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(p, Some(ALPHA_KEY), once.clone(), 200),
+    )
+    .await;
+    assert_eq!(r["resolution"], "RESOLUTION_DELIVERED");
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(p, Some(ALPHA_KEY), once, 200),
+    )
+    .await;
+    assert_eq!(r["resolution"], "RESOLUTION_DUPLICATE");
+    assert_eq!(alice.next_msg().await["data"], "x");
+
+    let errors = [
+        case(p, None, to_alice.clone(), 401),
+        case(p, Some("nope-nope-nope-nope"), to_alice.clone(), 401),
+        case(p, Some(BETA_KEY), to_alice.clone(), 403),
+        case(
+            p,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "target": {"user": "a"}}),
+            404,
+        ),
+        case(
+            p,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "target": {"group": "a.*"}}),
+            400,
+        ),
+        case(
+            p,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "target": {}}),
+            400,
+        ),
+        case(
+            p,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "target": {"user": "u"}, "payload": "x"}),
+            400,
+        ),
+        case(
+            p,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "target": {"user": "u"}, "data": "x".repeat(1100)}),
+            400,
+        ),
+        raw_case(p, Some(ALPHA_KEY), "{not json", 400),
+        too_large(p),
+        // Batch.
+        raw_case(pb, Some(ALPHA_KEY), "[]", 400),
+        case(
+            pb,
+            Some(ALPHA_KEY),
+            json!({"messages": vec![to_alice.clone(); 1001]}),
+            400,
+        ),
+        case(pb, None, json!({"messages": []}), 401),
+        too_large(pb),
+        // Count.
+        raw_case(cnt, Some(ALPHA_KEY), "", 200),
+        case(cnt, None, json!({}), 401),
+        case(cnt, Some(BETA_KEY), json!({"project": "alpha"}), 403),
+        case(cnt, Some(ADMIN_KEY), json!({"project": "gamma"}), 404),
+        case(cnt, Some(ALPHA_KEY), json!({"project": "Alpha"}), 400),
+        too_large(cnt),
+        // List.
+        case(list, Some(ALPHA_KEY), json!({"project": "alpha"}), 400),
+        case(
+            list,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "a", "group": "b"}),
+            400,
+        ),
+        case(
+            list,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "a", "page_token": "x"}),
+            400,
+        ),
+        case(list, None, json!({"project": "alpha", "user": "a"}), 401),
+        case(
+            list,
+            Some(BETA_KEY),
+            json!({"project": "alpha", "user": "a"}),
+            403,
+        ),
+        case(
+            list,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": "a"}),
+            404,
+        ),
+        too_large(list),
+        // Disconnect.
+        case(dis, Some(ALPHA_KEY), json!({"project": "alpha"}), 400),
+        case(
+            dis,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "a", "connection_id": "e1-1"}),
+            400,
+        ),
+        case(dis, None, json!({"project": "alpha", "user": "a"}), 401),
+        case(
+            dis,
+            Some(BETA_KEY),
+            json!({"project": "alpha", "user": "a"}),
+            403,
+        ),
+        case(
+            dis,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": "a"}),
+            404,
+        ),
+        too_large(dis),
+    ];
+    for c in errors {
+        run(addr, &doc, &mut covered, c).await;
+    }
+
+    // A batch: each message its ack, a refused one does not stop the next.
+    let batch = json!({"messages": [
+        {"project": "alpha", "target": {"user": "alice"}, "data": 2},
+        {"project": "beta", "target": {"user": "alice"}, "data": 3},
+        {"project": "alpha", "target": {"user": "alice"}, "data": 4},
+    ]});
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(pb, Some(ALPHA_KEY), batch, 200),
+    )
+    .await;
+    let acks = r["acks"].as_array().expect("acks");
+    let ids: Vec<&Value> = acks.iter().map(|a| &a["request_id"]).collect();
+    assert_eq!(ids, [0, 1, 2]);
+    assert_eq!(acks[0]["reply"]["resolution"], "RESOLUTION_DELIVERED");
+    assert_eq!(
+        (&acks[1]["error_code"], &acks[1]["error_message"]),
+        (
+            &json!(7),
+            &json!("this API key does not belong to that project")
+        )
+    );
+    assert_eq!(alice.next_msg().await["data"], 2);
+    assert_eq!(alice.next_msg().await["data"], 4);
+
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(cnt, Some(ADMIN_KEY), json!({}), 200),
+    )
+    .await;
+    assert_eq!(r["connections"], json!({"alpha": 1, "beta": 0}));
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(
+            list,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "group": "news", "page_size": 1}),
+            200,
+        ),
+    )
+    .await;
+    let id = r["connections"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    assert_eq!(r["next_page_token"], "");
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(
+            dis,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "connection_id": id, "reconnect_after_ms": 5}),
+            200,
+        ),
+    )
+    .await;
+    assert_eq!(r["disconnected"], 1);
+    assert_eq!(alice.expect_close().await.0, 4009);
+
+    // Neither another method nor another path is served.
+    for (method, path, status) in [
+        ("GET", p, 405),
+        ("PUT", list, 405),
+        ("POST", "/v1/other", 404),
+    ] {
+        let r = http_request(addr, method, path, &[], b"").await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        let body: Value = serde_json::from_str(&r.body).expect("JSON");
+        assert_eq!(
+            v.errors(&json!({"$ref": "#/components/schemas/Error"}), &body),
+            Vec::<String>::new()
+        );
+    }
+
+    // Redis down: calls that need the registry answer 503 with the gRPC message (operator
+    // calls once the router's cached list of live edges is too old to vouch for).
+    b.redis[0].kill().await;
+    let registry_down = |r: Value| {
+        assert_eq!(r["code"], "UNAVAILABLE");
+        let m = r["message"].as_str().expect("message");
+        assert!(m.starts_with("registry unavailable: "), "{m}");
+    };
+    let keyed = json!({"project": "alpha", "target": {"user": "u"}, "idempotency_key": "k2"});
+    registry_down(
+        run(
+            addr,
+            &doc,
+            &mut covered,
+            case(p, Some(ALPHA_KEY), keyed, 503),
+        )
+        .await,
+    );
+    eventually(WAIT, async || {
+        let auth = [("authorization", format!("Bearer {ALPHA_KEY}"))];
+        let head: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match http_request(addr, "POST", cnt, &head, b"{}").await {
+            r if r.status == 503 => Ok(()),
+            r => Err(format!("{} {}", r.status, r.body)),
+        }
+    })
+    .await;
+    for c in [
+        case(cnt, Some(ALPHA_KEY), json!({}), 503),
+        case(
+            list,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "u"}),
+            503,
+        ),
+        case(
+            dis,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "u"}),
+            503,
+        ),
+    ] {
+        registry_down(run(addr, &doc, &mut covered, c).await);
+    }
+
+    // Every documented answer was seen.
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            item["post"]["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .map(|s| (path.clone(), s.clone()))
+        })
+        .collect();
+    let unseen: Vec<_> = documented.difference(&covered).collect();
+    assert!(unseen.is_empty(), "documented but never seen: {unseen:?}");
+}
+
+/// The HTTP form of a gRPC publish request: the payload in base64.
+fn as_json(p: &PublishRequest) -> Value {
+    use herald_core::proto::v1::target::Kind;
+    let target = match p.target.as_ref().and_then(|t| t.kind.as_ref()) {
+        None => json!({}),
+        Some(Kind::Broadcast(_)) => json!({"broadcast": {}}),
+        Some(Kind::Group(g)) => json!({"group": g}),
+        Some(Kind::User(u)) => json!({"user": u}),
+    };
+    json!({
+        "project": p.project,
+        "target": target,
+        "b64": base64::engine::general_purpose::STANDARD.encode(&p.payload),
+        "event": p.event,
+        "idempotency_key": p.idempotency_key,
+    })
+}
+
+/// The HTTP status and code name the test expects for a gRPC code (google.rpc.Code's mapping).
+fn http_of(code: Code) -> (u16, &'static str) {
+    match code {
+        Code::InvalidArgument => (400, "INVALID_ARGUMENT"),
+        Code::Unauthenticated => (401, "UNAUTHENTICATED"),
+        Code::PermissionDenied => (403, "PERMISSION_DENIED"),
+        Code::NotFound => (404, "NOT_FOUND"),
+        other => panic!("no case uses {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_and_grpc_answer_alike_and_share_idempotency_keys() {
+    let herald = herald()
+        .router("http_listen", "127.0.0.1:0")
+        .router("max_payload_bytes", 1024)
+        .start()
+        .await;
+    let post = async |key: Option<&str>, path: &str, body: &Value| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let head: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = http_request(
+            herald.http,
+            "POST",
+            path,
+            &head,
+            body.to_string().as_bytes(),
+        )
+        .await;
+        let body: Value = serde_json::from_str(&r.body).expect("JSON");
+        (r.status, body)
+    };
+    let mut long_key = publish("alpha", To::User("u"), "1");
+    long_key.idempotency_key = "k".repeat(129);
+    let mut bad_event = publish("alpha", To::User("u"), "1");
+    bad_event.event = "a b".into();
+    let cases: Vec<(Option<&str>, PublishRequest)> = vec![
+        (Some(ALPHA_KEY), publish("alpha", To::Group("a.*"), "1")),
+        (Some(ALPHA_KEY), publish("alpha", To::Group("user/x"), "1")),
+        (Some(ALPHA_KEY), publish("alpha", To::User(""), "1")),
+        (Some(ALPHA_KEY), publish("Alpha", To::User("u"), "1")),
+        (
+            Some(ALPHA_KEY),
+            publish("alpha", To::User("u"), &"x".repeat(1025)),
+        ),
+        (Some(ALPHA_KEY), long_key),
+        (Some(ALPHA_KEY), bad_event),
+        (Some(BETA_KEY), publish("alpha", To::User("u"), "1")),
+        (Some(ADMIN_KEY), publish("gamma", To::User("u"), "1")),
+        (
+            Some("unknown-key-0123456789"),
+            publish("alpha", To::User("u"), "1"),
+        ),
+        (None, publish("alpha", To::User("u"), "1")),
+        (
+            Some(ALPHA_KEY),
+            PublishRequest {
+                project: "alpha".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (key, req) in cases {
+        let status = herald
+            .grpc(key)
+            .await
+            .publish(req.clone())
+            .await
+            .expect_err("refused");
+        let (http_status, body) = post(key, "/v1/publish", &as_json(&req)).await;
+        let (want_status, want_code) = http_of(status.code());
+        assert_eq!(
+            (http_status, body["code"].as_str(), body["message"].as_str()),
+            (want_status, Some(want_code), Some(status.message())),
+            "{req:?}"
+        );
+    }
+
+    // A key used through gRPC is a repeat through HTTP, and the other way round.
+    let mut c = herald.connect("alpha", &token("alpha", "idem")).await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut first = publish("alpha", To::User("idem"), "1");
+    first.idempotency_key = "shared-1".into();
+    send(&mut grpc, first.clone()).await;
+    let (s, r) = post(Some(ALPHA_KEY), "/v1/publish", &as_json(&first)).await;
+    assert_eq!(
+        (s, r["resolution"].as_str()),
+        (200, Some("RESOLUTION_DUPLICATE"))
+    );
+    let mut second = publish("alpha", To::User("idem"), "2");
+    second.idempotency_key = "shared-2".into();
+    let (s, r) = post(Some(ALPHA_KEY), "/v1/publish", &as_json(&second)).await;
+    assert_eq!(
+        (s, r["resolution"].as_str()),
+        (200, Some("RESOLUTION_DELIVERED"))
+    );
+    let again = send(&mut grpc, second).await;
+    assert_eq!(
+        again.resolution(),
+        herald_core::proto::v1::Resolution::Duplicate
+    );
+    assert_eq!(c.next_msg().await["data"], 1);
+    assert_eq!(c.next_msg().await["data"], 2);
+    c.expect_silence(std::time::Duration::from_millis(200))
+        .await;
+
+    // Pages through HTTP are gRPC's pages.
+    let mut clients = Vec::new();
+    for _ in 0..7 {
+        clients.push(herald.connect("alpha", &token("alpha", "paged")).await);
+    }
+    let mut http_ids = Vec::new();
+    let mut token_ = String::new();
+    loop {
+        let (s, r) = post(
+            Some(ALPHA_KEY),
+            "/v1/connections/list",
+            &json!({"project": "alpha", "user": "paged", "page_size": 3, "page_token": token_}),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+        let page: Vec<String> = r["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id").to_string())
+            .collect();
+        assert!(page.len() <= 3);
+        http_ids.extend(page);
+        token_ = r["next_page_token"].as_str().expect("token").to_string();
+        if token_.is_empty() {
+            break;
+        }
+    }
+    let all = grpc
+        .list_connections(ListConnectionsRequest {
+            project: "alpha".into(),
+            of: Some(list_connections_request::Of::User("paged".into())),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let grpc_ids: Vec<String> = all.connections.into_iter().map(|c| c.id).collect();
+    assert_eq!(http_ids.len(), 7);
+    assert_eq!(http_ids, grpc_ids);
+    let counts: HashMap<String, u64> = grpc
+        .count_connections(herald_core::proto::v1::CountConnectionsRequest::default())
+        .await
+        .expect("count")
+        .into_inner()
+        .connections;
+    let (_, r) = post(Some(ALPHA_KEY), "/v1/connections/count", &json!({})).await;
+    assert_eq!(r["connections"]["alpha"], json!(counts["alpha"]));
+}
+
+#[tokio::test]
+async fn the_http_listener_is_off_unless_configured() {
+    let herald = herald().start().await;
+    assert_eq!(herald.http, SocketAddr::from(([0, 0, 0, 0], 0)));
+}
