@@ -137,7 +137,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     if opts.dev
         && let (Some(ws), Some(grpc)) = (ws, grpc)
     {
-        print_dev_guide(&cfg, ws, grpc);
+        print_dev_guide(&cfg, ws, grpc, http);
     }
 
     let cancel = CancellationToken::new();
@@ -391,7 +391,12 @@ fn reload(
     }
 }
 
-fn print_dev_guide(cfg: &Config, ws: std::net::SocketAddr, grpc: std::net::SocketAddr) {
+fn print_dev_guide(
+    cfg: &Config,
+    ws: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+    http: Option<std::net::SocketAddr>,
+) {
     let Some(p) = cfg.projects.first() else {
         return;
     };
@@ -445,6 +450,21 @@ Tokens for other users:
         port = ws.port(),
         grpc_port = grpc.port(),
     );
+    if let Some(http) = http {
+        let http_host = if http.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            http.ip().to_string()
+        };
+        println!(
+            r#"Or over HTTP/JSON:
+  curl -sS http://{http_host}:{http_port}/v1/publish -H 'authorization: Bearer {api_key}' \
+    -d '{{"project":"{project}","target":{{"user":"alice"}},"data":{{"note":"over HTTP"}}}}'
+"#,
+            project = p.id,
+            http_port = http.port(),
+        );
+    }
 }
 
 /// How to run this very binary again from a shell: its path, quoted when it needs quotes.

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use herald_core::proto::v1::{
     Broadcast, ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
     DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PublishAck, PublishReply,
@@ -132,6 +133,21 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The response of a call, counted in `herald_router_http_requests_total`.
+fn finish<T: Serialize>(call: &'static str, outcome: Result<T, Refusal>) -> Response {
+    let r = match outcome {
+        Ok(r) => json(StatusCode::OK, &r),
+        Err(e) => e.into_response(),
+    };
+    metrics::counter!(
+        "herald_router_http_requests_total",
+        "call" => call,
+        "status" => r.status().as_str().to_string()
+    )
+    .increment(1);
+    r
+}
+
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
@@ -161,22 +177,24 @@ pub fn app(service: RouterService) -> axum::Router {
 }
 
 async fn not_found() -> Response {
-    json(
-        StatusCode::NOT_FOUND,
-        &ErrorBody {
-            code: code_name(Code::NotFound),
-            message: "no such path",
-        },
+    finish::<()>(
+        "other",
+        Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            code: Code::NotFound,
+            message: "no such path".into(),
+        }),
     )
 }
 
 async fn method_not_allowed() -> Response {
-    json(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &ErrorBody {
-            code: code_name(Code::Unimplemented),
-            message: "use POST",
-        },
+    finish::<()>(
+        "other",
+        Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: Code::Unimplemented,
+            message: "use POST".into(),
+        }),
     )
 }
 
@@ -197,9 +215,15 @@ async fn prepare<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Refusal::body_too_large(limit));
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Refusal::body_too_large(limit))?;
+    let mut bytes = Vec::new();
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid("body", format_args!("not read: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(Refusal::body_too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let bytes: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => b"{}",
         // Serde would take an array for a struct: only an object is one.
@@ -314,16 +338,14 @@ fn publish_limit(service: &RouterService) -> usize {
 }
 
 async fn publish(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "publish";
     let limit = publish_limit(&s);
     let outcome = async {
         let (scope, p) = prepare::<PublishJson>(&s, headers, body, limit).await?;
         let reply = s.publish_one(&scope, p.try_into()?).await?;
         Ok::<_, Refusal>(PublishReplyJson::from(reply))
     };
-    match outcome.await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(e) => e.into_response(),
-    }
+    finish(CALL, outcome.await)
 }
 
 #[derive(Deserialize)]
@@ -366,6 +388,7 @@ struct BatchReplyJson {
 /// Publishes the messages in order, as a `PublishStream` would: each has its ack (`request_id`
 /// = its index), a refused one does not stop the others.
 async fn publish_batch(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "publish_batch";
     let limit = publish_limit(&s).max(MAX_BATCH_BODY);
     let outcome = async {
         let (scope, batch) = prepare::<BatchJson>(&s, headers, body, limit).await?;
@@ -385,10 +408,7 @@ async fn publish_batch(State(s): State<RouterService>, headers: HeaderMap, body:
         }
         Ok(BatchReplyJson { acks })
     };
-    match outcome.await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(e) => e.into_response(),
-    }
+    finish(CALL, outcome.await)
 }
 
 #[derive(Deserialize)]
@@ -414,6 +434,7 @@ impl From<CountConnectionsReply> for CountReplyJson {
 }
 
 async fn count(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "count";
     let outcome = async {
         let (scope, c) = prepare::<CountJson>(&s, headers, body, MAX_SMALL_BODY).await?;
         let reply = s
@@ -421,10 +442,7 @@ async fn count(State(s): State<RouterService>, headers: HeaderMap, body: Body) -
             .await?;
         Ok::<_, Refusal>(CountReplyJson::from(reply))
     };
-    match outcome.await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(e) => e.into_response(),
-    }
+    finish(CALL, outcome.await)
 }
 
 #[derive(Deserialize)]
@@ -481,6 +499,7 @@ impl From<ListConnectionsReply> for ListReplyJson {
 }
 
 async fn list(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "list";
     let outcome = async {
         let (scope, l) = prepare::<ListJson>(&s, headers, body, MAX_SMALL_BODY).await?;
         let of = match (l.user, l.group) {
@@ -504,10 +523,7 @@ async fn list(State(s): State<RouterService>, headers: HeaderMap, body: Body) ->
             .await?;
         Ok::<_, Refusal>(ListReplyJson::from(reply))
     };
-    match outcome.await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(e) => e.into_response(),
-    }
+    finish(CALL, outcome.await)
 }
 
 #[derive(Deserialize)]
@@ -537,6 +553,7 @@ impl From<DisconnectReply> for DisconnectReplyJson {
 }
 
 async fn disconnect(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "disconnect";
     let outcome = async {
         let (scope, d) = prepare::<DisconnectJson>(&s, headers, body, MAX_SMALL_BODY).await?;
         let who = match (d.connection_id, d.user) {
@@ -559,10 +576,7 @@ async fn disconnect(State(s): State<RouterService>, headers: HeaderMap, body: Bo
             .await?;
         Ok::<_, Refusal>(DisconnectReplyJson::from(reply))
     };
-    match outcome.await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(e) => e.into_response(),
-    }
+    finish(CALL, outcome.await)
 }
 
 #[cfg(test)]

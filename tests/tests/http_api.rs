@@ -849,6 +849,43 @@ async fn http_and_grpc_answer_alike_and_share_idempotency_keys() {
         .connections;
     let (_, r) = post(Some(ALPHA_KEY), "/v1/connections/count", &json!({})).await;
     assert_eq!(r["connections"]["alpha"], json!(counts["alpha"]));
+
+    // A body without a declared length is cut at the limit (64 KiB for a count).
+    let mut chunked = Vec::new();
+    for _ in 0..80 {
+        chunked.extend_from_slice(format!("400\r\n{}\r\n", " ".repeat(0x400)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let auth = format!("Bearer {ALPHA_KEY}");
+    let r = http_request(
+        herald.http,
+        "POST",
+        "/v1/connections/count",
+        &[("authorization", &auth), ("transfer-encoding", "chunked")],
+        &chunked,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            413,
+            r#"{"code":"OUT_OF_RANGE","message":"body: larger than 65536 bytes"}"#
+        )
+    );
+
+    // Every answer is counted, by call and status.
+    herald
+        .wait_metric(
+            r#"herald_router_http_requests_total{call="publish",status="400"}"#,
+            8.0,
+        )
+        .await;
+    herald
+        .wait_metric(
+            r#"herald_router_http_requests_total{call="count",status="413"}"#,
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
