@@ -30,7 +30,7 @@ use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::codec::{Wire, encode, heart_beat_frame};
+use crate::codec::{Form, Frames, Wire, heart_beat_frame};
 use crate::frame::ping_frame;
 use crate::interest::Interest;
 
@@ -104,8 +104,9 @@ struct Conn {
     remote: SocketAddr,
     since_unix_ms: i64,
     expires_unix: u64,
-    /// The protocol it speaks: which encoding of a message it gets.
-    wire: Wire,
+    /// The protocol it speaks and in which form it takes messages (its wire's encoding, or one
+    /// its codec chose with [`Hub::set_form`]).
+    form: Form,
     /// The protocol's own keep alive in seconds (MQTT keep alive, STOMP client heart-beat), 0:
     /// none. With one, the hub sends no pings and closes the connection after 1.5 times it
     /// without a frame from the client.
@@ -485,7 +486,7 @@ impl Hub {
                 remote: c.remote,
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
-                wire: c.wire,
+                form: Form::of(c.wire),
                 keep_alive: c.keep_alive_secs,
                 heart_beat: c.heart_beat_secs,
                 outbox: VecDeque::new(),
@@ -548,7 +549,7 @@ impl Hub {
             let conn = shard.conns.remove(h.slot as usize);
             shard.recovering.remove(&h.slot);
             shard.project_remove(&conn.project, conn.project_pos);
-            wire = conn.wire;
+            wire = conn.form.wire();
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
             let mut left = Vec::new();
             for g in conn.groups.into_vec() {
@@ -593,6 +594,12 @@ impl Hub {
         } else {
             None
         }
+    }
+
+    /// Sets the form in which a connection takes messages from now on (what is queued stays as
+    /// it is); a form of the connection's own wire.
+    pub(crate) fn set_form(&self, h: ConnHandle, form: Form) {
+        self.with_conn(h, |shard, slot| shard.conns[slot as usize].form = form);
     }
 
     /// Joins a group; resolves once the registry holds the interest.
@@ -756,7 +763,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, slot as u32, c, &mut frames)
                             {
-                                delivered[c.wire as usize] +=
+                                delivered[c.form.wire() as usize] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -766,7 +773,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, *slot, c, &mut frames)
                             {
-                                delivered[c.wire as usize] +=
+                                delivered[c.form.wire() as usize] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -783,7 +790,8 @@ impl Hub {
                             && let Some(frame) =
                                 passes(&mut shard.recovering, *slot, c, &mut frames)
                         {
-                            delivered[c.wire as usize] += push(c, &frame, max, &mut wake) as u64;
+                            delivered[c.form.wire() as usize] +=
+                                push(c, &frame, max, &mut wake) as u64;
                         }
                     }
                 }
@@ -1208,7 +1216,7 @@ impl Hub {
                     && now
                         .wrapping_add(c.number as u32)
                         .is_multiple_of(u32::from(c.heart_beat))
-                    && let Some(beat) = heart_beat_frame(c.wire)
+                    && let Some(beat) = heart_beat_frame(c.form.wire())
                 {
                     c.queued += beat.len();
                     c.outbox.push_back(beat);
@@ -1247,26 +1255,6 @@ fn user_keys(shards: &[Mutex<Shard>]) -> Vec<InterestKey> {
     out
 }
 
-/// A message's encodings, made on first use: one per protocol among its recipients.
-struct Frames<'a> {
-    env: &'a Envelope,
-    by_wire: [Option<Bytes>; Wire::COUNT],
-}
-
-impl<'a> Frames<'a> {
-    fn new(env: &'a Envelope) -> Self {
-        Self {
-            env,
-            by_wire: Default::default(),
-        }
-    }
-
-    fn get(&mut self, wire: Wire) -> &Bytes {
-        let env = self.env;
-        self.by_wire[wire as usize].get_or_insert_with(|| encode(wire, env))
-    }
-}
-
 /// The frame a connection gets for the message of `frames`, or `None` when it must not get it
 /// now: held while the connection reads the stream's history, or already sent by that read.
 /// Cheap when nobody resumes: one emptiness check.
@@ -1276,19 +1264,19 @@ fn passes(
     c: &Conn,
     frames: &mut Frames<'_>,
 ) -> Option<Bytes> {
-    let env = frames.env;
+    let env = frames.env();
     if env.seq == 0 || recovering.is_empty() {
-        return Some(frames.get(c.wire).clone());
+        return Some(frames.get(c.form).clone());
     }
     let Some(list) = recovering.get_mut(&slot) else {
-        return Some(frames.get(c.wire).clone());
+        return Some(frames.get(c.form).clone());
     };
     let kind = env.kind();
     let Some(i) = list
         .iter()
         .position(|r| r.kind == kind && *r.name == *env.name)
     else {
-        return Some(frames.get(c.wire).clone());
+        return Some(frames.get(c.form).clone());
     };
     match &mut list[i].state {
         RecoveryState::Holding {
@@ -1296,7 +1284,7 @@ fn passes(
             bytes,
             overflow,
         } => {
-            let frame = frames.get(c.wire);
+            let frame = frames.get(c.form);
             // Bounded like the connection's queue; history has what is dropped here.
             if *bytes + frame.len() > MAX_HELD_BYTES {
                 *overflow = true;
@@ -1316,7 +1304,7 @@ fn passes(
             if list.is_empty() {
                 recovering.remove(&slot);
             }
-            Some(frames.get(c.wire).clone())
+            Some(frames.get(c.form).clone())
         }
     }
 }
@@ -1612,6 +1600,38 @@ mod tests {
         let a = take(&hub, hs[0]).expect("open");
         let b = take(&hub, hs[1]).expect("open");
         assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "the frame was encoded twice");
+    }
+
+    #[tokio::test]
+    async fn mqtt_connections_take_the_form_their_codec_chose() {
+        use crate::codec::mqtt::delivery::{is_template, qos0_frame, template};
+        let hub = hub_with(cfg(), None);
+        let mut hs = Vec::new();
+        for user in ["t", "v3a", "v3b", "v5"] {
+            let c = NewConn {
+                wire: Wire::Mqtt,
+                ..conn("a", user, &["g"])
+            };
+            hs.push(hub.insert(c, 0).await.expect("no cap"));
+        }
+        hub.set_form(hs[1], Form::MqttV3Qos0);
+        hub.set_form(hs[2], Form::MqttV3Qos0);
+        hub.set_form(hs[3], Form::MqttV5Qos0);
+        let e = env("a", TargetKind::Group, "g", "1");
+        hub.deliver(&e);
+        let got: Vec<Bytes> = hs
+            .iter()
+            .map(|h| take(&hub, *h).expect("open").remove(0))
+            .collect();
+        assert!(is_template(&got[0]), "the template, rendered by the codec");
+        let t = template(&e);
+        assert_eq!(got[1], qos0_frame(&t, false));
+        assert_eq!(got[1].as_ptr(), got[2].as_ptr(), "one frame for both");
+        assert_eq!(got[3], qos0_frame(&t, true));
+        // Back to the template: later messages come as templates again.
+        hub.set_form(hs[1], Form::Mqtt);
+        hub.deliver(&e);
+        assert!(is_template(&take(&hub, hs[1]).expect("open")[0]));
     }
 
     #[tokio::test]

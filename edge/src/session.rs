@@ -28,7 +28,7 @@ use herald_core::proto::bus::TargetKind;
 use crate::admission::{self, Admitted, Counted, Refused};
 use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
-use crate::codec::{Codec, Welcome};
+use crate::codec::{Codec, Form, Welcome};
 use crate::config::EdgeConfig;
 use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
@@ -221,6 +221,11 @@ impl SessionOps<'_> {
             .hub
             .connection_id(self.core.handle.number)
             .to_string()
+    }
+
+    /// Sets the form in which the hub queues messages for this connection from now on.
+    pub(crate) fn set_form(&self, form: Form) {
+        self.shared.hub.set_form(self.core.handle, form);
     }
 
     /// The MQTT client ids held on this edge (session takeover).

@@ -83,6 +83,46 @@ impl Wire {
     }
 }
 
+/// The protocol a connection speaks and the form in which it takes delivered messages from the
+/// hub (one byte in the hub's connection state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Form {
+    /// `herald.v1`: the native frame.
+    Native = Wire::Native as u8,
+    /// MQTT: the template ([`encode`]) that [`Codec::render`] completes per connection (packet
+    /// identifiers, per-subscription QoS, maximum packet size).
+    Mqtt = Wire::Mqtt as u8,
+    /// STOMP: the template that [`Codec::render`] completes per subscription.
+    Stomp = Wire::Stomp as u8,
+    /// MQTT 3.1.1, the finished `PUBLISH` at QoS 0, the same bytes for every such recipient
+    /// ([`mqtt::delivery::qos0_frame`]): for a connection that receives every message at QoS 0
+    /// with no limit on its size, nothing is left to complete.
+    MqttV3Qos0,
+    /// The same over MQTT 5.0.
+    MqttV5Qos0,
+}
+
+impl Form {
+    /// A connection's form until its codec chooses another: its wire's encoding.
+    pub(crate) fn of(wire: Wire) -> Self {
+        match wire {
+            Wire::Native => Form::Native,
+            Wire::Mqtt => Form::Mqtt,
+            Wire::Stomp => Form::Stomp,
+        }
+    }
+
+    /// The protocol.
+    pub(crate) fn wire(self) -> Wire {
+        match self {
+            Form::Native => Wire::Native,
+            Form::Mqtt | Form::MqttV3Qos0 | Form::MqttV5Qos0 => Wire::Mqtt,
+            Form::Stomp => Wire::Stomp,
+        }
+    }
+}
+
 /// What a protocol's connect frame gives.
 pub(crate) struct Hello {
     /// The token, when the frame carries one (otherwise the request's, if any).
@@ -300,6 +340,49 @@ pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
         Wire::Native => crate::frame::message_frame(env),
         // Kinds STOMP cannot receive never get here (the hub drops unspecified targets).
         Wire::Stomp => stomp::message::encode(env).unwrap_or_default(),
+    }
+}
+
+/// A delivered message's frames, made on first use: one per protocol and form among its
+/// recipients, each shared by all of them.
+pub(crate) struct Frames<'a> {
+    env: &'a Envelope,
+    by_wire: [Option<Bytes>; Wire::COUNT],
+    /// [`Form::MqttV3Qos0`] and [`Form::MqttV5Qos0`], from the MQTT template.
+    mqtt_qos0: [Option<Bytes>; 2],
+}
+
+impl<'a> Frames<'a> {
+    /// No frame made yet for `env`.
+    pub(crate) fn new(env: &'a Envelope) -> Self {
+        Self {
+            env,
+            by_wire: Default::default(),
+            mqtt_qos0: Default::default(),
+        }
+    }
+
+    /// The message.
+    pub(crate) fn env(&self) -> &'a Envelope {
+        self.env
+    }
+
+    /// The frame for a connection that takes messages in `form`.
+    pub(crate) fn get(&mut self, form: Form) -> &Bytes {
+        let env = self.env;
+        let by_wire = &mut self.by_wire;
+        let v5 = match form {
+            Form::Native | Form::Mqtt | Form::Stomp => {
+                let wire = form.wire();
+                return by_wire[wire as usize].get_or_insert_with(|| encode(wire, env));
+            }
+            Form::MqttV3Qos0 => false,
+            Form::MqttV5Qos0 => true,
+        };
+        self.mqtt_qos0[v5 as usize].get_or_insert_with(|| {
+            let t = by_wire[Wire::Mqtt as usize].get_or_insert_with(|| encode(Wire::Mqtt, env));
+            mqtt::delivery::qos0_frame(t, v5)
+        })
     }
 }
 

@@ -12,14 +12,14 @@ use herald_core::ids::ProjectId;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::delivery::{BROADCAST_TOPIC, Delivery, Outbound, USER_TOPIC_PREFIX};
+use super::delivery::{BROADCAST_TOPIC, Delivery, Outbound, USER_TOPIC_PREFIX, is_template};
 use super::encode::{self, ConnAckProperties};
 use super::packet::{
     self, Assembler, Connect, DecodeError, Packet, Publish, Subscribe, Unsubscribe, Version,
 };
 use super::reason::{self, ConnectReturn, Reason};
 use super::takeover::{Claim, ClientIds, SharedOutbound};
-use crate::codec::{Codec, Hello, HelloRefused};
+use crate::codec::{Codec, Form, Hello, HelloRefused};
 use crate::hub::ConnHandle;
 use crate::session::{Next, SessionOps, SubscribeRefused};
 
@@ -49,6 +49,8 @@ pub(crate) struct Mqtt {
     disconnect: Option<Box<Bytes>>,
     /// The client sent `DISCONNECT`: the server sends none.
     client_disconnected: bool,
+    /// The form in which the hub queues this connection's messages.
+    form: Form,
 }
 
 /// A connection's client id: as the client gave it until the connection starts, then held in
@@ -149,6 +151,7 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         out: None,
         disconnect: None,
         client_disconnected: false,
+        form: Form::Mqtt,
     };
     Ok(Hello {
         token,
@@ -265,6 +268,26 @@ impl Mqtt {
         self.version.is_v5()
     }
 
+    /// Tells the hub the form this connection takes messages in: the finished QoS 0 `PUBLISH`
+    /// shared by every such client while its subscriptions allow ([`Outbound::all_qos0`]), else
+    /// the template that [`Mqtt::render`] completes.
+    fn sync_form(&mut self, ops: &SessionOps<'_>) {
+        let all_qos0 = self.out.as_ref().is_some_and(|o| o.lock().all_qos0());
+        let form = match (all_qos0, self.v5()) {
+            (false, _) => Form::Mqtt,
+            (true, false) => Form::MqttV3Qos0,
+            (true, true) => Form::MqttV5Qos0,
+        };
+        self.set_form(ops, form);
+    }
+
+    fn set_form(&mut self, ops: &SessionOps<'_>, form: Form) {
+        if form != self.form {
+            ops.set_form(form);
+            self.form = form;
+        }
+    }
+
     /// The answer to a refused connect (`CONNACK` with the code of `code`).
     pub(crate) fn refusal(&self, code: CloseCode) -> Option<Bytes> {
         if self.v5() {
@@ -339,6 +362,7 @@ impl Mqtt {
             }
         }
         self.out = Some(out);
+        self.sync_form(ops);
         ops.push(if self.v5() {
             encode::connack_v5(
                 present,
@@ -478,6 +502,10 @@ impl Mqtt {
         let Some(out) = self.out.clone() else {
             return Next::Continue;
         };
+        if s.filters.iter().any(|f| f.qos > 0) {
+            // Messages at QoS 1 must be numbered from the first one the hub queues after the join.
+            self.set_form(ops, Form::Mqtt);
+        }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut why = None;
         for f in &s.filters {
@@ -488,6 +516,7 @@ impl Mqtt {
             codes.push(g.code);
         }
         let why = why.filter(|_| self.v5() && self.problem_info);
+        self.sync_form(ops);
         ops.push(encode::suback(self.version, s.packet_id, &codes, why));
         Next::Continue
     }
@@ -595,6 +624,7 @@ impl Mqtt {
             };
             codes.push(code.byte());
         }
+        self.sync_form(ops);
         ops.push(encode::unsuback(self.version, u.packet_id, &codes));
         Next::Continue
     }
@@ -602,6 +632,10 @@ impl Mqtt {
     /// Completes the frames taken from the hub: `PUBLISH` per this connection's QoS and window.
     /// `Some(code)` when the connection must close (its QoS 1 messages waiting overflowed).
     pub(crate) fn render(&mut self, frames: &mut VecDeque<Bytes>) -> Option<CloseCode> {
+        // Finished frames (the QoS 0 form, pings, answers) need no lock and no pass.
+        if !frames.iter().any(|f| is_template(f)) {
+            return None;
+        }
         let out = self.out.as_ref()?;
         match out.lock().render(frames) {
             Ok(d) => {

@@ -109,6 +109,32 @@ pub fn template(env: &Envelope) -> Bytes {
     buf.freeze()
 }
 
+/// The finished `PUBLISH` at QoS 0 of a template's message for every client of protocol level
+/// `v5` that receives all its messages at QoS 0 with no limit on their size
+/// ([`Outbound::all_qos0`]): the hub queues it to each of them as it is, and rendering passes it
+/// through. Over 3.1.1 it is a slice of the template (its last prefix runs into the payload);
+/// over 5.0 one copy of the message per edge.
+pub fn qos0_frame(template: &Bytes, v5: bool) -> Bytes {
+    if !is_template(template) {
+        return template.clone();
+    }
+    let p = Parts::of(template);
+    if v5 {
+        let prefix = &template[p.at[Q0_V5]..p.at[Q0_V5 + 1]];
+        let payload = &template[p.at[4]..];
+        let mut b = BytesMut::with_capacity(prefix.len() + payload.len());
+        b.put_slice(prefix);
+        b.put_slice(payload);
+        b.freeze()
+    } else {
+        template.slice(p.at[Q0_V3]..)
+    }
+}
+
+/// The largest MQTT packet (a remaining length of 268,435,455 and its 5-byte fixed header): a
+/// client accepting it accepts every packet.
+const MAX_MQTT_PACKET: u32 = 268_435_460;
+
 /// Whether a queued frame is a template (to be rendered) rather than a ready frame.
 pub fn is_template(frame: &[u8]) -> bool {
     frame.len() >= HEADER && frame[0] == MARKER
@@ -319,6 +345,17 @@ impl Outbound {
     /// The QoS of the user's own messages and of broadcasts.
     pub fn user_and_broadcast(&self) -> (Delivery, Delivery) {
         (self.user, self.broadcast)
+    }
+
+    /// Whether every message this connection receives goes as the same `PUBLISH` as for any
+    /// other client of its protocol level ([`qos0_frame`]): its own messages, broadcasts and every
+    /// group at QoS 0, and no maximum packet size below MQTT's own. A connection unsubscribed
+    /// from its user topic or from broadcasts is not: rendering drops those.
+    pub fn all_qos0(&self) -> bool {
+        self.user == Delivery::Qos0
+            && self.broadcast == Delivery::Qos0
+            && self.max_packet >= MAX_MQTT_PACKET
+            && self.groups.iter().all(|(_, d)| *d == Delivery::Qos0)
     }
 
     /// How many QoS 1 messages wait for an acknowledgement.
@@ -759,6 +796,53 @@ mod tests {
         o.window.next_id = 65_535;
         let got = read(&render(&mut o, &[&t]), false);
         assert_eq!(got[0].id, Some(1), "1 is free again, 2 is not");
+    }
+
+    #[test]
+    fn the_qos0_form_is_what_rendering_makes() {
+        for (kind, name) in [
+            (TargetKind::Group, "news"),
+            (TargetKind::User, "alice"),
+            (TargetKind::Broadcast, ""),
+        ] {
+            for n in [0usize, 10, 120, 126, 200, 70_000] {
+                let t = template(&env(kind, name, &vec![3; n]));
+                for v5 in [false, true] {
+                    let mut o = Outbound::new(v5, 10, None, 1 << 20);
+                    assert!(o.all_qos0());
+                    let rendered: Vec<u8> = render(&mut o, &[&t])
+                        .iter()
+                        .flat_map(|b| b.to_vec())
+                        .collect();
+                    assert_eq!(qos0_frame(&t, v5).to_vec(), rendered, "{kind:?} {n} {v5}");
+                }
+            }
+        }
+        // Over 3.1.1 it is the template's own bytes.
+        let t = template(&env(TargetKind::Group, "g", b"x"));
+        let f = qos0_frame(&t, false);
+        let inside = t.as_ptr() as usize..t.as_ptr() as usize + t.len();
+        assert!(inside.contains(&(f.as_ptr() as usize)), "no copy");
+    }
+
+    #[test]
+    fn all_qos0_until_a_subscription_asks_for_more_or_less() {
+        let mut o = Outbound::new(false, 10, None, 1 << 20);
+        assert!(o.all_qos0());
+        o.set_group("news", Delivery::Qos0);
+        assert!(o.all_qos0());
+        o.set_group("news", Delivery::Qos1);
+        assert!(!o.all_qos0(), "numbered per connection");
+        o.set_group("news", Delivery::Off);
+        assert!(o.all_qos0());
+        o.set_user(Delivery::Off);
+        assert!(!o.all_qos0(), "dropped by rendering");
+        o.set_user(Delivery::Qos0);
+        o.set_broadcast(Delivery::Qos1);
+        assert!(!o.all_qos0());
+        // A maximum packet size is checked per message; MQTT's own maximum needs no check.
+        assert!(!Outbound::new(true, 10, Some(1 << 20), 1 << 20).all_qos0());
+        assert!(Outbound::new(true, 10, Some(MAX_MQTT_PACKET), 1 << 20).all_qos0());
     }
 
     #[test]
