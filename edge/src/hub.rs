@@ -869,7 +869,7 @@ impl Hub {
         kind: TargetKind,
         name: &str,
         read_to: u64,
-        answer: Bytes,
+        answer: Option<Bytes>,
     ) -> Seam {
         let mut wake = None;
         let seam = self
@@ -905,7 +905,7 @@ impl Hub {
                     })
                 });
                 let c = &mut shard.conns[slot as usize];
-                wake = enqueue(c, std::iter::once(answer).chain(joined));
+                wake = enqueue(c, answer.into_iter().chain(joined));
                 r.state = RecoveryState::Floor(last);
                 Seam::Joined(last)
             })

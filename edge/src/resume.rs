@@ -6,7 +6,7 @@
 //! ([`Hub::begin_recovery`]); a [`Replay`] task reads history page by page, queues each page once
 //! the connection's queue has room (a replay is paced by its reader, never cut as a slow
 //! consumer), then joins the held live messages ([`Hub::finish_recovery`]) and answers
-//! `resumed`. Only the native protocol resumes; MQTT and STOMP get live messages.
+//! `resumed` (native clients; MQTT persistent sessions resume the same way, without an answer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use prost::Message as _;
 
-use crate::frame::message_frame;
+use crate::codec::Wire;
 use crate::hub::{ConnHandle, Hub, Seam};
 use crate::protocol::{self, Position, StreamOf};
 
@@ -72,6 +72,9 @@ pub(crate) struct Replay {
     pub(crate) since: Position,
     /// Pages are queued while the connection's queue holds less than this.
     pub(crate) room: usize,
+    /// The connection's protocol: messages are encoded for it, and only the native protocol
+    /// gets `resumed` and `error` answers.
+    pub(crate) wire: Wire,
 }
 
 impl Replay {
@@ -97,16 +100,15 @@ impl Replay {
                     tracing::warn!(stream = %self.key, error = %e, "resume: history unavailable");
                     metrics::counter!("herald_edge_resumes_total", "result" => "unavailable")
                         .increment(1);
-                    self.hub.abandon_recovery(
-                        self.conn,
-                        self.kind,
-                        &self.name,
-                        Some(protocol::error(
+                    let answer = self.native().then(|| {
+                        protocol::error(
                             self.id,
                             FrameError::HistoryUnavailable,
                             "history unavailable: live messages follow, missed ones were not sent",
-                        )),
-                    );
+                        )
+                    });
+                    self.hub
+                        .abandon_recovery(self.conn, self.kind, &self.name, answer);
                     return;
                 }
             };
@@ -143,7 +145,7 @@ impl Replay {
                     Ok(mut env) => {
                         env.seq = offset;
                         env.epoch = epoch;
-                        frames.push(message_frame(&env));
+                        frames.push(crate::codec::encode(self.wire, &env));
                     }
                     Err(e) => {
                         tracing::warn!(stream = %self.key, offset, error = %e, "resume: unreadable message skipped");
@@ -171,7 +173,9 @@ impl Replay {
     }
 
     fn finish(&self, after: u64, epoch: u32, recovered: bool) -> Seam {
-        let answer = protocol::resumed(self.id, &self.stream, epoch, after, recovered);
+        let answer = self
+            .native()
+            .then(|| protocol::resumed(self.id, &self.stream, epoch, after, recovered));
         let seam = self
             .hub
             .finish_recovery(self.conn, self.kind, &self.name, after, answer);
@@ -180,6 +184,10 @@ impl Replay {
                 .increment(1);
         }
         seam
+    }
+
+    fn native(&self) -> bool {
+        self.wire == Wire::Native
     }
 
     /// Waits until the connection's queue has room for another page; false once it is gone.

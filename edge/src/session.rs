@@ -22,13 +22,13 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use herald_core::codes::FrameError;
-use herald_core::history::StreamKey;
+use herald_core::history::{History, StreamKey, StreamTarget};
 use herald_core::proto::bus::TargetKind;
 
 use crate::admission::{self, Admitted, Counted, Refused};
 use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
-use crate::codec::{Codec, Form, Welcome};
+use crate::codec::{Codec, Form, Welcome, Wire};
 use crate::config::EdgeConfig;
 use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
@@ -296,7 +296,7 @@ impl SessionOps<'_> {
         hub.begin_recovery(self.core.handle, kind, &name);
         match self.subscribe(group).await {
             Ok(g) => {
-                self.replay(id, stream, kind, name, key, since);
+                self.replay(id, stream, kind, name, key, since, Wire::Native);
                 Ok(g)
             }
             Err(e) => {
@@ -308,15 +308,34 @@ impl SessionOps<'_> {
 
     /// Whether the project keeps the history of `key`.
     fn keeps(&self, key: &StreamKey) -> bool {
+        self.keeps_target(&key.target)
+    }
+
+    /// Whether the project keeps the history of `target`.
+    pub(crate) fn keeps_target(&self, target: &StreamTarget) -> bool {
         self.shared
             .keys
             .load()
             .history(self.core.project.as_str())
-            .is_some_and(|h| h.keeps(&key.target))
+            .is_some_and(|h| h.keeps(target))
     }
 
-    /// Starts the task that sends a stream's missed messages to this connection.
-    fn replay(
+    /// Where recoverable messages are kept.
+    pub(crate) fn history(&self) -> &dyn History {
+        &*self.shared.history
+    }
+
+    /// Stops holding a stream's live messages for a replay that will not run.
+    pub(crate) fn abandon_recovery(&self, kind: TargetKind, name: &str) {
+        self.shared
+            .hub
+            .abandon_recovery(self.core.handle, kind, name, None);
+    }
+
+    /// Starts the task that sends a stream's missed messages to this connection, encoded for
+    /// `wire`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn replay(
         &self,
         id: u64,
         stream: StreamOf,
@@ -324,6 +343,7 @@ impl SessionOps<'_> {
         name: String,
         key: StreamKey,
         since: Position,
+        wire: Wire,
     ) {
         let replay = Replay {
             hub: self.shared.hub.clone(),
@@ -336,6 +356,7 @@ impl SessionOps<'_> {
             key,
             since,
             room: (self.shared.cfg.max_queued_bytes / 2).max(1),
+            wire,
         };
         tokio::spawn(replay.run());
     }
@@ -436,6 +457,21 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
             }
         }
     }
+    // An MQTT persistent session: cleared or loaded now, its missed messages held from the
+    // insertion on and replayed once started.
+    let held = match &mut codec {
+        Codec::Mqtt(m) => {
+            let keys = shared.keys.load_full();
+            m.prepare(
+                &project,
+                &identity.user,
+                keys.history(project.as_str()),
+                &shared.sessions,
+            )
+            .await
+        }
+        _ => Vec::new(),
+    };
     let per_user = shared
         .limits
         .policy()
@@ -458,6 +494,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 resume: resumed
                     .iter()
                     .map(|(_, kind, name, _, _)| (*kind, name.clone()))
+                    .chain(held)
                     .collect(),
             },
             per_user,
@@ -520,7 +557,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         ops.push(e);
     }
     for (stream, kind, name, key, since) in resumed {
-        ops.replay(0, stream, kind, name, key, since);
+        ops.replay(0, stream, kind, name, key, since, Wire::Native);
     }
     if let Next::Close(code) = s.codec.started(&mut ops).await {
         close_session(shared, s, code, 0).await;

@@ -184,3 +184,147 @@ async fn a_takeover_replaces_the_connection_under_a_per_user_cap_of_one() {
         )
         .await;
 }
+
+/// `alpha` keeping the history of `news` and of its users' own streams.
+fn with_history() -> String {
+    format!(
+        "[[projects]]\nid = \"alpha\"\napi_keys = [\"{ALPHA_KEY}\"]\n\
+         [[projects.keys]]\nalg = \"HS256\"\nsecret = \"{ALPHA_SECRET}\"\n\
+         [projects.history]\ngroups = [\"news\"]\nusers = true\n"
+    )
+}
+
+/// Messages received until the one with `payload` `last` on `topic`; their payloads by topic.
+async fn until(c: &mut MqttClient, topic: &str, last: &str) -> Vec<(String, String, bool)> {
+    let mut got = Vec::new();
+    loop {
+        let m = c.message().await;
+        let entry = (
+            m["topic"].as_str().unwrap_or_default().to_owned(),
+            m["payload"].as_str().unwrap_or_default().to_owned(),
+            m["qos"] == 1,
+        );
+        let done = entry.0 == topic && entry.1 == last;
+        got.push(entry);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// Every message the client reported: topic, payload, whether at QoS 1.
+fn seen_messages(c: &MqttClient) -> Vec<(String, String, bool)> {
+    c.seen
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap_or_default().to_owned(),
+                m["payload"].as_str().unwrap_or_default().to_owned(),
+                m["qos"] == 1,
+            )
+        })
+        .collect()
+}
+
+fn on(got: &[(String, String, bool)], topic: &str) -> Vec<String> {
+    got.iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, p, _)| p.clone())
+        .collect()
+}
+
+/// A persistent session (3.1.1 `clean` false, 5.0 Session Expiry > 0) subscribed to a
+/// recoverable group and its user stream at QoS 1: the client leaves, N messages are published,
+/// it comes back and gets exactly those N, in order, as QoS 1, from history, then live ones;
+/// what it had acknowledged before leaving is not sent again. A clean start forgets the session.
+#[tokio::test]
+async fn a_persistent_session_gets_what_it_missed_from_history() {
+    let herald = herald().projects(&with_history()).start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let cases = [
+        (Lib::MqttJs, 4, json!(null)),
+        (Lib::MqttJs, 5, json!({"sessionExpiryInterval": 600})),
+    ];
+    for (i, (lib, version, properties)) in cases.into_iter().enumerate() {
+        let user = format!("pu{i}");
+        let mine = format!("user/{user}");
+        let url = format!("ws://{}/mqtt/alpha", herald.ws);
+        let opts = |clean: bool| {
+            json!({"url": url, "version": version, "clientId": format!("keeper-{i}"),
+                   "username": "alpha", "clean": clean, "properties": properties,
+                   "password": mqtt_token(&user, &["news"])})
+        };
+        let mut c = MqttClient::start(lib, opts(false)).await;
+        let connack = c.expect("connect").await;
+        assert_eq!(connack["sessionPresent"], false, "v{version}: {connack}");
+        if version == 5 {
+            assert_eq!(
+                connack["properties"]["sessionExpiryInterval"], 600,
+                "v{version}: the session is kept as asked: {connack}"
+            );
+        }
+        assert_eq!(
+            c.subscribe(json!({"news": 1, mine.clone(): 1})).await["codes"],
+            json!([1, 1])
+        );
+        // Received and acknowledged: not sent again.
+        send(&mut grpc, publish("alpha", To::Group("news"), "seen")).await;
+        assert_eq!(c.message().await["payload"], "seen");
+        c.end().await;
+
+        // Away: 5 on the group, 3 to the user.
+        for n in 1..=5 {
+            send(
+                &mut grpc,
+                publish("alpha", To::Group("news"), &format!("n{n}")),
+            )
+            .await;
+        }
+        for n in 1..=3 {
+            send(
+                &mut grpc,
+                publish("alpha", To::User(&user), &format!("u{n}")),
+            )
+            .await;
+        }
+
+        let mut c = MqttClient::start(lib, opts(false)).await;
+        let connack = c.expect("connect").await;
+        assert_eq!(connack["sessionPresent"], true, "v{version}: {connack}");
+        // The subscriptions came with the session: a live message after the missed ones.
+        send(&mut grpc, publish("alpha", To::Group("news"), "live")).await;
+        until(&mut c, "news", "live").await;
+        if !seen_messages(&c)
+            .iter()
+            .any(|(t, p, _)| *t == mine && p == "u3")
+        {
+            until(&mut c, &mine, "u3").await;
+        }
+        // mqtt.js may report messages that came right behind the CONNACK before it.
+        let got = seen_messages(&c);
+        assert_eq!(
+            on(&got, "news"),
+            ["n1", "n2", "n3", "n4", "n5", "live"],
+            "v{version}: exactly the missed ones, in order, then live: {got:?}"
+        );
+        assert_eq!(on(&got, &mine), ["u1", "u2", "u3"], "v{version}: {got:?}");
+        assert!(got.iter().all(|(_, _, qos1)| *qos1), "QoS 1: {got:?}");
+        c.end().await;
+
+        // A clean start forgets it: nothing present, nothing replayed.
+        let mut c = MqttClient::start(lib, opts(true)).await;
+        assert_eq!(c.expect("connect").await["sessionPresent"], false);
+        c.end().await;
+        let mut c = MqttClient::start(lib, opts(false)).await;
+        assert_eq!(
+            c.expect("connect").await["sessionPresent"],
+            false,
+            "v{version}: cleared by the clean start"
+        );
+        c.end().await;
+    }
+    herald
+        .wait_metric("herald_edge_mqtt_sessions_resumed_total", 2.0)
+        .await;
+}

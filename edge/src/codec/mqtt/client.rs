@@ -8,19 +8,26 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::codes::CloseCode;
-use herald_core::ids::ProjectId;
+use herald_core::history::{HistoryConfig, Position};
+use herald_core::ids::{ProjectId, UserId};
+use herald_core::proto::bus::TargetKind;
+use herald_core::sessions::Sessions;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::delivery::{BROADCAST_TOPIC, Delivery, Outbound, USER_TOPIC_PREFIX, is_template};
+use super::delivery::{
+    BROADCAST_TOPIC, Delivery, Outbound, USER_TOPIC_PREFIX, is_template, stream_position,
+};
 use super::encode::{self, ConnAckProperties};
 use super::packet::{
     self, Assembler, Connect, DecodeError, Packet, Publish, Subscribe, Unsubscribe, Version,
 };
+use super::persist::{self, Persist};
 use super::reason::{self, ConnectReturn, Reason};
 use super::takeover::{Claim, ClientIds, SharedOutbound};
-use crate::codec::{Codec, Form, Hello, HelloRefused};
+use crate::codec::{Codec, Form, Hello, HelloRefused, Wire};
 use crate::hub::ConnHandle;
+use crate::protocol::StreamOf;
 use crate::session::{Next, SessionOps, SubscribeRefused};
 
 /// The longest client id accepted, in bytes.
@@ -46,11 +53,21 @@ pub(crate) struct Mqtt {
     pending: Option<Box<Bytes>>,
     out: Option<SharedOutbound>,
     /// The `DISCONNECT` to send before a close this codec decided.
-    disconnect: Option<Box<Bytes>>,
+    /// What few connections need (the last `DISCONNECT`, a persistent session), boxed.
+    rare: Option<Box<Rare>>,
     /// The client sent `DISCONNECT`: the server sends none.
     client_disconnected: bool,
     /// The form in which the hub queues this connection's messages.
     form: Form,
+}
+
+/// The parts of an MQTT connection's state that few connections need.
+#[derive(Default)]
+struct Rare {
+    /// The `DISCONNECT` to send before a close this codec decided.
+    disconnect: Option<Bytes>,
+    /// The persistent session, for a client that asked for one.
+    persist: Option<Persist>,
 }
 
 /// A connection's client id: as the client gave it until the connection starts, then held in
@@ -149,7 +166,7 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         asm,
         pending: (!pending.is_empty()).then(|| Box::new(pending)),
         out: None,
-        disconnect: None,
+        rare: None,
         client_disconnected: false,
         form: Form::Mqtt,
     };
@@ -288,6 +305,84 @@ impl Mqtt {
         }
     }
 
+    /// Before the connection enters the hub: clears or loads the persistent session `CONNECT`
+    /// asked for; returns the streams whose live messages are held until their missed ones
+    /// were replayed.
+    pub(crate) async fn prepare(
+        &mut self,
+        project: &ProjectId,
+        user: &UserId,
+        history: Option<&HistoryConfig>,
+        sessions: &Arc<dyn Sessions>,
+    ) -> Vec<(TargetKind, String)> {
+        let asked = persist::Asked {
+            v5: self.v5(),
+            clean_start: self.clean_start,
+            session_expiry: self.session_expiry,
+            client_id: self.client_id.get(),
+        };
+        match persist::open(&asked, project, user, history, sessions).await {
+            Some(p) => {
+                let held = p.held();
+                self.rare_mut().persist = Some(p);
+                held
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    fn persist(&self) -> Option<&Persist> {
+        self.rare.as_deref().and_then(|r| r.persist.as_ref())
+    }
+
+    fn persist_mut(&mut self) -> Option<&mut Persist> {
+        self.rare.as_deref_mut().and_then(|r| r.persist.as_mut())
+    }
+
+    /// A resumed session's subscriptions joined again (under this token's channels) and its
+    /// recoverable streams replayed from the last acknowledged offsets.
+    async fn resume_session(&mut self, ops: &mut SessionOps<'_>, out: &SharedOutbound) {
+        let Some(p) = self.persist_mut() else {
+            return;
+        };
+        let subs = p.record.subscriptions.clone();
+        let pending = std::mem::take(&mut p.pending);
+        let mut refused = Vec::new();
+        for (topic, qos) in &subs {
+            if self.subscribe_one(ops, out, topic, *qos).await.code >= 0x80 {
+                refused.push(topic.clone());
+            }
+        }
+        for r in pending {
+            if refused.contains(&r.topic) {
+                ops.abandon_recovery(r.kind, &r.name);
+            } else {
+                let stream = match r.kind {
+                    TargetKind::Group => StreamOf::Group(r.name.clone()),
+                    TargetKind::User => StreamOf::User,
+                    _ => StreamOf::Broadcast,
+                };
+                let since = crate::protocol::Position {
+                    offset: r.since.offset,
+                    epoch: r.since.epoch,
+                };
+                ops.replay(0, stream, r.kind, r.name, r.key, since, Wire::Mqtt);
+            }
+        }
+        if let Some(p) = self.persist_mut()
+            && !refused.is_empty()
+        {
+            for t in &refused {
+                p.unsubscribed(t);
+            }
+            p.save().await;
+        }
+    }
+
     /// The answer to a refused connect (`CONNACK` with the code of `code`).
     pub(crate) fn refusal(&self, code: CloseCode) -> Option<Bytes> {
         if self.v5() {
@@ -361,15 +456,21 @@ impl Mqtt {
                 metrics::counter!("herald_edge_mqtt_resent_total").increment(resend.len() as u64);
             }
         }
+        if self.persist().is_some_and(|p| p.present) {
+            present = true;
+            self.resume_session(ops, &out).await;
+            metrics::counter!("herald_edge_mqtt_sessions_resumed_total").increment(1);
+        }
         self.out = Some(out);
         self.sync_form(ops);
+        let expiry = self.persist().map_or(0, |p| p.expiry_secs());
         ops.push(if self.v5() {
             encode::connack_v5(
                 present,
                 Reason::Success,
                 &ConnAckProperties {
-                    // Nothing is kept once the connection is gone (docs/protocol-mqtt.md).
-                    session_expiry: (self.session_expiry > 0).then_some(0),
+                    // What is kept once the connection is gone (docs/protocol-mqtt.md).
+                    session_expiry: (self.session_expiry > 0).then_some(expiry),
                     maximum_packet_size: Some(self.max_packet),
                     assigned_client_id: assigned.then_some(&**self.client_id.get()),
                     capabilities: true,
@@ -431,7 +532,7 @@ impl Mqtt {
     /// Closes with `code`, preceded (5.0) by a `DISCONNECT` with `reason` and `why`.
     fn close(&mut self, code: CloseCode, reason: Reason, why: &str) -> Next {
         if self.v5() {
-            self.disconnect = Some(Box::new(encode::disconnect(reason, Some(why))));
+            self.rare_mut().disconnect = Some(encode::disconnect(reason, Some(why)));
         }
         Next::Close(code)
     }
@@ -446,16 +547,22 @@ impl Mqtt {
             Packet::Publish(p) => self.publish(ops, &p),
             Packet::PubAck(a) => {
                 let mut frames = VecDeque::new();
-                if let Some(out) = &self.out {
-                    out.lock().acked(a.packet_id, &mut frames);
-                }
+                let acked = self
+                    .out
+                    .as_ref()
+                    .and_then(|out| out.lock().acked(a.packet_id, &mut frames));
                 for f in frames {
                     ops.push(f);
+                }
+                if let (Some(p), Some(t)) = (self.persist_mut(), acked)
+                    && let Some((kind, topic, offset, epoch)) = stream_position(&t)
+                {
+                    p.acked(kind, topic, Position { offset, epoch }).await;
                 }
                 Next::Continue
             }
             Packet::Subscribe(s) => self.subscribe(ops, s).await,
-            Packet::Unsubscribe(u) => self.unsubscribe(ops, u),
+            Packet::Unsubscribe(u) => self.unsubscribe(ops, u).await,
             Packet::PingReq => {
                 ops.push(encode::pingresp());
                 Next::Continue
@@ -468,6 +575,11 @@ impl Mqtt {
                         Reason::ProtocolError,
                         "session expiry set at DISCONNECT after 0 at CONNECT",
                     );
+                }
+                if d.session_expiry == Some(0)
+                    && let Some(p) = self.persist_mut()
+                {
+                    p.end().await;
                 }
                 self.client_disconnected = true;
                 Next::Close(CloseCode::Normal)
@@ -509,11 +621,26 @@ impl Mqtt {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut why = None;
         for f in &s.filters {
+            let from = match self.persist() {
+                Some(p) => {
+                    p.position_now(f.topic, f.qos, |t| ops.keeps_target(t), ops.history())
+                        .await
+                }
+                None => None,
+            };
             let g = self.subscribe_one(ops, &out, f.topic, f.qos).await;
             if why.is_none() {
                 why = g.why;
             }
+            if g.code < 0x80
+                && let Some(p) = self.persist_mut()
+            {
+                p.subscribed(f.topic, f.qos, from);
+            }
             codes.push(g.code);
+        }
+        if let Some(p) = self.persist() {
+            p.save().await;
         }
         let why = why.filter(|_| self.v5() && self.problem_info);
         self.sync_form(ops);
@@ -594,7 +721,7 @@ impl Mqtt {
         }
     }
 
-    fn unsubscribe(&mut self, ops: &mut SessionOps<'_>, u: Unsubscribe<'_>) -> Next {
+    async fn unsubscribe(&mut self, ops: &mut SessionOps<'_>, u: Unsubscribe<'_>) -> Next {
         let Some(out) = self.out.clone() else {
             return Next::Continue;
         };
@@ -625,6 +752,12 @@ impl Mqtt {
             codes.push(code.byte());
         }
         self.sync_form(ops);
+        if let Some(p) = self.persist_mut() {
+            for topic in &u.filters {
+                p.unsubscribed(topic);
+            }
+            p.save().await;
+        }
         ops.push(encode::unsuback(self.version, u.packet_id, &codes));
         Next::Continue
     }
@@ -663,11 +796,14 @@ impl Mqtt {
         if !self.v5() || self.client_disconnected {
             return None;
         }
-        self.disconnect.take().map(|d| *d).or_else(|| {
-            Some(encode::disconnect(
-                reason::disconnect_v5(code),
-                Some(code.reason()),
-            ))
-        })
+        self.rare
+            .as_mut()
+            .and_then(|r| r.disconnect.take())
+            .or_else(|| {
+                Some(encode::disconnect(
+                    reason::disconnect_v5(code),
+                    Some(code.reason()),
+                ))
+            })
     }
 }

@@ -37,8 +37,10 @@ const MARKER: u8 = 0x00;
 const KIND: usize = 1;
 const TOPIC_LEN: usize = 2;
 const LENS: usize = 4;
-/// The template's header: marker, kind, topic length, the four prefix lengths.
-const HEADER: usize = 12;
+/// The message's offset (u64) and epoch (u32) in its stream, 0 for a plain target.
+const SEQ: usize = 12;
+/// The template's header: marker, kind, topic length, the four prefix lengths, offset, epoch.
+const HEADER: usize = 24;
 
 /// The prefixes of a template, in order: QoS 1 over 3.1.1, QoS 1 over 5.0, QoS 0 over 5.0,
 /// QoS 0 over 3.1.1 (last, so that it runs straight into the payload).
@@ -93,6 +95,8 @@ pub fn template(env: &Envelope) -> Bytes {
     for l in lens {
         buf.put_u16(l as u16);
     }
+    buf.put_u64(env.seq);
+    buf.put_u32(env.epoch);
     for (qos, v5) in [(1, false), (1, true), (0, true), (0, false)] {
         let rest = 2 + topic.len() + 2 * qos + v5 as usize + payload.len();
         let mqtt = 1 + varint_len(rest) + rest;
@@ -134,6 +138,21 @@ pub fn qos0_frame(template: &Bytes, v5: bool) -> Bytes {
 /// The largest MQTT packet (a remaining length of 268,435,455 and its 5-byte fixed header): a
 /// client accepting it accepts every packet.
 const MAX_MQTT_PACKET: u32 = 268_435_460;
+
+/// Where a template's message stands in its stream: target kind, topic, offset and epoch;
+/// `None` for a message of a plain target (offset 0).
+pub fn stream_position(t: &Bytes) -> Option<(TargetKind, &[u8], u64, u32)> {
+    if !is_template(t) {
+        return None;
+    }
+    let seq = u64::from_be_bytes(t[SEQ..SEQ + 8].try_into().ok()?);
+    let epoch = u32::from_be_bytes(t[SEQ + 8..SEQ + 12].try_into().ok()?);
+    if seq == 0 {
+        return None;
+    }
+    let p = Parts::of(t);
+    Some((p.kind, p.topic(), seq, epoch))
+}
 
 /// Whether a queued frame is a template (to be rendered) rather than a ready frame.
 pub fn is_template(frame: &[u8]) -> bool {
@@ -435,16 +454,12 @@ impl Outbound {
     }
 
     /// The client acknowledged `packet_id`; messages waiting for room go out into `out`.
-    /// Returns whether the identifier was in flight.
-    pub fn acked(&mut self, packet_id: u16, out: &mut VecDeque<Bytes>) -> bool {
+    /// Returns the acknowledged message's template when the identifier was in flight.
+    pub fn acked(&mut self, packet_id: u16, out: &mut VecDeque<Bytes>) -> Option<Bytes> {
         let w = &mut self.window;
-        let Some(q) = w.queues.as_deref_mut() else {
-            return false;
-        };
-        let Some(i) = q.sent.iter().position(|(id, _)| *id == packet_id) else {
-            return false;
-        };
-        q.sent.remove(i);
+        let q = w.queues.as_deref_mut()?;
+        let i = q.sent.iter().position(|(id, _)| *id == packet_id)?;
+        let (_, acked) = q.sent.remove(i)?;
         while q.sent.len() < w.max as usize {
             let Some(t) = q.waiting.pop_front() else {
                 break;
@@ -457,7 +472,7 @@ impl Outbound {
         if q.sent.is_empty() && q.waiting.is_empty() {
             w.queues = None;
         }
-        true
+        Some(acked)
     }
 
     /// Sends every unacknowledged message again, with DUP and its packet identifier, into `out`
@@ -691,13 +706,13 @@ mod tests {
         );
         assert_eq!(got[0].topic, "$broadcast");
         let mut out = VecDeque::new();
-        assert!(!o.acked(9, &mut out), "unknown id");
+        assert!(o.acked(9, &mut out).is_none(), "unknown id");
         assert!(out.is_empty());
-        assert!(o.acked(2, &mut out));
+        assert!(o.acked(2, &mut out).is_some());
         assert_eq!(read(&out, false)[0].id, Some(3));
         out.clear();
-        assert!(o.acked(1, &mut out));
-        assert!(o.acked(3, &mut out));
+        assert!(o.acked(1, &mut out).is_some());
+        assert!(o.acked(3, &mut out).is_some());
         let ids: Vec<_> = read(&out, false).iter().map(|g| g.id).collect();
         assert_eq!(ids, [Some(4)]);
         assert_eq!(o.inflight(), 1);

@@ -11,11 +11,13 @@
 //! - [`delivery`]: delivered messages encoded once into a template and completed per
 //!   connection without copying the payload; the QoS 1 window.
 //! - [`reason`]: reason and return codes, mapped from Herald's close codes.
-//! - `client`: the codec over the session layer; `takeover`: client ids held on this edge.
+//! - `client`: the codec over the session layer; `takeover`: client ids held on this edge;
+//!   `persist`: persistent sessions through history.
 
 pub(crate) mod client;
 pub mod delivery;
 pub mod encode;
 pub mod packet;
+pub(crate) mod persist;
 pub mod reason;
 pub(crate) mod takeover;
