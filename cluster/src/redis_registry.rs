@@ -217,6 +217,13 @@ struct Inner {
     epoch: Script,
     /// Per edge of this process: the epoch id it last wrote its whole interest under.
     synced: Mutex<HashMap<EdgeId, String>>,
+    /// Per edge of this process: members added by writes not known to have completed (the
+    /// index may hold them while their sets do not); a resync writes them whatever the index
+    /// says.
+    unconfirmed: Mutex<HashMap<EdgeId, HashSet<String>>>,
+    /// The single Redis's `run_id` at this process's last resync: a restart (even one that
+    /// restores a snapshot, which may hold half a batch) changes it.
+    run_id: Mutex<Option<String>>,
     wholeness: RwLock<Wholeness>,
     live: RwLock<LiveEdges>,
     refreshing: tokio::sync::Mutex<()>,
@@ -254,6 +261,8 @@ impl RedisRegistry {
                 reap_start: Script::new(REAP_START),
                 epoch: Script::new(EPOCH),
                 synced: Mutex::new(HashMap::new()),
+                unconfirmed: Mutex::new(HashMap::new()),
+                run_id: Mutex::new(None),
                 wholeness: RwLock::new(Wholeness::default()),
                 live: RwLock::new(LiveEdges::default()),
                 refreshing: tokio::sync::Mutex::new(()),
@@ -391,6 +400,8 @@ impl Inner {
         adds: &[String],
         removes: &[String],
     ) -> Result<(), RegistryError> {
+        metrics::counter!("herald_registry_entries_written_total")
+            .increment((adds.len() + removes.len()) as u64);
         let index = self.keys.index(edge.as_str());
         for (adds, removes) in chunks(adds, removes) {
             let mut first = Vec::new();
@@ -737,20 +748,71 @@ impl Registry for RedisRegistry {
                 removes.push(m);
             }
         }
-        self.inner.write(edge, &adds, &removes).await
+        if !adds.is_empty() {
+            self.inner
+                .unconfirmed
+                .lock()
+                .entry(edge.clone())
+                .or_default()
+                .extend(adds.iter().cloned());
+        }
+        self.inner.write(edge, &adds, &removes).await?;
+        if !adds.is_empty()
+            && let Some(u) = self.inner.unconfirmed.lock().get_mut(edge)
+        {
+            for m in &adds {
+                u.remove(m);
+            }
+        }
+        Ok(())
     }
 
     async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError> {
         let inner = &self.inner;
         // The epoch is read first: a loss during the writes makes a new one, which this
         // confirmation does not name, so the next heartbeat resyncs again.
-        let had = inner.synced.lock().contains_key(edge);
-        let epoch = inner.current_epoch(had).await?;
+        let had = inner.synced.lock().get(edge).cloned();
+        let epoch = inner.current_epoch(had.is_some()).await?;
         let old = inner.index_members(edge.as_str()).await?;
         let now: HashSet<String> = keys.iter().map(Keys::member).collect();
         let removes: Vec<String> = old.difference(&now).cloned().collect();
-        let adds: Vec<String> = now.into_iter().collect();
+        // Under the epoch it last wrote under, on the same Redis process, the edge's index is
+        // what the registry holds of it (the index learns of an entry before the entry is
+        // written; entries of writes not known complete are written again): only the
+        // difference is written. Otherwise (a new epoch, a restarted Redis, a Redis Cluster)
+        // everything is.
+        // Only on a single Redis that has not restarted since: a Redis Cluster node's restart
+        // is not seen here, so a cluster always writes everything.
+        let run_id = if inner.cluster {
+            None
+        } else {
+            let info: String = inner.query(redis::cmd("INFO").arg("server")).await?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|r| r.trim().to_string())
+        };
+        let same_redis = run_id.is_some() && *inner.run_id.lock() == run_id;
+        let adds: Vec<String> = if same_redis && had.as_ref() == Some(&epoch.id) {
+            let unconfirmed = inner.unconfirmed.lock();
+            let unconfirmed = unconfirmed.get(edge);
+            now.iter()
+                .filter(|m| !old.contains(*m) || unconfirmed.is_some_and(|u| u.contains(*m)))
+                .cloned()
+                .collect()
+        } else {
+            now.into_iter().collect()
+        };
+        // Until written, these are unconfirmed too (a failed resync is retried as a diff).
+        inner
+            .unconfirmed
+            .lock()
+            .entry(edge.clone())
+            .or_default()
+            .extend(adds.iter().cloned());
         inner.write(edge, &adds, &removes).await?;
+        // Everything wanted is written, everything else removed.
+        inner.unconfirmed.lock().remove(edge);
+        *inner.run_id.lock() = run_id;
         inner
             .query::<()>(
                 redis::cmd("HSET")

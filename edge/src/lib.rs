@@ -451,10 +451,26 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
             Ok(liveness) => {
                 // Queued, not awaited: heartbeats go on while a large interest is rewritten,
                 // and resyncs queued together are written once.
-                if liveness == Liveness::Registered || failures > 0 || first {
+                if liveness == Liveness::Registered || first {
                     tracing::info!(?liveness, "registering the edge's whole interest");
-                    metrics::counter!("herald_edge_resyncs_total").increment(1);
+                    metrics::counter!("herald_edge_resyncs_total", "why" => "registered")
+                        .increment(1);
                     drop(hub.interest().resync());
+                } else if failures > 0 {
+                    // Still known alive under the same registry epoch: nothing was lost that
+                    // the writer's own retries do not cover, but a restore from a snapshot may
+                    // hold an older state. The resync compares with the edge's index and writes
+                    // only the difference, after a random part of a heartbeat interval, so that
+                    // edges coming back from a slow or restarted Redis do not all write at once.
+                    let jitter = registry.heartbeat_interval().mul_f64(rand::random::<f64>());
+                    let hub = hub.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(jitter).await;
+                        tracing::info!("checking the edge's interest against the registry");
+                        metrics::counter!("herald_edge_resyncs_total", "why" => "reconnected")
+                            .increment(1);
+                        drop(hub.interest().resync());
+                    });
                 }
                 first = false;
                 failures = 0;

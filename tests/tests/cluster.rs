@@ -598,3 +598,96 @@ async fn listing_pages_gather_both_edges_in_order_and_cover_each_connection_once
         assert_eq!(got, want, "page size {page_size}");
     }
 }
+
+/// A Redis that stalls (`CLIENT PAUSE` longer than a heartbeat interval, shorter than the edge
+/// TTL) makes every edge's heartbeat fail; when it answers again, the 20 edges check their
+/// interest against their index and write only what differs, spread over a heartbeat interval:
+/// no edge rewrites its whole interest (which fed a slow Redis more load), and routing is
+/// whole afterwards.
+#[tokio::test]
+async fn a_stalled_redis_makes_no_edge_rewrite_its_interest() {
+    const EDGES: usize = 20;
+    const PER_EDGE: usize = 10;
+    let b = Backends::start_with(false, 1).await;
+    let starts = (0..EDGES).map(|i| {
+        herald()
+            .clustered(&b)
+            .role(if i == 0 { "all" } else { "edge" })
+            .edge("id", format!("e{i}"))
+            .cluster("edge_ttl_secs", 30)
+            .cluster("redis_timeout_ms", 300)
+            .start()
+    });
+    let nodes = futures_util::future::join_all(starts).await;
+    // PER_EDGE users per edge, each in a group of its own and one shared group.
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..PER_EDGE {
+            let user = format!("u{i}x{j}");
+            let group = format!("g{i}x{j}");
+            clients.push(
+                n.connect("alpha", &with_groups("alpha", &user, &[&group, "all"]))
+                    .await,
+            );
+        }
+    }
+    let written = async || {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n.metric("herald_registry_entries_written_total").await;
+        }
+        sum
+    };
+    let reconnected = async || {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n
+                .metric(r#"herald_edge_resyncs_total{why="reconnected"}"#)
+                .await;
+        }
+        sum
+    };
+    let before = written().await;
+    // Heartbeats come every 10 s (a third of the TTL): a 12 s stall fails each edge's at least
+    // once, and expires none.
+    let out = tokio::process::Command::new(server_bin("redis-cli"))
+        .args(["-u", &b.redis_urls()[0], "CLIENT", "PAUSE", "12000", "ALL"])
+        .output()
+        .await
+        .expect("redis-cli");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "OK",
+        "CLIENT PAUSE: {out:?}"
+    );
+    eventually(Duration::from_secs(60), async || {
+        let r = reconnected().await;
+        if r >= EDGES as f64 {
+            Ok(())
+        } else {
+            Err(format!("{r} of {EDGES} edges checked their interest"))
+        }
+    })
+    .await;
+    let rewritten = written().await - before;
+    eprintln!(
+        "redis stalled 12 s under {EDGES} edges: {rewritten} registry entries written after (a full rewrite: {})",
+        EDGES * (2 * PER_EDGE + 1)
+    );
+    assert!(
+        rewritten < (2 * PER_EDGE + 1) as f64,
+        "{rewritten} entries written: as much as an edge's whole interest"
+    );
+    // Routing is whole: the shared group reaches every client.
+    let mut g = nodes[0].grpc(Some(ALPHA_KEY)).await;
+    publish_until(
+        &mut g,
+        publish("alpha", To::Group("all"), "\"after\""),
+        EDGES as u32,
+        WAIT,
+    )
+    .await;
+    for c in &mut clients {
+        while next_data(c).await != json!("after") {}
+    }
+}
