@@ -37,8 +37,13 @@ struct Cursor {
     repairing: bool,
     /// Messages after a gap, waiting for the repair.
     held: BTreeMap<u64, Envelope>,
+    /// Epochs this cursor left (the last few), whose late messages must not take it back.
+    left: Vec<u32>,
     seen: Instant,
 }
+
+/// Epochs a cursor remembers having left.
+const LEFT: usize = 4;
 
 /// The edge's recoverable streams.
 pub struct Streams {
@@ -91,9 +96,19 @@ impl Streams {
             offset: env.seq - 1,
             repairing: false,
             held: BTreeMap::new(),
+            left: Vec::new(),
             seen: Instant::now(),
         });
         c.seen = Instant::now();
+        if c.epoch != env.epoch && c.left.contains(&env.epoch) {
+            // A late message of an epoch already left (sent before the loss, or the position
+            // check saw the new epoch first): it was stored and acknowledged, so it goes on,
+            // but it takes the cursor back to nothing.
+            metrics::counter!("herald_edge_stream_late_epoch_total").increment(1);
+            drop(cursors);
+            self.hub.deliver(env);
+            return;
+        }
         if c.epoch != env.epoch {
             // The stream's storage was lost and started over at offset 1: the old epoch's held
             // messages go on over their gap (they were stored and acknowledged), then the new
@@ -141,6 +156,10 @@ impl Streams {
             }
         }
         metrics::counter!("herald_edge_stream_epoch_changes_total").increment(1);
+        if c.left.len() == LEFT {
+            c.left.remove(0);
+        }
+        c.left.push(c.epoch);
         c.epoch = epoch;
         c.offset = 0;
     }
@@ -463,12 +482,17 @@ mod tests {
         let mut got = offsets(&hub, h);
         offsets_until(&hub, h, &mut got, 5).await;
         assert_eq!(got, [1, 2, 1, 2, 3]);
+        // A late message of the first epoch goes on, and leaves the cursor on the second.
+        streams.deliver(&env(5, e1));
+        streams.deliver(&env(4, e2));
+        offsets_until(&hub, h, &mut got, 7).await;
+        assert_eq!(got, [1, 2, 1, 2, 3, 5, 4]);
         // Lost again; nothing of the third epoch comes on the bus: the position check finds it.
         history.clear();
         append(2).await;
         assert_eq!(streams.check().await, 1);
-        offsets_until(&hub, h, &mut got, 7).await;
-        assert_eq!(got, [1, 2, 1, 2, 3, 1, 2]);
+        offsets_until(&hub, h, &mut got, 9).await;
+        assert_eq!(got, [1, 2, 1, 2, 3, 5, 4, 1, 2]);
     }
 
     #[tokio::test]
