@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_core::codes::FrameError;
 use herald_core::history::{History, StreamKey, StreamTarget};
 use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
@@ -72,9 +73,36 @@ pub(crate) struct Replay {
     pub(crate) since: Position,
     /// Pages are queued while the connection's queue holds less than this.
     pub(crate) room: usize,
-    /// The connection's protocol: messages are encoded for it, and only the native protocol
-    /// gets `resumed` and `error` answers.
-    pub(crate) wire: Wire,
+    /// How the client is told the replay's outcome (and its protocol).
+    pub(crate) answer: Answer,
+}
+
+/// How a resuming client is told that its missed messages were sent.
+pub(crate) enum Answer {
+    /// Native: `resumed` (or `error` 4503) with the request id.
+    Native,
+    /// MQTT: no answer (the `CONNACK` went before).
+    Mqtt,
+    /// STOMP: the `SUBSCRIBE`'s `RECEIPT`, sent once the missed messages were, with the
+    /// stream's `epoch`, the last `offset` replayed and `recovered`; nothing when the client
+    /// asked for no receipt.
+    Stomp {
+        /// The STOMP version spoken.
+        version: crate::codec::stomp::Version,
+        /// The `receipt` header of the `SUBSCRIBE`.
+        receipt: Option<Box<str>>,
+    },
+}
+
+impl Answer {
+    /// The protocol messages are encoded for.
+    pub(crate) fn wire(&self) -> Wire {
+        match self {
+            Answer::Native => Wire::Native,
+            Answer::Mqtt => Wire::Mqtt,
+            Answer::Stomp { .. } => Wire::Stomp,
+        }
+    }
 }
 
 impl Replay {
@@ -100,13 +128,17 @@ impl Replay {
                     tracing::warn!(stream = %self.key, error = %e, "resume: history unavailable");
                     metrics::counter!("herald_edge_resumes_total", "result" => "unavailable")
                         .increment(1);
-                    let answer = self.native().then(|| {
-                        protocol::error(
+                    let answer = match &self.answer {
+                        Answer::Native => Some(protocol::error(
                             self.id,
                             FrameError::HistoryUnavailable,
                             "history unavailable: live messages follow, missed ones were not sent",
-                        )
-                    });
+                        )),
+                        Answer::Mqtt => None,
+                        Answer::Stomp { version, receipt } => receipt.as_deref().map(|r| {
+                            crate::codec::stomp::encode::receipt_resumed(*version, r, None, false)
+                        }),
+                    };
                     self.hub
                         .abandon_recovery(self.conn, self.kind, &self.name, answer);
                     return;
@@ -145,7 +177,7 @@ impl Replay {
                     Ok(mut env) => {
                         env.seq = offset;
                         env.epoch = epoch;
-                        frames.push(crate::codec::encode(self.wire, &env));
+                        frames.push(crate::codec::encode(self.answer.wire(), &env));
                     }
                     Err(e) => {
                         tracing::warn!(stream = %self.key, offset, error = %e, "resume: unreadable message skipped");
@@ -173,9 +205,7 @@ impl Replay {
     }
 
     fn finish(&self, after: u64, epoch: u32, recovered: bool) -> Seam {
-        let answer = self
-            .native()
-            .then(|| protocol::resumed(self.id, &self.stream, epoch, after, recovered));
+        let answer = self.resumed(epoch, after, recovered);
         let seam = self
             .hub
             .finish_recovery(self.conn, self.kind, &self.name, after, answer);
@@ -186,8 +216,26 @@ impl Replay {
         seam
     }
 
-    fn native(&self) -> bool {
-        self.wire == Wire::Native
+    /// The answer once the stream is at `offset` of `epoch`.
+    fn resumed(&self, epoch: u32, offset: u64, recovered: bool) -> Option<Bytes> {
+        match &self.answer {
+            Answer::Native => Some(protocol::resumed(
+                self.id,
+                &self.stream,
+                epoch,
+                offset,
+                recovered,
+            )),
+            Answer::Mqtt => None,
+            Answer::Stomp { version, receipt } => receipt.as_deref().map(|r| {
+                crate::codec::stomp::encode::receipt_resumed(
+                    *version,
+                    r,
+                    Some((epoch, offset)),
+                    recovered,
+                )
+            }),
+        }
     }
 
     /// Waits until the connection's queue has room for another page; false once it is gone.

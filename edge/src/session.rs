@@ -28,14 +28,14 @@ use herald_core::proto::bus::TargetKind;
 use crate::admission::{self, Admitted, Counted, Refused};
 use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
-use crate::codec::{Codec, Form, Welcome, Wire};
+use crate::codec::{Codec, Form, Welcome};
 use crate::config::EdgeConfig;
 use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
 use crate::listener::Stream;
 use crate::protocol::{self, Position, StreamOf};
-use crate::resume::{self, Replay};
+use crate::resume::{self, Answer, Replay};
 use crate::ws::{self, FrameTrack, Io, WriteQueue};
 use crate::{Bound, Shared};
 
@@ -296,7 +296,7 @@ impl SessionOps<'_> {
         hub.begin_recovery(self.core.handle, kind, &name);
         match self.subscribe(group).await {
             Ok(g) => {
-                self.replay(id, stream, kind, name, key, since, Wire::Native);
+                self.replay(id, stream, kind, name, key, since, Answer::Native);
                 Ok(g)
             }
             Err(e) => {
@@ -325,6 +325,23 @@ impl SessionOps<'_> {
         &*self.shared.history
     }
 
+    /// Starts holding the live messages of one of the connection's streams to resume it;
+    /// `None` when the project keeps no history of it (or the name is invalid).
+    pub(crate) fn begin_resume(
+        &mut self,
+        stream: &StreamOf,
+    ) -> Option<(TargetKind, String, StreamKey)> {
+        let (kind, name, key) =
+            resume::stream_of(stream, &self.core.project, &self.core.user).ok()?;
+        if !self.keeps(&key) {
+            return None;
+        }
+        self.shared
+            .hub
+            .begin_recovery(self.core.handle, kind, &name);
+        Some((kind, name, key))
+    }
+
     /// Stops holding a stream's live messages for a replay that will not run.
     pub(crate) fn abandon_recovery(&self, kind: TargetKind, name: &str) {
         self.shared
@@ -343,7 +360,7 @@ impl SessionOps<'_> {
         name: String,
         key: StreamKey,
         since: Position,
-        wire: Wire,
+        answer: Answer,
     ) {
         let replay = Replay {
             hub: self.shared.hub.clone(),
@@ -356,7 +373,7 @@ impl SessionOps<'_> {
             key,
             since,
             room: (self.shared.cfg.max_queued_bytes / 2).max(1),
-            wire,
+            answer,
         };
         tokio::spawn(replay.run());
     }
@@ -557,7 +574,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         ops.push(e);
     }
     for (stream, kind, name, key, since) in resumed {
-        ops.replay(0, stream, kind, name, key, since, Wire::Native);
+        ops.replay(0, stream, kind, name, key, since, Answer::Native);
     }
     if let Next::Close(code) = s.codec.started(&mut ops).await {
         close_session(shared, s, code, 0).await;

@@ -4,7 +4,8 @@
 // Options: url, connectHeaders (CONNECT headers: Authorization, passcode, token, ...),
 // heartbeat ([outgoing, incoming] ms, default [0, 0]), versions (default ["1.2", "1.1", "1.0"]),
 // protocols (WebSocket sub-protocols offered, default stompjs's own for `versions`), ca (PEM file
-// for wss), subscribe ([{destination, id, ack, receipt}], sent once connected), debug (print
+// for wss), subscribe ([{destination, id, ack, receipt, headers}], sent once connected;
+// `headers`: more SUBSCRIBE headers, e.g. offset and epoch to resume), debug (print
 // stompjs's debug lines, which include heart-beats: `<<< PONG`). Messages of client
 // acknowledgement modes are acknowledged only on command.
 // Commands: {"subscribe": {destination, id, ack, receipt}}, {"unsubscribe": {id, receipt}},
@@ -55,7 +56,7 @@ const client = new Client({
     }
   },
   onStompError: (frame) => out('stomp_error', { headers: frame.headers, message: frame.headers.message ?? null, body: frame.body }),
-  onUnhandledReceipt: (frame) => out('receipt', { id: frame.headers['receipt-id'] }),
+  onUnhandledReceipt: (frame) => out('receipt', { id: frame.headers['receipt-id'], headers: frame.headers }),
   onUnhandledMessage: (m) => out('unhandled_message', { headers: m.headers, body: m.body }),
   onWebSocketClose: () => out('closed'),
 });
@@ -65,6 +66,7 @@ function subscribe(s) {
   if (s.id) headers.id = s.id;
   if (s.ack) headers.ack = s.ack;
   if (s.receipt) headers.receipt = s.receipt;
+  Object.assign(headers, s.headers ?? {});
   const sub = client.subscribe(s.destination, (m) => {
     const key = m.headers.ack ?? m.headers['message-id'];
     if (m.headers.ack !== undefined || (s.ack && s.ack !== 'auto')) {
@@ -77,6 +79,8 @@ function subscribe(s) {
       ack: m.headers.ack ?? null,
       contentType: m.headers['content-type'] ?? null,
       eventName: m.headers.event ?? null,
+      offset: m.headers.offset ?? null,
+      epoch: m.headers.epoch ?? null,
       // stompjs keeps every body as bytes; octet-stream ones are printed in base64.
       body: m.headers['content-type'] === 'application/octet-stream'
         ? Buffer.from(m.binaryBody).toString('base64')

@@ -947,3 +947,111 @@ async fn stompjs_through_nginx_as_the_push_center_had_it() {
     assert!(log.contains("/msg-center/websocket"), "{log}");
     assert!(!log.contains(&t), "a token in nginx's access log");
 }
+
+/// A STOMP client resumes a recoverable group: its `MESSAGE` frames carry `offset` and `epoch`;
+/// it leaves, messages are published, and a `SUBSCRIBE` with the last `offset` and `epoch` it
+/// handled gets exactly the missed ones, in order, then the `RECEIPT` (with the stream's
+/// position and `recovered`), then live ones. A lost epoch is told in the receipt; a destination
+/// without history is refused.
+#[tokio::test]
+async fn stompjs_resumes_a_group_from_its_last_offset() {
+    let herald = herald()
+        .projects(&format!(
+            "[[projects]]\nid = \"alpha\"\napi_keys = [\"{ALPHA_KEY}\"]\n\
+             [[projects.keys]]\nalg = \"HS256\"\nsecret = \"{ALPHA_SECRET}\"\n\
+             [projects.history]\ngroups = [\"news\"]\nusers = true\n"
+        ))
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let t = with_claims("alpha", "sam", json!({"channels": ["news", "plain"]}));
+    let mut c = Stomp::connect(&herald, "alpha", "", bearer(&t)).await;
+    c.next("connect").await;
+    c.subscribe("/topic/alpha/news", "g", "auto").await;
+    for n in 1..=3 {
+        send(
+            &mut grpc,
+            publish("alpha", To::Group("news"), &format!("n{n}")),
+        )
+        .await;
+    }
+    let mut last = json!(null);
+    for n in 1..=3 {
+        last = c.next("message").await;
+        assert_eq!(last["body"], format!("n{n}"));
+        assert_eq!(last["offset"], n.to_string(), "{last}");
+    }
+    let epoch = last["epoch"].as_str().expect("epoch").to_owned();
+    drop(c);
+
+    for n in 4..=8 {
+        send(
+            &mut grpc,
+            publish("alpha", To::Group("news"), &format!("n{n}")),
+        )
+        .await;
+    }
+    let mut c = Stomp::connect(&herald, "alpha", "", bearer(&t)).await;
+    c.next("connect").await;
+    c.send(
+        json!({"subscribe": {"destination": "/topic/alpha/news", "id": "g", "receipt": "r1",
+                                "headers": {"offset": "3", "epoch": epoch}}}),
+    )
+    .await;
+    let receipt = c.next("receipt").await;
+    assert_eq!(receipt["id"], "r1");
+    assert_eq!(
+        (
+            &receipt["headers"]["recovered"],
+            &receipt["headers"]["offset"],
+            &receipt["headers"]["epoch"]
+        ),
+        (&json!("true"), &json!("8"), &json!(epoch)),
+        "{receipt}"
+    );
+    let replayed: Vec<Value> = c
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|m| m["body"].clone())
+        .collect();
+    assert_eq!(
+        replayed,
+        ["n4", "n5", "n6", "n7", "n8"],
+        "the missed ones before the receipt, in order"
+    );
+    send(&mut grpc, publish("alpha", To::Group("news"), "n9")).await;
+    let m = c.next("message").await;
+    assert_eq!((&m["body"], &m["offset"]), (&json!("n9"), &json!("9")));
+
+    // A lost epoch: nothing replayed, told in the receipt.
+    let mut c = Stomp::connect(&herald, "alpha", "", bearer(&t)).await;
+    c.next("connect").await;
+    c.send(
+        json!({"subscribe": {"destination": "/topic/alpha/news", "id": "g", "receipt": "r2",
+                                "headers": {"offset": "3", "epoch": "1"}}}),
+    )
+    .await;
+    let receipt = c.next("receipt").await;
+    assert_eq!(
+        (
+            &receipt["headers"]["recovered"],
+            &receipt["headers"]["epoch"]
+        ),
+        (&json!("false"), &json!(epoch)),
+        "{receipt}"
+    );
+    assert!(!c.seen.iter().any(|e| e["event"] == "message"));
+
+    // A destination without history: refused.
+    let mut c = Stomp::connect(&herald, "alpha", "", bearer(&t)).await;
+    c.next("connect").await;
+    c.send(
+        json!({"subscribe": {"destination": "/topic/alpha/plain", "id": "p",
+                                "headers": {"offset": "0", "epoch": "1"}}}),
+    )
+    .await;
+    let (message, code) = c.refused().await;
+    assert!(message.contains("keeps no history"), "{message}");
+    assert_eq!(code, 4003);
+}

@@ -25,9 +25,10 @@ use super::packet::{
 use super::persist::{self, Persist};
 use super::reason::{self, ConnectReturn, Reason};
 use super::takeover::{Claim, ClientIds, SharedOutbound};
-use crate::codec::{Codec, Form, Hello, HelloRefused, Wire};
+use crate::codec::{Codec, Form, Hello, HelloRefused};
 use crate::hub::ConnHandle;
 use crate::protocol::StreamOf;
+use crate::resume::Answer;
 use crate::session::{Next, SessionOps, SubscribeRefused};
 
 /// The longest client id accepted, in bytes.
@@ -370,7 +371,7 @@ impl Mqtt {
                     offset: r.since.offset,
                     epoch: r.since.epoch,
                 };
-                ops.replay(0, stream, r.kind, r.name, r.key, since, Wire::Mqtt);
+                ops.replay(0, stream, r.kind, r.name, r.key, since, Answer::Mqtt);
             }
         }
         if let Some(p) = self.persist_mut()

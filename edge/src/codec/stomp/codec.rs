@@ -18,6 +18,8 @@ use super::encode::{connected, error, receipt};
 use super::parse::{Command, Frame, Item, ParseError, Reader};
 use super::subs::{Overflow, SubError, SubLimits, Subscriptions, read_subscribe, subscription_id};
 use super::{Limits, Version};
+use crate::protocol::{Position, StreamOf};
+use crate::resume::Answer;
 use crate::session::{SessionOps, SubscribeRefused};
 
 /// Why the session refused a join.
@@ -42,6 +44,49 @@ pub trait Ops {
     async fn join(&mut self, group: &str) -> Result<(), JoinRefused>;
     /// Leaves `group`.
     fn leave(&mut self, group: &str);
+    /// Starts holding the live messages of the stream `dest` receives, to resume it; false when
+    /// the project keeps no history of it.
+    fn begin_resume(&mut self, dest: &Destination) -> bool {
+        let _ = dest;
+        false
+    }
+    /// Sends the messages of `dest`'s stream after `offset` of `epoch`, then the held live ones;
+    /// once done, the `RECEIPT` named `receipt` (if any) with the outcome.
+    fn resume(
+        &mut self,
+        dest: &Destination,
+        offset: u64,
+        epoch: u32,
+        version: Version,
+        receipt: Option<&str>,
+    ) {
+        let _ = (dest, offset, epoch, version, receipt);
+    }
+    /// Lets live messages of `dest`'s stream through again (a resume that will not run).
+    fn abandon_resume(&mut self, dest: &Destination) {
+        let _ = dest;
+    }
+}
+
+/// The stream a destination receives.
+fn stream_of(dest: &Destination) -> StreamOf {
+    match dest {
+        Destination::Broadcast => StreamOf::Broadcast,
+        Destination::Group(g) => StreamOf::Group(g.as_str().to_owned()),
+        Destination::UserQueue(_) => StreamOf::User,
+    }
+}
+
+/// Where a `SUBSCRIBE` resumes: its `offset` and `epoch` headers (both or neither).
+fn resume_from(f: &Frame) -> Result<Option<(u64, u32)>, &'static str> {
+    match (f.header("offset"), f.header("epoch")) {
+        (None, None) => Ok(None),
+        (Some(o), Some(e)) => match (o.parse(), e.parse()) {
+            (Ok(o), Ok(e)) => Ok(Some((o, e))),
+            _ => Err("offset and epoch must be integers (the headers of the last message handled)"),
+        },
+        _ => Err("offset and epoch go together"),
+    }
 }
 
 /// The edge's STOMP settings.
@@ -393,6 +438,13 @@ impl StompCodec {
                 return self.fail(code, &e.to_string(), receipt_id, "");
             }
         };
+        let since = match resume_from(f) {
+            Ok(s) => s,
+            Err(why) => {
+                count_malformed("subscribe");
+                return self.fail(CloseCode::ProtocolError, why, receipt_id, "");
+            }
+        };
         if let Err(e) = self.subs.check(&new, &cfg.subs) {
             refused_metric(&e);
             let code = if e == SubError::TooMany {
@@ -401,6 +453,16 @@ impl StompCodec {
                 CloseCode::ProtocolError
             };
             return self.fail(code, &e.to_string(), receipt_id, "");
+        }
+        if since.is_some() && !ops.begin_resume(&new.destination) {
+            metrics::counter!("herald_edge_stomp_subscribes_refused_total", "reason" => "not_recoverable")
+                .increment(1);
+            return self.fail(
+                CloseCode::Forbidden,
+                "this destination keeps no history: subscribe without offset and epoch",
+                receipt_id,
+                "",
+            );
         }
         if let Destination::Group(g) = &new.destination {
             let member = self.subs.has_group(g.as_str()) || self.is_token_group(g.as_str());
@@ -415,6 +477,9 @@ impl StompCodec {
                     metrics::counter!("herald_edge_stomp_subscribes_refused_total", "reason" => reason)
                         .increment(1);
                 }
+                if since.is_some() {
+                    ops.abandon_resume(&new.destination);
+                }
                 let (code, message) = match r {
                     JoinRefused::BadName => (CloseCode::ProtocolError, "invalid group name"),
                     JoinRefused::NotAllowed => (
@@ -428,10 +493,20 @@ impl StompCodec {
                 return self.fail(code, message, receipt_id, "");
             }
         }
+        let dest = since.map(|_| new.destination.clone());
         if let Err(e) = self.subs.add(new, &cfg.subs) {
+            if let Some(d) = &dest {
+                ops.abandon_resume(d);
+            }
             return self.fail(CloseCode::ProtocolError, &e.to_string(), receipt_id, "");
         }
-        self.ok(ops, f);
+        match (since, dest) {
+            // The receipt comes once the missed messages were sent.
+            (Some((offset, epoch)), Some(d)) => {
+                ops.resume(&d, offset, epoch, self.version, receipt_id)
+            }
+            _ => self.ok(ops, f),
+        }
         Next::Continue
     }
 
@@ -528,6 +603,46 @@ impl Ops for SessionOps<'_> {
 
     fn leave(&mut self, group: &str) {
         let _ = self.unsubscribe(group);
+    }
+
+    fn begin_resume(&mut self, dest: &Destination) -> bool {
+        SessionOps::begin_resume(self, &stream_of(dest)).is_some()
+    }
+
+    fn resume(
+        &mut self,
+        dest: &Destination,
+        offset: u64,
+        epoch: u32,
+        version: Version,
+        receipt: Option<&str>,
+    ) {
+        let stream = stream_of(dest);
+        let Ok((kind, name, key)) =
+            crate::resume::stream_of(&stream, SessionOps::project(self), self.user())
+        else {
+            return;
+        };
+        self.replay(
+            0,
+            stream,
+            kind,
+            name,
+            key,
+            Position { offset, epoch },
+            Answer::Stomp {
+                version,
+                receipt: receipt.map(Box::from),
+            },
+        );
+    }
+
+    fn abandon_resume(&mut self, dest: &Destination) {
+        if let Ok((kind, name, _)) =
+            crate::resume::stream_of(&stream_of(dest), SessionOps::project(self), self.user())
+        {
+            self.abandon_recovery(kind, &name);
+        }
     }
 }
 

@@ -68,6 +68,28 @@ pub fn receipt(version: Version, receipt_id: &str) -> Bytes {
     text(&f)
 }
 
+/// `RECEIPT` of a `SUBSCRIBE` that resumed a stream, sent once its missed messages were: the
+/// stream's `epoch` and the last `offset` replayed (absent when history could not be read) and
+/// whether every missed message was sent (`recovered`).
+pub fn receipt_resumed(
+    version: Version,
+    receipt_id: &str,
+    at: Option<(u32, u64)>,
+    recovered: bool,
+) -> Bytes {
+    let mut f = Vec::with_capacity(80 + receipt_id.len());
+    f.extend_from_slice(b"RECEIPT\nreceipt-id:");
+    push_escaped(&mut f, receipt_id, version);
+    match at {
+        Some((epoch, offset)) => {
+            f.extend_from_slice(format!("\nepoch:{epoch}\noffset:{offset}").as_bytes())
+        }
+        None => f.extend_from_slice(b"\nmessage:history unavailable"),
+    }
+    f.extend_from_slice(format!("\nrecovered:{recovered}\n\n\0").as_bytes());
+    text(&f)
+}
+
 /// `ERROR` with a `message` header, the offending frame's `receipt` as `receipt-id`, and
 /// `detail` as a plain-text body. The connection closes after it.
 pub fn error(version: Version, message: &str, receipt_id: Option<&str>, detail: &str) -> Bytes {

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! [WebSocket header]MESSAGE\nsubscription:<id>\n[ack:<n>\n][destination:/user/queue/<q>\n]   per connection, ~40 bytes
-//! [destination:/topic/..\n]message-id:..\ncontent-type:..\ncontent-length:..\n[event:..\n]\n<payload>\0   shared
+//! [destination:/topic/..\n]message-id:..\ncontent-type:..\ncontent-length:..\n[event:..\n][offset:..\nepoch:..\n]\n<payload>\0   shared
 //! ```
 //!
 //! [`encode`] builds a *template*: one [`Bytes`] holding a small routing prefix (kind, group or
@@ -115,6 +115,10 @@ pub fn encode(env: &Envelope) -> Option<Bytes> {
         shared.extend_from_slice(b"\nevent:");
         push_escaped(&mut shared, &env.event, Version::V12);
     }
+    if env.seq != 0 {
+        // A recoverable target's position in its stream: what a SUBSCRIBE resumes after.
+        shared.extend_from_slice(format!("\noffset:{}\nepoch:{}", env.seq, env.epoch).as_bytes());
+    }
     shared.extend_from_slice(b"\n\n");
     let mut buf = BytesMut::with_capacity(
         PREFIX + key.len() + message_id.len() + shared.len() + body.len() + 1,
@@ -201,6 +205,21 @@ mod tests {
         assert_eq!(
             &v.shared[..],
             b"message-id:0a0b0c0d-7\ncontent-type:text/plain;charset=utf-8\ncontent-length:2\nevent:order\\cnew\n\nhi\0"
+        );
+    }
+
+    #[test]
+    fn recoverable_messages_carry_their_offset_and_epoch() {
+        let mut e = env(TargetKind::Group, "news", "", b"1");
+        e.seq = 42;
+        e.epoch = 7;
+        let t = encode(&e).expect("encoded");
+        let v = view(&t).expect("a template");
+        assert!(
+            v.shared
+                .ends_with(b"content-length:1\noffset:42\nepoch:7\n\n1\0"),
+            "{:?}",
+            v.shared
         );
     }
 
