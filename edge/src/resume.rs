@@ -19,6 +19,7 @@ use herald_core::proto::bus::{Envelope, TargetKind};
 use prost::Message as _;
 
 use crate::codec::Wire;
+use crate::codec::mqtt::takeover::SharedOutbound;
 use crate::hub::{ConnHandle, Hub, Seam};
 use crate::protocol::{self, Position, StreamOf};
 
@@ -81,8 +82,9 @@ pub(crate) struct Replay {
 pub(crate) enum Answer {
     /// Native: `resumed` (or `error` 4503) with the request id.
     Native,
-    /// MQTT: no answer (the `CONNACK` went before).
-    Mqtt,
+    /// MQTT: no answer (the `CONNACK` went before). The replay also waits for room in the
+    /// connection's QoS 1 window state, where rendered messages wait for acknowledgements.
+    Mqtt(SharedOutbound),
     /// STOMP: the `SUBSCRIBE`'s `RECEIPT`, sent once the missed messages were, with the
     /// stream's `epoch`, the last `offset` replayed and `recovered`; nothing when the client
     /// asked for no receipt.
@@ -99,7 +101,7 @@ impl Answer {
     pub(crate) fn wire(&self) -> Wire {
         match self {
             Answer::Native => Wire::Native,
-            Answer::Mqtt => Wire::Mqtt,
+            Answer::Mqtt(_) => Wire::Mqtt,
             Answer::Stomp { .. } => Wire::Stomp,
         }
     }
@@ -134,7 +136,7 @@ impl Replay {
                             FrameError::HistoryUnavailable,
                             "history unavailable: live messages follow, missed ones were not sent",
                         )),
-                        Answer::Mqtt => None,
+                        Answer::Mqtt(_) => None,
                         Answer::Stomp { version, receipt } => receipt.as_deref().map(|r| {
                             crate::codec::stomp::encode::receipt_resumed(*version, r, None, false)
                         }),
@@ -170,27 +172,36 @@ impl Replay {
                 }
             }
             let full = page.messages.len() == PAGE;
-            let mut frames = Vec::with_capacity(page.messages.len());
+            // Queued in chunks of about the room, each once there is room: a page of
+            // large messages never lands at once.
+            let mut frames = Vec::new();
+            let mut bytes = 0;
+            let last = page.messages.last().map(|m| m.0);
             for (offset, data) in page.messages {
                 after = offset;
                 match Envelope::decode(data) {
                     Ok(mut env) => {
                         env.seq = offset;
                         env.epoch = epoch;
-                        frames.push(crate::codec::encode(self.answer.wire(), &env));
+                        let f = crate::codec::encode(self.answer.wire(), &env);
+                        bytes += f.len();
+                        frames.push(f);
                     }
                     Err(e) => {
                         tracing::warn!(stream = %self.key, offset, error = %e, "resume: unreadable message skipped");
                     }
                 }
-            }
-            if !frames.is_empty() && !self.hub.push_replay(self.conn, frames) {
-                return;
+                if bytes >= self.room || (Some(offset) == last && !frames.is_empty()) {
+                    if !self.hub.push_replay(self.conn, std::mem::take(&mut frames)) {
+                        return;
+                    }
+                    bytes = 0;
+                    if (full || Some(offset) != last) && !self.wait_for_room().await {
+                        return;
+                    }
+                }
             }
             if full {
-                if !self.wait_for_room().await {
-                    return;
-                }
                 continue;
             }
             match self.finish(after, epoch, recovered) {
@@ -226,7 +237,7 @@ impl Replay {
                 offset,
                 recovered,
             )),
-            Answer::Mqtt => None,
+            Answer::Mqtt(_) => None,
             Answer::Stomp { version, receipt } => receipt.as_deref().map(|r| {
                 crate::codec::stomp::encode::receipt_resumed(
                     *version,
@@ -241,9 +252,13 @@ impl Replay {
     /// Waits until the connection's queue has room for another page; false once it is gone.
     async fn wait_for_room(&self) -> bool {
         loop {
+            let waiting = match &self.answer {
+                Answer::Mqtt(out) => out.lock().waiting_bytes(),
+                _ => 0,
+            };
             match self.hub.queued(self.conn) {
                 None => return false,
-                Some(q) if q < self.room => return true,
+                Some(q) if q + waiting < self.room => return true,
                 Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }

@@ -342,6 +342,12 @@ impl SessionOps<'_> {
         Some((kind, name, key))
     }
 
+    /// The frame being handled acknowledged a message the server sent: it does not count
+    /// against the client's frame rate.
+    pub(crate) fn acknowledged(&mut self) {
+        self.shared.limits.refund_message(&mut self.core.bucket);
+    }
+
     /// Stops holding a stream's live messages for a replay that will not run.
     pub(crate) fn abandon_recovery(&self, kind: TargetKind, name: &str) {
         self.shared

@@ -328,3 +328,54 @@ async fn a_persistent_session_gets_what_it_missed_from_history() {
         .wait_metric("herald_edge_mqtt_sessions_resumed_total", 2.0)
         .await;
 }
+
+/// A persistent session far behind, through a small queue: the replay is paced by what the
+/// client acknowledges (its QoS 1 window) as well as by the queue, never closed as a slow
+/// consumer for it.
+#[tokio::test]
+async fn a_replay_far_beyond_the_queue_and_the_window_is_paced_not_cut() {
+    let herald = herald()
+        .projects(&with_history())
+        .edge("max_queued_bytes", 16 * 1024)
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let url = format!("ws://{}/mqtt/alpha", herald.ws);
+    let opts = json!({"url": url, "version": 4, "clientId": "behind", "username": "alpha",
+                      "clean": false, "password": mqtt_token("far", &["news"])});
+    let mut c = MqttClient::start(Lib::MqttJs, opts.clone()).await;
+    c.expect("connect").await;
+    assert_eq!(c.subscribe(json!({"news": 1})).await["codes"], json!([1]));
+    c.end().await;
+    // About 150 KB to replay through a 16 KiB queue and a window of 32.
+    let pad = "x".repeat(300);
+    for n in 1..=500 {
+        send(
+            &mut grpc,
+            publish("alpha", To::Group("news"), &format!("{n} {pad}")),
+        )
+        .await;
+    }
+    let mut c = MqttClient::start(Lib::MqttJs, opts).await;
+    c.expect("connect").await;
+    let number = |m: &Value| -> u64 {
+        m["payload"]
+            .as_str()
+            .and_then(|p| p.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("numbered")
+    };
+    // mqtt.js may report messages that came right behind the CONNACK before it.
+    let mut got: Vec<u64> = c
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(number)
+        .collect();
+    while got.len() < 500 {
+        got.push(number(&c.message().await));
+    }
+    assert_eq!(got, (1..=500).collect::<Vec<_>>());
+    assert_eq!(herald.metric("herald_edge_slow_consumers_total").await, 0.0);
+    c.end().await;
+}

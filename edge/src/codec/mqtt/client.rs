@@ -58,6 +58,9 @@ pub(crate) struct Mqtt {
     rare: Option<Box<Rare>>,
     /// The client sent `DISCONNECT`: the server sends none.
     client_disconnected: bool,
+    /// WebSocket messages taken since the last complete packet (mqtt.js sends a packet's
+    /// fields as messages of their own): what a `PUBACK` gives back to the frame rate.
+    pieces: u8,
     /// The form in which the hub queues this connection's messages.
     form: Form,
 }
@@ -169,6 +172,7 @@ fn connect(pkt: Bytes, asm: Assembler, pending: Bytes) -> Result<Hello, HelloRef
         out: None,
         rare: None,
         client_disconnected: false,
+        pieces: 0,
         form: Form::Mqtt,
     };
     Ok(Hello {
@@ -371,7 +375,15 @@ impl Mqtt {
                     offset: r.since.offset,
                     epoch: r.since.epoch,
                 };
-                ops.replay(0, stream, r.kind, r.name, r.key, since, Answer::Mqtt);
+                ops.replay(
+                    0,
+                    stream,
+                    r.kind,
+                    r.name,
+                    r.key,
+                    since,
+                    Answer::Mqtt(out.clone()),
+                );
             }
         }
         if let Some(p) = self.persist_mut()
@@ -509,14 +521,16 @@ impl Mqtt {
 
     /// Handles every packet in `data`.
     async fn input(&mut self, ops: &mut SessionOps<'_>, mut data: Bytes) -> Next {
+        self.pieces = self.pieces.saturating_add(1);
         loop {
             let pkt = match self.asm.next(&mut data, self.max_packet) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Next::Continue,
                 Err(e) => return self.malformed(&e),
             };
+            let pieces = std::mem::take(&mut self.pieces);
             let next = match packet::parse(&pkt, self.version) {
-                Ok(p) => self.packet(ops, p).await,
+                Ok(p) => self.packet(ops, p, pieces).await,
                 Err(e) => self.malformed(&e),
             };
             if let Next::Close(c) = next {
@@ -538,7 +552,8 @@ impl Mqtt {
         Next::Close(code)
     }
 
-    async fn packet(&mut self, ops: &mut SessionOps<'_>, p: Packet<'_>) -> Next {
+    /// Handles one packet, which came in `pieces` WebSocket messages.
+    async fn packet(&mut self, ops: &mut SessionOps<'_>, p: Packet<'_>, pieces: u8) -> Next {
         match p {
             Packet::Connect(_) => self.close(
                 CloseCode::ProtocolError,
@@ -554,6 +569,12 @@ impl Mqtt {
                     .and_then(|out| out.lock().acked(a.packet_id, &mut frames));
                 for f in frames {
                     ops.push(f);
+                }
+                if acked.is_some() {
+                    // It answers a message the server sent: not the client's own traffic.
+                    for _ in 0..pieces {
+                        ops.acknowledged();
+                    }
                 }
                 if let (Some(p), Some(t)) = (self.persist_mut(), acked)
                     && let Some((kind, topic, offset, epoch)) = stream_position(&t)

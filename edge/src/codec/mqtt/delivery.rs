@@ -453,6 +453,11 @@ impl Outbound {
         Ok(dropped)
     }
 
+    /// Bytes of QoS 1 messages waiting for room in the window (a replay waits for them).
+    pub fn waiting_bytes(&self) -> usize {
+        self.window.queues.as_ref().map_or(0, |q| q.waiting_bytes)
+    }
+
     /// The client acknowledged `packet_id`; messages waiting for room go out into `out`.
     /// Returns the acknowledged message's template when the identifier was in flight.
     pub fn acked(&mut self, packet_id: u16, out: &mut VecDeque<Bytes>) -> Option<Bytes> {
