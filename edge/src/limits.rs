@@ -469,8 +469,9 @@ impl Limits {
     }
 
     /// Gives back the frame just taken: it only acknowledged a message the server had sent (an
-    /// MQTT `PUBACK` of a message in flight), which the client's own rate must not pay for,
-    /// or a client receiving faster than `message_rate` would be closed by its acknowledgements.
+    /// MQTT `PUBACK` or STOMP `ACK` of a message in flight), which the client's own rate must not
+    /// pay for, or a client receiving faster than `message_rate` would be closed by its
+    /// acknowledgements.
     pub fn refund_message(&self, b: &mut MessageBucket) {
         if self.message_rate > 0.0 {
             b.tokens = (b.tokens + 1.0).min(self.message_burst);

@@ -1055,3 +1055,37 @@ async fn stompjs_resumes_a_group_from_its_last_offset() {
     assert!(message.contains("keeps no history"), "{message}");
     assert_eq!(code, 4003);
 }
+
+/// `ACK`s of messages in flight answer the server's own traffic: a client-individual subscriber
+/// acknowledging 300 messages at once (beyond `message_rate` 50/s and its burst of 200) is not
+/// closed 4029.
+#[tokio::test]
+async fn acknowledgements_do_not_count_against_the_frame_rate() {
+    let herald = herald().start().await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let mut c = Stomp::connect(&herald, "alpha", "", bearer(&token("alpha", "acker"))).await;
+    c.next("connect").await;
+    c.subscribe("/user/queue/jobs", "s", "client-individual")
+        .await;
+    for i in 0..300 {
+        send(
+            &mut grpc,
+            publish("alpha", To::User("acker"), &i.to_string()),
+        )
+        .await;
+    }
+    for i in 0..300 {
+        let m = c.next("message").await;
+        assert_eq!(m["body"], i.to_string());
+        c.send(json!({"ack": m["ack"]})).await;
+    }
+    c.subscribe("/topic/alpha", "b", "auto").await;
+    send(&mut grpc, publish("alpha", To::Broadcast, "still here")).await;
+    assert_eq!(c.next("message").await["body"], "still here");
+    assert_eq!(
+        herald
+            .metric(r#"herald_edge_closes_total{code="rate_limited",protocol="stomp"}"#)
+            .await,
+        0.0
+    );
+}

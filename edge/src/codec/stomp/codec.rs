@@ -62,6 +62,9 @@ pub trait Ops {
     ) {
         let _ = (dest, offset, epoch, version, receipt);
     }
+    /// The frame being handled settled a message the server sent (`ACK`/`NACK`): it does not
+    /// count against the client's frame rate.
+    fn acknowledged(&mut self) {}
     /// Lets live messages of `dest`'s stream through again (a resume that will not run).
     fn abandon_resume(&mut self, dest: &Destination) {
         let _ = dest;
@@ -383,7 +386,10 @@ impl StompCodec {
             Command::Ack | Command::Nack => {
                 let mut released = VecDeque::new();
                 match self.subs.ack(&f, &mut released, &cfg.subs) {
-                    Ok(_) => {
+                    Ok(found) => {
+                        if found {
+                            ops.acknowledged();
+                        }
                         released.into_iter().for_each(|b| ops.push(b));
                         self.ok(ops, &f);
                         Next::Continue
@@ -635,6 +641,10 @@ impl Ops for SessionOps<'_> {
                 receipt: receipt.map(Box::from),
             },
         );
+    }
+
+    fn acknowledged(&mut self) {
+        SessionOps::acknowledged(self);
     }
 
     fn abandon_resume(&mut self, dest: &Destination) {
