@@ -129,7 +129,19 @@ pub(crate) async fn open(
     let key = SessionKey::mqtt(project, user, asked.client_id);
     let persistent = asked.persistent();
     let mut found = None;
+    if asked.clean_start && !persistent {
+        // A clean connection that keeps nothing: any older session goes, off the connect path
+        // (most clients connect clean; their connect waits for no store).
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sessions.remove(&key).await {
+                tracing::warn!(error = %e, "mqtt session not cleared");
+            }
+        });
+        return None;
+    }
     if asked.clean_start {
+        // Cleared before this connection's own subscriptions are saved.
         if let Err(e) = sessions.remove(&key).await {
             tracing::warn!(error = %e, "mqtt session not cleared");
         }
