@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/herald/v1/herald.proto",
                 "proto/herald/bus/v1/bus.proto",
+                "proto/herald/admin/v1/admin.proto",
             ],
             &["proto"],
         )?;

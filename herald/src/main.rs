@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod logs;
 mod serve;
+mod state;
 
 use clap::Parser as _;
 

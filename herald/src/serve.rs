@@ -16,8 +16,8 @@ use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisHistory, RedisRegist
 use herald_core::bus::{Bus, MemoryBus};
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
 use herald_core::registry::Registry;
-use herald_edge::limits::Limits;
 use herald_edge::{AuthKeys, Edge};
+use herald_router::admin::ProjectStore;
 use herald_router::{ApiKeys, Router};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::cli::ServeOpts;
 use crate::config::{self, Config, ConfigErrors, Overrides};
+use crate::state::EdgeApply;
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
@@ -86,11 +87,11 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let auth = Arc::new(ArcSwap::from_pointee(auth));
     let api = Arc::new(ArcSwap::from_pointee(api));
 
-    let nodes = build_nodes(&cfg, &auth, &api).await?;
+    let mut nodes = build_nodes(&cfg, &auth, &api).await?;
     let limits = nodes.edge.as_ref().map(Edge::limits);
-    if let Some(l) = &limits {
-        l.reload(&cfg.edge.limits, &cfg.projects);
-    }
+    // The file's projects and the admin API's (from `router.state_dir`), installed together.
+    let (store, apply) = crate::state::open(&cfg, auth, api.clone(), limits)?;
+    nodes.router = nodes.router.map(|r| r.with_admin(api, store.clone()));
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
@@ -150,9 +151,8 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         ready.clone(),
         file,
         overrides,
-        auth,
-        api,
-        limits,
+        store,
+        apply,
     ));
 
     // The admin endpoint outlives the drain, so probes see `/readyz` answer 503 "draining".
@@ -331,9 +331,8 @@ async fn signals(
     ready: Arc<AtomicBool>,
     file: Option<PathBuf>,
     overrides: Overrides,
-    auth: Arc<ArcSwap<AuthKeys>>,
-    api: Arc<ArcSwap<ApiKeys>>,
-    limits: Option<Arc<Limits>>,
+    store: Arc<ProjectStore>,
+    apply: Arc<EdgeApply>,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -342,7 +341,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(file.as_deref(), &overrides, &auth, &api, limits.as_deref()),
+            _ = hup.recv() => reload(file.as_deref(), &overrides, &store, &apply),
         }
     }
     // Stop first, log after: a closed stderr must not keep the process from shutting down.
@@ -362,28 +361,21 @@ async fn reload_tls_on_hup(tls: herald_edge::TlsReload) -> std::io::Result<()> {
 }
 
 /// Re-reads projects and keys, and the defences' lists and limits; a bad file is reported and
-/// the running ones stay.
+/// the running ones stay. Projects created through the admin API stay as they are.
 fn reload(
     file: Option<&std::path::Path>,
     overrides: &Overrides,
-    auth: &ArcSwap<AuthKeys>,
-    api: &ArcSwap<ApiKeys>,
-    limits: Option<&Limits>,
+    store: &ProjectStore,
+    apply: &EdgeApply,
 ) {
     let Some(path) = file else {
         tracing::warn!("SIGHUP: no config file to reload");
         return;
     };
-    match config::load(Some(path), overrides).and_then(|cfg| {
-        let keys = load_keys(&cfg)?;
-        Ok((cfg, keys))
-    }) {
-        Ok((cfg, (a, k))) => {
-            auth.store(Arc::new(a));
-            api.store(Arc::new(k));
-            if let Some(l) = limits {
-                l.reload(&cfg.edge.limits, &cfg.projects);
-            }
+    match config::load(Some(path), overrides)
+        .and_then(|cfg| crate::state::reload(store, apply, &cfg).map(|()| cfg))
+    {
+        Ok(cfg) => {
             tracing::info!(projects = cfg.projects.len(), "reloaded projects and keys");
             println!("herald reloaded projects={}", cfg.projects.len());
         }

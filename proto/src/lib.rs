@@ -2,6 +2,7 @@
 //!
 //! - [`v1`]: the public gRPC API (`herald.v1`) that back-end services call.
 //! - [`bus`]: the envelope that travels from routers to edges (`herald.bus.v1`).
+//! - [`admin`]: projects and keys at runtime (`herald.admin.v1`).
 //!
 //! The code is generated from `proto/` by `build.rs` and never edited; small helpers live here.
 #![deny(rust_2018_idioms)]
@@ -12,6 +13,11 @@ mod generated {
     pub mod herald {
         pub mod v1 {
             tonic::include_proto!("herald.v1");
+        }
+        pub mod admin {
+            pub mod v1 {
+                tonic::include_proto!("herald.admin.v1");
+            }
         }
         pub mod bus {
             pub mod v1 {
@@ -24,6 +30,11 @@ mod generated {
 /// The public API, package `herald.v1`.
 pub mod v1 {
     pub use crate::generated::herald::v1::*;
+}
+
+/// The admin API, package `herald.admin.v1`.
+pub mod admin {
+    pub use crate::generated::herald::admin::v1::*;
 }
 
 /// The bus messages, package `herald.bus.v1`: the envelope and the operator calls.

@@ -20,6 +20,9 @@ pub struct RouterConfig {
     pub control_timeout_ms: u64,
     /// API keys allowed to do everything, in every project. Default none.
     pub admin_api_keys: Vec<String>,
+    /// Directory where projects created through the admin API are kept (`projects.json`), so a
+    /// restart keeps them. Default none: they live as long as the process.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RouterConfig {
@@ -31,6 +34,7 @@ impl Default for RouterConfig {
             idempotency_window_secs: 300,
             control_timeout_ms: 2_000,
             admin_api_keys: Vec::new(),
+            state_dir: None,
         }
     }
 }

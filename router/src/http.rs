@@ -85,10 +85,10 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// A refused call: its HTTP status, gRPC code and message.
 #[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    code: Code,
-    message: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) code: Code,
+    pub(crate) message: String,
 }
 
 impl Refusal {
@@ -134,7 +134,7 @@ impl IntoResponse for Refusal {
 }
 
 /// The response of a call, counted in `herald_router_http_requests_total`.
-fn finish<T: Serialize>(call: &'static str, outcome: Result<T, Refusal>) -> Response {
+pub(crate) fn finish<T: Serialize>(call: &'static str, outcome: Result<T, Refusal>) -> Response {
     let r = match outcome {
         Ok(r) => json(StatusCode::OK, &r),
         Err(e) => e.into_response(),
@@ -200,7 +200,7 @@ async fn method_not_allowed() -> Response {
 
 /// Authenticates (first, as every gRPC call does), then reads and decodes the body: an empty
 /// body is `{}`.
-async fn prepare<T: DeserializeOwned>(
+pub(crate) async fn prepare<T: DeserializeOwned>(
     service: &RouterService,
     headers: HeaderMap,
     body: Body,

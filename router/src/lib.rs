@@ -1,6 +1,9 @@
 //! Herald's router: the gRPC API that back-end services publish to and operators manage with.
 //!
 //! # Layout
+//! - [`admin`]: projects and keys created at runtime, persisted, and the audit log;
+//!   [`admin_http`] serves them over HTTP/JSON (`/v1/admin/...`), [`admin_grpc`] over gRPC
+//!   (`herald.admin.v1.Admin`).
 //! - [`config`]: the router's settings.
 //! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
@@ -11,6 +14,9 @@
 //!   [`History`](herald_core::history::History) first, hand-off to the [`Bus`](herald_core::bus::Bus).
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod admin_grpc;
+pub mod admin_http;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -23,6 +29,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use herald_core::bus::Bus;
 use herald_core::history::History;
+use herald_core::proto::admin::admin_server::AdminServer;
 use herald_core::proto::v1::herald_server::HeraldServer;
 use herald_core::registry::Registry;
 use tokio::net::TcpListener;
@@ -57,6 +64,7 @@ pub struct Router {
     listener: TcpListener,
     http: Option<TcpListener>,
     service: RouterService,
+    admin: Option<(Arc<ArcSwap<ApiKeys>>, Arc<admin::ProjectStore>)>,
 }
 
 impl Router {
@@ -86,7 +94,18 @@ impl Router {
             listener,
             http,
             service: RouterService::new(cfg, keys, registry, bus, history),
+            admin: None,
         })
+    }
+
+    /// Serves the admin API (`/v1/admin/...`) from `store` on the HTTP/JSON listener.
+    pub fn with_admin(
+        mut self,
+        keys: Arc<ArcSwap<ApiKeys>>,
+        store: Arc<admin::ProjectStore>,
+    ) -> Self {
+        self.admin = Some((keys, store));
+        self
     }
 
     /// The address the gRPC listener is bound to.
@@ -102,7 +121,14 @@ impl Router {
     /// Serves until `cancel` fires, then finishes calls in flight.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), RouterError> {
         let http = self.http.map(|listener| {
-            let app = http::app(self.service.clone());
+            let mut app = http::app(self.service.clone());
+            if let Some((keys, store)) = self.admin.clone() {
+                app = app.merge(admin_http::routes(admin_http::AdminApi {
+                    service: self.service.clone(),
+                    keys,
+                    store,
+                }));
+            }
             let stop = cancel.clone().cancelled_owned();
             tokio::spawn(async move {
                 axum::serve(listener, app)
@@ -118,9 +144,13 @@ impl Router {
         let herald = HeraldServer::new(self.service)
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX);
+        let admin = self
+            .admin
+            .map(|(keys, store)| AdminServer::new(admin_grpc::AdminService::new(keys, store)));
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(herald)
+            .add_optional_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),
                 cancel.cancelled_owned(),

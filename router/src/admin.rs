@@ -1,0 +1,881 @@
+//! Projects and keys at runtime: the store behind the admin API (`/v1/admin/...`, docs/api.md
+//! "Admin API").
+//!
+//! Projects come from two places. Those of the configuration file are read-only here (a SIGHUP
+//! reloads them); those created through the API live in this store, are written to
+//! `<router.state_dir>/projects.json` after every change (a temporary file, then a rename, so a
+//! crash leaves the old or the new file, never half of one), and are read back at start. The
+//! two never share an id: the API refuses an id the file has, and a reload that brings an id the
+//! API owns is refused, so neither can undo the other's project.
+//!
+//! API keys created here are shown once and kept as SHA-256 digests. Every change is written to
+//! an audit log (who, what, when), kept in the same file (the last [`AUDIT_KEPT`] entries).
+//!
+//! What the edge needs (token keys, limits) is prepared by an [`Apply`] before a change is
+//! committed: a change the edge cannot take (a public key that does not parse) is refused and
+//! nothing is written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use herald_core::ids::ProjectId;
+use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig, ProjectLimits};
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+
+use crate::keys::{ApiKeys, Digest, Scope, digest, fingerprint, hex, unhex};
+
+/// How many audit entries the store keeps (the oldest go first).
+pub const AUDIT_KEPT: usize = 10_000;
+
+/// The state file's name under `state_dir`.
+pub const STATE_FILE: &str = "projects.json";
+
+/// Why an admin call was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A field is missing or invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as named in the request.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key may not do this.
+    #[error("{0}")]
+    Denied(&'static str),
+    /// No such project (or key).
+    #[error("{0}")]
+    NotFound(String),
+    /// The project (or key) exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// The project comes from the configuration file.
+    #[error("project {0:?} comes from the configuration file: change it there (and SIGHUP)")]
+    ReadOnly(String),
+    /// The edge refused the resulting projects (e.g. a public key that does not parse).
+    #[error("{0}")]
+    Refused(String),
+    /// The state could not be written: nothing changed.
+    #[error("state not written, nothing changed: {0}")]
+    Io(String),
+}
+
+impl AdminError {
+    /// The gRPC status code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            AdminError::Invalid { .. } | AdminError::Refused(_) => Code::InvalidArgument,
+            AdminError::Denied(_) => Code::PermissionDenied,
+            AdminError::NotFound(_) => Code::NotFound,
+            AdminError::Exists(_) => Code::AlreadyExists,
+            AdminError::ReadOnly(_) => Code::FailedPrecondition,
+            AdminError::Io(_) => Code::Internal,
+        }
+    }
+
+    fn invalid(field: &'static str, reason: impl std::fmt::Display) -> Self {
+        AdminError::Invalid {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Installs projects on the edge side (token keys, per-project limits) of this process.
+pub trait Apply: Send + Sync {
+    /// Checks `projects` (every enabled project, file and API) and prepares them; the returned
+    /// function installs them. An `Err` lists every problem; nothing is installed then.
+    fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>>;
+}
+
+/// An API key created through the API: its digest only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredApiKey {
+    /// Its public id (the first 12 hex digits of its digest, as the audit log names callers).
+    pub id: String,
+    /// SHA-256 of the key, hex.
+    pub sha256: String,
+    /// When it was created (Unix seconds).
+    pub created_at: u64,
+}
+
+/// A project created through the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredProject {
+    /// Disabled: no client connects, no key publishes; the admin key may still manage it.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Keys that verify client tokens, each with a `kid`.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// API keys, by digest.
+    #[serde(default)]
+    pub api_keys: Vec<StoredApiKey>,
+    /// Address lists, origins and caps.
+    #[serde(default)]
+    pub limits: ProjectLimits,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub updated_at: u64,
+}
+
+impl StoredProject {
+    fn config(&self, id: &str) -> ProjectConfig {
+        ProjectConfig {
+            id: id.to_string(),
+            api_keys: Vec::new(),
+            keys: self.keys.clone(),
+            limits: self.limits.clone(),
+            client_certificates: None,
+            history: None,
+        }
+    }
+}
+
+/// One audit entry: who did what, when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// Its number, increasing.
+    pub seq: u64,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// Who: `admin:<key fingerprint>` or `project:<id>:<key fingerprint>`.
+    pub actor: String,
+    /// The call (`project.create`, `jwt_key.add`, ...).
+    pub action: String,
+    /// The project it changed.
+    pub project: String,
+    /// What changed, never a secret.
+    pub detail: String,
+}
+
+/// The state file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    projects: BTreeMap<String, StoredProject>,
+    #[serde(default)]
+    audit: Vec<AuditEntry>,
+}
+
+/// What the configuration gives: its projects and admin keys.
+struct Base {
+    projects: Vec<ProjectConfig>,
+    admin_keys: Vec<String>,
+}
+
+/// A caller of the admin API.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// What its key may do.
+    pub scope: Scope,
+    /// The key's fingerprint.
+    pub fingerprint: String,
+}
+
+impl Caller {
+    fn actor(&self) -> String {
+        match &self.scope {
+            Scope::Admin => format!("admin:{}", self.fingerprint),
+            Scope::Project(p) => format!("project:{p}:{}", self.fingerprint),
+        }
+    }
+
+    fn admin(&self) -> Result<(), AdminError> {
+        match self.scope {
+            Scope::Admin => Ok(()),
+            Scope::Project(_) => Err(AdminError::Denied("only an admin key may do this")),
+        }
+    }
+
+    fn allow(&self, project: &str) -> Result<(), AdminError> {
+        self.scope
+            .allow(project)
+            .map_err(|_| AdminError::Denied("this API key does not belong to that project"))
+    }
+}
+
+/// A project as the API shows it: no secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectView {
+    /// The id.
+    pub project: String,
+    /// `"api"` or `"config"` (read-only).
+    pub source: &'static str,
+    /// Whether it is disabled.
+    pub disabled: bool,
+    /// Token keys: kid and algorithm.
+    pub jwt_keys: Vec<JwtKeyView>,
+    /// API keys: id and creation time (config projects: fingerprints).
+    pub api_keys: Vec<ApiKeyView>,
+    /// Address lists, origins and caps.
+    pub limits: ProjectLimits,
+    /// Unix seconds (0 for config projects).
+    pub created_at: u64,
+    /// Unix seconds (0 for config projects).
+    pub updated_at: u64,
+}
+
+/// A token key as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct JwtKeyView {
+    /// Its kid (empty when the file gives none).
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: KeyAlgorithm,
+}
+
+/// An API key as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyView {
+    /// Its id (fingerprint).
+    pub id: String,
+    /// Unix seconds (0 for config projects).
+    pub created_at: u64,
+}
+
+/// A new API key: the key itself is in this answer only.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewApiKey {
+    /// The project.
+    pub project: String,
+    /// Its id, for deleting it.
+    pub id: String,
+    /// The key. Shown once: only its digest is kept.
+    pub key: String,
+}
+
+/// A change to a project's settings (absent fields stay).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectChange {
+    /// Disable or enable.
+    pub disabled: Option<bool>,
+    /// Replaces the limits (address lists, origins, caps) as a whole.
+    pub limits: Option<ProjectLimits>,
+}
+
+/// The projects created through the API, the configuration's, and the audit log.
+pub struct ProjectStore {
+    file: Option<PathBuf>,
+    api: Arc<ArcSwap<ApiKeys>>,
+    apply: Box<dyn Apply>,
+    inner: Mutex<(State, Base)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The problems of a project id beside the configuration's.
+fn check_new_id(base: &Base, state: &State, id: &str) -> Result<(), AdminError> {
+    ProjectId::validate(id).map_err(|e| AdminError::invalid("project", e))?;
+    if base.projects.iter().any(|p| p.id == id) {
+        return Err(AdminError::Exists(format!(
+            "project {id:?} exists in the configuration file"
+        )));
+    }
+    if state.projects.contains_key(id) {
+        return Err(AdminError::Exists(format!("project {id:?} exists")));
+    }
+    Ok(())
+}
+
+impl ProjectStore {
+    /// Opens the store: reads `<state_dir>/projects.json` when a `state_dir` is given (else
+    /// API changes live as long as the process) and installs the configuration's projects with
+    /// the stored ones. The state's projects that clash with the file's are an error.
+    pub fn open(
+        state_dir: Option<&Path>,
+        projects: Vec<ProjectConfig>,
+        admin_keys: Vec<String>,
+        api: Arc<ArcSwap<ApiKeys>>,
+        apply: Box<dyn Apply>,
+    ) -> Result<Self, Vec<String>> {
+        let file = match state_dir {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    vec![format!(
+                        "router.state_dir: cannot create {}: {e}",
+                        dir.display()
+                    )]
+                })?;
+                Some(dir.join(STATE_FILE))
+            }
+        };
+        let state = match &file {
+            Some(f) if f.exists() => {
+                let text = std::fs::read(f)
+                    .map_err(|e| vec![format!("{}: cannot read: {e}", f.display())])?;
+                serde_json::from_slice::<State>(&text)
+                    .map_err(|e| vec![format!("{}: not a Herald state file: {e}", f.display())])?
+            }
+            _ => State::default(),
+        };
+        let base = Base {
+            projects,
+            admin_keys,
+        };
+        let store = Self {
+            file,
+            api,
+            apply,
+            inner: Mutex::new((State::default(), base)),
+        };
+        {
+            let mut inner = store.lock();
+            clashes(&inner.1.projects, &state)?;
+            let commit = store.prepare(&state, &inner.1)?;
+            commit();
+            inner.0 = state;
+        }
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (State, Base)> {
+        // A panic while holding the lock left a consistent state (changes are made on copies).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the configuration's projects and admin keys again (SIGHUP). Refused, and nothing
+    /// changed, when the file now has a project the API created.
+    pub fn reload(
+        &self,
+        projects: Vec<ProjectConfig>,
+        admin_keys: Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        let mut inner = self.lock();
+        clashes(&projects, &inner.0)?;
+        let base = Base {
+            projects,
+            admin_keys,
+        };
+        let commit = self.prepare(&inner.0, &base)?;
+        commit();
+        inner.1 = base;
+        Ok(())
+    }
+
+    /// Prepares the edge's and the router's tables for `state` beside `base`.
+    fn prepare(&self, state: &State, base: &Base) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
+        let mut projects: Vec<ProjectConfig> = base.projects.clone();
+        let mut digests = Vec::new();
+        for (id, p) in state.projects.iter().filter(|(_, p)| !p.disabled) {
+            projects.push(p.config(id));
+            for k in &p.api_keys {
+                let d: Option<Digest> = unhex(&k.sha256).and_then(|b| b.try_into().ok());
+                match d {
+                    Some(d) => digests.push((id.clone(), d)),
+                    None => {
+                        return Err(vec![format!(
+                            "project {id:?}: a stored key is not a digest"
+                        )]);
+                    }
+                }
+            }
+        }
+        let edge = self.apply.prepare(&projects)?;
+        let keys = ApiKeys::new(&projects, &base.admin_keys).with_digests(digests);
+        let api = self.api.clone();
+        Ok(Box::new(move || {
+            edge();
+            api.store(Arc::new(keys));
+        }))
+    }
+
+    /// Writes `state` (a temporary file, then a rename).
+    fn persist(&self, state: &State) -> Result<(), AdminError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| AdminError::Io(format!("{}: {e}", file.display()));
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| AdminError::Io(e.to_string()))?;
+        let tmp = file.with_extension("json.tmp");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // It holds token secrets: readable by this user only.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, file).map_err(io)?;
+        if let Some(dir) = file.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Runs `change` on a copy of the state; when it succeeds and the edge takes the result,
+    /// writes it, installs it and logs it.
+    fn change<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        project: &str,
+        change: impl FnOnce(&Base, &mut State) -> Result<(T, String), AdminError>,
+    ) -> Result<T, AdminError> {
+        let mut inner = self.lock();
+        let (state, base) = &mut *inner;
+        let mut next = state.clone();
+        let (out, detail) = change(base, &mut next)?;
+        let commit = self
+            .prepare(&next, base)
+            .map_err(|p| AdminError::Refused(p.join("; ")))?;
+        let seq = next.audit.last().map_or(1, |e| e.seq + 1);
+        next.audit.push(AuditEntry {
+            seq,
+            at_ms: now_ms(),
+            actor: caller.actor(),
+            action: action.to_string(),
+            project: project.to_string(),
+            detail,
+        });
+        if next.audit.len() > AUDIT_KEPT {
+            let extra = next.audit.len() - AUDIT_KEPT;
+            next.audit.drain(..extra);
+        }
+        self.persist(&next)?;
+        commit();
+        *state = next;
+        tracing::info!(actor = %caller.actor(), action, project, "admin change");
+        Ok(out)
+    }
+
+    /// The stored project `id`, for a change: exists, and the caller may touch it; a file
+    /// project is read-only.
+    fn stored<'s>(
+        base: &Base,
+        state: &'s mut State,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<&'s mut StoredProject, AdminError> {
+        caller.allow(id)?;
+        if base.projects.iter().any(|p| p.id == id) {
+            return Err(AdminError::ReadOnly(id.to_string()));
+        }
+        state
+            .projects
+            .get_mut(id)
+            .ok_or_else(|| AdminError::NotFound(format!("unknown project {id:?}")))
+    }
+
+    /// Creates a project (admin keys only), with optional token keys and limits.
+    pub fn create(
+        &self,
+        caller: &Caller,
+        id: &str,
+        keys: Vec<KeyConfig>,
+        change: ProjectChange,
+    ) -> Result<ProjectView, AdminError> {
+        caller.admin()?;
+        self.change(caller, "project.create", id, |base, state| {
+            check_new_id(base, state, id)?;
+            let now = now_ms() / 1000;
+            let p = StoredProject {
+                disabled: change.disabled.unwrap_or(false),
+                keys: Vec::new(),
+                api_keys: Vec::new(),
+                limits: change.limits.unwrap_or_default(),
+                created_at: now,
+                updated_at: now,
+            };
+            state.projects.insert(id.to_string(), p);
+            let mut kids = Vec::new();
+            for k in keys {
+                kids.push(k.kid.clone().unwrap_or_default());
+                add_key(state, id, k)?;
+            }
+            check(state, id)?;
+            Ok((
+                view_stored(id, &state.projects[id]),
+                format!("created; jwt keys {kids:?}"),
+            ))
+        })
+    }
+
+    /// Changes a project's `disabled` flag or limits.
+    pub fn update(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: ProjectChange,
+    ) -> Result<ProjectView, AdminError> {
+        self.change(caller, "project.update", id, |base, state| {
+            let p = Self::stored(base, state, caller, id)?;
+            let mut what = Vec::new();
+            if let Some(d) = change.disabled {
+                p.disabled = d;
+                what.push(format!("disabled={d}"));
+            }
+            if let Some(l) = change.limits {
+                what.push(format!(
+                    "limits={}",
+                    serde_json::to_string(&l).unwrap_or_default()
+                ));
+                p.limits = l;
+            }
+            p.updated_at = now_ms() / 1000;
+            check(state, id)?;
+            Ok((view_stored(id, &state.projects[id]), what.join(" ")))
+        })
+    }
+
+    /// Deletes a project.
+    pub fn delete(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
+        self.change(caller, "project.delete", id, |base, state| {
+            Self::stored(base, state, caller, id)?;
+            state.projects.remove(id);
+            Ok(((), "deleted".into()))
+        })
+    }
+
+    /// Adds a token key (a `kid` is required; it may not be in use in the project).
+    pub fn add_jwt_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        key: KeyConfig,
+    ) -> Result<ProjectView, AdminError> {
+        self.change(caller, "jwt_key.add", id, |base, state| {
+            Self::stored(base, state, caller, id)?;
+            let detail = format!(
+                "kid {:?} {:?}",
+                key.kid.clone().unwrap_or_default(),
+                key.alg
+            );
+            add_key(state, id, key)?;
+            check(state, id)?;
+            Ok((view_stored(id, &state.projects[id]), detail))
+        })
+    }
+
+    /// Retires (removes) a token key: tokens it signed are refused from now on.
+    pub fn retire_jwt_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kid: &str,
+    ) -> Result<ProjectView, AdminError> {
+        self.change(caller, "jwt_key.retire", id, |base, state| {
+            let p = Self::stored(base, state, caller, id)?;
+            let before = p.keys.len();
+            p.keys.retain(|k| k.kid.as_deref() != Some(kid));
+            if p.keys.len() == before {
+                return Err(AdminError::NotFound(format!(
+                    "project {id:?} has no key {kid:?}"
+                )));
+            }
+            p.updated_at = now_ms() / 1000;
+            Ok((view_stored(id, &state.projects[id]), format!("kid {kid:?}")))
+        })
+    }
+
+    /// Creates an API key of the project; the key is in the answer only.
+    pub fn create_api_key(&self, caller: &Caller, id: &str) -> Result<NewApiKey, AdminError> {
+        self.change(caller, "api_key.create", id, |base, state| {
+            let p = Self::stored(base, state, caller, id)?;
+            let key = format!("hk_{}", hex(&rand::random::<[u8; 24]>()));
+            let d = digest(&key);
+            let kid = fingerprint(&d);
+            p.api_keys.push(StoredApiKey {
+                id: kid.clone(),
+                sha256: hex(&d),
+                created_at: now_ms() / 1000,
+            });
+            p.updated_at = now_ms() / 1000;
+            Ok((
+                NewApiKey {
+                    project: id.to_string(),
+                    id: kid.clone(),
+                    key,
+                },
+                format!("id {kid}"),
+            ))
+        })
+    }
+
+    /// Deletes an API key of the project by its id.
+    pub fn delete_api_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        key_id: &str,
+    ) -> Result<ProjectView, AdminError> {
+        self.change(caller, "api_key.delete", id, |base, state| {
+            let p = Self::stored(base, state, caller, id)?;
+            let before = p.api_keys.len();
+            p.api_keys.retain(|k| k.id != key_id);
+            if p.api_keys.len() == before {
+                return Err(AdminError::NotFound(format!(
+                    "project {id:?} has no API key {key_id:?}"
+                )));
+            }
+            p.updated_at = now_ms() / 1000;
+            Ok((view_stored(id, &state.projects[id]), format!("id {key_id}")))
+        })
+    }
+
+    /// One project, as the caller may see it.
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<ProjectView, AdminError> {
+        caller.allow(id)?;
+        let inner = self.lock();
+        let (state, base) = &*inner;
+        if let Some(p) = base.projects.iter().find(|p| p.id == id) {
+            return Ok(view_config(p));
+        }
+        state
+            .projects
+            .get(id)
+            .map(|p| view_stored(id, p))
+            .ok_or_else(|| AdminError::NotFound(format!("unknown project {id:?}")))
+    }
+
+    /// Every project the caller may see, in id order.
+    pub fn list(&self, caller: &Caller) -> Vec<ProjectView> {
+        let inner = self.lock();
+        let (state, base) = &*inner;
+        let mut out: Vec<ProjectView> = base
+            .projects
+            .iter()
+            .map(view_config)
+            .chain(state.projects.iter().map(|(id, p)| view_stored(id, p)))
+            .filter(|v| caller.allow(&v.project).is_ok())
+            .collect();
+        out.sort_by(|a, b| a.project.cmp(&b.project));
+        out
+    }
+
+    /// The audit log, oldest first, after entry `after` (0: from the start), at most `limit`
+    /// entries; a project key sees its project's entries only.
+    pub fn audit(
+        &self,
+        caller: &Caller,
+        project: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AdminError> {
+        if let Some(p) = project {
+            caller.allow(p)?;
+        }
+        let inner = self.lock();
+        Ok(inner
+            .0
+            .audit
+            .iter()
+            .filter(|e| e.seq > after)
+            .filter(|e| project.is_none_or(|p| e.project == p))
+            .filter(|e| caller.allow(&e.project).is_ok())
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+/// The file's projects that the state also has.
+fn clashes(projects: &[ProjectConfig], state: &State) -> Result<(), Vec<String>> {
+    let problems: Vec<String> = projects
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| state.projects.contains_key(&p.id))
+        .map(|(i, p)| {
+            format!(
+                "projects[{i}] ({}): the admin API created this project; delete it there first",
+                p.id
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Adds a token key to the stored project `id`.
+fn add_key(state: &mut State, id: &str, key: KeyConfig) -> Result<(), AdminError> {
+    let Some(p) = state.projects.get_mut(id) else {
+        return Err(AdminError::NotFound(format!("unknown project {id:?}")));
+    };
+    let Some(kid) = key.kid.as_deref() else {
+        return Err(AdminError::invalid("kid", "required"));
+    };
+    if kid.is_empty() || kid.len() > 128 {
+        return Err(AdminError::invalid("kid", "1 to 128 characters"));
+    }
+    if key.public_key_file.is_some() {
+        return Err(AdminError::invalid(
+            "public_key_file",
+            "not through the API: give public_key_pem",
+        ));
+    }
+    if p.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
+        return Err(AdminError::Exists(format!(
+            "project {id:?} has a key {kid:?} already"
+        )));
+    }
+    p.keys.push(key);
+    p.updated_at = now_ms() / 1000;
+    Ok(())
+}
+
+/// The configuration's checks on the stored project `id`.
+fn check(state: &State, id: &str) -> Result<(), AdminError> {
+    let Some(p) = state.projects.get(id) else {
+        return Ok(());
+    };
+    let problems = herald_core::projects::validate_projects(&[p.config(id)]);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        // `projects[0] (id).keys[1].secret: ...` reads as `keys[1].secret: ...`.
+        let prefix = format!("projects[0] ({id}).");
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
+            .collect();
+        Err(AdminError::Refused(text.join("; ")))
+    }
+}
+
+fn view_stored(id: &str, p: &StoredProject) -> ProjectView {
+    ProjectView {
+        project: id.to_string(),
+        source: "api",
+        disabled: p.disabled,
+        jwt_keys: p.keys.iter().map(key_view).collect(),
+        api_keys: p
+            .api_keys
+            .iter()
+            .map(|k| ApiKeyView {
+                id: k.id.clone(),
+                created_at: k.created_at,
+            })
+            .collect(),
+        limits: p.limits.clone(),
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+    }
+}
+
+fn view_config(p: &ProjectConfig) -> ProjectView {
+    ProjectView {
+        project: p.id.clone(),
+        source: "config",
+        disabled: false,
+        jwt_keys: p.keys.iter().map(key_view).collect(),
+        api_keys: p
+            .api_keys
+            .iter()
+            .map(|k| ApiKeyView {
+                id: fingerprint(&digest(k)),
+                created_at: 0,
+            })
+            .collect(),
+        limits: p.limits.clone(),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn key_view(k: &KeyConfig) -> JwtKeyView {
+    JwtKeyView {
+        kid: k.kid.clone().unwrap_or_default(),
+        alg: k.alg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Apply for Nothing {
+        fn prepare(&self, _: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
+            Ok(Box::new(|| {}))
+        }
+    }
+
+    fn admin() -> Caller {
+        Caller {
+            scope: Scope::Admin,
+            fingerprint: "f".into(),
+        }
+    }
+
+    fn hs(kid: &str) -> KeyConfig {
+        KeyConfig {
+            kid: Some(kid.into()),
+            alg: KeyAlgorithm::HS256,
+            secret: Some("s".repeat(32)),
+            public_key_file: None,
+            public_key_pem: None,
+        }
+    }
+
+    fn open(dir: &Path) -> ProjectStore {
+        ProjectStore::open(
+            Some(dir),
+            Vec::new(),
+            Vec::new(),
+            Arc::new(ArcSwap::from_pointee(ApiKeys::default())),
+            Box::new(Nothing),
+        )
+        .expect("open")
+    }
+
+    #[test]
+    fn changes_survive_a_reopen_and_keys_are_kept_as_digests() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = open(dir.path());
+        s.create(&admin(), "p1", vec![hs("a")], ProjectChange::default())
+            .expect("create");
+        let k = s.create_api_key(&admin(), "p1").expect("key");
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).expect("file");
+        assert!(!text.contains(&k.key), "the key itself is never written");
+        assert!(text.contains(&hex(&digest(&k.key))));
+        drop(s);
+        let s = open(dir.path());
+        let v = s.get(&admin(), "p1").expect("get");
+        assert_eq!(v.api_keys.len(), 1);
+        assert_eq!(v.jwt_keys[0].kid, "a");
+        let audit = s.audit(&admin(), None, 0, 100).expect("audit");
+        let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["project.create", "api_key.create"]);
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = open(dir.path());
+        s.create(&admin(), "p1", vec![hs("a")], ProjectChange::default())
+            .expect("create");
+        let mut short = hs("b");
+        short.secret = Some("short".into());
+        let e = s
+            .add_jwt_key(&admin(), "p1", short)
+            .expect_err("short secret");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert_eq!(s.get(&admin(), "p1").expect("get").jwt_keys.len(), 1);
+        assert_eq!(s.audit(&admin(), None, 0, 100).expect("audit").len(), 1);
+    }
+}
