@@ -14,7 +14,7 @@ use parking_lot::RwLock;
 use crate::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use crate::proto::bus as wire;
 use crate::proto::bus::Envelope;
-use crate::proto::v1::ConnectionInfo;
+use crate::proto::v1::{ConnectionInfo, PresentUser};
 
 /// Where an envelope goes.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +54,18 @@ pub enum ControlRequest {
         /// Hint to clients: do not reconnect before this many milliseconds.
         reconnect_after_ms: u32,
     },
+    /// Who is in a group: its users with their connection counts, aggregated per user on the
+    /// edge (never one entry per connection), in user id order.
+    Presence {
+        /// The project.
+        project: ProjectId,
+        /// The group.
+        group: GroupId,
+        /// Only users whose id sorts after this one (a page's cursor).
+        after: Option<UserId>,
+        /// At most this many users, the lowest ids first; `None`: all.
+        limit: Option<u32>,
+    },
 }
 
 /// Whose connections to list.
@@ -83,6 +95,19 @@ pub enum ControlReply {
     List(Vec<ConnectionInfo>),
     /// Connections closed.
     Disconnected(u32),
+    /// A group's users on one edge.
+    Presence(Presence),
+}
+
+/// A group's users on one edge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// The users after the cursor, in id order, at most the limit, with their connection counts.
+    pub users: Vec<(String, u32)>,
+    /// All of the group's connections on the edge.
+    pub connections: u64,
+    /// All of the group's distinct users on the edge.
+    pub users_total: u64,
 }
 
 /// The answers of every edge that replied in time.
@@ -249,6 +274,17 @@ impl From<&ControlRequest> for wire::ControlRequest {
                 }),
                 reconnect_after_ms: *reconnect_after_ms,
             }),
+            ControlRequest::Presence {
+                project,
+                group,
+                after,
+                limit,
+            } => wire::control_request::Call::Presence(wire::PresenceCall {
+                project: project.to_string(),
+                group: group.to_string(),
+                after: after.as_ref().map(ToString::to_string).unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            }),
         };
         wire::ControlRequest {
             version: CONTROL_VERSION,
@@ -295,6 +331,16 @@ impl TryFrom<wire::ControlRequest> for ControlRequest {
                 },
                 reconnect_after_ms: d.reconnect_after_ms,
             },
+            wire::control_request::Call::Presence(p) => ControlRequest::Presence {
+                project: ProjectId::new(&p.project)?,
+                group: GroupId::new(&p.group)?,
+                after: if p.after.is_empty() {
+                    None
+                } else {
+                    Some(UserId::new(&p.after)?)
+                },
+                limit: (p.limit > 0).then_some(p.limit),
+            },
         })
     }
 }
@@ -310,6 +356,20 @@ impl ControlReply {
                 connections: list.clone(),
             }),
             ControlReply::Disconnected(n) => wire::control_reply::Result::Disconnected(*n),
+            ControlReply::Presence(p) => {
+                wire::control_reply::Result::Presence(wire::PresenceResult {
+                    users: p
+                        .users
+                        .iter()
+                        .map(|(user, connections)| PresentUser {
+                            user: user.clone(),
+                            connections: *connections,
+                        })
+                        .collect(),
+                    connections: p.connections,
+                    users_total: p.users_total,
+                })
+            }
         };
         wire::ControlReply {
             edge: edge.to_string(),
@@ -324,6 +384,15 @@ impl ControlReply {
             wire::control_reply::Result::Count(c) => ControlReply::Count(c.connections),
             wire::control_reply::Result::List(l) => ControlReply::List(l.connections),
             wire::control_reply::Result::Disconnected(n) => ControlReply::Disconnected(n),
+            wire::control_reply::Result::Presence(p) => ControlReply::Presence(Presence {
+                users: p
+                    .users
+                    .into_iter()
+                    .map(|u| (u.user, u.connections))
+                    .collect(),
+                connections: p.connections,
+                users_total: p.users_total,
+            }),
         };
         Ok((edge, reply))
     }
@@ -359,9 +428,21 @@ mod tests {
                 reconnect_after_ms: 7,
             },
             ControlRequest::Disconnect {
-                project: p,
+                project: p.clone(),
                 who: DisconnectWho::Connection("edge-1-42".parse().expect("valid")),
                 reconnect_after_ms: 0,
+            },
+            ControlRequest::Presence {
+                project: p.clone(),
+                group: GroupId::new("news").expect("valid"),
+                after: None,
+                limit: None,
+            },
+            ControlRequest::Presence {
+                project: p,
+                group: GroupId::new("news").expect("valid"),
+                after: Some(UserId::new("bob").expect("valid")),
+                limit: Some(11),
             },
         ];
         for r in reqs {
@@ -382,5 +463,13 @@ mod tests {
             ControlReply::from_wire(ControlReply::Disconnected(3).to_wire(&e)).expect("decodes");
         assert_eq!(edge, e);
         assert!(matches!(reply, ControlReply::Disconnected(3)));
+        let p = Presence {
+            users: vec![("alice".into(), 2), ("bob".into(), 1)],
+            connections: 5,
+            users_total: 3,
+        };
+        let (_, reply) = ControlReply::from_wire(ControlReply::Presence(p.clone()).to_wire(&e))
+            .expect("decodes");
+        assert!(matches!(reply, ControlReply::Presence(back) if back == p));
     }
 }

@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_core::bus::{ControlReply, ControlRequest, DisconnectWho, ListOf};
+use herald_core::bus::{ControlReply, ControlRequest, DisconnectWho, ListOf, Presence};
 use herald_core::codes::CloseCode;
 use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
@@ -1077,6 +1077,51 @@ impl Hub {
         out.into_iter().map(|(_, c)| c).collect()
     }
 
+    /// Who is in `group` of `project` on this edge: one entry per user (a user's devices share
+    /// a shard, so each shard counts its own users), the users after `after` in id order, at
+    /// most `limit` of them; the totals count every member.
+    fn presence(
+        &self,
+        project: &ProjectId,
+        group: &GroupId,
+        after: Option<&UserId>,
+        limit: Option<u32>,
+    ) -> Presence {
+        let mut out = Presence::default();
+        let mut users: Vec<(UserId, u32)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            let Some(slots) = shard.groups.get(project).and_then(|m| m.get(group)) else {
+                continue;
+            };
+            let mut here: HashMap<&UserId, u32> = HashMap::new();
+            for &slot in slots.as_slice() {
+                if let Some(c) = shard.conns.get(slot as usize) {
+                    *here.entry(&c.user).or_default() += 1;
+                }
+            }
+            out.connections += here.values().map(|&n| u64::from(n)).sum::<u64>();
+            out.users_total += here.len() as u64;
+            users.extend(
+                here.into_iter()
+                    .filter(|(u, _)| after.is_none_or(|a| *u > a))
+                    .map(|(u, n)| (u.clone(), n)),
+            );
+        }
+        if let Some(limit) = limit.map(|l| l as usize)
+            && users.len() > limit
+        {
+            users.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+            users.truncate(limit);
+        }
+        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.users = users
+            .into_iter()
+            .map(|(u, n)| (u.as_str().to_owned(), n))
+            .collect();
+        out
+    }
+
     /// Answers an operator call about local connections.
     pub fn control(&self, req: &ControlRequest) -> ControlReply {
         match req {
@@ -1106,6 +1151,12 @@ impl Hub {
                 after,
                 limit,
             } => ControlReply::List(self.list(project, of, after.as_ref(), *limit)),
+            ControlRequest::Presence {
+                project,
+                group,
+                after,
+                limit,
+            } => ControlReply::Presence(self.presence(project, group, after.as_ref(), *limit)),
             ControlRequest::Disconnect {
                 project,
                 who,
@@ -1823,6 +1874,53 @@ mod tests {
         // A connection that left is not listed.
         hub.remove(handles[0]);
         assert_eq!(page(None, Some(2)), numbers[1..3]);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_each_user_once_in_id_order_from_a_cursor() {
+        let hub = hub_with(cfg(), None);
+        let mut alice = Vec::new();
+        for _ in 0..3 {
+            alice.push(add(&hub, "a", "alice", &["news"]).await);
+        }
+        for i in 0..5 {
+            add(&hub, "a", &format!("bob{i}"), &["news", "sport"]).await;
+            // Not in the group, or another project's: never present.
+            add(&hub, "a", &format!("carol{i}"), &["sport"]).await;
+            add(&hub, "b", &format!("bob{i}"), &["news"]).await;
+        }
+        let presence = |after: Option<&str>, limit| {
+            let ControlReply::Presence(p) = hub.control(&ControlRequest::Presence {
+                project: p("a"),
+                group: g("news"),
+                after: after.map(u),
+                limit,
+            }) else {
+                panic!("not a presence");
+            };
+            p
+        };
+        let all = presence(None, None);
+        assert_eq!((all.connections, all.users_total), (8, 6));
+        let names = |p: &Presence| p.users.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&all),
+            ["alice", "bob0", "bob1", "bob2", "bob3", "bob4"]
+        );
+        assert_eq!(all.users[0], ("alice".to_string(), 3));
+        assert!(all.users[1..].iter().all(|(_, n)| *n == 1));
+        let page = presence(Some("alice"), Some(2));
+        assert_eq!(names(&page), ["bob0", "bob1"]);
+        assert_eq!((page.connections, page.users_total), (8, 6));
+        assert!(presence(Some("bob4"), Some(2)).users.is_empty());
+        // A connection that left is not counted; the last one takes the user with it.
+        hub.remove(alice[0]);
+        assert_eq!(presence(None, Some(1)).users, [("alice".to_string(), 2)]);
+        hub.remove(alice[1]);
+        hub.remove(alice[2]);
+        let left = presence(None, None);
+        assert_eq!((left.connections, left.users_total), (5, 5));
+        assert_eq!(left.users[0].0, "bob0");
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{
-    Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PublishRequest,
-    Resolution, Target, disconnect_request, list_connections_request, target,
+    Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PresenceRequest,
+    PublishRequest, Resolution, Target, disconnect_request, list_connections_request, target,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -42,6 +42,8 @@ pub enum Command {
     List(ListOpts),
     /// Disconnect a connection or every connection of a user.
     Disconnect(DisconnectOpts),
+    /// Who is in a group, cluster-wide: its users and their connection counts, then the totals.
+    Presence(PresenceOpts),
     /// Sign a development (HS256) client token.
     Token(TokenOpts),
 }
@@ -119,6 +121,26 @@ pub struct CountOpts {
     /// Project id (default: every project the key may see).
     #[arg(long, short, default_value = "")]
     project: String,
+}
+
+/// Options of `presence`.
+#[derive(Debug, ClapArgs)]
+pub struct PresenceOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id.
+    #[arg(long, short)]
+    project: String,
+    /// The group.
+    #[arg(long, short)]
+    group: String,
+    /// Users asked per call (0: the router's default, 1,000; at most 5,000).
+    #[arg(long, default_value_t = 0)]
+    page_size: u32,
+    /// Fetch only the page at this token (a `next_page_token`; empty for the first page) and
+    /// print the next page's token on stderr; without it, every page is fetched.
+    #[arg(long)]
+    page_token: Option<String>,
 }
 
 /// Options of `list`.
@@ -323,6 +345,49 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     break;
                 }
             }
+            warn_missing(&missing.into_iter().collect::<Vec<_>>());
+        }
+        Command::Presence(o) => {
+            let mut client = connect(&o.conn).await?;
+            let one_page = o.page_token.is_some();
+            let mut page_token = o.page_token.unwrap_or_default();
+            let mut missing = std::collections::BTreeSet::new();
+            let mut users = 0u64;
+            println!("user\tconnections");
+            let last = loop {
+                let reply = client
+                    .presence(PresenceRequest {
+                        project: o.project.clone(),
+                        group: o.group.clone(),
+                        page_size: o.page_size,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for u in &reply.users {
+                    println!("{}\t{}", u.user, u.connections);
+                }
+                users += reply.users.len() as u64;
+                missing.extend(reply.missing_edges.iter().cloned());
+                page_token = reply.next_page_token.clone();
+                if page_token.is_empty() {
+                    break reply;
+                }
+                if one_page {
+                    eprintln!("next page: --page-token {page_token}");
+                    break reply;
+                }
+            };
+            // Every page seen: each user was named once, so the count is exact.
+            let (users, exact) = if one_page {
+                (last.users_total, last.users_exact)
+            } else {
+                (users, true)
+            };
+            let connections = last.connections;
+            let about = if exact { "" } else { "at most " };
+            println!("total\t{about}{users} users, {connections} connections");
             warn_missing(&missing.into_iter().collect::<Vec<_>>());
         }
         Command::Disconnect(o) => {

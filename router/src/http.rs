@@ -1,5 +1,6 @@
 //! The HTTP/JSON API beside gRPC (`router.http_listen`, docs/api.md "HTTP/JSON API",
-//! docs/openapi.json): `POST` publish (one message or a batch), count, list and disconnect.
+//! docs/openapi.json): `POST` publish (one message or a batch), count, list, disconnect and
+//! presence.
 //!
 //! Each call is a thin translation: the API key is read from the same `authorization` header by
 //! the same code, the JSON body becomes the call's protobuf request, and the very service
@@ -19,8 +20,9 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use herald_core::proto::v1::{
     Broadcast, ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
-    DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PublishAck, PublishReply,
-    PublishRequest, Resolution, Target, disconnect_request, list_connections_request, target,
+    DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PresenceReply,
+    PresenceRequest, PublishAck, PublishReply, PublishRequest, Resolution, Target,
+    disconnect_request, list_connections_request, target,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -171,6 +173,7 @@ pub fn app(service: RouterService) -> axum::Router {
         .route("/v1/connections/count", post(count))
         .route("/v1/connections/list", post(list))
         .route("/v1/connections/disconnect", post(disconnect))
+        .route("/v1/presence", post(presence))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -522,6 +525,75 @@ async fn list(State(s): State<RouterService>, headers: HeaderMap, body: Body) ->
             )
             .await?;
         Ok::<_, Refusal>(ListReplyJson::from(reply))
+    };
+    finish(CALL, outcome.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceJson {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    page_size: u32,
+    #[serde(default)]
+    page_token: String,
+}
+
+#[derive(Serialize)]
+struct PresentUserJson {
+    user: String,
+    connections: u32,
+}
+
+#[derive(Serialize)]
+struct PresenceReplyJson {
+    users: Vec<PresentUserJson>,
+    connections: u64,
+    users_total: u64,
+    users_exact: bool,
+    missing_edges: Vec<String>,
+    next_page_token: String,
+}
+
+impl From<PresenceReply> for PresenceReplyJson {
+    fn from(r: PresenceReply) -> Self {
+        Self {
+            users: r
+                .users
+                .into_iter()
+                .map(|u| PresentUserJson {
+                    user: u.user,
+                    connections: u.connections,
+                })
+                .collect(),
+            connections: r.connections,
+            users_total: r.users_total,
+            users_exact: r.users_exact,
+            missing_edges: r.missing_edges,
+            next_page_token: r.next_page_token,
+        }
+    }
+}
+
+async fn presence(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    const CALL: &str = "presence";
+    let outcome = async {
+        let (scope, p) = prepare::<PresenceJson>(&s, headers, body, MAX_SMALL_BODY).await?;
+        let reply = s
+            .presence(
+                &scope,
+                PresenceRequest {
+                    project: p.project,
+                    group: p.group,
+                    page_size: p.page_size,
+                    page_token: p.page_token,
+                },
+            )
+            .await?;
+        Ok::<_, Refusal>(PresenceReplyJson::from(reply))
     };
     finish(CALL, outcome.await)
 }

@@ -1,7 +1,7 @@
 //! The `herald.v1.Herald` gRPC service. Every failure is an [`ApiError`], turned into a gRPC
 //! status only at the edge of each call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +19,9 @@ use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope, TargetKind};
 use herald_core::proto::v1::herald_server::Herald;
 use herald_core::proto::v1::{
     ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
-    DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PublishAck, PublishReply,
-    PublishRequest, PublishStreamReply, PublishStreamRequest, Resolution, disconnect_request,
-    list_connections_request, target,
+    DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PresenceReply,
+    PresenceRequest, PresentUser, PublishAck, PublishReply, PublishRequest, PublishStreamReply,
+    PublishStreamRequest, Resolution, disconnect_request, list_connections_request, target,
 };
 use herald_core::registry::{InterestKey, Registry, Route};
 use prost::Message as _;
@@ -515,6 +515,90 @@ impl RouterService {
         })
     }
 
+    /// Tells who is in a group (one page of users) for a caller of `scope`.
+    pub(crate) async fn presence(
+        &self,
+        scope: &Scope,
+        req: PresenceRequest,
+    ) -> Result<PresenceReply, ApiError> {
+        let project = self.project(scope, &req.project)?;
+        let group = GroupId::new(&req.group).map_err(|e| ApiError::invalid("group", e))?;
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(
+                UserId::new(t)
+                    .map_err(|_| ApiError::invalid("page_token", "not a next_page_token"))?,
+            ),
+        };
+        // Each edge gives at most one more user than a page, so an edge with more shows it.
+        let limit = page_size + 1;
+        let outcome = self
+            .control(ControlRequest::Presence {
+                project,
+                group,
+                after: after.clone(),
+                limit: Some(limit),
+            })
+            .await?;
+        let mut merged: BTreeMap<String, u32> = BTreeMap::new();
+        let (mut connections, mut users_sum, mut holding) = (0u64, 0u64, 0usize);
+        // The lowest last user of the edges that had more than they gave: past it, an edge's
+        // users are not all known yet, so the page ends there at the latest.
+        let mut cut: Option<String> = None;
+        for (_, reply) in &outcome.replies {
+            let ControlReply::Presence(p) = reply else {
+                continue;
+            };
+            connections += p.connections;
+            users_sum += p.users_total;
+            holding += usize::from(p.users_total > 0);
+            if p.users.len() >= limit as usize
+                && let Some((last, _)) = p.users.last()
+                && cut.as_ref().is_none_or(|c| last < c)
+            {
+                cut = Some(last.clone());
+            }
+            for (user, n) in &p.users {
+                if after.as_ref().is_none_or(|a| user.as_str() > a.as_str()) {
+                    *merged.entry(user.clone()).or_default() += n;
+                }
+            }
+        }
+        // Every user of the group seen once: the distinct count is exact.
+        let whole = after.is_none() && cut.is_none();
+        let (users_total, users_exact) = if whole {
+            (merged.len() as u64, true)
+        } else {
+            (users_sum, holding <= 1)
+        };
+        if let Some(c) = &cut {
+            merged.retain(|u, _| u <= c);
+        }
+        let page_size = page_size as usize;
+        let more = merged.len() > page_size;
+        let users: Vec<PresentUser> = merged
+            .into_iter()
+            .take(page_size)
+            .map(|(user, connections)| PresentUser { user, connections })
+            .collect();
+        let next_page_token = match users.last() {
+            Some(u) if more => u.user.clone(),
+            _ => String::new(),
+        };
+        Ok(PresenceReply {
+            users,
+            connections,
+            users_total,
+            users_exact,
+            missing_edges: missing(&outcome),
+            next_page_token,
+        })
+    }
+
     /// Disconnects for a caller of `scope`.
     pub(crate) async fn kick(
         &self,
@@ -661,6 +745,16 @@ impl Herald for RouterService {
         ))
     }
 
+    async fn presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceReply>, Status> {
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.presence(&scope, request.into_inner()).await?,
+        ))
+    }
+
     async fn disconnect(
         &self,
         request: Request<DisconnectRequest>,
@@ -676,7 +770,7 @@ impl Herald for RouterService {
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use herald_core::bus::{EdgeHandler, MemoryBus};
+    use herald_core::bus::{EdgeHandler, MemoryBus, Presence};
     use herald_core::history::MemoryHistory;
     use herald_core::projects::ProjectConfig;
     use herald_core::proto::v1::{Broadcast, ConnectionInfo, Target};
@@ -711,6 +805,11 @@ mod tests {
                     ..Default::default()
                 }]),
                 ControlRequest::Disconnect { .. } => ControlReply::Disconnected(1),
+                ControlRequest::Presence { .. } => ControlReply::Presence(Presence {
+                    users: vec![("u".into(), 1)],
+                    connections: 1,
+                    users_total: 1,
+                }),
             }
         }
     }
@@ -1287,6 +1386,112 @@ mod tests {
                     .collect(),
             )
         }
+    }
+
+    /// An edge holding a group's users with these connection counts (answering as a hub does:
+    /// after the cursor, in id order, at most the limit).
+    struct Members(Vec<(&'static str, u32)>);
+
+    impl EdgeHandler for Members {
+        fn deliver(&self, _: &Envelope) {}
+        fn control(&self, request: &ControlRequest) -> ControlReply {
+            let ControlRequest::Presence { after, limit, .. } = request else {
+                return ControlReply::Disconnected(0);
+            };
+            let mut users: Vec<(String, u32)> = self
+                .0
+                .iter()
+                .filter(|(u, _)| after.as_ref().is_none_or(|a| *u > a.as_str()))
+                .map(|&(u, n)| (u.to_string(), n))
+                .collect();
+            users.sort();
+            users.truncate(limit.map_or(usize::MAX, |l| l as usize));
+            ControlReply::Presence(Presence {
+                users,
+                connections: self.0.iter().map(|(_, n)| u64::from(*n)).sum(),
+                users_total: self.0.len() as u64,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn presence_pages_name_each_user_once_with_every_edge_s_connections() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(MemoryBus::new());
+        let edges = [
+            ("e1", vec![("a", 1), ("c", 2), ("d", 1), ("f", 1)]),
+            ("e2", vec![("b", 1), ("c", 1), ("e", 3), ("f", 1), ("g", 1)]),
+            ("e3", vec![("h", 2)]),
+        ];
+        for (name, users) in edges {
+            registry.heartbeat(&edge(name)).await.expect("heartbeat");
+            bus.attach(edge(name), Arc::new(Members(users)))
+                .await
+                .expect("attach");
+        }
+        let svc = service(registry, bus);
+        let presence = async |page_size, page_token: &str| {
+            <RouterService as Herald>::presence(
+                &svc,
+                req(
+                    Some(ALPHA),
+                    PresenceRequest {
+                        project: "alpha".into(),
+                        group: "g".into(),
+                        page_size,
+                        page_token: page_token.into(),
+                    },
+                ),
+            )
+            .await
+            .map(Response::into_inner)
+        };
+        let want = [
+            ("a", 1),
+            ("b", 1),
+            ("c", 3),
+            ("d", 1),
+            ("e", 3),
+            ("f", 2),
+            ("g", 1),
+            ("h", 2),
+        ];
+        // One page: every user once, the count exact.
+        let r = presence(0, "").await.expect("presence");
+        let got: Vec<(&str, u32)> = r
+            .users
+            .iter()
+            .map(|u| (u.user.as_str(), u.connections))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!((r.connections, r.users_total, r.users_exact), (14, 8, true));
+        assert!(r.next_page_token.is_empty() && r.missing_edges.is_empty());
+        // Pages of 3 and of 2: the same users, once each, in order.
+        for size in [2, 3] {
+            let (mut token, mut seen, mut pages) = (String::new(), Vec::new(), 0);
+            loop {
+                let r = presence(size, &token).await.expect("page");
+                assert!(r.users.len() <= size as usize);
+                assert_eq!(r.connections, 14);
+                // Across several edges without the whole group: an upper bound, said so.
+                if !r.users_exact {
+                    assert_eq!(r.users_total, 10);
+                }
+                seen.extend(r.users.into_iter().map(|u| (u.user, u.connections)));
+                pages += 1;
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+            let seen: Vec<(&str, u32)> = seen.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+            assert_eq!(seen, want, "pages of {size}");
+            assert!(pages <= 8 / size as usize + 1, "{pages} pages of {size}");
+        }
+        let s = presence(3, "a.*").await.expect_err("not a token");
+        assert_eq!(s.message(), "page_token: not a next_page_token");
+        let s = presence(3, "").await.map(|_| ());
+        assert!(s.is_ok());
     }
 
     #[tokio::test]

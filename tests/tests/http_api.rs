@@ -441,12 +441,13 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         }
     }
 
-    let (p, pb, cnt, list, dis) = (
+    let (p, pb, cnt, list, dis, pres) = (
         "/v1/publish",
         "/v1/publish/batch",
         "/v1/connections/count",
         "/v1/connections/list",
         "/v1/connections/disconnect",
+        "/v1/presence",
     );
     let to_alice = json!({"project": "alpha", "target": {"user": "alice"}, "data": {"n": 1}});
 
@@ -596,6 +597,28 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
             404,
         ),
         too_large(dis),
+        // Presence.
+        case(pres, Some(ALPHA_KEY), json!({"project": "alpha"}), 400),
+        case(
+            pres,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "group": "news", "page_token": "a.*"}),
+            400,
+        ),
+        case(pres, None, json!({"project": "alpha", "group": "g"}), 401),
+        case(
+            pres,
+            Some(BETA_KEY),
+            json!({"project": "alpha", "group": "g"}),
+            403,
+        ),
+        case(
+            pres,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "group": "g"}),
+            404,
+        ),
+        too_large(pres),
     ];
     for c in errors {
         run(addr, &doc, &mut covered, c).await;
@@ -653,6 +676,23 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         .expect("an id")
         .to_string();
     assert_eq!(r["next_page_token"], "");
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(
+            pres,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "group": "news", "page_size": 1}),
+            200,
+        ),
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({"users": [{"user": "alice", "connections": 1}], "connections": 1,
+            "users_total": 1, "users_exact": true, "missing_edges": [], "next_page_token": ""})
+    );
     let r = run(
         addr,
         &doc,
@@ -722,6 +762,12 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
             dis,
             Some(ALPHA_KEY),
             json!({"project": "alpha", "user": "u"}),
+            503,
+        ),
+        case(
+            pres,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "group": "news"}),
             503,
         ),
     ] {
