@@ -8,7 +8,8 @@
 //! for the positions of its streams, so a lost *last* message is found too. A new epoch (the
 //! stream's storage was lost, offsets start again at 1), seen on a message or in a position, is
 //! followed from its start: what of it never came here is read from history too. Cursors of
-//! streams no longer seen for an hour are forgotten.
+//! streams no longer seen for an hour, or that no local connection receives any more, are
+//! forgotten at the next check.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -285,7 +286,10 @@ impl Streams {
     pub async fn check(self: &Arc<Self>) -> usize {
         let keys: Vec<(StreamKey, u32)> = {
             let mut cursors = self.cursors.lock();
-            cursors.retain(|_, c| c.repairing || c.seen.elapsed() < IDLE);
+            // A stream nobody here receives any more loses its cursor: its messages stop
+            // coming, and a later member must not be handed, as a "repair", what was
+            // published before it joined.
+            cursors.retain(|k, c| c.repairing || (c.seen.elapsed() < IDLE && self.held_here(k)));
             cursors
                 .iter()
                 .filter(|(_, c)| !c.repairing)
@@ -541,5 +545,43 @@ mod tests {
             got.extend(offsets(&hub, h));
         }
         assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_here_receives_loses_its_cursor() {
+        let hub = hub();
+        let history = Arc::new(MemoryHistory::new());
+        let key = StreamKey {
+            project: ProjectId::new("p").expect("p"),
+            target: StreamTarget::Group(GroupId::new("news").expect("g")),
+        };
+        let keep = Retention {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let append = async || {
+            let data = Bytes::from(env(0, 0).encode_to_vec());
+            history
+                .append(&key, keep, data)
+                .await
+                .expect("append")
+                .epoch
+        };
+        let epoch = append().await;
+        let first = member(&hub).await;
+        let streams = Streams::new(hub.clone(), history.clone());
+        streams.deliver(&env(1, epoch));
+        assert_eq!(offsets(&hub, first), [1]);
+        hub.remove(first);
+        // Published while nobody here is a member: the router sends nothing here.
+        append().await;
+        append().await;
+        assert_eq!(streams.check().await, 0, "the cursor was forgotten");
+        // A later member gets what comes after it joined, never 2 and 3 as a repair.
+        let later = member(&hub).await;
+        append().await;
+        streams.deliver(&env(4, epoch));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(offsets(&hub, later), [4]);
     }
 }
