@@ -72,7 +72,8 @@ pub(crate) struct Replay {
     pub(crate) name: String,
     pub(crate) key: StreamKey,
     pub(crate) since: Position,
-    /// Pages are queued while the connection's queue holds less than this.
+    /// Chunks of about this many bytes are queued while the connection's queue holds less than
+    /// this.
     pub(crate) room: usize,
     /// How the client is told the replay's outcome (and its protocol).
     pub(crate) answer: Answer,

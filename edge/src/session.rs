@@ -378,7 +378,10 @@ impl SessionOps<'_> {
             name,
             key,
             since,
-            room: (self.shared.cfg.max_queued_bytes / 2).max(1),
+            // A chunk is queued while the queue holds less than a quarter of its bound and
+            // is itself about a quarter: a replay keeps the queue under half its bound (plus
+            // one message), leaving the rest for live messages of other streams.
+            room: (self.shared.cfg.max_queued_bytes / 4).max(1),
             answer,
         };
         tokio::spawn(replay.run());

@@ -235,6 +235,56 @@ async fn a_replay_far_beyond_the_queue_is_paced_not_cut() {
     assert_eq!(herald.metric("herald_edge_slow_consumers_total").await, 0.0);
 }
 
+/// Live messages of other targets interleave with a long replay through a small queue: every
+/// replayed message arrives in order, every live one arrives, and the client is never cut
+/// (4008). (The replay keeps the queue under about half its bound, leaving room for them; a
+/// reader this fast never lets the queue fill, so this does not show the bound itself.)
+#[tokio::test]
+async fn live_messages_beside_a_replay_find_room_in_the_queue() {
+    let herald = herald()
+        .projects(PROJECTS)
+        .edge("max_queued_bytes", 16 * 1024)
+        .start()
+        .await;
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+    let mut epoch = 0;
+    for _ in 0..600 {
+        epoch = send(&mut grpc, publish("alpha", To::Group("news"), &payload))
+            .await
+            .epoch;
+    }
+    let mut c = connect_with(&herald, "u5", json!({})).await;
+    c.send_json(
+        json!({"type":"subscribe","id":1,"group":"news","since":{"offset":0,"epoch":epoch}}),
+    )
+    .await;
+    // Plain broadcasts of 3 KB while the ~600 KB replay runs.
+    let live = {
+        let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+        let big = format!(r#"{{"live":"{}"}}"#, "y".repeat(3000));
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                send(&mut grpc, publish("alpha", To::Broadcast, &big)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (mut replayed, mut broadcasts) = (Vec::new(), 0);
+    while replayed.len() < 600 || broadcasts < 40 {
+        let v = c.next_json().await;
+        match v["type"].as_str() {
+            Some("msg") if v["offset"].is_u64() => replayed.push(v["offset"].as_u64().unwrap_or(0)),
+            Some("msg") => broadcasts += 1,
+            Some("ack") | Some("resumed") => {}
+            _ => panic!("unexpected frame during the replay: {v}"),
+        }
+    }
+    live.await.expect("publisher");
+    assert_eq!(replayed, (1..=600).collect::<Vec<_>>());
+    assert_eq!(herald.metric("herald_edge_slow_consumers_total").await, 0.0);
+}
+
 /// What an application on a device does with its user stream: it handles a message once, and
 /// drops one whose offset is not above the last it handled under the same epoch (a resend).
 #[derive(Default)]
