@@ -8,6 +8,8 @@
 //!   a TTL, cleanup of dead edges, cluster-wide idempotency keys; single Redis or Redis Cluster.
 //! - [`redis_history`]: [`RedisHistory`], recoverable streams as Redis streams with a meta hash
 //!   per stream, one script per append; single Redis or Redis Cluster.
+//! - [`redis_projects`]: [`RedisProjects`], the admin API's projects shared by every node (one
+//!   document, a version, compare-and-set).
 //! - `redis_conn`: the one way both connect (single or Cluster, deadlines, reconnection).
 //! - [`nats_bus`]: [`NatsBus`], one subject per edge, one broadcast subject per project, operator
 //!   calls by request/reply to every edge.
@@ -16,11 +18,13 @@
 pub mod nats_bus;
 mod redis_conn;
 pub mod redis_history;
+pub mod redis_projects;
 pub mod redis_registry;
 mod redis_sessions;
 
 pub use nats_bus::{NatsBus, NatsConfig};
 pub use redis_history::RedisHistory;
+pub use redis_projects::RedisProjects;
 pub use redis_registry::{RedisConfig, RedisRegistry};
 
 /// What can stop a cluster backend from being built (bad settings; never a network failure,

@@ -90,7 +90,8 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     let mut nodes = build_nodes(&cfg, &auth, &api).await?;
     let limits = nodes.edge.as_ref().map(Edge::limits);
     // The file's projects and the admin API's (from `router.state_dir`), installed together.
-    let (store, apply) = crate::state::open(&cfg, auth, api.clone(), limits)?;
+    let (store, apply) = crate::state::open(&cfg, auth, api.clone(), limits).await?;
+    tokio::spawn(crate::state::follow(store.clone(), cfg.cluster.clustered()));
     nodes.router = nodes.router.map(|r| r.with_admin(api, store.clone()));
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
@@ -341,7 +342,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(file.as_deref(), &overrides, &store, &apply),
+            _ = hup.recv() => reload(file.as_deref(), &overrides, &store, &apply).await,
         }
     }
     // Stop first, log after: a closed stderr must not keep the process from shutting down.
@@ -362,7 +363,7 @@ async fn reload_tls_on_hup(tls: herald_edge::TlsReload) -> std::io::Result<()> {
 
 /// Re-reads projects and keys, and the defences' lists and limits; a bad file is reported and
 /// the running ones stay. Projects created through the admin API stay as they are.
-fn reload(
+async fn reload(
     file: Option<&std::path::Path>,
     overrides: &Overrides,
     store: &ProjectStore,
@@ -372,9 +373,11 @@ fn reload(
         tracing::warn!("SIGHUP: no config file to reload");
         return;
     };
-    match config::load(Some(path), overrides)
-        .and_then(|cfg| crate::state::reload(store, apply, &cfg).map(|()| cfg))
-    {
+    let loaded = match config::load(Some(path), overrides) {
+        Ok(cfg) => crate::state::reload(store, apply, &cfg).await.map(|()| cfg),
+        Err(e) => Err(e),
+    };
+    match loaded {
         Ok(cfg) => {
             tracing::info!(projects = cfg.projects.len(), "reloaded projects and keys");
             println!("herald reloaded projects={}", cfg.projects.len());

@@ -1,14 +1,18 @@
 //! Projects at runtime in this process: the [`ProjectStore`] of the admin API, and how its
-//! changes (and a SIGHUP's) reach the edge's token keys and per-project limits.
+//! changes (and a SIGHUP's) reach the edge's token keys and per-project limits. In a cluster the
+//! API's projects live in Redis ([`RedisProjects`]) and every node, edge or router, polls their
+//! version every [`POLL`], so a change made on one router is used everywhere within a second.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use herald_cluster::{RedisConfig, RedisProjects};
 use herald_core::projects::ProjectConfig;
 use herald_edge::AuthKeys;
 use herald_edge::limits::{Limits, LimitsConfig};
 use herald_router::ApiKeys;
-use herald_router::admin::{Apply, ProjectStore};
+use herald_router::admin::{Apply, ProjectStore, Shared};
 
 use crate::config::{Config, ConfigErrors};
 
@@ -43,38 +47,103 @@ impl Apply for EdgeApply {
     }
 }
 
-/// Opens the store of `cfg.router.state_dir` and installs the file's and the stored projects.
-pub fn open(
+/// How often a cluster node looks for changes made on other nodes (one Redis `GET`).
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Opens the store (Redis in a cluster, else `cfg.router.state_dir`) and installs the file's and
+/// the stored projects.
+pub async fn open(
     cfg: &Config,
     auth: Arc<ArcSwap<AuthKeys>>,
     api: Arc<ArcSwap<ApiKeys>>,
     limits: Option<Arc<Limits>>,
-) -> Result<(Arc<ProjectStore>, Arc<EdgeApply>), ConfigErrors> {
+) -> anyhow::Result<(Arc<ProjectStore>, Arc<EdgeApply>)> {
     let apply = Arc::new(EdgeApply {
         auth,
         limits,
         settings: Mutex::new((cfg.edge.limits.clone(), cfg.edge.token_leeway_secs)),
     });
+    let shared: Option<Arc<dyn Shared>> = if cfg.cluster.clustered() {
+        let c = &cfg.cluster;
+        Some(Arc::new(InRedis(RedisProjects::new(&RedisConfig {
+            urls: c.redis_urls.clone(),
+            cluster: c.redis_cluster,
+            key_prefix: c.prefix.clone(),
+            edge_ttl: Duration::from_secs(c.edge_ttl_secs),
+            timeout: Duration::from_millis(c.redis_timeout_ms),
+        })?)))
+    } else {
+        None
+    };
     let store = ProjectStore::open(
         cfg.router.state_dir.as_deref(),
+        shared,
         cfg.projects.clone(),
         cfg.router.admin_api_keys.clone(),
         api,
-        Box::new(Shared(apply.clone())),
+        Box::new(Both(apply.clone())),
     )
+    .await
     .map_err(ConfigErrors)?;
     Ok((Arc::new(store), apply))
 }
 
+/// Installs other nodes' changes every [`POLL`] (a cluster node; returns at once otherwise).
+pub async fn follow(store: Arc<ProjectStore>, clustered: bool) {
+    if !clustered {
+        return;
+    }
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match store.refresh().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "projects of the admin API not refreshed; retrying");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// [`RedisProjects`] as the store's [`Shared`].
+struct InRedis(RedisProjects);
+
+#[async_trait::async_trait]
+impl Shared for InRedis {
+    async fn version(&self) -> Result<u64, String> {
+        self.0.version().await.map_err(|e| e.to_string())
+    }
+
+    async fn load(&self) -> Result<(u64, Option<Vec<u8>>), String> {
+        self.0.load().await.map_err(|e| e.to_string())
+    }
+
+    async fn save(&self, expected: u64, state: &[u8]) -> Result<Option<u64>, String> {
+        self.0
+            .save(expected, state)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Takes a reloaded configuration: the edge's settings, then the file's projects and admin keys
 /// beside the stored ones.
-pub fn reload(store: &ProjectStore, apply: &EdgeApply, cfg: &Config) -> Result<(), ConfigErrors> {
+pub async fn reload(
+    store: &ProjectStore,
+    apply: &EdgeApply,
+    cfg: &Config,
+) -> Result<(), ConfigErrors> {
     let previous = std::mem::replace(
         &mut *apply.settings(),
         (cfg.edge.limits.clone(), cfg.edge.token_leeway_secs),
     );
     store
         .reload(cfg.projects.clone(), cfg.router.admin_api_keys.clone())
+        .await
         .map_err(|p| {
             *apply.settings() = previous;
             ConfigErrors(p)
@@ -82,9 +151,9 @@ pub fn reload(store: &ProjectStore, apply: &EdgeApply, cfg: &Config) -> Result<(
 }
 
 /// An [`EdgeApply`] shared with the reload.
-struct Shared(Arc<EdgeApply>);
+struct Both(Arc<EdgeApply>);
 
-impl Apply for Shared {
+impl Apply for Both {
     fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
         self.0.prepare(projects)
     }

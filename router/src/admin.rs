@@ -17,8 +17,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
 
 use arc_swap::ArcSwap;
 use herald_core::ids::ProjectId;
@@ -60,6 +62,12 @@ pub enum AdminError {
     /// The edge refused the resulting projects (e.g. a public key that does not parse).
     #[error("{0}")]
     Refused(String),
+    /// Another node changed the projects at the same time: nothing changed, try again.
+    #[error("another node changed the projects at the same time; nothing changed, try again")]
+    Conflict,
+    /// The shared store (Redis) is unreachable: nothing changed.
+    #[error("projects store unavailable, nothing changed: {0}")]
+    Unavailable(String),
     /// The state could not be written: nothing changed.
     #[error("state not written, nothing changed: {0}")]
     Io(String),
@@ -74,6 +82,8 @@ impl AdminError {
             AdminError::NotFound(_) => Code::NotFound,
             AdminError::Exists(_) => Code::AlreadyExists,
             AdminError::ReadOnly(_) => Code::FailedPrecondition,
+            AdminError::Conflict => Code::Aborted,
+            AdminError::Unavailable(_) => Code::Unavailable,
             AdminError::Io(_) => Code::Internal,
         }
     }
@@ -91,6 +101,18 @@ pub trait Apply: Send + Sync {
     /// Checks `projects` (every enabled project, file and API) and prepares them; the returned
     /// function installs them. An `Err` lists every problem; nothing is installed then.
     fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>>;
+}
+
+/// Where a cluster's nodes share the API's projects (Redis): a document and its version.
+#[async_trait::async_trait]
+pub trait Shared: Send + Sync {
+    /// The version now (0: never written).
+    async fn version(&self) -> Result<u64, String>;
+    /// The version and the document (`None` before the first write).
+    async fn load(&self) -> Result<(u64, Option<Vec<u8>>), String>;
+    /// Writes the document if the version is still `expected`: the new version, or `None` when
+    /// another node wrote first.
+    async fn save(&self, expected: u64, state: &[u8]) -> Result<Option<u64>, String>;
 }
 
 /// An API key created through the API: its digest only.
@@ -264,9 +286,17 @@ pub struct ProjectChange {
 /// The projects created through the API, the configuration's, and the audit log.
 pub struct ProjectStore {
     file: Option<PathBuf>,
+    shared: Option<Arc<dyn Shared>>,
     api: Arc<ArcSwap<ApiKeys>>,
     apply: Box<dyn Apply>,
-    inner: Mutex<(State, Base)>,
+    inner: Mutex<Inner>,
+}
+
+/// The state, the configuration's part, and the shared version the state is of.
+struct Inner {
+    state: State,
+    base: Base,
+    version: u64,
 }
 
 fn now_ms() -> u64 {
@@ -291,19 +321,21 @@ fn check_new_id(base: &Base, state: &State, id: &str) -> Result<(), AdminError> 
 }
 
 impl ProjectStore {
-    /// Opens the store: reads `<state_dir>/projects.json` when a `state_dir` is given (else
-    /// API changes live as long as the process) and installs the configuration's projects with
-    /// the stored ones. The state's projects that clash with the file's are an error.
-    pub fn open(
+    /// Opens the store: reads the shared document (a cluster: `shared`), or else
+    /// `<state_dir>/projects.json` when a `state_dir` is given (else API changes live as long as
+    /// the process), and installs the configuration's projects with the stored ones. Stored
+    /// projects that clash with the file's are an error.
+    pub async fn open(
         state_dir: Option<&Path>,
+        shared: Option<Arc<dyn Shared>>,
         projects: Vec<ProjectConfig>,
         admin_keys: Vec<String>,
         api: Arc<ArcSwap<ApiKeys>>,
         apply: Box<dyn Apply>,
     ) -> Result<Self, Vec<String>> {
-        let file = match state_dir {
-            None => None,
-            Some(dir) => {
+        let file = match (&shared, state_dir) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(dir)) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     vec![format!(
                         "router.state_dir: cannot create {}: {e}",
@@ -313,14 +345,23 @@ impl ProjectStore {
                 Some(dir.join(STATE_FILE))
             }
         };
-        let state = match &file {
-            Some(f) if f.exists() => {
+        let (version, state) = match (&shared, &file) {
+            // Redis down at start: the poll installs the projects once it answers.
+            (Some(sh), _) => match sh.load().await {
+                Ok((v, bytes)) => (v, parse(bytes.as_deref()).map_err(|e| vec![e])?),
+                Err(e) => {
+                    tracing::warn!(error = %e, "projects of the admin API not read yet; retrying");
+                    (0, State::default())
+                }
+            },
+            (None, Some(f)) if f.exists() => {
                 let text = std::fs::read(f)
                     .map_err(|e| vec![format!("{}: cannot read: {e}", f.display())])?;
-                serde_json::from_slice::<State>(&text)
-                    .map_err(|e| vec![format!("{}: not a Herald state file: {e}", f.display())])?
+                let state = serde_json::from_slice::<State>(&text)
+                    .map_err(|e| vec![format!("{}: not a Herald state file: {e}", f.display())])?;
+                (0, state)
             }
-            _ => State::default(),
+            _ => (0, State::default()),
         };
         let base = Base {
             projects,
@@ -328,41 +369,67 @@ impl ProjectStore {
         };
         let store = Self {
             file,
+            shared,
             api,
             apply,
-            inner: Mutex::new((State::default(), base)),
+            inner: Mutex::new(Inner {
+                state: State::default(),
+                base,
+                version: 0,
+            }),
         };
         {
-            let mut inner = store.lock();
-            clashes(&inner.1.projects, &state)?;
-            let commit = store.prepare(&state, &inner.1)?;
+            let mut inner = store.inner.lock().await;
+            let commit = store.prepare(&state, &inner.base)?;
             commit();
-            inner.0 = state;
+            inner.state = state;
+            inner.version = version;
         }
         Ok(store)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (State, Base)> {
-        // A panic while holding the lock left a consistent state (changes are made on copies).
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Takes the configuration's projects and admin keys again (SIGHUP). Refused, and nothing
     /// changed, when the file now has a project the API created.
-    pub fn reload(
+    pub async fn reload(
         &self,
         projects: Vec<ProjectConfig>,
         admin_keys: Vec<String>,
     ) -> Result<(), Vec<String>> {
-        let mut inner = self.lock();
-        clashes(&projects, &inner.0)?;
+        let mut inner = self.inner.lock().await;
+        clashes(&projects, &inner.state)?;
         let base = Base {
             projects,
             admin_keys,
         };
-        let commit = self.prepare(&inner.0, &base)?;
+        let commit = self.prepare(&inner.state, &base)?;
         commit();
-        inner.1 = base;
+        inner.base = base;
+        Ok(())
+    }
+
+    /// In a cluster: installs what another node changed, when the shared version moved (one
+    /// `GET` when it did not). Nothing to do on one node.
+    pub async fn refresh(&self) -> Result<(), AdminError> {
+        let mut inner = self.inner.lock().await;
+        self.catch_up(&mut inner).await
+    }
+
+    async fn catch_up(&self, inner: &mut Inner) -> Result<(), AdminError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let v = shared.version().await.map_err(AdminError::Unavailable)?;
+        if v == inner.version {
+            return Ok(());
+        }
+        let (v, bytes) = shared.load().await.map_err(AdminError::Unavailable)?;
+        let state = parse(bytes.as_deref()).map_err(AdminError::Unavailable)?;
+        let commit = self
+            .prepare(&state, &inner.base)
+            .map_err(|p| AdminError::Refused(p.join("; ")))?;
+        commit();
+        inner.state = state;
+        inner.version = v;
         Ok(())
     }
 
@@ -371,6 +438,12 @@ impl ProjectStore {
         let mut projects: Vec<ProjectConfig> = base.projects.clone();
         let mut digests = Vec::new();
         for (id, p) in state.projects.iter().filter(|(_, p)| !p.disabled) {
+            // The file's project wins on this node (the API cannot create such an id, but another
+            // node's file, or this one's while it was stopped, may have it).
+            if base.projects.iter().any(|b| &b.id == id) {
+                tracing::warn!(project = %id, "a stored project has the id of a file project: not installed");
+                continue;
+            }
             projects.push(p.config(id));
             for k in &p.api_keys {
                 let d: Option<Digest> = unhex(&k.sha256).and_then(|b| b.try_into().ok());
@@ -424,21 +497,22 @@ impl ProjectStore {
         Ok(())
     }
 
-    /// Runs `change` on a copy of the state; when it succeeds and the edge takes the result,
-    /// writes it, installs it and logs it.
-    fn change<T>(
+    /// Runs `change` on a copy of the state (in a cluster, the latest one); when it succeeds and
+    /// the edge takes the result, writes it, installs it and logs it.
+    async fn change<T>(
         &self,
         caller: &Caller,
         action: &str,
         project: &str,
         change: impl FnOnce(&Base, &mut State) -> Result<(T, String), AdminError>,
     ) -> Result<T, AdminError> {
-        let mut inner = self.lock();
-        let (state, base) = &mut *inner;
-        let mut next = state.clone();
-        let (out, detail) = change(base, &mut next)?;
+        let mut guard = self.inner.lock().await;
+        self.catch_up(&mut guard).await?;
+        let inner = &mut *guard;
+        let mut next = inner.state.clone();
+        let (out, detail) = change(&inner.base, &mut next)?;
         let commit = self
-            .prepare(&next, base)
+            .prepare(&next, &inner.base)
             .map_err(|p| AdminError::Refused(p.join("; ")))?;
         let seq = next.audit.last().map_or(1, |e| e.seq + 1);
         next.audit.push(AuditEntry {
@@ -453,9 +527,22 @@ impl ProjectStore {
             let extra = next.audit.len() - AUDIT_KEPT;
             next.audit.drain(..extra);
         }
-        self.persist(&next)?;
+        match &self.shared {
+            Some(shared) => {
+                let bytes = serde_json::to_vec(&next).map_err(|e| AdminError::Io(e.to_string()))?;
+                match shared
+                    .save(inner.version, &bytes)
+                    .await
+                    .map_err(AdminError::Unavailable)?
+                {
+                    Some(v) => inner.version = v,
+                    None => return Err(AdminError::Conflict),
+                }
+            }
+            None => self.persist(&next)?,
+        }
         commit();
-        *state = next;
+        inner.state = next;
         tracing::info!(actor = %caller.actor(), action, project, "admin change");
         Ok(out)
     }
@@ -479,7 +566,7 @@ impl ProjectStore {
     }
 
     /// Creates a project (admin keys only), with optional token keys and limits.
-    pub fn create(
+    pub async fn create(
         &self,
         caller: &Caller,
         id: &str,
@@ -510,10 +597,11 @@ impl ProjectStore {
                 format!("created; jwt keys {kids:?}"),
             ))
         })
+        .await
     }
 
     /// Changes a project's `disabled` flag or limits.
-    pub fn update(
+    pub async fn update(
         &self,
         caller: &Caller,
         id: &str,
@@ -537,19 +625,21 @@ impl ProjectStore {
             check(state, id)?;
             Ok((view_stored(id, &state.projects[id]), what.join(" ")))
         })
+        .await
     }
 
     /// Deletes a project.
-    pub fn delete(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
         self.change(caller, "project.delete", id, |base, state| {
             Self::stored(base, state, caller, id)?;
             state.projects.remove(id);
             Ok(((), "deleted".into()))
         })
+        .await
     }
 
     /// Adds a token key (a `kid` is required; it may not be in use in the project).
-    pub fn add_jwt_key(
+    pub async fn add_jwt_key(
         &self,
         caller: &Caller,
         id: &str,
@@ -566,10 +656,11 @@ impl ProjectStore {
             check(state, id)?;
             Ok((view_stored(id, &state.projects[id]), detail))
         })
+        .await
     }
 
     /// Retires (removes) a token key: tokens it signed are refused from now on.
-    pub fn retire_jwt_key(
+    pub async fn retire_jwt_key(
         &self,
         caller: &Caller,
         id: &str,
@@ -587,10 +678,11 @@ impl ProjectStore {
             p.updated_at = now_ms() / 1000;
             Ok((view_stored(id, &state.projects[id]), format!("kid {kid:?}")))
         })
+        .await
     }
 
     /// Creates an API key of the project; the key is in the answer only.
-    pub fn create_api_key(&self, caller: &Caller, id: &str) -> Result<NewApiKey, AdminError> {
+    pub async fn create_api_key(&self, caller: &Caller, id: &str) -> Result<NewApiKey, AdminError> {
         self.change(caller, "api_key.create", id, |base, state| {
             let p = Self::stored(base, state, caller, id)?;
             let key = format!("hk_{}", hex(&rand::random::<[u8; 24]>()));
@@ -611,10 +703,11 @@ impl ProjectStore {
                 format!("id {kid}"),
             ))
         })
+        .await
     }
 
     /// Deletes an API key of the project by its id.
-    pub fn delete_api_key(
+    pub async fn delete_api_key(
         &self,
         caller: &Caller,
         id: &str,
@@ -632,13 +725,14 @@ impl ProjectStore {
             p.updated_at = now_ms() / 1000;
             Ok((view_stored(id, &state.projects[id]), format!("id {key_id}")))
         })
+        .await
     }
 
     /// One project, as the caller may see it.
-    pub fn get(&self, caller: &Caller, id: &str) -> Result<ProjectView, AdminError> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<ProjectView, AdminError> {
         caller.allow(id)?;
-        let inner = self.lock();
-        let (state, base) = &*inner;
+        let inner = self.inner.lock().await;
+        let (state, base) = (&inner.state, &inner.base);
         if let Some(p) = base.projects.iter().find(|p| p.id == id) {
             return Ok(view_config(p));
         }
@@ -650,9 +744,9 @@ impl ProjectStore {
     }
 
     /// Every project the caller may see, in id order.
-    pub fn list(&self, caller: &Caller) -> Vec<ProjectView> {
-        let inner = self.lock();
-        let (state, base) = &*inner;
+    pub async fn list(&self, caller: &Caller) -> Vec<ProjectView> {
+        let inner = self.inner.lock().await;
+        let (state, base) = (&inner.state, &inner.base);
         let mut out: Vec<ProjectView> = base
             .projects
             .iter()
@@ -666,7 +760,7 @@ impl ProjectStore {
 
     /// The audit log, oldest first, after entry `after` (0: from the start), at most `limit`
     /// entries; a project key sees its project's entries only.
-    pub fn audit(
+    pub async fn audit(
         &self,
         caller: &Caller,
         project: Option<&str>,
@@ -676,9 +770,9 @@ impl ProjectStore {
         if let Some(p) = project {
             caller.allow(p)?;
         }
-        let inner = self.lock();
+        let inner = self.inner.lock().await;
         Ok(inner
-            .0
+            .state
             .audit
             .iter()
             .filter(|e| e.seq > after)
@@ -687,6 +781,14 @@ impl ProjectStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+/// A stored document (`None`: empty).
+fn parse(bytes: Option<&[u8]>) -> Result<State, String> {
+    match bytes {
+        None => Ok(State::default()),
+        Some(b) => serde_json::from_slice(b).map_err(|e| format!("not a Herald state: {e}")),
     }
 }
 
@@ -832,50 +934,58 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path) -> ProjectStore {
+    async fn open(dir: &Path) -> ProjectStore {
         ProjectStore::open(
             Some(dir),
+            None,
             Vec::new(),
             Vec::new(),
             Arc::new(ArcSwap::from_pointee(ApiKeys::default())),
             Box::new(Nothing),
         )
+        .await
         .expect("open")
     }
 
-    #[test]
-    fn changes_survive_a_reopen_and_keys_are_kept_as_digests() {
+    #[tokio::test]
+    async fn changes_survive_a_reopen_and_keys_are_kept_as_digests() {
         let dir = tempfile::tempdir().expect("dir");
-        let s = open(dir.path());
+        let s = open(dir.path()).await;
         s.create(&admin(), "p1", vec![hs("a")], ProjectChange::default())
+            .await
             .expect("create");
-        let k = s.create_api_key(&admin(), "p1").expect("key");
+        let k = s.create_api_key(&admin(), "p1").await.expect("key");
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).expect("file");
         assert!(!text.contains(&k.key), "the key itself is never written");
         assert!(text.contains(&hex(&digest(&k.key))));
         drop(s);
-        let s = open(dir.path());
-        let v = s.get(&admin(), "p1").expect("get");
+        let s = open(dir.path()).await;
+        let v = s.get(&admin(), "p1").await.expect("get");
         assert_eq!(v.api_keys.len(), 1);
         assert_eq!(v.jwt_keys[0].kid, "a");
-        let audit = s.audit(&admin(), None, 0, 100).expect("audit");
+        let audit = s.audit(&admin(), None, 0, 100).await.expect("audit");
         let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["project.create", "api_key.create"]);
     }
 
-    #[test]
-    fn a_refused_change_changes_nothing() {
+    #[tokio::test]
+    async fn a_refused_change_changes_nothing() {
         let dir = tempfile::tempdir().expect("dir");
-        let s = open(dir.path());
+        let s = open(dir.path()).await;
         s.create(&admin(), "p1", vec![hs("a")], ProjectChange::default())
+            .await
             .expect("create");
         let mut short = hs("b");
         short.secret = Some("short".into());
         let e = s
             .add_jwt_key(&admin(), "p1", short)
+            .await
             .expect_err("short secret");
         assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-        assert_eq!(s.get(&admin(), "p1").expect("get").jwt_keys.len(), 1);
-        assert_eq!(s.audit(&admin(), None, 0, 100).expect("audit").len(), 1);
+        assert_eq!(s.get(&admin(), "p1").await.expect("get").jwt_keys.len(), 1);
+        assert_eq!(
+            s.audit(&admin(), None, 0, 100).await.expect("audit").len(),
+            1
+        );
     }
 }

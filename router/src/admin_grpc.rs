@@ -138,6 +138,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .create(&caller, &r.project, keys, change)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -150,6 +151,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .get(&caller, &req.into_inner().project)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -163,6 +165,7 @@ impl Admin for AdminService {
             projects: self
                 .store
                 .list(&caller)
+                .await
                 .into_iter()
                 .map(project_pb)
                 .collect(),
@@ -182,6 +185,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .update(&caller, &r.project, change)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -192,7 +196,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DeleteProjectReply>, Status> {
         let caller = self.caller(&req)?;
         let project = req.into_inner().project;
-        self.store.delete(&caller, &project).map_err(status)?;
+        self.store.delete(&caller, &project).await.map_err(status)?;
         Ok(Response::new(pb::DeleteProjectReply {
             project,
             deleted: true,
@@ -209,6 +213,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .add_jwt_key(&caller, &r.project, key)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -222,6 +227,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .retire_jwt_key(&caller, &r.project, &r.kid)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -234,6 +240,7 @@ impl Admin for AdminService {
         let k = self
             .store
             .create_api_key(&caller, &req.into_inner().project)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateApiKeyReply {
             project: k.project,
@@ -251,6 +258,7 @@ impl Admin for AdminService {
         let v = self
             .store
             .delete_api_key(&caller, &r.project, &r.id)
+            .await
             .map_err(status)?;
         Ok(reply(v))
     }
@@ -269,6 +277,7 @@ impl Admin for AdminService {
         let entries = self
             .store
             .audit(&caller, project, r.after, limit)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::ListAuditReply {
             entries: entries

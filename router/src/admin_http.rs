@@ -101,7 +101,10 @@ async fn create(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             disabled: r.disabled,
             limits: r.limits,
         };
-        let project = api.store.create(&caller, &r.project, r.jwt_keys, change)?;
+        let project = api
+            .store
+            .create(&caller, &r.project, r.jwt_keys, change)
+            .await?;
         Ok(ProjectReply { project })
     };
     finish("admin_project_create", outcome.await)
@@ -117,7 +120,7 @@ struct ProjectJson {
 async fn get(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<ProjectJson>(&api, headers, body).await?;
-        let project = api.store.get(&caller, &r.project)?;
+        let project = api.store.get(&caller, &r.project).await?;
         Ok(ProjectReply { project })
     };
     finish("admin_project_get", outcome.await)
@@ -136,7 +139,7 @@ async fn list(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Re
     let outcome = async {
         let (caller, Nothing {}) = read::<Nothing>(&api, headers, body).await?;
         Ok::<_, Refusal>(ListReply {
-            projects: api.store.list(&caller),
+            projects: api.store.list(&caller).await,
         })
     };
     finish("admin_project_list", outcome.await)
@@ -158,7 +161,7 @@ async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             disabled: r.disabled,
             limits: r.limits,
         };
-        let project = api.store.update(&caller, &r.project, change)?;
+        let project = api.store.update(&caller, &r.project, change).await?;
         Ok(ProjectReply { project })
     };
     finish("admin_project_update", outcome.await)
@@ -173,7 +176,7 @@ struct DeletedReply {
 async fn delete(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<ProjectJson>(&api, headers, body).await?;
-        api.store.delete(&caller, &r.project)?;
+        api.store.delete(&caller, &r.project).await?;
         Ok(DeletedReply {
             project: r.project,
             deleted: true,
@@ -193,7 +196,7 @@ struct AddKeyJson {
 async fn add_jwt_key(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<AddKeyJson>(&api, headers, body).await?;
-        let project = api.store.add_jwt_key(&caller, &r.project, r.key)?;
+        let project = api.store.add_jwt_key(&caller, &r.project, r.key).await?;
         Ok(ProjectReply { project })
     };
     finish("admin_jwt_key_add", outcome.await)
@@ -211,7 +214,10 @@ struct RetireJson {
 async fn retire_jwt_key(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<RetireJson>(&api, headers, body).await?;
-        let project = api.store.retire_jwt_key(&caller, &r.project, &r.kid)?;
+        let project = api
+            .store
+            .retire_jwt_key(&caller, &r.project, &r.kid)
+            .await?;
         Ok(ProjectReply { project })
     };
     finish("admin_jwt_key_retire", outcome.await)
@@ -220,7 +226,7 @@ async fn retire_jwt_key(State(api): State<AdminApi>, headers: HeaderMap, body: B
 async fn create_api_key(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<ProjectJson>(&api, headers, body).await?;
-        Ok::<_, Refusal>(api.store.create_api_key(&caller, &r.project)?)
+        Ok::<_, Refusal>(api.store.create_api_key(&caller, &r.project).await?)
     };
     finish("admin_api_key_create", outcome.await)
 }
@@ -237,7 +243,7 @@ struct DeleteKeyJson {
 async fn delete_api_key(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
     let outcome = async {
         let (caller, r) = read::<DeleteKeyJson>(&api, headers, body).await?;
-        let project = api.store.delete_api_key(&caller, &r.project, &r.id)?;
+        let project = api.store.delete_api_key(&caller, &r.project, &r.id).await?;
         Ok(ProjectReply { project })
     };
     finish("admin_api_key_delete", outcome.await)
@@ -263,7 +269,8 @@ async fn audit(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> R
         let limit = r.limit.unwrap_or(MAX_AUDIT_PAGE).clamp(1, MAX_AUDIT_PAGE);
         let entries = api
             .store
-            .audit(&caller, r.project.as_deref(), r.after, limit)?;
+            .audit(&caller, r.project.as_deref(), r.after, limit)
+            .await?;
         Ok::<_, Refusal>(AuditReply { entries })
     };
     finish("admin_audit_list", outcome.await)

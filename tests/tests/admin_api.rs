@@ -559,3 +559,147 @@ async fn the_same_calls_over_grpc() {
     );
     assert!(audit[2].actor.starts_with("project:gamma:"), "{audit:?}");
 }
+
+/// Connects with `token`: the welcomed client, or why not (refused upgrade, close frame).
+async fn try_connect(node: &Herald, project: &str, token: &str) -> Result<Client, String> {
+    use futures_util::StreamExt as _;
+    let (ws, _) = node
+        .open(&node.url(project, &format!("token={token}")), &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut c = Client { ws };
+    loop {
+        match c.ws.next().await {
+            Some(Ok(tungstenite::Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                return if v["type"] == "welcome" {
+                    Ok(c)
+                } else {
+                    Err(v.to_string())
+                };
+            }
+            Some(Ok(tungstenite::Message::Close(f))) => return Err(format!("{f:?}")),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("{other:?}")),
+        }
+    }
+}
+
+/// How long a change made on one router may take to reach every node: the design bound is one
+/// poll (250 ms) and one load; the rest is room for a loaded machine.
+const SPREAD: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[tokio::test]
+async fn in_a_cluster_a_change_on_one_router_reaches_every_edge_and_router_without_a_restart() {
+    use herald_tests::cluster::Backends;
+    let b = Backends::start_with(false, 1).await;
+    let router = |id: &'static str| {
+        herald()
+            .clustered(&b)
+            .role("router")
+            .edge("id", id)
+            .router("http_listen", "127.0.0.1:0")
+            .start()
+    };
+    let edge = |id: &'static str| herald().clustered(&b).role("edge").edge("id", id).start();
+    let (r1, r2) = (router("r1").await, router("r2").await);
+    let (e1, e2) = (edge("e1").await, edge("e2").await);
+    for n in [&r1, &r2, &e1, &e2] {
+        n.wait_ready().await;
+    }
+    // A connection from before: no change drops it.
+    let mut before = e1.connect("alpha", &token("alpha", "before")).await;
+
+    let create =
+        json!({"project": "gamma", "jwt_keys": [{"kid": "k1", "alg": "HS256", "secret": S1}]});
+    let (s, v) = post(r1.http, ADMIN_KEY, "/v1/admin/projects/create", create).await;
+    assert_eq!(s, 200, "{v}");
+    let created = std::time::Instant::now();
+    let (s, v) = post(
+        r1.http,
+        ADMIN_KEY,
+        "/v1/admin/api_keys/create",
+        json!({"project": "gamma"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let key = v["key"].as_str().expect("key").to_string();
+
+    // Usable on the other edge, with the new API key through the other router.
+    let mut carol = eventually(SPREAD, async || {
+        try_connect(&e2, "gamma", &gamma_token(S1, "k1", "carol")).await
+    })
+    .await;
+    let took = created.elapsed();
+    eventually(SPREAD, async || {
+        match publish_to(&r2, &key, "carol", 1).await {
+            200 => Ok(()),
+            s => Err(format!("publish through r2: {s}")),
+        }
+    })
+    .await;
+    assert_eq!(carol.next_msg().await["data"], json!({"n": 1}));
+    eprintln!("project usable on another edge {took:?} after its creation on a router");
+
+    // A rotation through the other router reaches the first edge.
+    let add = json!({"project": "gamma", "key": {"kid": "k2", "alg": "HS256", "secret": S2}});
+    assert_eq!(
+        post(r2.http, &key, "/v1/admin/jwt_keys/add", add).await.0,
+        200
+    );
+    let (s, v) = post(
+        r2.http,
+        &key,
+        "/v1/admin/jwt_keys/retire",
+        json!({"project": "gamma", "kid": "k1"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(SPREAD, async || {
+        match try_connect(&e1, "gamma", &gamma_token(S1, "k1", "old")).await {
+            Err(why) => Ok(why),
+            Ok(_) => Err("a retired key's token is still accepted on e1"),
+        }
+    })
+    .await;
+    eventually(SPREAD, async || {
+        try_connect(&e1, "gamma", &gamma_token(S2, "k2", "new"))
+            .await
+            .map(|_| ())
+    })
+    .await;
+
+    // Both routers wrote to one audit log; no connection was dropped.
+    let (_, v) = post(r1.http, ADMIN_KEY, "/v1/admin/audit/list", json!({})).await;
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "project.create",
+            "api_key.create",
+            "jwt_key.add",
+            "jwt_key.retire"
+        ]
+    );
+    let to_before = json!({"project": "alpha", "target": {"user": "before"}, "data": "still here"});
+    assert_eq!(
+        post(r1.http, ALPHA_KEY, "/v1/publish", to_before).await.0,
+        200
+    );
+    assert_eq!(before.next_msg().await["data"], "still here");
+    assert_eq!(publish_to(&r1, &key, "carol", 2).await, 200);
+    assert_eq!(carol.next_msg().await["data"], json!({"n": 2}));
+
+    // A restarted edge reads the projects from Redis.
+    drop(e2);
+    let e3 = edge("e3").await;
+    e3.wait_ready().await;
+    try_connect(&e3, "gamma", &gamma_token(S2, "k2", "after-restart"))
+        .await
+        .expect("gamma on a new edge");
+}
