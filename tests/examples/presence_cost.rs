@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_core::proto::v1::PresenceRequest;
+use herald_core::proto::v1::{ListConnectionsRequest, PresenceRequest, list_connections_request};
 use herald_tests::cluster::Backends;
 use herald_tests::*;
 use prost::Message as _;
@@ -79,6 +79,12 @@ async fn main() {
                 .clustered(&b)
                 .role("edge")
                 .edge("id", format!("e{i}"))
+                .edge(
+                    "limits",
+                    toml::Value::Table(
+                        toml::toml! { per_ip_connect_rate = 0 per_ip_max_connections = 0 },
+                    ),
+                )
                 .cluster("edge_ttl_secs", 30)
                 .start()
                 .await,
@@ -160,6 +166,42 @@ async fn main() {
             walls[2].as_secs_f64() * 1e3
         );
     }
+    // The same-run peer: listing the group's connections (one entry per connection).
+    let mut walls = Vec::new();
+    let (mut pages, mut bytes) = (0, 0);
+    let cpu_before: f64 = edges.iter().map(|e| cpu(e.pid())).sum();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (mut token, mut got) = (String::new(), 0usize);
+        (pages, bytes) = (0, 0);
+        loop {
+            let r = g
+                .list_connections(ListConnectionsRequest {
+                    project: "alpha".into(),
+                    of: Some(list_connections_request::Of::Group("g".into())),
+                    page_size: 5_000,
+                    page_token: token,
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            pages += 1;
+            bytes += r.encoded_len() as u64;
+            got += r.connections.len();
+            token = r.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got, n);
+        walls.push(t.elapsed());
+    }
+    let cpu_ms = (edges.iter().map(|e| cpu(e.pid())).sum::<f64>() - cpu_before) / 5.0 * 1e3;
+    walls.sort();
+    println!(
+        "| peer: ListConnections of the group, pages of 5,000 | {pages} | {:.1} | {bytes} | {cpu_ms:.0} |",
+        walls[2].as_secs_f64() * 1e3
+    );
     for (i, (a, b)) in rss_before.iter().zip(&rss_after).enumerate() {
         let members = n / count + usize::from(i < n % count);
         println!(
