@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::codes::FrameError;
-use herald_core::history::{History, StreamKey, StreamTarget};
+use herald_core::history::{History, HistoryError, Page, StreamKey, StreamTarget};
 use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use prost::Message as _;
@@ -25,6 +25,8 @@ use crate::protocol::{self, Position, StreamOf};
 
 /// Messages read from history at once.
 const PAGE: usize = 256;
+/// Tries of a history read again before a resume is answered "history unavailable".
+const READ_TRIES: u32 = 4;
 /// Reads of history after which held live messages that never join up go on as they are.
 const MAX_ROUNDS: u32 = 10_000;
 
@@ -125,7 +127,7 @@ impl Replay {
                     .abandon_recovery(self.conn, self.kind, &self.name, None);
                 return;
             }
-            let page = match self.history.read(&self.key, after, PAGE).await {
+            let page = match self.read_retrying(after).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(stream = %self.key, error = %e, "resume: history unavailable");
@@ -247,6 +249,23 @@ impl Replay {
                     recovered,
                 )
             }),
+        }
+    }
+
+    /// Reads a page, trying again for about a second when history fails (a connection being
+    /// re-established after a Redis restart fails its first call), so a transient error is not
+    /// answered 4503.
+    async fn read_retrying(&self, after: u64) -> Result<Page, HistoryError> {
+        let mut tries = 0;
+        loop {
+            match self.history.read(&self.key, after, PAGE).await {
+                Ok(p) => return Ok(p),
+                Err(e) if tries >= READ_TRIES => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
         }
     }
 
