@@ -390,6 +390,19 @@ mod tests {
         )
     }
 
+    /// The stream of group `news` in project `p`.
+    fn news() -> StreamKey {
+        StreamKey {
+            project: ProjectId::new("p").expect("p"),
+            target: StreamTarget::Group(GroupId::new("news").expect("g")),
+        }
+    }
+
+    const KEEP: Retention = Retention {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    };
+
     fn env(seq: u64, epoch: u32) -> Envelope {
         Envelope {
             version: 1,
@@ -453,14 +466,7 @@ mod tests {
     async fn a_new_epoch_is_followed_from_its_start_on_a_message_or_a_position() {
         let hub = hub();
         let history = Arc::new(MemoryHistory::new());
-        let key = StreamKey {
-            project: ProjectId::new("p").expect("p"),
-            target: StreamTarget::Group(GroupId::new("news").expect("g")),
-        };
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
+        let (key, keep) = (news(), KEEP);
         let append = async |n: usize| {
             let mut epoch = 0;
             for _ in 0..n {
@@ -503,14 +509,7 @@ mod tests {
     async fn a_gap_is_repaired_from_history_and_duplicates_dropped() {
         let hub = hub();
         let history = Arc::new(MemoryHistory::new());
-        let key = StreamKey {
-            project: ProjectId::new("p").expect("p"),
-            target: StreamTarget::Group(GroupId::new("news").expect("g")),
-        };
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
+        let (key, keep) = (news(), KEEP);
         let mut epoch = 0;
         for _ in 1..=5 {
             let data = Bytes::from(env(0, 0).encode_to_vec());
@@ -551,14 +550,7 @@ mod tests {
     async fn a_stream_nobody_here_receives_loses_its_cursor() {
         let hub = hub();
         let history = Arc::new(MemoryHistory::new());
-        let key = StreamKey {
-            project: ProjectId::new("p").expect("p"),
-            target: StreamTarget::Group(GroupId::new("news").expect("g")),
-        };
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
+        let (key, keep) = (news(), KEEP);
         let append = async || {
             let data = Bytes::from(env(0, 0).encode_to_vec());
             history

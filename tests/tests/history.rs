@@ -206,27 +206,34 @@ async fn resume_at_connect_a_lost_epoch_and_streams_without_history() {
     assert_eq!(e["code"], 4404, "{e}");
 }
 
-#[tokio::test]
-async fn a_replay_far_beyond_the_queue_is_paced_not_cut() {
+/// A node whose connections queue at most 16 KiB, `n` messages of about `pad` bytes stored in
+/// group `news`, and a client `sub` that subscribed to it from its start (the replay running).
+async fn behind_a_small_queue(n: usize, pad: usize, sub: &str) -> (Herald, Client) {
     let herald = herald()
         .projects(PROJECTS)
         .edge("max_queued_bytes", 16 * 1024)
         .start()
         .await;
     let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
-    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200));
+    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad));
     let mut epoch = 0;
-    for _ in 0..2000 {
+    for _ in 0..n {
         epoch = send(&mut grpc, publish("alpha", To::Group("news"), &payload))
             .await
             .epoch;
     }
-    // About 500 KB to replay through a 16 KiB queue.
-    let mut c = connect_with(&herald, "u4", json!({})).await;
+    let mut c = connect_with(&herald, sub, json!({})).await;
     c.send_json(
         json!({"type":"subscribe","id":1,"group":"news","since":{"offset":0,"epoch":epoch}}),
     )
     .await;
+    (herald, c)
+}
+
+#[tokio::test]
+async fn a_replay_far_beyond_the_queue_is_paced_not_cut() {
+    // About 500 KB to replay through a 16 KiB queue.
+    let (herald, mut c) = behind_a_small_queue(2000, 200, "u4").await;
     let (got, resumed) = until_resumed(&mut c, 1).await;
     assert_eq!(resumed["recovered"], true);
     let seen: BTreeSet<u64> = offsets(&got).into_iter().collect();
@@ -241,24 +248,7 @@ async fn a_replay_far_beyond_the_queue_is_paced_not_cut() {
 /// reader this fast never lets the queue fill, so this does not show the bound itself.)
 #[tokio::test]
 async fn live_messages_beside_a_replay_find_room_in_the_queue() {
-    let herald = herald()
-        .projects(PROJECTS)
-        .edge("max_queued_bytes", 16 * 1024)
-        .start()
-        .await;
-    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
-    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
-    let mut epoch = 0;
-    for _ in 0..600 {
-        epoch = send(&mut grpc, publish("alpha", To::Group("news"), &payload))
-            .await
-            .epoch;
-    }
-    let mut c = connect_with(&herald, "u5", json!({})).await;
-    c.send_json(
-        json!({"type":"subscribe","id":1,"group":"news","since":{"offset":0,"epoch":epoch}}),
-    )
-    .await;
+    let (herald, mut c) = behind_a_small_queue(600, 1000, "u5").await;
     // Plain broadcasts of 3 KB while the ~600 KB replay runs.
     let live = {
         let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
