@@ -61,6 +61,11 @@ pub struct EdgeConfig {
     /// and the edge's whole interest is written again instead (counted in
     /// `herald_edge_interest_overflows_total`). Default 100,000.
     pub max_pending_interest: usize,
+    /// Writes of interest changes to the registry start at most once per this many ms, so a
+    /// connect storm costs one round trip per interval, not one per few connects; a change
+    /// after a quiet spell is written at once. 0: a write as soon as the previous one is done.
+    /// Default 15.
+    pub registry_batch_ms: u64,
     /// Most QoS 1 messages sent to one MQTT client and not yet acknowledged; a smaller receive
     /// maximum of the client (5.0) lowers it. Further QoS 1 messages wait (counted against
     /// `max_queued_bytes`). Default 32.
@@ -92,6 +97,7 @@ impl Default for EdgeConfig {
             registration_timeout_ms: 5_000,
             history_check_secs: 5,
             max_pending_interest: 100_000,
+            registry_batch_ms: 15,
             mqtt_max_inflight: 32,
             limits: Default::default(),
         }
@@ -141,6 +147,9 @@ impl EdgeConfig {
         p.extend(self.limits.validate());
         for (i, l) in self.listeners.iter().enumerate() {
             p.extend(l.validate(&format!("edge.listeners[{i}]")));
+        }
+        if self.registry_batch_ms > 1_000 {
+            p.push("edge.registry_batch_ms: must be at most 1000".into());
         }
         if self.max_queued_bytes < 1024 {
             p.push("edge.max_queued_bytes: must be at least 1024".into());

@@ -50,6 +50,9 @@ pub struct HubConfig {
     /// Most interest changes waiting for the registry; past it they are replaced by one rewrite
     /// of the whole interest.
     pub max_pending_interest: usize,
+    /// Writes to the registry start at most once per this interval (changes of the interval
+    /// go together).
+    pub registry_batch: Duration,
     /// How long a connect or a join waits for the registry to hold its interest before it is
     /// answered anyway (the write goes on in the background).
     pub registration_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for HubConfig {
             pong_timeout: Duration::from_secs(20),
             token_leeway: Duration::from_secs(5),
             max_pending_interest: 100_000,
+            registry_batch: Duration::from_millis(15),
             registration_timeout: Duration::from_secs(5),
         }
     }
@@ -378,6 +382,7 @@ impl Hub {
                     registry,
                     shards.len(),
                     cfg.max_pending_interest,
+                    cfg.registry_batch,
                     Box::new(move || user_keys(&listed)),
                 )
             }
@@ -1453,6 +1458,7 @@ mod tests {
             pong_timeout: Duration::from_secs(1),
             token_leeway: Duration::ZERO,
             max_pending_interest: 1000,
+            registry_batch: Duration::ZERO,
             registration_timeout: Duration::from_secs(5),
         }
     }

@@ -249,12 +249,16 @@ impl Interest {
 
     /// The interest of a hub with `shards` shards, mirrored into `registry` by a writer task
     /// (started here, on the current Tokio runtime). At most `max_pending` changes wait for the
-    /// registry; past that they are replaced by a resync. `user_keys` lists the hub's users.
+    /// registry; past that they are replaced by a resync. Writes start at most once per
+    /// `batch_interval` (a change arriving after a quiet spell is written at once; under a
+    /// connect storm each write carries every change of the interval). `user_keys` lists the
+    /// hub's users.
     pub fn start(
         edge: EdgeId,
         registry: Arc<dyn Registry>,
         shards: usize,
         max_pending: usize,
+        batch_interval: Duration,
         user_keys: UserKeys,
     ) -> Self {
         let state = Arc::new(State {
@@ -265,7 +269,13 @@ impl Interest {
                 max_pending: max_pending.max(1),
             }),
         });
-        tokio::spawn(write_loop(edge, registry, state.clone(), user_keys));
+        tokio::spawn(write_loop(
+            edge,
+            registry,
+            state.clone(),
+            batch_interval,
+            user_keys,
+        ));
         Self { state }
     }
 
@@ -466,7 +476,13 @@ impl State {
     }
 }
 
-/// Applies batches in order; everything queued while one write is in flight goes in the next.
+/// Applies batches in order; everything queued while one write is in flight, or within
+/// `interval` of the previous write's start, goes in the next.
+///
+/// The interval bounds the registry's round trips under a connect storm (at 10,000 connects/s
+/// and 15 ms, about 67 writes of 150 changes a second instead of one per few connects) at the
+/// price of at most one interval of extra wait for a connect or a join; after a quiet spell a
+/// change is written at once.
 ///
 /// A resync takes its snapshot when the writer reaches it: every change queued before it is in
 /// the hub's state by then, so the snapshot holds it, and changes queued later are written after
@@ -475,10 +491,19 @@ async fn write_loop(
     edge: EdgeId,
     registry: Arc<dyn Registry>,
     state: Arc<State>,
+    interval: Duration,
     user_keys: UserKeys,
 ) {
     let mut carried: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(batch) = state.next().await {
+    let mut last_start: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(at) = last_start {
+            tokio::time::sleep_until(at + interval).await;
+        }
+        let Some(batch) = state.next().await else {
+            break;
+        };
+        last_start = Some(tokio::time::Instant::now());
         let Pending {
             changes,
             waiters,
@@ -651,12 +676,23 @@ mod tests {
     }
 
     fn start(registry: Arc<dyn Registry>, shards: usize, max: usize, users: &[&str]) -> Interest {
+        start_every(registry, shards, max, Duration::ZERO, users)
+    }
+
+    fn start_every(
+        registry: Arc<dyn Registry>,
+        shards: usize,
+        max: usize,
+        interval: Duration,
+        users: &[&str],
+    ) -> Interest {
         let users: Vec<InterestKey> = users.iter().map(|u| user(u)).collect();
         Interest::start(
             EdgeId::new("e1").expect("edge"),
             registry,
             shards,
             max,
+            interval,
             Box::new(move || users.clone()),
         )
     }
@@ -706,6 +742,34 @@ mod tests {
         );
         assert!(i.has_group(&group("news")));
         assert_eq!(i.group_shards("a", "news").iter().collect::<Vec<_>>(), [1]);
+    }
+
+    #[tokio::test]
+    async fn writes_start_at_most_once_per_interval() {
+        let reg = Recording::new(true);
+        let interval = Duration::from_secs(1);
+        let i = start_every(reg.clone(), 4, 100, interval, &[]);
+        let t0 = Instant::now();
+        // After a quiet spell the first change is written at once.
+        done(i.add(0, Some(user("u0")), &p(), &[])).await;
+        assert_eq!(reg.calls().len(), 1);
+        // Changes queued within the interval wait for its end and go as one write.
+        let waiting: Vec<Registered> = (1..6)
+            .map(|n| i.add(n % 4, Some(user(&format!("u{n}"))), &p(), &[]))
+            .collect();
+        for w in waiting {
+            done(w).await;
+        }
+        assert!(
+            t0.elapsed() >= interval,
+            "written before the interval ended"
+        );
+        let calls = reg.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let Call::Update(changes) = &calls[1] else {
+            panic!("not an update: {calls:?}");
+        };
+        assert_eq!(changes.len(), 5, "{calls:?}");
     }
 
     #[tokio::test]

@@ -220,6 +220,7 @@ impl Edge {
                 pong_timeout: Duration::from_secs(cfg.pong_timeout_secs),
                 token_leeway: Duration::from_secs(cfg.token_leeway_secs),
                 max_pending_interest: cfg.max_pending_interest,
+                registry_batch: Duration::from_millis(cfg.registry_batch_ms),
                 registration_timeout: Duration::from_millis(cfg.registration_timeout_ms),
             },
             registry.clone(),

@@ -384,6 +384,7 @@ mod tests {
                 pong_timeout: Duration::from_secs(60),
                 token_leeway: Duration::ZERO,
                 max_pending_interest: 1000,
+                registry_batch: Duration::ZERO,
                 registration_timeout: Duration::from_secs(5),
             },
             None,
