@@ -118,8 +118,7 @@ impl Js {
     /// A client in a page of headless Chromium.
     async fn chromium(opts: Value) -> Js {
         let dir = check_built();
-        let chromium =
-            std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
         assert!(
             Path::new(&chromium).is_file(),
             "chromium is needed for the browser test: apt-get install chromium chromium-driver \
@@ -131,7 +130,8 @@ impl Js {
             dir.display()
         );
         let mut cmd = node().await;
-        cmd.arg(dir.join("test/browser.mjs")).env("CHROMIUM", chromium);
+        cmd.arg(dir.join("test/browser.mjs"))
+            .env("CHROMIUM", chromium);
         Js::spawn(cmd, &dir, opts).await
     }
 
@@ -263,7 +263,11 @@ async fn gets_one_of_each(js: &mut Js, grpc: &mut Grpc, group: &str, user: &str)
     );
     assert_eq!(
         (&m[1]["kind"], &m[1]["user"], &m[1]["bytes"]),
-        (&json!("user"), &json!(user), &json!(b"\x01not json".to_vec())),
+        (
+            &json!("user"),
+            &json!(user),
+            &json!(b"\x01not json".to_vec())
+        ),
         "{m:?}"
     );
     assert_eq!(
@@ -293,45 +297,81 @@ async fn kick(grpc: &mut Grpc, user: &str, reconnect_after_ms: u32) {
 async fn receives_everything(herald: &Herald, mut js: Js) {
     let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
     let open = js.next("open").await;
-    assert_eq!((&open["user"], &open["groups"]), (&json!("alice"), &json!(["news"])));
+    assert_eq!(
+        (&open["user"], &open["groups"]),
+        (&json!("alice"), &json!(["news"]))
+    );
     js.subscribe("sport-f1").await;
     gets_one_of_each(&mut js, &mut grpc, "news", "alice").await;
     gets_one_of_each(&mut js, &mut grpc, "sport-f1", "alice").await;
     let typed = js.next("typed").await;
-    assert_eq!((&typed["name"], &typed["data"]), (&json!("race.start"), &json!({"lap": 1})));
+    assert_eq!(
+        (&typed["name"], &typed["data"]),
+        (&json!("race.start"), &json!({"lap": 1}))
+    );
 
     js.send(json!({"subscribe": "secret"})).await;
     let refused = js.next("subscribe_failed").await;
-    assert_eq!(refused["code"], 4403, "the channels claim does not allow it");
+    assert_eq!(
+        refused["code"], 4403,
+        "the channels claim does not allow it"
+    );
     js.send(json!({"unsubscribe": "sport-f1"})).await;
     js.next("unsubscribed").await;
-    send(&mut grpc, publish("alpha", To::Group("sport-f1"), r#""gone""#)).await;
-    send(&mut grpc, publish("alpha", To::User("alice"), r#""marker""#)).await;
+    send(
+        &mut grpc,
+        publish("alpha", To::Group("sport-f1"), r#""gone""#),
+    )
+    .await;
+    send(
+        &mut grpc,
+        publish("alpha", To::User("alice"), r#""marker""#),
+    )
+    .await;
     let m = js.next("message").await;
     assert_eq!(m["data"], "marker", "nothing of a group left: {m}");
 
     kick(&mut grpc, "alice", 700).await;
     let close = js.next("close").await;
     assert_eq!(
-        (&close["code"], &close["name"], &close["reconnectIn"], &close["known"]),
-        (&json!(4009), &json!("DisconnectedByOperator"), &json!(700), &json!(true)),
+        (
+            &close["code"],
+            &close["name"],
+            &close["reconnectIn"],
+            &close["known"]
+        ),
+        (
+            &json!(4009),
+            &json!("DisconnectedByOperator"),
+            &json!(700),
+            &json!(true)
+        ),
         "{close}"
     );
     let again = js.next("open").await;
     let waited = again["at"].as_u64().unwrap_or(0) - close["at"].as_u64().unwrap_or(0);
-    assert!(waited >= 700, "reconnected {waited} ms after the close, before the hint");
+    assert!(
+        waited >= 700,
+        "reconnected {waited} ms after the close, before the hint"
+    );
     // Groups joined with `subscribe` are joined again; the one left is not.
     js.subscribe("sport-f2").await;
     gets_one_of_each(&mut js, &mut grpc, "sport-f2", "alice").await;
     gets_one_of_each(&mut js, &mut grpc, "news", "alice").await;
     js.send(json!({"close": true})).await;
     let close = js.next("close").await;
-    assert_eq!((&close["code"], &close["state"]), (&json!(1000), &json!("closed")));
+    assert_eq!(
+        (&close["code"], &close["state"]),
+        (&json!(1000), &json!("closed"))
+    );
     assert!(close.get("reconnectIn").is_none(), "{close}");
 }
 
 fn alice_options(herald: &Herald) -> Value {
-    let token = alpha_token("alice", json!({"groups": ["news"], "channels": ["sport-*"]}));
+    let token = alpha_token(
+        "alice",
+        json!({"groups": ["news"], "channels": ["sport-*"]}),
+    );
     json!({
         "client": {"url": herald.url("alpha", ""), "token": token, "backoff": {"min": 100, "max": 1000}},
         "events": ["race.start"],
@@ -364,7 +404,12 @@ async fn wechat_mini_program_client_over_a_wx_shim_receives_everything() {
 async fn chromium_client_receives_group_user_and_broadcast_messages() {
     let herald = herald().start().await;
     let mut js = Js::chromium(alice_options(&herald)).await;
-    let ready = js.seen[0].clone();
+    let ready = js
+        .seen
+        .iter()
+        .find(|v| v["event"] == "ready")
+        .cloned()
+        .unwrap_or_default();
     assert!(
         ready["browser"].as_str().unwrap_or("").contains("Chrom"),
         "{ready}"
@@ -422,7 +467,10 @@ async fn a_server_side_disconnect_is_resumed_with_nothing_lost_and_nothing_twice
         }
     }
     let close = js.next("close").await;
-    assert_eq!((&close["code"], &close["reconnectIn"]), (&json!(4009), &json!(1500)));
+    assert_eq!(
+        (&close["code"], &close["reconnectIn"]),
+        (&json!(4009), &json!(1500))
+    );
     js.next("open").await;
     for stream in ["group:news", "group:chat/room", "user", "broadcast"] {
         let r = js.next_where("resumed", |v| v["stream"] == stream).await;
@@ -444,7 +492,11 @@ async fn a_server_side_disconnect_is_resumed_with_nothing_lost_and_nothing_twice
     js.next_where("acked", |v| v["offset"] == 10).await;
     drop(js);
     for n in 11..=12 {
-        send(&mut grpc, publish("alpha", To::User("alice"), &format!(r#"{{"n":{n}}}"#))).await;
+        send(
+            &mut grpc,
+            publish("alpha", To::User("alice"), &format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
     }
     let mut js = Js::node(json!({"client": {
         "url": herald.url("alpha", ""), "token": token, "device": "phone-1",
@@ -474,8 +526,13 @@ async fn a_server_side_disconnect_is_resumed_with_nothing_lost_and_nothing_twice
     .await;
     js.next("open").await;
     let m = js.next("message").await;
-    assert_eq!((&m["kind"], &m["offset"]), (&json!("broadcast"), &json!(11)), "{m}");
-    js.next_where("resumed", |v| v["stream"] == "broadcast").await;
+    assert_eq!(
+        (&m["kind"], &m["offset"]),
+        (&json!("broadcast"), &json!(11)),
+        "{m}"
+    );
+    js.next_where("resumed", |v| v["stream"] == "broadcast")
+        .await;
 }
 
 #[tokio::test]
@@ -495,12 +552,17 @@ async fn a_token_is_refreshed_before_it_expires() {
     js.next("open").await;
     let t = js.next("token").await;
     assert_eq!(t["reason"], "refresh", "asked before expiry: {t}");
-    js.send(json!({"token": alpha_token("alice", json!({}))})).await;
+    js.send(json!({"token": alpha_token("alice", json!({}))}))
+        .await;
     // Past the first token's expiry and the server's leeway (5 s): still the same connection.
     while now() <= exp + 6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    send(&mut grpc, publish("alpha", To::User("alice"), r#""still here""#)).await;
+    send(
+        &mut grpc,
+        publish("alpha", To::User("alice"), r#""still here""#),
+    )
+    .await;
     assert_eq!(js.next("message").await["data"], "still here");
     js.none_yet("close");
     assert_eq!(js.seen.iter().filter(|v| v["event"] == "open").count(), 1);
@@ -529,10 +591,17 @@ async fn an_expired_token_is_replaced_and_the_client_reconnects() {
         (&json!(4005), &json!("TokenExpired")),
         "{close}"
     );
-    assert!(close["reconnectIn"].is_number(), "a fresh token is asked for: {close}");
+    assert!(
+        close["reconnectIn"].is_number(),
+        "a fresh token is asked for: {close}"
+    );
     let t = js.next("token").await;
-    assert_eq!((&t["reason"], &t["code"]), (&json!("rejected"), &json!(4005)));
-    js.send(json!({"token": alpha_token("alice", json!({}))})).await;
+    assert_eq!(
+        (&t["reason"], &t["code"]),
+        (&json!("rejected"), &json!(4005))
+    );
+    js.send(json!({"token": alpha_token("alice", json!({}))}))
+        .await;
     js.next("open").await;
     send(&mut grpc, publish("alpha", To::User("alice"), r#""back""#)).await;
     assert_eq!(js.next("message").await["data"], "back");
@@ -545,7 +614,12 @@ async fn close_codes_are_typed_and_decide_whether_to_reconnect() {
     let expired = alpha_token("alice", json!({"exp": now() - 60}));
     // Codes after which the same token cannot help: the client stops.
     for (url, token, code, name) in [
-        (herald.url("nope", ""), token("alpha", "alice"), 4004, "UnknownProject"),
+        (
+            herald.url("nope", ""),
+            token("alpha", "alice"),
+            4004,
+            "UnknownProject",
+        ),
         (url.clone(), "not-a-token".to_owned(), 4002, "InvalidToken"),
         (url.clone(), expired, 4005, "TokenExpired"),
         (
@@ -562,17 +636,26 @@ async fn close_codes_are_typed_and_decide_whether_to_reconnect() {
             (&json!(code), &json!(name), &json!("closed")),
             "{close}"
         );
-        assert!(close.get("reconnectIn").is_none(), "stopped after {code}: {close}");
+        assert!(
+            close.get("reconnectIn").is_none(),
+            "stopped after {code}: {close}"
+        );
     }
     // With a token function, a refused token is replaced.
-    let mut js = Js::node(json!({"client": {"url": url, "backoff": {"min": 100}}, "askToken": true}))
-        .await;
+    let mut js =
+        Js::node(json!({"client": {"url": url, "backoff": {"min": 100}}, "askToken": true})).await;
     js.next("token").await;
     js.send(json!({"token": "not-a-token"})).await;
     let close = js.next("close").await;
-    assert_eq!((&close["code"], &close["name"]), (&json!(4002), &json!("InvalidToken")));
+    assert_eq!(
+        (&close["code"], &close["name"]),
+        (&json!(4002), &json!("InvalidToken"))
+    );
     let t = js.next("token").await;
-    assert_eq!((&t["reason"], &t["code"]), (&json!("rejected"), &json!(4002)));
+    assert_eq!(
+        (&t["reason"], &t["code"]),
+        (&json!("rejected"), &json!(4002))
+    );
     js.send(json!({"token": token("alpha", "alice")})).await;
     js.next("open").await;
 
@@ -580,7 +663,10 @@ async fn close_codes_are_typed_and_decide_whether_to_reconnect() {
     // rather than the backoff (50-100 ms for a first attempt).
     herald.signal("TERM");
     let close = js.next("close").await;
-    assert_eq!((&close["code"], &close["name"]), (&json!(1001), &json!("GoingAway")));
+    assert_eq!(
+        (&close["code"], &close["name"]),
+        (&json!(1001), &json!("GoingAway"))
+    );
     let hint = close["reconnectIn"].as_f64().unwrap_or(0.0);
     assert!((1000.0..=4000.0).contains(&hint), "{close}");
     herald.wait_exit().await;
@@ -609,6 +695,28 @@ async fn the_bundle_fits_8_kib_gzipped_and_its_codes_are_the_servers() {
             .expect("a report line"),
     )
     .expect("JSON report");
-    let gz = report["sizes"]["herald.mjs"]["gzipped"].as_u64().unwrap_or(u64::MAX);
+    let gz = report["sizes"]["herald.mjs"]["gzipped"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
     assert!(gz <= 8192, "{report}");
+}
+
+/// The client's own unit tests (`clients/js/test/unit.test.mjs`: session logic over in-memory
+/// sockets), so that `cargo nextest run` runs them too.
+#[tokio::test]
+async fn the_clients_unit_tests_pass() {
+    let dir = check_built();
+    let out = node()
+        .await
+        .args(["--test", "test/unit.test.mjs"])
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("run node --test");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

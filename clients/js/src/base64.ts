@@ -21,7 +21,7 @@ export function decodeBase64(s: string): Uint8Array {
 }
 
 /** The claims of a JWT (not verified: only to read `exp` and `groups`), or undefined. */
-export function jwtClaims(token: string): { exp?: number; groups?: string[] } | undefined {
+export function jwtClaims(token: string): { exp?: number; groups?: string[]; channels?: string[] } | undefined {
   try {
     return JSON.parse(String.fromCharCode(...decodeBase64(token.split(".")[1])));
   } catch {

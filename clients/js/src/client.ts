@@ -153,6 +153,13 @@ const BAD_TOKEN: number[] = [
   CloseCode.RefreshMismatch,
 ];
 
+/** Why the server would refuse `group` to a token with these `channels` (protocol.md §2.2, §3):
+ * 4422 a name outside the alphabet, 4403 not allowed; 0 when it would not. */
+function refused(group: string, channels: string[] = []): number {
+  if (!/^[\w@=-]+(\/[\w@=-]+)*$/.test(group) || group.length > 128 || group.startsWith("user/")) return 4422;
+  return channels.some((p) => p === group || (p.endsWith("*") && group.startsWith(p.slice(0, -1)))) ? 0 : 4403;
+}
+
 /** A connection to one project of a Herald edge that stays up: see docs/client-js.md. */
 export class HeraldClient<Events extends Record<string, unknown> = Record<string, unknown>> {
   /** `idle` before {@link connect}, `connecting`, `open` once welcomed, `closed` after
@@ -224,13 +231,16 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
    * SSE the stream is reopened with the group. */
   subscribe(group: string): Promise<void> {
     return new Promise((res, rej) => {
+      const sse = this.transport === "sse";
+      // Over SSE a refused group would refuse the whole stream: judge it here as the server would.
+      const code = sse && this.token ? refused(group, jwtClaims(this.token)?.channels) : 0;
+      if (code) return rej(new HeraldError(code, "not allowed: " + group));
       this.subs.add(group);
       const list = this.pending.get(group) ?? [];
       list.push([res, rej]);
       this.pending.set(group, list);
-      if (this.state !== "open") return;
-      if (this.transport === "sse") this.reopen();
-      else this.join(group);
+      if (sse && this.wanted) this.reopen();
+      else if (this.state === "open") this.join(group);
     });
   }
 
@@ -270,7 +280,7 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
 
   private async getToken(): Promise<string> {
     const t = this.o.token;
-    if (typeof t === "string") return t;
+    if (typeof t === "string") return (this.token = t);
     const exp = this.token && jwtClaims(this.token)?.exp;
     if (this.token && !this.why && !(exp && exp * 1000 < Date.now() + this.refreshMs())) return this.token;
     const why = this.why ?? { reason: "connect" };
@@ -308,7 +318,16 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
       );
       return;
     }
-    const s = (this.sock = (this.o.socket ?? webSocket(this.o.WebSocket))(this.o.url));
+    let s: Socket;
+    try {
+      s = this.sock = (this.o.socket ?? webSocket(this.o.WebSocket))(this.o.url);
+    } catch (e) {
+      // No WebSocket here at all (or a bad URL): SSE if it can, else try again later.
+      clearTimeout(this.timers.connect);
+      this.emit("error", new HeraldError(0, String(e)));
+      if (this.sseEndpoint()) this.transport = "sse";
+      return this.retry(CloseCode.Abnormal, String(e));
+    }
     s.onopen = () => {
       this.since = -1;
       const auth: Frame = { type: "auth", token };
@@ -373,8 +392,8 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
         this.wsFails = 0;
         this.emit("open", f);
         for (const g of this.subs) {
-          if (!f.groups.includes(g)) this.transport === "ws" ? this.join(g) : this.settle(g);
-          else this.settle(g);
+          if (f.groups.includes(g)) this.settle(g);
+          else if (this.transport === "ws") this.join(g);
         }
         this.ticks(f);
         break;
@@ -414,15 +433,17 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
 
   /** Heartbeat and token refresh timers of a welcomed connection. */
   private ticks(w: Frame): void {
-    if (this.o.heartbeat !== false && this.transport === "ws") {
+    if (this.o.heartbeat !== false) {
+      // Over SSE the server's heartbeat comes every ping interval when nothing else does.
+      const sse = this.transport === "sse";
       clearInterval(this.timers.ping);
       this.timers.ping = setInterval(
         () => {
           if (this.pingOut) return this.drop(CloseCode.PingTimeout, "no pong");
           this.pingOut = true;
-          this.send({ type: "ping" });
+          if (!sse) this.send({ type: "ping" });
         },
-        Math.max(1, w.ping_interval) * 1000,
+        Math.max(1, w.ping_interval) * (sse ? 2000 : 1000) + (sse ? 1000 : 0),
       );
     }
     if (typeof this.o.token === "function")
@@ -444,7 +465,8 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
     if (this.transport === "sse") return this.reopen();
     const f = await this.request({ type: "refresh", token });
     const exp = jwtClaims(token)?.exp;
-    if (f?.type === "ack" && exp && this.welcome) this.ticks({ ...this.welcome, expires: exp });
+    if (f?.type !== "ack") this.token = undefined;
+    else if (exp && this.welcome) this.ticks({ ...this.welcome, expires: exp });
   }
 
   private ack(p: Position): void {
@@ -454,7 +476,7 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
       this.timers.ack = undefined;
       const u = this.unacked;
       this.unacked = undefined;
-      if (!u || this.state !== "open") return;
+      if (!u || this.state !== "open" || !this.sock) return;
       const f = await this.request({ type: "ack", stream: "user", ...u });
       if (f?.type === "ack") this.emit("acked", u);
       // Not kept (4503): acknowledge again, unless a later position is waiting already.
@@ -498,6 +520,7 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
     this.timers = {};
     this.unacked = undefined;
     this.pingOut = false;
+    this.since = 0;
     for (const w of this.waits.values()) w(null);
     this.waits.clear();
     if (this.state === "open") this.state = "connecting";
@@ -514,7 +537,6 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
     if (was === "ws" && opened === 0 && ++this.wsFails >= (this.o.fallbackAfter ?? 2) && this.sseEndpoint())
       this.transport = "sse";
     if (opened > 0 && Date.now() - opened > 5000) this.attempts = 0;
-    this.since = 0;
     this.retry(code, reason);
   }
 
@@ -529,11 +551,11 @@ export class HeraldClient<Events extends Record<string, unknown> = Record<string
       ms = this.hint ?? d / 2 + (Math.random() * d) / 2;
     }
     this.hint = undefined;
-    this.emit("close", { code, name: closeCodeName(code), reason, reconnectIn: ms });
     if (ms === undefined) {
       this.wanted = false;
       this.state = "closed";
     } else this.later("retry", ms, () => this.open());
+    this.emit("close", { code, name: closeCodeName(code), reason, reconnectIn: ms });
   }
 
   private sseEndpoint(): string | undefined {
