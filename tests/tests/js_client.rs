@@ -403,7 +403,7 @@ async fn wechat_mini_program_client_over_a_wx_shim_receives_everything() {
 #[tokio::test]
 async fn chromium_client_receives_group_user_and_broadcast_messages() {
     let herald = herald().start().await;
-    let mut js = Js::chromium(alice_options(&herald)).await;
+    let js = Js::chromium(alice_options(&herald)).await;
     let ready = js
         .seen
         .iter()
