@@ -66,6 +66,8 @@ pub enum ControlRequest {
         /// At most this many users, the lowest ids first; `None`: all.
         limit: Option<u32>,
     },
+    /// Connections and traffic counters per project (the console's figures).
+    Stats,
 }
 
 /// Whose connections to list.
@@ -97,6 +99,20 @@ pub enum ControlReply {
     Disconnected(u32),
     /// A group's users on one edge.
     Presence(Presence),
+    /// Connections and traffic per project id.
+    Stats(HashMap<String, ProjectStats>),
+}
+
+/// One project's figures on one edge: live connections and counters that only grow while the
+/// edge runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectStats {
+    /// Live connections.
+    pub connections: u64,
+    /// Envelopes of the project the edge handed to its connections (one per message and edge).
+    pub messages: u64,
+    /// Frames queued to the project's connections (one per recipient).
+    pub deliveries: u64,
 }
 
 /// A group's users on one edge.
@@ -285,6 +301,7 @@ impl From<&ControlRequest> for wire::ControlRequest {
                 after: after.as_ref().map(ToString::to_string).unwrap_or_default(),
                 limit: limit.unwrap_or(0),
             }),
+            ControlRequest::Stats => wire::control_request::Call::Stats(wire::StatsCall {}),
         };
         wire::ControlRequest {
             version: CONTROL_VERSION,
@@ -341,6 +358,7 @@ impl TryFrom<wire::ControlRequest> for ControlRequest {
                 },
                 limit: (p.limit > 0).then_some(p.limit),
             },
+            wire::control_request::Call::Stats(wire::StatsCall {}) => ControlRequest::Stats,
         })
     }
 }
@@ -370,6 +388,23 @@ impl ControlReply {
                     users_total: p.users_total,
                 })
             }
+            ControlReply::Stats(projects) => {
+                wire::control_reply::Result::Stats(wire::StatsResult {
+                    projects: projects
+                        .iter()
+                        .map(|(p, s)| {
+                            (
+                                p.clone(),
+                                wire::ProjectStats {
+                                    connections: s.connections,
+                                    messages: s.messages,
+                                    deliveries: s.deliveries,
+                                },
+                            )
+                        })
+                        .collect(),
+                })
+            }
         };
         wire::ControlReply {
             edge: edge.to_string(),
@@ -393,6 +428,21 @@ impl ControlReply {
                 connections: p.connections,
                 users_total: p.users_total,
             }),
+            wire::control_reply::Result::Stats(s) => ControlReply::Stats(
+                s.projects
+                    .into_iter()
+                    .map(|(p, s)| {
+                        (
+                            p,
+                            ProjectStats {
+                                connections: s.connections,
+                                messages: s.messages,
+                                deliveries: s.deliveries,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
         };
         Ok((edge, reply))
     }
@@ -444,6 +494,7 @@ mod tests {
                 after: Some(UserId::new("bob").expect("valid")),
                 limit: Some(11),
             },
+            ControlRequest::Stats,
         ];
         for r in reqs {
             let back = ControlRequest::try_from(wire::ControlRequest::from(&r)).expect("decodes");
@@ -471,5 +522,16 @@ mod tests {
         let (_, reply) = ControlReply::from_wire(ControlReply::Presence(p.clone()).to_wire(&e))
             .expect("decodes");
         assert!(matches!(reply, ControlReply::Presence(back) if back == p));
+        let stats = HashMap::from([(
+            "alpha".to_string(),
+            ProjectStats {
+                connections: 2,
+                messages: 30,
+                deliveries: 45,
+            },
+        )]);
+        let (_, reply) = ControlReply::from_wire(ControlReply::Stats(stats.clone()).to_wire(&e))
+            .expect("decodes");
+        assert!(matches!(reply, ControlReply::Stats(back) if back == stats));
     }
 }

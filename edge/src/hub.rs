@@ -21,7 +21,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_core::bus::{ControlReply, ControlRequest, DisconnectWho, ListOf, Presence};
+use herald_core::bus::{
+    ControlReply, ControlRequest, DisconnectWho, ListOf, Presence, ProjectStats,
+};
 use herald_core::codes::CloseCode;
 use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
 use herald_core::proto::bus::{Envelope, TargetKind};
@@ -138,6 +140,18 @@ struct Shard {
     users: Index<UserId>,
     /// Connections resuming streams, by slot: empty unless a client resumes (see [`Recovery`]).
     recovering: HashMap<u32, Vec<Recovery>>,
+    /// Each project's messages and deliveries through this shard (the console's figures,
+    /// `ControlRequest::Stats`), counted under the lock delivery takes anyway.
+    traffic: HashMap<Box<str>, Traffic>,
+}
+
+/// One project's traffic through a shard: counters that only grow.
+#[derive(Debug, Clone, Copy, Default)]
+struct Traffic {
+    /// Envelopes handled (counted on the first shard an envelope visits).
+    messages: u64,
+    /// Frames queued to connections.
+    deliveries: u64,
 }
 
 /// Where a resuming connection stands on one stream (kind and name of the target). While its
@@ -755,10 +769,12 @@ impl Hub {
         let max = self.cfg.max_queued_bytes;
         let mut delivered = [0u64; Wire::COUNT];
         let mut wake = Vec::new();
+        let mut first = true;
         for i in shards {
             {
                 let mut shard = self.shards[i].lock();
                 let shard = &mut *shard;
+                let before: u64 = delivered.iter().sum();
                 if kind == TargetKind::Broadcast {
                     let slots = shard.projects.get(project).map_or(&[][..], Vec::as_slice);
                     if slots.len() * 2 >= shard.conns.len() {
@@ -800,6 +816,16 @@ impl Hub {
                         }
                     }
                 }
+                let here = delivered.iter().sum::<u64>() - before;
+                if first || here > 0 {
+                    let t = match shard.traffic.get_mut(project) {
+                        Some(t) => t,
+                        None => shard.traffic.entry(project.into()).or_default(),
+                    };
+                    t.messages += u64::from(first);
+                    t.deliveries += here;
+                }
+                first = false;
             }
             for w in wake.drain(..) {
                 w.wake();
@@ -1149,6 +1175,21 @@ impl Hub {
                     }
                 }
                 ControlReply::Count(counts)
+            }
+            ControlRequest::Stats => {
+                let mut stats: HashMap<String, ProjectStats> = HashMap::new();
+                for shard in self.shards.iter() {
+                    let shard = shard.lock();
+                    for (p, slots) in &shard.projects {
+                        stats.entry(p.to_string()).or_default().connections += slots.len() as u64;
+                    }
+                    for (p, t) in &shard.traffic {
+                        let s = stats.entry(p.to_string()).or_default();
+                        s.messages += t.messages;
+                        s.deliveries += t.deliveries;
+                    }
+                }
+                ControlReply::Stats(stats)
             }
             ControlRequest::List {
                 project,
@@ -1947,6 +1988,27 @@ mod tests {
             panic!("not a count");
         };
         assert_eq!(one, HashMap::from([("b".into(), 1)]));
+
+        // Stats: connections, one message per envelope, one delivery per recipient.
+        hub.deliver(&env("a", TargetKind::Group, "news", "{}"));
+        hub.deliver(&env("a", TargetKind::User, "alice", "{}"));
+        hub.deliver(&env("a", TargetKind::Broadcast, "", "{}"));
+        hub.deliver(&env("b", TargetKind::User, "nobody", "{}"));
+        let ControlReply::Stats(stats) = hub.control(&ControlRequest::Stats) else {
+            panic!("not stats");
+        };
+        let stat = |connections, messages, deliveries| ProjectStats {
+            connections,
+            messages,
+            deliveries,
+        };
+        assert_eq!(
+            stats,
+            HashMap::from([
+                ("a".into(), stat(3, 3, 2 + 2 + 3)),
+                ("b".into(), stat(1, 1, 0))
+            ])
+        );
 
         let list = |of| match hub.control(&ControlRequest::List {
             project: p("a"),

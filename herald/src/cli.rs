@@ -1,4 +1,5 @@
-//! The command line: `serve`, `dev`, and the operator commands that call a router over gRPC.
+//! The command line: `serve`, `dev`, and the operator commands that call a router over gRPC
+//! (`admin` in [`crate::admin_cli`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     Presence(PresenceOpts),
     /// Sign a development (HS256) client token.
     Token(TokenOpts),
+    /// Manage projects, their token keys and API keys, origins and address lists, and read the
+    /// audit log (the admin API, `herald.admin.v1`).
+    Admin(crate::admin_cli::AdminOpts),
 }
 
 /// Options of `serve` and `dev`.
@@ -228,7 +232,8 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+/// A channel to the router and the interceptor that sends the API key.
+pub(crate) async fn connect_channel(conn: &Conn) -> anyhow::Result<(Channel, Auth)> {
     let channel = Channel::from_shared(conn.router.clone())
         .with_context(|| format!("bad router address {:?}", conn.router))?
         .connect()
@@ -237,10 +242,16 @@ async fn connect(conn: &Conn) -> anyhow::Result<Client> {
     let value = format!("Bearer {}", conn.api_key)
         .parse()
         .context("the API key holds characters not allowed in metadata")?;
-    Ok(HeraldClient::with_interceptor(channel, Auth(value)))
+    Ok((channel, Auth(value)))
 }
 
-fn status(e: tonic::Status) -> anyhow::Error {
+async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    let (channel, auth) = connect_channel(conn).await?;
+    Ok(HeraldClient::with_interceptor(channel, auth))
+}
+
+/// A refused call as the command's error: its code and message.
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 
@@ -248,6 +259,7 @@ fn status(e: tonic::Status) -> anyhow::Error {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) | Command::Dev(_) => unreachable!("handled by main"),
+        Command::Admin(o) => crate::admin_cli::run(o).await?,
         Command::Token(o) => {
             let now = jsonwebtoken::get_current_timestamp();
             let claims = serde_json::json!({

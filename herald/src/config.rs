@@ -335,11 +335,12 @@ const ENV_PREFIX: &str = "HERALD_";
 const ENV_SPLIT: &str = "__";
 
 /// `HERALD_*` variables of the CLI (`herald publish` and the others), not configuration.
-const CLI_ENV_VARS: [&str; 4] = [
+const CLI_ENV_VARS: [&str; 5] = [
     "HERALD_CONFIG",
     "HERALD_API_KEY",
     "HERALD_ROUTER",
     "HERALD_TOKEN_SECRET",
+    "HERALD_KEY_SECRET",
 ];
 
 /// The `HERALD_*` part of a variable name, if it has one (matched case-insensitively, as the

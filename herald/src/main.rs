@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 mod admin;
+mod admin_cli;
 mod cli;
 mod config;
 mod logs;

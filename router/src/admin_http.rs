@@ -70,7 +70,10 @@ async fn read<T: serde::de::DeserializeOwned>(
 ) -> Result<(Caller, T), Refusal> {
     let md = MetadataMap::from_headers(headers.clone());
     let (_, request) = prepare::<T>(&api.service, headers, body, MAX_BODY).await?;
-    let (scope, fingerprint) = api.keys.load().caller(&md)?;
+    let (scope, fingerprint) = match crate::console::session_caller() {
+        Some(caller) => caller,
+        None => api.keys.load().caller(&md)?,
+    };
     Ok((caller_of(scope, fingerprint), request))
 }
 

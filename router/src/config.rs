@@ -23,6 +23,9 @@ pub struct RouterConfig {
     /// Directory where projects created through the admin API are kept (`projects.json`), so a
     /// restart keeps them. Default none: they live as long as the process.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve the web console under `/console/` on `http_listen` (docs/console.md). Default
+    /// true.
+    pub console: bool,
 }
 
 impl Default for RouterConfig {
@@ -35,6 +38,7 @@ impl Default for RouterConfig {
             control_timeout_ms: 2_000,
             admin_api_keys: Vec::new(),
             state_dir: None,
+            console: true,
         }
     }
 }

@@ -212,7 +212,11 @@ pub(crate) async fn prepare<T: DeserializeOwned>(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let scope = service.authenticate_metadata(&MetadataMap::from_headers(headers))?;
+    // Run by the console: its session names the caller (crate::console).
+    let scope = match crate::console::session_caller() {
+        Some((scope, _)) => scope,
+        None => service.authenticate_metadata(&MetadataMap::from_headers(headers))?,
+    };
     // Refused before a byte is read when the declared length says so; a chunked body is cut
     // at the limit.
     if declared.is_some_and(|n| n > limit as u64) {

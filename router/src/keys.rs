@@ -87,6 +87,11 @@ impl ApiKeys {
         self.projects.iter().map(String::as_str)
     }
 
+    /// The scope of the key with this digest, if it is one.
+    pub fn scope_of(&self, d: &Digest) -> Option<Scope> {
+        self.keys.get(d).cloned()
+    }
+
     /// The scope of the key in `authorization: Bearer <key>`.
     pub fn authenticate(&self, md: &MetadataMap) -> Result<Scope, ApiError> {
         self.caller(md).map(|(scope, _)| scope)

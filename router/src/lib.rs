@@ -5,6 +5,8 @@
 //!   [`admin_http`] serves them over HTTP/JSON (`/v1/admin/...`), [`admin_grpc`] over gRPC
 //!   (`herald.admin.v1.Admin`).
 //! - [`config`]: the router's settings.
+//! - [`console`]: the web console under `/console/` on the HTTP/JSON listener, calling the same
+//!   handlers.
 //! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
 //! - [`http`]: the HTTP/JSON API beside gRPC (`router.http_listen`), running the same service
@@ -18,6 +20,7 @@ pub mod admin;
 pub mod admin_grpc;
 pub mod admin_http;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod http;
 pub mod keys;
@@ -125,9 +128,13 @@ impl Router {
             if let Some((keys, store)) = self.admin.clone() {
                 app = app.merge(admin_http::routes(admin_http::AdminApi {
                     service: self.service.clone(),
-                    keys,
+                    keys: keys.clone(),
                     store,
                 }));
+                if self.service.console_enabled() {
+                    let console = console::Console::new(keys, self.service.clone());
+                    app = app.clone().merge(console::routes(console, app));
+                }
             }
             let stop = cancel.clone().cancelled_owned();
             tokio::spawn(async move {

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use herald_core::bus::{
-    Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho, ListOf,
+    Bus, BusError, ControlOutcome, ControlReply, ControlRequest, Destination, DisconnectWho,
+    ListOf, ProjectStats,
 };
 use herald_core::history::{History, StreamKey, StreamTarget};
 use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
@@ -94,6 +95,11 @@ impl RouterService {
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Whether the web console is served (`router.console`).
+    pub fn console_enabled(&self) -> bool {
+        self.inner.cfg.console
     }
 
     /// The largest gRPC message this service accepts.
@@ -445,6 +451,28 @@ impl RouterService {
             connections,
             missing_edges: missing(&outcome),
         })
+    }
+
+    /// Every edge's connections and traffic counters per project, as the caller of `scope` may
+    /// see them (a project key: its project only), with the edges that did not answer.
+    pub(crate) async fn stats(
+        &self,
+        scope: &Scope,
+    ) -> Result<(Vec<(EdgeId, HashMap<String, ProjectStats>)>, Vec<String>), ApiError> {
+        let outcome = self.control(ControlRequest::Stats).await?;
+        let missing = missing(&outcome);
+        let edges = outcome
+            .replies
+            .into_iter()
+            .filter_map(|(edge, reply)| match reply {
+                ControlReply::Stats(mut projects) => {
+                    projects.retain(|p, _| scope.allow(p).is_ok());
+                    Some((edge, projects))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((edges, missing))
     }
 
     /// Lists one page of connections for a caller of `scope`.
@@ -810,6 +838,17 @@ mod tests {
                     connections: 1,
                     users_total: 1,
                 }),
+                ControlRequest::Stats => ControlReply::Stats(HashMap::from([
+                    (
+                        "alpha".to_string(),
+                        ProjectStats {
+                            connections: 1,
+                            messages: 5,
+                            deliveries: 7,
+                        },
+                    ),
+                    ("beta".to_string(), ProjectStats::default()),
+                ])),
             }
         }
     }
@@ -1289,6 +1328,21 @@ mod tests {
             .expect("count")
             .into_inner();
         assert_eq!(own.connections, HashMap::from([("beta".into(), 0)]));
+        // Stats: per edge, a project key sees its project only.
+        let (mut edges, missing) = svc.stats(&Scope::Admin).await.expect("stats");
+        edges.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(missing, ["e3"]);
+        assert_eq!(edges.len(), 2);
+        assert_eq!(edges[0].1["alpha"].deliveries, 7);
+        assert!(edges[0].1.contains_key("beta"));
+        let (edges, _) = svc
+            .stats(&Scope::Project("beta".into()))
+            .await
+            .expect("stats");
+        assert!(
+            edges.iter().all(|(_, p)| p.keys().eq(["beta"])),
+            "{edges:?}"
+        );
 
         let list = svc
             .list_connections(req(

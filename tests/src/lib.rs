@@ -6,6 +6,7 @@
 //! let mut alice = herald.connect("alpha", &token("alpha", "alice")).await;
 //! ```
 
+pub mod browser;
 pub mod cluster;
 pub mod mqtt;
 pub mod nginx;

@@ -418,6 +418,10 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
     // The file's examples (project "acme", not configured here) parse on the server: they get
     // as far as the project check, so no documented field is refused as unknown.
     for (path, item) in doc["paths"].as_object().expect("paths") {
+        if path.starts_with("/v1/admin/") {
+            // They change what the next ones see: run in order below.
+            continue;
+        }
         let path: &'static str = String::leak(path.clone());
         let content = &item["post"]["requestBody"]["content"]["application/json"];
         for example in content["examples"].as_object().expect("examples").values() {
@@ -440,6 +444,8 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
             }
         }
     }
+
+    admin_examples(addr, &doc, &mut covered).await;
 
     let (p, pb, cnt, list, dis, pres) = (
         "/v1/publish",
@@ -623,6 +629,9 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
     for c in errors {
         run(addr, &doc, &mut covered, c).await;
     }
+    for c in admin_cases() {
+        run(addr, &doc, &mut covered, c).await;
+    }
 
     // A batch: each message its ack, a refused one does not stop the next.
     let batch = json!({"messages": [
@@ -658,7 +667,8 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         case(cnt, Some(ADMIN_KEY), json!({}), 200),
     )
     .await;
-    assert_eq!(r["connections"], json!({"alpha": 1, "beta": 0}));
+    // gamma: created through the admin API above.
+    assert_eq!(r["connections"], json!({"alpha": 1, "beta": 0, "gamma": 0}));
     let r = run(
         addr,
         &doc,
@@ -773,6 +783,33 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
     ] {
         registry_down(run(addr, &doc, &mut covered, c).await);
     }
+    // Admin changes: the projects are kept in the same Redis; nothing changes.
+    for path in [
+        A_CREATE,
+        A_UPDATE,
+        A_DELETE,
+        A_KEY_ADD,
+        A_KEY_RETIRE,
+        A_API_CREATE,
+        A_API_DELETE,
+    ] {
+        let body = match path {
+            A_CREATE => json!({"project": "zeta"}),
+            A_UPDATE => json!({"project": "gamma", "disabled": false}),
+            A_KEY_ADD => json!({"project": "gamma", "key": hs256_key("k9")}),
+            A_KEY_RETIRE => json!({"project": "gamma", "kid": "k1"}),
+            A_API_DELETE => json!({"project": "gamma", "id": "000000000000"}),
+            _ => json!({"project": "gamma"}),
+        };
+        let r = run(
+            addr,
+            &doc,
+            &mut covered,
+            case(path, Some(ADMIN_KEY), body, 503),
+        )
+        .await;
+        assert_eq!(r["code"], "UNAVAILABLE", "{path}: {r}");
+    }
 
     // Every documented answer was seen.
     let documented: BTreeSet<(String, String)> = doc["paths"]
@@ -789,6 +826,284 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         .collect();
     let unseen: Vec<_> = documented.difference(&covered).collect();
     assert!(unseen.is_empty(), "documented but never seen: {unseen:?}");
+}
+
+const A_CREATE: &str = "/v1/admin/projects/create";
+const A_GET: &str = "/v1/admin/projects/get";
+const A_LIST: &str = "/v1/admin/projects/list";
+const A_UPDATE: &str = "/v1/admin/projects/update";
+const A_DELETE: &str = "/v1/admin/projects/delete";
+const A_KEY_ADD: &str = "/v1/admin/jwt_keys/add";
+const A_KEY_RETIRE: &str = "/v1/admin/jwt_keys/retire";
+const A_API_CREATE: &str = "/v1/admin/api_keys/create";
+const A_API_DELETE: &str = "/v1/admin/api_keys/delete";
+const A_AUDIT: &str = "/v1/admin/audit/list";
+
+fn hs256_key(kid: &str) -> Value {
+    json!({"kid": kid, "alg": "HS256", "secret": "gamma-secret-0123456789abcdef0123456789"})
+}
+
+/// The admin paths' examples, in an order where each does what it shows (project "acme" is
+/// created, changed, then deleted): every example of every admin path runs once.
+async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(String, String)>) {
+    let plan: [(&'static str, &str, u16); 14] = [
+        (A_CREATE, "full", 200),
+        (A_GET, "one", 200),
+        (A_LIST, "all", 200),
+        (A_UPDATE, "limits", 200),
+        (A_UPDATE, "disable", 200),
+        (A_KEY_ADD, "hs256", 200),
+        (A_KEY_ADD, "es256", 200),
+        (A_KEY_RETIRE, "one", 200),
+        (A_API_CREATE, "one", 200),
+        // The example's id is no key of acme's.
+        (A_API_DELETE, "one", 404),
+        (A_AUDIT, "all", 200),
+        (A_AUDIT, "page", 200),
+        (A_DELETE, "one", 200),
+        // Gone: the example is refused as a project that does not exist.
+        (A_GET, "one", 404),
+    ];
+    let mut ran = BTreeSet::new();
+    for (path, name, status) in plan {
+        let example = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
+            [name]["value"];
+        assert!(!example.is_null(), "{path} has no example {name}");
+        let r = run(
+            addr,
+            doc,
+            covered,
+            case(path, Some(ADMIN_KEY), example.clone(), status),
+        )
+        .await;
+        ran.insert((path, name.to_string()));
+        match (path, status) {
+            (A_CREATE, _) => {
+                assert_eq!(r["project"]["source"], "api", "{r}");
+                assert_eq!(
+                    r["project"]["jwt_keys"][1],
+                    json!({"kid": "k2", "alg": "ES256"})
+                );
+            }
+            (A_API_CREATE, _) => {
+                // The key made, deleted by its id.
+                let body = json!({"project": "acme", "id": r["id"]});
+                let r = run(
+                    addr,
+                    doc,
+                    covered,
+                    case(A_API_DELETE, Some(ADMIN_KEY), body, 200),
+                )
+                .await;
+                assert_eq!(r["project"]["api_keys"], json!([]), "{r}");
+            }
+            (A_KEY_RETIRE, _) => {
+                let kids: Vec<&Value> = r["project"]["jwt_keys"]
+                    .as_array()
+                    .expect("keys")
+                    .iter()
+                    .map(|k| &k["kid"])
+                    .collect();
+                assert_eq!(kids, ["k2", "k3", "k4"], "{r}");
+            }
+            (A_AUDIT, _) if name == "all" => {
+                let first = r["entries"]
+                    .as_array()
+                    .and_then(|e| e.iter().find(|e| e["project"] == "acme"))
+                    .unwrap_or_else(|| panic!("acme's changes are logged: {r}"));
+                assert_eq!(first["action"], "project.create", "{r}");
+            }
+            (_, 404) => {
+                let m = r["message"].as_str().unwrap_or_default();
+                assert!(m.contains("\"acme\""), "{path}: {r}");
+            }
+            _ => {}
+        }
+    }
+    // Every admin example ran.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if !path.starts_with("/v1/admin/") {
+            continue;
+        }
+        let content = &item["post"]["requestBody"]["content"]["application/json"];
+        for name in content["examples"].as_object().expect("examples").keys() {
+            assert!(
+                ran.iter().any(|(p, n)| p == path && n == name),
+                "example {name} of {path} is not in the plan"
+            );
+        }
+    }
+}
+
+/// The admin paths' refusals (and a few answers): every status the file documents but 503,
+/// shown once the backend is down.
+fn admin_cases() -> Vec<Case> {
+    let gamma = json!({"project": "gamma", "jwt_keys": [hs256_key("k1")]});
+    let short =
+        json!({"project": "gamma", "key": {"kid": "k2", "alg": "HS256", "secret": "short"}});
+    let mut cases = vec![
+        // A project of the API's for the rest.
+        case(A_CREATE, Some(ADMIN_KEY), gamma.clone(), 200),
+        case(A_CREATE, Some(ADMIN_KEY), json!({"project": "Bad Id"}), 400),
+        case(A_CREATE, None, gamma.clone(), 401),
+        case(A_CREATE, Some(ALPHA_KEY), json!({"project": "zeta"}), 403),
+        case(A_CREATE, Some(ADMIN_KEY), json!({"project": "alpha"}), 409),
+        case(A_CREATE, Some(ADMIN_KEY), gamma, 409),
+        case(
+            A_GET,
+            Some(ADMIN_KEY),
+            json!({"project": "alpha", "x": 1}),
+            400,
+        ),
+        case(A_GET, None, json!({"project": "alpha"}), 401),
+        case(A_GET, Some(BETA_KEY), json!({"project": "alpha"}), 403),
+        case(A_GET, Some(ADMIN_KEY), json!({"project": "nope"}), 404),
+        case(A_LIST, Some(ALPHA_KEY), json!({}), 200),
+        case(A_LIST, Some(ADMIN_KEY), json!({"x": 1}), 400),
+        case(A_LIST, None, json!({}), 401),
+        // The configuration file's project is read-only: FAILED_PRECONDITION.
+        case(
+            A_UPDATE,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "disabled": true}),
+            400,
+        ),
+        case(A_UPDATE, None, json!({"project": "gamma"}), 401),
+        case(A_UPDATE, Some(BETA_KEY), json!({"project": "gamma"}), 403),
+        case(A_UPDATE, Some(ADMIN_KEY), json!({"project": "nope"}), 404),
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "limits": {"origins": ["https://a.example.com"], "deny_ips": ["10.0.0.0/8"]}}),
+            200,
+        ),
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "limits": {"deny_ips": ["x"]}}),
+            400,
+        ),
+        case(A_DELETE, Some(ADMIN_KEY), json!({"project": "alpha"}), 400),
+        case(A_DELETE, None, json!({"project": "gamma"}), 401),
+        case(A_DELETE, Some(ALPHA_KEY), json!({"project": "gamma"}), 403),
+        case(A_DELETE, Some(ADMIN_KEY), json!({"project": "nope"}), 404),
+        case(A_KEY_ADD, Some(ADMIN_KEY), short, 400),
+        case(
+            A_KEY_ADD,
+            None,
+            json!({"project": "gamma", "key": hs256_key("k2")}),
+            401,
+        ),
+        case(
+            A_KEY_ADD,
+            Some(ALPHA_KEY),
+            json!({"project": "gamma", "key": hs256_key("k2")}),
+            403,
+        ),
+        case(
+            A_KEY_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "nope", "key": hs256_key("k2")}),
+            404,
+        ),
+        case(
+            A_KEY_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "key": hs256_key("k1")}),
+            409,
+        ),
+        case(
+            A_KEY_RETIRE,
+            Some(ADMIN_KEY),
+            json!({"project": "alpha", "kid": "k1"}),
+            400,
+        ),
+        case(
+            A_KEY_RETIRE,
+            None,
+            json!({"project": "gamma", "kid": "k1"}),
+            401,
+        ),
+        case(
+            A_KEY_RETIRE,
+            Some(ALPHA_KEY),
+            json!({"project": "gamma", "kid": "k1"}),
+            403,
+        ),
+        case(
+            A_KEY_RETIRE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "kid": "zz"}),
+            404,
+        ),
+        case(
+            A_API_CREATE,
+            Some(ADMIN_KEY),
+            json!({"project": "alpha"}),
+            400,
+        ),
+        case(A_API_CREATE, None, json!({"project": "gamma"}), 401),
+        case(
+            A_API_CREATE,
+            Some(BETA_KEY),
+            json!({"project": "gamma"}),
+            403,
+        ),
+        case(
+            A_API_CREATE,
+            Some(ADMIN_KEY),
+            json!({"project": "nope"}),
+            404,
+        ),
+        case(
+            A_API_DELETE,
+            Some(ADMIN_KEY),
+            json!({"project": "alpha", "id": "x"}),
+            400,
+        ),
+        case(
+            A_API_DELETE,
+            None,
+            json!({"project": "gamma", "id": "x"}),
+            401,
+        ),
+        case(
+            A_API_DELETE,
+            Some(BETA_KEY),
+            json!({"project": "gamma", "id": "x"}),
+            403,
+        ),
+        case(
+            A_API_DELETE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "id": "x"}),
+            404,
+        ),
+        case(A_AUDIT, Some(ALPHA_KEY), json!({"x": 1}), 400),
+        case(A_AUDIT, None, json!({}), 401),
+        case(A_AUDIT, Some(ALPHA_KEY), json!({"project": "beta"}), 403),
+        case(
+            A_AUDIT,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "limit": 5}),
+            200,
+        ),
+    ];
+    for path in [
+        A_CREATE,
+        A_GET,
+        A_LIST,
+        A_UPDATE,
+        A_DELETE,
+        A_KEY_ADD,
+        A_KEY_RETIRE,
+        A_API_CREATE,
+        A_API_DELETE,
+        A_AUDIT,
+    ] {
+        cases.push(too_large(path));
+    }
+    cases
 }
 
 /// The HTTP form of a gRPC publish request: the payload in base64.
