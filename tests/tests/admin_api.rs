@@ -669,23 +669,28 @@ async fn in_a_cluster_a_change_on_one_router_reaches_every_edge_and_router_witho
     })
     .await;
 
-    // Both routers wrote to one audit log; no connection was dropped.
-    let (_, v) = post(r1.http, ADMIN_KEY, "/v1/admin/audit/list", json!({})).await;
-    let actions: Vec<&str> = v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
-    assert_eq!(
-        actions,
-        [
-            "project.create",
-            "api_key.create",
-            "jwt_key.add",
-            "jwt_key.retire"
-        ]
-    );
+    // Both routers wrote to one audit log (r1 reads it once its poll has seen r2's changes, as
+    // e1 did above); no connection was dropped.
+    eventually(SPREAD, async || {
+        let (_, v) = post(r1.http, ADMIN_KEY, "/v1/admin/audit/list", json!({})).await;
+        let actions: Vec<String> = v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| Some(e["action"].as_str()?.to_string()))
+            .collect();
+        match actions
+            == [
+                "project.create",
+                "api_key.create",
+                "jwt_key.add",
+                "jwt_key.retire",
+            ] {
+            true => Ok(()),
+            false => Err(format!("{actions:?}")),
+        }
+    })
+    .await;
     let to_before = json!({"project": "alpha", "target": {"user": "before"}, "data": "still here"});
     assert_eq!(
         post(r1.http, ALPHA_KEY, "/v1/publish", to_before).await.0,
