@@ -1,7 +1,8 @@
 //! The web console (`/console/` on `router.http_listen`, docs/console.md): in a real headless
 //! Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium), an operator logs in,
-//! sees a client connect, kicks it (the client gets 4009), creates a project and edits its
-//! origins and address lists (written to the audit log as the key's changes); over plain HTTP,
+//! sees a client connect, kicks it (the client gets 4009) and all of a user's, creates a project,
+//! edits its origins and address lists and rotates its key (written to the audit log as the
+//! key's changes); over plain HTTP,
 //! sessions are scoped to their key, need their CSRF token, and end at logout or when their key
 //! is deleted.
 
@@ -12,6 +13,7 @@ use herald_tests::*;
 use serde_json::{Value, json};
 
 const DELTA_SECRET: &str = "delta-secret-0123456789abcdef0123456789";
+const DELTA_SECRET_2: &str = "delta-secret-two-0123456789abcdef012345";
 
 fn console_node() -> HeraldBuilder {
     herald().router("http_listen", "127.0.0.1:0")
@@ -84,6 +86,20 @@ async fn in_chromium_an_operator_logs_in_sees_a_client_kicks_it_and_edits_a_proj
     b.wait_text("#found", "0 connections").await;
     b.wait_text(cell, "0").await;
 
+    // Every connection of a user at once.
+    let mut dora = [
+        herald.connect("alpha", &token("alpha", "dora")).await,
+        herald.connect("alpha", &token("alpha", "dora")).await,
+    ];
+    b.type_into("#find-id", "dora").await;
+    b.click("#find").await;
+    b.wait_text("#found", "2 connections").await;
+    b.click("#kick-user").await;
+    for c in &mut dora {
+        assert_eq!(c.expect_close().await.0, 4009);
+    }
+    b.wait_text("#found", "0 connections").await;
+
     // A project created, its origins and address lists edited, through the console.
     b.type_into("#create-id", "delta").await;
     b.type_into("#create-kid", "k1").await;
@@ -96,6 +112,16 @@ async fn in_chromium_an_operator_logs_in_sees_a_client_kicks_it_and_edits_a_proj
     b.click("#save-limits").await;
     b.wait_text("#status", "Saved delta").await;
     b.wait_text("#audit tbody tr", "project.update").await;
+
+    // Key rotation: a second key added, the first retired (the confirmation accepted).
+    b.type_into("#key-kid", "k2").await;
+    b.type_into("#key-secret", DELTA_SECRET_2).await;
+    b.click("#add-key").await;
+    b.wait_text("#status", "Added key k2").await;
+    b.wait_text("#jwt-keys", "k2 HS256").await;
+    b.click("#jwt-keys button.retire[data-kid=k1]").await;
+    b.wait_text("#status", "Retired key k1").await;
+    b.wait_text("#audit tbody tr", "jwt_key.retire").await;
 
     // The API sees the change, and the audit log names the admin key as the one who made it.
     let (s, v) = api(
@@ -113,6 +139,10 @@ async fn in_chromium_an_operator_logs_in_sees_a_client_kicks_it_and_edits_a_proj
     assert_eq!(
         v["project"]["limits"]["allow_ips"],
         json!(["127.0.0.0/8", "10.0.0.0/8"])
+    );
+    assert_eq!(
+        v["project"]["jwt_keys"],
+        json!([{"kid": "k2", "alg": "HS256"}])
     );
     let (_, v) = api(
         herald.http,
@@ -140,13 +170,21 @@ async fn in_chromium_an_operator_logs_in_sees_a_client_kicks_it_and_edits_a_proj
         [
             ("project.create", api_actor),
             ("project.update", api_actor),
+            ("jwt_key.add", api_actor),
+            ("jwt_key.retire", api_actor),
             ("api_key.create", api_actor),
         ],
         "the console's changes are the key's, as through the API"
     );
 
-    // The new project's key verifies tokens at once.
-    let t = hs256(DELTA_SECRET, Some("k1"), &claims("delta", "dan"));
+    // The new project's key verifies tokens at once; the retired one's are refused.
+    let old = hs256(DELTA_SECRET, Some("k1"), &claims("delta", "dan"));
+    let (ws, _) = herald
+        .open(&herald.url("delta", &format!("token={old}")), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(Client { ws }.expect_close().await.0, 4002);
+    let t = hs256(DELTA_SECRET_2, Some("k2"), &claims("delta", "dan"));
     let _dan = herald.connect("delta", &t).await;
     b.wait_text("tr[data-project=delta] td.connections", "1")
         .await;
