@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths: encoding one message for many recipients, local fan-out,
-//! JWT verification per algorithm, envelope decoding, registry lookups.
+//! JWT verification per algorithm, envelope decoding, registry lookups, `permessage-deflate`.
 //! Run: `cargo bench -p herald-bench --bench micro`.
 
 use std::hint::black_box;
@@ -74,6 +74,7 @@ fn fanout(c: &mut Criterion) {
                         remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
                         expires_unix: u64::MAX,
                         wire: Default::default(),
+                        deflate: false,
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
                         replaces: None,
@@ -131,6 +132,7 @@ fn broadcast_small_project(c: &mut Criterion) {
                         remote: SocketAddr::from(([127, 0, 0, 1], 1000)),
                         expires_unix: u64::MAX,
                         wire: Default::default(),
+                        deflate: false,
                         keep_alive_secs: 0,
                         heart_beat_secs: 0,
                         replaces: None,
@@ -183,6 +185,7 @@ fn jwt(c: &mut Criterion) {
         ],
         client_certificates: None,
         history: None,
+        permessage_deflate: false,
     };
     let keys = herald_edge::AuthKeys::load(&[project], 5).expect("keys");
     let claims = serde_json::json!({"sub":"u1","aud":"bench","exp": jsonwebtoken::get_current_timestamp() + 3600});
@@ -256,12 +259,52 @@ fn registry(c: &mut Criterion) {
     });
 }
 
+/// `permessage-deflate`: compressing one message (once per message, whatever its recipients),
+/// for the bench's 100-byte padded payload and for application-like JSON of 1 and 10 KB.
+fn deflate(c: &mut Criterion) {
+    let quotes = |n: usize| {
+        let mut s = String::from(r#"{"q":["#);
+        let mut i = 0u64;
+        while s.len() < n {
+            let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+            s.push_str(&format!(
+                r#"{{"s":"SYM{}","b":{}.{:02},"a":{}.{:02},"v":{}}},"#,
+                x % 50,
+                100 + x % 900,
+                x % 100,
+                100 + x % 900,
+                (x >> 7) % 100,
+                (x >> 3) % 10_000
+            ));
+            i += 1;
+        }
+        s.pop();
+        s.push_str("]}");
+        s
+    };
+    let pad = message_frame(&envelope(TargetKind::Group, "news"));
+    c.bench_function("deflate/frame_100B_padded", |b| {
+        b.iter(|| herald_edge::deflate::deflate_frame(black_box(&pad)))
+    });
+    for n in [1_000, 10_000] {
+        let mut env = envelope(TargetKind::Group, "news");
+        env.payload = quotes(n).into_bytes();
+        let frame = message_frame(&env);
+        let z = herald_edge::deflate::deflate_frame(&frame).expect("smaller");
+        eprintln!("deflate: {} -> {} bytes", frame.len(), z.len());
+        c.bench_function(&format!("deflate/frame_{}KB_quotes", n / 1000), |b| {
+            b.iter(|| herald_edge::deflate::deflate_frame(black_box(&frame)))
+        });
+    }
+}
+
 criterion_group!(
     benches,
     encode,
     fanout,
     broadcast_small_project,
     jwt,
-    registry
+    registry,
+    deflate
 );
 criterion_main!(benches);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+use crate::payload::PayloadKind;
 use crate::proc_stats;
 use crate::report::{self, FanoutResult};
 use crate::servers::{self, Addressing, ServerKind};
@@ -31,6 +32,11 @@ pub struct FanoutOpts {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// What fills the payload: `pad` (the send time, then `x`s: compresses to almost nothing)
+    /// or `quotes` (the send time, then an array of varied quote objects, compressing about as
+    /// application JSON does).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Pad)]
+    payload_kind: PayloadKind,
     /// `unicast`: every message goes to one subscriber (Herald: a user target; peers: a topic
     /// per subscriber), round robin, instead of one group to all.
     #[arg(long)]
@@ -67,6 +73,12 @@ fn cpu_all(pids: &[u32]) -> anyhow::Result<u64> {
 fn writes_all(pids: &[u32]) -> u64 {
     pids.iter()
         .map(|&p| proc_stats::write_syscalls(p).unwrap_or(0))
+        .sum()
+}
+
+fn bytes_all(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|&p| proc_stats::written_bytes(p).unwrap_or(0))
         .sum()
 }
 
@@ -146,6 +158,7 @@ async fn run_one(
 
     let cpu0 = cpu_all(srv.pids())?;
     let io0 = writes_all(srv.pids());
+    let bytes0 = bytes_all(srv.pids());
     let me0 = proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks();
     let t0 = Instant::now();
     let mut timeline = Vec::new();
@@ -160,7 +173,8 @@ async fn run_one(
         tick_timeline(&workers, &mut second, &mut timeline);
         let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
-            srv.publish(due - sent, o.payload, &mut to).await?;
+            srv.publish(due - sent, o.payload, o.payload_kind, &mut to)
+                .await?;
             sent = due;
         }
     }
@@ -186,6 +200,7 @@ async fn run_one(
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_all(srv.pids())?.saturating_sub(cpu0);
     let io = writes_all(srv.pids()).saturating_sub(io0);
+    let bytes = bytes_all(srv.pids()).saturating_sub(bytes0);
     let me = (proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks()).saturating_sub(me0);
     let totals = workers.finish().await?;
     let hist = totals.latency_us;
@@ -203,6 +218,7 @@ async fn run_one(
             ServerKind::Herald
                 | ServerKind::HeraldMqtt
                 | ServerKind::HeraldStomp
+                | ServerKind::HeraldDeflate
                 | ServerKind::Cluster
         ) && tls.is_some(),
         subscribers: subs,
@@ -223,6 +239,7 @@ async fn run_one(
         ],
         server_cpu_us_per_delivery: cpu as f64 / ticks_per_sec * 1e6 / got.max(1) as f64,
         server_writes_per_delivery: io as f64 / got.max(1) as f64,
+        server_bytes_per_delivery: bytes as f64 / got.max(1) as f64,
         server_cpu_percent: cpu as f64 / ticks_per_sec / elapsed * 100.0,
         harness_cpu_percent: me as f64 / ticks_per_sec / elapsed * 100.0,
         timeline,

@@ -89,11 +89,12 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
                 "herald" => ServerKind::Herald,
                 "herald-mqtt" => ServerKind::HeraldMqtt,
                 "herald-stomp" => ServerKind::HeraldStomp,
+                "herald-deflate" => ServerKind::HeraldDeflate,
                 "nats" => ServerKind::Nats,
                 "mosquitto" => ServerKind::Mosquitto,
                 "ws" => ServerKind::Ws,
                 _ => bail!(
-                    "unknown server {other:?}: herald, herald-mqtt, herald-stomp, baseline, nats, mosquitto or ws"
+                    "unknown server {other:?}: herald, herald-mqtt, herald-stomp, herald-deflate, baseline, nats, mosquitto or ws"
                 ),
             };
             let edge = format!(
@@ -103,7 +104,7 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
             (r.pid(), r.client().clone(), Some(r), None)
         }
     };
-    let pings = matches!(server, "herald" | "baseline");
+    let pings = matches!(server, "herald" | "herald-deflate" | "baseline");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = proc_stats::rss_kib(pid)?;
     let load_avg = proc_stats::load_avg();

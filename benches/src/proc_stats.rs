@@ -49,6 +49,17 @@ pub fn write_syscalls(pid: u32) -> anyhow::Result<u64> {
         .context("syscw missing")
 }
 
+/// Bytes `pid` passed to write system calls so far (`wchar` in `/proc/PID/io`): on a server
+/// whose clients are on loopback, about the bytes it put on the wire (its publisher's answers
+/// included).
+pub fn written_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("wchar missing")
+}
+
 /// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on Linux).
 pub fn clock_ticks_per_sec() -> u64 {
     100

@@ -39,6 +39,9 @@ pub struct FanoutResult {
     pub server_cpu_us_per_delivery: f64,
     /// Server write syscalls per delivery.
     pub server_writes_per_delivery: f64,
+    /// Bytes the server wrote per delivery (`wchar`: frames and headers, TLS records on wss).
+    #[serde(default)]
+    pub server_bytes_per_delivery: f64,
     /// Server CPU use over the run, percent of one core.
     pub server_cpu_percent: f64,
     /// Harness CPU use over the run, percent of one core.
@@ -68,17 +71,17 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | missing | client errors | server CPU % | harness CPU % | load 1m |"
+        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | bytes/deliv | missing | client errors | server CPU % | harness CPU % | load 1m |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let l = r.latency_ms;
         let _ = writeln!(
             s,
-            "| {:?}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} |",
+            "| {:?}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} |",
             r.server,
             if r.tls { " (wss)" } else { "" },
             r.achieved_per_sec,
@@ -89,6 +92,7 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
             l[4],
             r.server_cpu_us_per_delivery,
             r.server_writes_per_delivery,
+            r.server_bytes_per_delivery,
             r.missing,
             r.client_errors,
             r.server_cpu_percent,
@@ -100,7 +104,10 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
     for h in results.iter().filter(|r| {
         matches!(
             r.server,
-            ServerKind::Herald | ServerKind::HeraldMqtt | ServerKind::HeraldStomp
+            ServerKind::Herald
+                | ServerKind::HeraldMqtt
+                | ServerKind::HeraldStomp
+                | ServerKind::HeraldDeflate
         )
     }) {
         for r in results.iter().filter(|r| !std::ptr::eq(*r, h)) {

@@ -48,7 +48,7 @@ pub async fn run(o: StormOpts) -> anyhow::Result<()> {
             Mode::Wss => Some(o.tls.setup_always()?),
         };
         let edge = tls.as_ref().map_or(String::new(), |t| t.edge_toml.clone());
-        let server = herald::start_herald(o.herald_bin.as_deref(), &edge).await?;
+        let server = herald::start_herald(o.herald_bin.as_deref(), &edge, false).await?;
         let mut client = ClientPlan::herald(server.ws, "storm", servers::SECRET);
         client.subscribe = false;
         client.tls = tls.as_ref().map(|t| t.client.clone());

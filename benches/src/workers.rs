@@ -122,6 +122,9 @@ pub struct ClientPlan {
     pub tls: Option<TlsPlan>,
     /// Deadline of one client's connect, upgrade and subscription, seconds.
     pub connect_timeout_secs: u64,
+    /// Offer `permessage-deflate` and inflate compressed messages.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl ClientPlan {
@@ -140,6 +143,7 @@ impl ClientPlan {
             user_prefix: "s".into(),
             tls: None,
             connect_timeout_secs: 30,
+            deflate: false,
         }
     }
 
@@ -164,6 +168,7 @@ fn target(p: &ClientPlan) -> anyhow::Result<Target> {
         tls,
         sockbuf: 0,
         zero_linger: false,
+        deflate: p.deflate,
     })
 }
 

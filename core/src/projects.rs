@@ -63,6 +63,10 @@ pub struct ProjectConfig {
     /// nothing is kept, messages carry no offset.
     #[serde(default)]
     pub history: Option<crate::history::HistoryConfig>,
+    /// Accept the `permessage-deflate` WebSocket extension when a client offers it (always with
+    /// `server_no_context_takeover` and `client_no_context_takeover`). Default `false`: declined.
+    #[serde(default)]
+    pub permessage_deflate: bool,
 }
 
 /// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use crate::auth::{AuthError, Identity};
 use crate::codec::{Codec, Hello, HelloReader, HelloRefused, Wire};
 use crate::config::EdgeConfig;
+use crate::deflate::{Inflate, InflateError};
 use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
@@ -166,6 +167,8 @@ pub(crate) struct Admitted {
     pub(crate) ctx: WebSocketContext,
     /// What the context was given so far.
     pub(crate) track: FrameTrack,
+    /// The inflater of a client that negotiated `permessage-deflate`.
+    pub(crate) inflate: Option<Box<Inflate>>,
     pub(crate) remote: SocketAddr,
     pub(crate) counted: Counted,
     pub(crate) project: ProjectId,
@@ -275,6 +278,11 @@ pub(crate) async fn admit(
             }
         }
     }
+    // `permessage-deflate` where the project enables it: known here from the path only (on
+    // `/mqtt` the project comes after the upgrade, which then declines it).
+    up.deflate &= path_project
+        .as_ref()
+        .is_some_and(|p| keys.permessage_deflate(p.as_str()));
     drop(keys);
     if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
         .await
@@ -282,13 +290,43 @@ pub(crate) async fn admit(
     {
         return None;
     }
+    let mut inflate = up.deflate.then(|| {
+        Box::new(Inflate::new(
+            cfg.max_message_bytes,
+            shared
+                .ws_config
+                .max_frame_size
+                .unwrap_or(cfg.max_message_bytes),
+        ))
+    });
+    // Bytes that came with the request are the start of the first frames: filtered too.
+    let mut leftover = std::mem::take(&mut up.leftover);
+    let mut refused_early = None;
+    if let Some(f) = inflate.as_deref_mut() {
+        match f.filter(&mut leftover) {
+            Ok(n) => {
+                leftover.truncate(n);
+                let mut chunk = [0u8; 512];
+                while f.has_output() {
+                    let n = f.take_output(&mut chunk);
+                    leftover.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Err(e) => {
+                leftover.clear();
+                refused_early = InflateError::of(&e).map(InflateError::close_code);
+            }
+        }
+    }
     let mut track = FrameTrack::default();
-    track.handed(&up.leftover);
-    let mut ctx = WebSocketContext::from_partially_read(
-        std::mem::take(&mut up.leftover),
-        Role::Server,
-        Some(shared.ws_config),
-    );
+    track.handed(&leftover);
+    let mut ctx =
+        WebSocketContext::from_partially_read(leftover, Role::Server, Some(shared.ws_config));
+    if let Some(code) = refused_early {
+        let r = Refused::Close(code);
+        refuse_upgraded(shared, tcp, &mut ctx, None, up.wire, None, &r).await;
+        return None;
+    }
     // A native client of an unknown project is refused at once, before any `auth` frame; the
     // other protocols are answered in their own terms, after their connect frame.
     if up.wire.token_in_request()
@@ -297,7 +335,16 @@ pub(crate) async fn admit(
             .is_none_or(|p| !shared.keys.load().has_project(p.as_str()))
     {
         let r = Refused::Auth(AuthError::UnknownProject);
-        refuse_upgraded(shared, tcp, &mut ctx, up.wire, None, &r).await;
+        refuse_upgraded(
+            shared,
+            tcp,
+            &mut ctx,
+            inflate.as_deref_mut(),
+            up.wire,
+            None,
+            &r,
+        )
+        .await;
         return None;
     }
     // The protocol's connect frame, when it has one or the native client sends `auth`.
@@ -310,7 +357,14 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let read = read_hello(tcp, &mut ctx, up.wire, cfg, &mut track);
+        let read = read_hello(
+            tcp,
+            &mut ctx,
+            inflate.as_deref_mut(),
+            up.wire,
+            cfg,
+            &mut track,
+        );
         let hello = timeout(deadline, read)
             .await
             .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
@@ -332,7 +386,17 @@ pub(crate) async fn admit(
             }
             Err(refusal) => {
                 let r = Refused::Close(refusal.code);
-                refuse_upgraded(shared, tcp, &mut ctx, up.wire, refusal.answer, &r).await;
+                let answer = refusal.answer;
+                refuse_upgraded(
+                    shared,
+                    tcp,
+                    &mut ctx,
+                    inflate.as_deref_mut(),
+                    up.wire,
+                    answer,
+                    &r,
+                )
+                .await;
                 return None;
             }
         }
@@ -345,7 +409,16 @@ pub(crate) async fn admit(
     {
         tracing::debug!(%remote, reason = r.label(), "refused");
         let answer = codec.refusal(r.close_code());
-        refuse_upgraded(shared, tcp, &mut ctx, up.wire, answer, &r).await;
+        refuse_upgraded(
+            shared,
+            tcp,
+            &mut ctx,
+            inflate.as_deref_mut(),
+            up.wire,
+            answer,
+            &r,
+        )
+        .await;
         return None;
     }
     let keys = shared.keys.load();
@@ -368,7 +441,16 @@ pub(crate) async fn admit(
             tracing::debug!(%remote, error = %e, "authentication refused");
             let r = Refused::Auth(e);
             let answer = codec.refusal(r.close_code());
-            refuse_upgraded(shared, tcp, &mut ctx, up.wire, answer, &r).await;
+            refuse_upgraded(
+                shared,
+                tcp,
+                &mut ctx,
+                inflate.as_deref_mut(),
+                up.wire,
+                answer,
+                &r,
+            )
+            .await;
             return None;
         }
         (Ok(_), None) => return None,
@@ -377,6 +459,7 @@ pub(crate) async fn admit(
         stream,
         ctx,
         track,
+        inflate,
         remote,
         counted,
         project,
@@ -391,13 +474,15 @@ pub(crate) async fn admit(
 async fn read_hello(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
+    mut inflate: Option<&mut Inflate>,
     wire: Wire,
     cfg: &EdgeConfig,
     track: &mut FrameTrack,
 ) -> Result<Hello, HelloRefused> {
     let mut reader = HelloReader::new(wire, cfg);
     loop {
-        let m = ws::read_first(tcp, ctx, track).await.map_err(|e| {
+        let read = ws::read_first(tcp, ctx, track, inflate.as_deref_mut()).await;
+        let m = read.map_err(|e| {
             HelloRefused::close(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))
         })?;
         if let Some(hello) = reader.feed(m) {
@@ -437,6 +522,7 @@ pub(crate) async fn refuse_upgraded(
     shared: &Shared,
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
+    inflate: Option<&mut Inflate>,
     wire: Wire,
     answer: Option<bytes::Bytes>,
     refused: &Refused,
@@ -448,7 +534,7 @@ pub(crate) async fn refuse_upgraded(
         q.push(answer);
     }
     let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-    ws::close_and_finish(tcp, ctx, &mut q, code, close_timeout, wire.label()).await;
+    ws::close_and_finish(tcp, ctx, inflate, &mut q, code, close_timeout, wire.label()).await;
 }
 
 /// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both

@@ -113,6 +113,8 @@ pub struct AuthKeys {
     history: HashMap<String, herald_core::history::HistoryConfig>,
     /// Projects accepting clients by certificate: the groups they join, the channels they may.
     by_certificate: HashMap<String, (Vec<GroupId>, Vec<String>)>,
+    /// Projects accepting `permessage-deflate` (`permessage_deflate = true`).
+    deflate: std::collections::HashSet<String>,
 }
 
 fn algorithm(alg: KeyAlgorithm) -> Algorithm {
@@ -130,6 +132,11 @@ impl AuthKeys {
         self.history.get(project)
     }
 
+    /// Whether `project` accepts the `permessage-deflate` extension.
+    pub fn permessage_deflate(&self, project: &str) -> bool {
+        self.deflate.contains(project)
+    }
+
     /// Loads every project's keys; returns every problem found, each naming the key.
     pub fn load(projects: &[ProjectConfig], leeway_secs: u64) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
@@ -138,6 +145,11 @@ impl AuthKeys {
         let history = projects
             .iter()
             .filter_map(|p| Some((p.id.clone(), p.history.clone()?)))
+            .collect();
+        let deflate = projects
+            .iter()
+            .filter(|p| p.permessage_deflate)
+            .map(|p| p.id.clone())
             .collect();
         for (i, p) in projects.iter().enumerate() {
             let mut keys = Vec::new();
@@ -206,6 +218,7 @@ impl AuthKeys {
                 projects: map,
                 by_certificate,
                 history,
+                deflate,
             })
         } else {
             Err(problems)
@@ -306,6 +319,7 @@ mod tests {
             }],
             client_certificates: None,
             history: None,
+            permessage_deflate: false,
         };
         AuthKeys::load(&[p], 0).expect("keys load")
     }

@@ -46,6 +46,10 @@ pub struct Upgrade {
     pub forwarded_for: Vec<String>,
     /// The `X-Real-IP` value (believed only from trusted proxies).
     pub real_ip: Option<String>,
+    /// Whether the answer accepts `permessage-deflate`: set when the client made an acceptable
+    /// offer ([`crate::deflate::acceptable_offer`]); the caller clears it where the project does
+    /// not enable the extension, before [`accept`].
+    pub deflate: bool,
 }
 
 /// Why an upgrade was refused before it happened; answered with an HTTP status.
@@ -142,6 +146,12 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let deflate = request
+        .headers()
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(crate::deflate::acceptable_offer);
     Ok(Upgrade {
         project,
         wire,
@@ -152,6 +162,7 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         leftover,
         forwarded_for,
         real_ip,
+        deflate,
     })
 }
 
@@ -233,7 +244,8 @@ fn query_token(request: &Request<()>) -> Option<String> {
         .map(|(_, v): (Cow<'_, str>, Cow<'_, str>)| v.into_owned())
 }
 
-/// Writes the 101 answer, echoing the chosen sub-protocol.
+/// Writes the 101 answer, echoing the chosen sub-protocol and accepting `permessage-deflate`
+/// when [`Upgrade::deflate`] says so.
 pub async fn accept<S: AsyncWrite + Unpin>(tcp: &mut S, up: &mut Upgrade) -> std::io::Result<()> {
     let mut out = String::with_capacity(256);
     out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
@@ -247,6 +259,11 @@ pub async fn accept<S: AsyncWrite + Unpin>(tcp: &mut S, up: &mut Upgrade) -> std
     if let Some(p) = up.protocol {
         out.push_str("sec-websocket-protocol: ");
         out.push_str(p);
+        out.push_str("\r\n");
+    }
+    if up.deflate {
+        out.push_str("sec-websocket-extensions: ");
+        out.push_str(crate::deflate::RESPONSE);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");

@@ -32,7 +32,7 @@ use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::codec::{Form, Frames, Wire, heart_beat_frame};
+use crate::codec::{Form, Frames, Takes, Wire, heart_beat_frame};
 use crate::frame::ping_frame;
 use crate::interest::Interest;
 
@@ -110,9 +110,9 @@ struct Conn {
     remote: SocketAddr,
     since_unix_ms: i64,
     expires_unix: u64,
-    /// The protocol it speaks and in which form it takes messages (its wire's encoding, or one
-    /// its codec chose with [`Hub::set_form`]).
-    form: Form,
+    /// The protocol it speaks, in which form it takes messages (its wire's encoding, or one its
+    /// codec chose with [`Hub::set_form`]) and whether compressed (`permessage-deflate`).
+    takes: Takes,
     /// The protocol's own keep alive in seconds (MQTT keep alive, STOMP client heart-beat), 0:
     /// none. With one, the hub sends no pings and closes the connection after 1.5 times it
     /// without a frame from the client.
@@ -351,6 +351,8 @@ pub struct NewConn {
     pub expires_unix: u64,
     /// The protocol it speaks.
     pub wire: Wire,
+    /// It negotiated `permessage-deflate` ([`crate::deflate`]).
+    pub deflate: bool,
     /// The protocol's own keep alive in seconds (MQTT `CONNECT`, STOMP client heart-beat), 0:
     /// none.
     pub keep_alive_secs: u16,
@@ -505,7 +507,7 @@ impl Hub {
                 remote: c.remote,
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
-                form: Form::of(c.wire),
+                takes: Takes::new(Form::of(c.wire), c.deflate),
                 keep_alive: c.keep_alive_secs,
                 heart_beat: c.heart_beat_secs,
                 outbox: VecDeque::new(),
@@ -568,7 +570,7 @@ impl Hub {
             let conn = shard.conns.remove(h.slot as usize);
             shard.recovering.remove(&h.slot);
             shard.project_remove(&conn.project, conn.project_pos);
-            wire = conn.form.wire();
+            wire = conn.takes.wire();
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
             let mut left = Vec::new();
             for g in conn.groups.into_vec() {
@@ -618,7 +620,10 @@ impl Hub {
     /// Sets the form in which a connection takes messages from now on (what is queued stays as
     /// it is); a form of the connection's own wire.
     pub(crate) fn set_form(&self, h: ConnHandle, form: Form) {
-        self.with_conn(h, |shard, slot| shard.conns[slot as usize].form = form);
+        self.with_conn(h, |shard, slot| {
+            let c = &mut shard.conns[slot as usize];
+            c.takes = c.takes.with_form(form);
+        });
     }
 
     /// Joins a group; resolves once the registry holds the interest.
@@ -784,7 +789,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, slot as u32, c, &mut frames)
                             {
-                                delivered[c.form.wire() as usize] +=
+                                delivered[c.takes.wire() as usize] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -794,7 +799,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, *slot, c, &mut frames)
                             {
-                                delivered[c.form.wire() as usize] +=
+                                delivered[c.takes.wire() as usize] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -811,7 +816,7 @@ impl Hub {
                             && let Some(frame) =
                                 passes(&mut shard.recovering, *slot, c, &mut frames)
                         {
-                            delivered[c.form.wire() as usize] +=
+                            delivered[c.takes.wire() as usize] +=
                                 push(c, &frame, max, &mut wake) as u64;
                         }
                     }
@@ -1313,7 +1318,7 @@ impl Hub {
                     && now
                         .wrapping_add(c.number as u32)
                         .is_multiple_of(u32::from(c.heart_beat))
-                    && let Some(beat) = heart_beat_frame(c.form.wire())
+                    && let Some(beat) = heart_beat_frame(c.takes.wire())
                 {
                     c.queued += beat.len();
                     c.outbox.push_back(beat);
@@ -1363,17 +1368,17 @@ fn passes(
 ) -> Option<Bytes> {
     let env = frames.env();
     if env.seq == 0 || recovering.is_empty() {
-        return Some(frames.get(c.form).clone());
+        return Some(frames.get(c.takes).clone());
     }
     let Some(list) = recovering.get_mut(&slot) else {
-        return Some(frames.get(c.form).clone());
+        return Some(frames.get(c.takes).clone());
     };
     let kind = env.kind();
     let Some(i) = list
         .iter()
         .position(|r| r.kind == kind && *r.name == *env.name)
     else {
-        return Some(frames.get(c.form).clone());
+        return Some(frames.get(c.takes).clone());
     };
     match &mut list[i].state {
         RecoveryState::Holding {
@@ -1381,7 +1386,7 @@ fn passes(
             bytes,
             overflow,
         } => {
-            let frame = frames.get(c.form);
+            let frame = frames.get(c.takes);
             // Bounded like the connection's queue; history has what is dropped here.
             if *bytes + frame.len() > MAX_HELD_BYTES {
                 *overflow = true;
@@ -1401,7 +1406,7 @@ fn passes(
             if list.is_empty() {
                 recovering.remove(&slot);
             }
-            Some(frames.get(c.form).clone())
+            Some(frames.get(c.takes).clone())
         }
     }
 }
@@ -1516,6 +1521,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 4000)),
             expires_unix: u64::MAX,
             wire: Wire::Native,
+            deflate: false,
             keep_alive_secs: 0,
             heart_beat_secs: 0,
             replaces: None,
@@ -1708,6 +1714,7 @@ mod tests {
         for user in ["t", "v3a", "v3b", "v5"] {
             let c = NewConn {
                 wire: Wire::Mqtt,
+                deflate: false,
                 ..conn("a", user, &["g"])
             };
             hs.push(hub.insert(c, 0).await.expect("no cap"));

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the edge's settings.
-//! - [`handshake`]: the HTTP upgrade (sub-protocol, project, token).
+//! - [`handshake`]: the HTTP upgrade (sub-protocol, project, token, `permessage-deflate` offer);
+//!   [`deflate`]: the extension itself (server messages compressed once, client ones inflated).
 //! - [`auth`]: JWT verification with each project's keys.
 //! - [`protocol`]: the native `herald.v1` frames; [`frame`]: pre-framed server frames.
 //! - [`hub`]: the sharded hub holding every connection's state and queue; local fan-out.
@@ -25,6 +26,7 @@ mod admission;
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod deflate;
 mod device;
 pub mod frame;
 pub mod handshake;

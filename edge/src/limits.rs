@@ -634,6 +634,7 @@ mod tests {
             limits,
             client_certificates: None,
             history: None,
+            permessage_deflate: false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use herald_core::codes::CloseCode;
 use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
 use tokio::net::TcpStream;
@@ -30,6 +30,7 @@ use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
 use crate::codec::{Codec, Form, Welcome};
 use crate::config::EdgeConfig;
+use crate::deflate::Inflate;
 use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
@@ -133,9 +134,12 @@ pub(crate) struct Session {
     ctx: WebSocketContext,
     /// What `ctx` was given, to replace it once its read buffer may have grown.
     track: FrameTrack,
+    /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
+    inflate: Option<Box<Inflate>>,
     q: WriteQueue,
     /// Control frames tungstenite wrote (pongs, the close answer).
-    ctl: BytesMut,
+    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
+    ctl: Vec<u8>,
     core: SessionCore,
     codec: Codec,
 }
@@ -423,6 +427,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         mut stream,
         mut ctx,
         track,
+        mut inflate,
         remote,
         counted,
         project,
@@ -514,6 +519,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 remote,
                 expires_unix: identity.expires_unix,
                 wire: codec.wire(),
+                deflate: inflate.is_some(),
                 keep_alive_secs: codec.keep_alive_secs(),
                 heart_beat_secs: codec.heart_beat_secs(),
                 replaces,
@@ -533,6 +539,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
             shared,
             &mut stream,
             &mut ctx,
+            inflate.as_deref_mut(),
             codec.wire(),
             answer,
             &refused,
@@ -557,8 +564,9 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         tcp: stream,
         ctx,
         track,
+        inflate,
         q,
-        ctl: BytesMut::new(),
+        ctl: Vec::new(),
         core: SessionCore {
             handle,
             user: identity.user,
@@ -634,6 +642,7 @@ impl Session {
                 cx,
                 out: &mut self.ctl,
                 track: Some(&mut self.track),
+                inflate: self.inflate.as_deref_mut(),
             }) {
                 Ok(m) => return Poll::Ready(Event::Message(m)),
                 Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -731,6 +740,7 @@ async fn close_session(shared: &Shared, s: &mut Session, code: CloseCode, reconn
     ws::close_and_finish(
         &mut s.tcp,
         &mut s.ctx,
+        s.inflate.as_deref_mut(),
         &mut s.q,
         code,
         close_timeout,

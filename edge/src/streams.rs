@@ -443,6 +443,7 @@ mod tests {
                 remote: SocketAddr::from(([127, 0, 0, 1], 1)),
                 expires_unix: u64::MAX,
                 wire: Wire::Native,
+                deflate: false,
                 keep_alive_secs: 0,
                 heart_beat_secs: 0,
                 replaces: None,

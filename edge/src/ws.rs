@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use herald_core::codes::CloseCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::timeout;
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::deflate::{Inflate, InflateError};
 use crate::listener::Stream;
 
 /// Most frames written in one vectored write.
@@ -28,24 +29,54 @@ const MAX_IOVECS: usize = 64;
 pub(crate) struct Io<'a, 'b> {
     pub(crate) stream: &'a mut Stream,
     pub(crate) cx: &'a mut Context<'b>,
-    pub(crate) out: &'a mut BytesMut,
+    pub(crate) out: &'a mut Vec<u8>,
     /// Follows what tungstenite is given, where the context may be replaced ([`FrameTrack`]).
     pub(crate) track: Option<&'a mut FrameTrack>,
+    /// Where the connection negotiated `permessage-deflate`: its compressed messages, inflated
+    /// before tungstenite reads them ([`crate::deflate`]).
+    pub(crate) inflate: Option<&'a mut Inflate>,
+}
+
+impl Io<'_, '_> {
+    /// Reads what the stream has into `buf`; `WouldBlock` (the waker registered) when nothing.
+    fn read_stream(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.stream).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut rb = ReadBuf::new(buf);
-        match Pin::new(&mut *self.stream).poll_read(self.cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                if let Some(t) = &mut self.track {
-                    t.handed(rb.filled());
-                }
-                Ok(rb.filled().len())
+        let n = match self.inflate.take() {
+            None => self.read_stream(buf)?,
+            Some(f) => {
+                let r = loop {
+                    if f.has_output() {
+                        break Ok(f.take_output(buf));
+                    }
+                    match self.read_stream(buf) {
+                        // The end of the stream, or bytes for tungstenite now.
+                        Ok(0) => break Ok(0),
+                        Ok(n) => match f.filter(&mut buf[..n]) {
+                            // All taken aside: read on (or hand over what came of them).
+                            Ok(0) => continue,
+                            r => break r,
+                        },
+                        Err(e) => break Err(e),
+                    }
+                };
+                self.inflate = Some(f);
+                r?
             }
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        };
+        if let Some(t) = &mut self.track {
+            t.handed(&buf[..n]);
         }
+        Ok(n)
     }
 }
 
@@ -199,9 +230,9 @@ impl WriteQueue {
     }
 
     /// Queues the control frames tungstenite wrote (pongs, close).
-    pub(crate) fn take_ctl(&mut self, ctl: &mut BytesMut) {
+    pub(crate) fn take_ctl(&mut self, ctl: &mut Vec<u8>) {
         if !ctl.is_empty() {
-            self.push(std::mem::take(ctl).freeze());
+            self.push(Bytes::from(std::mem::take(ctl)));
         }
     }
 
@@ -294,8 +325,9 @@ fn ws_close(code: CloseCode) -> CloseFrame {
 pub(crate) async fn read_message(
     stream: &mut Stream,
     ctx: &mut WebSocketContext,
-    ctl: &mut BytesMut,
+    ctl: &mut Vec<u8>,
     mut track: Option<&mut FrameTrack>,
+    mut inflate: Option<&mut Inflate>,
 ) -> Result<Message, WsError> {
     poll_fn(|cx| {
         match ctx.read(&mut Io {
@@ -303,6 +335,7 @@ pub(crate) async fn read_message(
             cx,
             out: ctl,
             track: track.as_deref_mut(),
+            inflate: inflate.as_deref_mut(),
         }) {
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && ctl.is_empty() => {
                 Poll::Pending
@@ -318,10 +351,18 @@ pub(crate) async fn read_first(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
     track: &mut FrameTrack,
+    mut inflate: Option<&mut Inflate>,
 ) -> Result<Message, WsError> {
-    let mut ctl = BytesMut::new();
+    let mut ctl = Vec::new();
     loop {
-        let read = read_message(tcp, ctx, &mut ctl, Some(&mut *track)).await;
+        let read = read_message(
+            tcp,
+            ctx,
+            &mut ctl,
+            Some(&mut *track),
+            inflate.as_deref_mut(),
+        )
+        .await;
         if !ctl.is_empty() {
             tcp.write_all(&std::mem::take(&mut ctl))
                 .await
@@ -339,6 +380,10 @@ pub(crate) async fn read_first(
 pub(crate) fn read_error_code(e: &WsError) -> Option<CloseCode> {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e {
+        // A compressed message refused ([`crate::deflate`]).
+        WsError::Io(e) if InflateError::of(e).is_some() => {
+            InflateError::of(e).map(InflateError::close_code)
+        }
         WsError::Capacity(_) => Some(CloseCode::MessageTooBig),
         // A peer that drops TCP without a close frame is gone, not misbehaving.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
@@ -365,12 +410,13 @@ pub(crate) enum CloseOutcome {
 pub(crate) async fn close_and_finish(
     tcp: &mut Stream,
     ctx: &mut WebSocketContext,
+    mut inflate: Option<&mut Inflate>,
     q: &mut WriteQueue,
     code: CloseCode,
     close_timeout: Duration,
     protocol: &'static str,
 ) -> CloseOutcome {
-    let mut ctl = BytesMut::new();
+    let mut ctl = Vec::new();
     {
         // Closing only writes (into `ctl`): no waker is needed.
         let mut noop = Context::from_waker(std::task::Waker::noop());
@@ -380,6 +426,7 @@ pub(crate) async fn close_and_finish(
                 cx: &mut noop,
                 out: &mut ctl,
                 track: None,
+                inflate: None,
             },
             Some(ws_close(code)),
         );
@@ -400,7 +447,7 @@ pub(crate) async fn close_and_finish(
             return tcp.shutdown().await;
         }
         loop {
-            match read_message(tcp, ctx, &mut ctl, None).await {
+            match read_message(tcp, ctx, &mut ctl, None, inflate.as_deref_mut()).await {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     q.take_ctl(&mut ctl);
                     q.flush(tcp).await?;

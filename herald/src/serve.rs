@@ -47,6 +47,7 @@ fn dev_project() -> ProjectConfig {
         }],
         client_certificates: None,
         history: None,
+        permessage_deflate: false,
     }
 }
 

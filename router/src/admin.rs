@@ -156,6 +156,7 @@ impl StoredProject {
             limits: self.limits.clone(),
             client_certificates: None,
             history: None,
+            permessage_deflate: false,
         }
     }
 }

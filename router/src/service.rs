@@ -926,6 +926,7 @@ mod tests {
             limits: Default::default(),
             client_certificates: None,
             history: None,
+            permessage_deflate: false,
         };
         Arc::new(ArcSwap::from_pointee(ApiKeys::new(
             &[project("alpha", ALPHA), project("beta", BETA)],

@@ -19,6 +19,8 @@ pub struct Frame {
     pub fin: bool,
     /// Opcode.
     pub opcode: u8,
+    /// RSV1: a message compressed with `permessage-deflate`.
+    pub compressed: bool,
     /// Where the payload starts.
     pub start: usize,
     /// Where it ends (and the next frame starts).
@@ -49,6 +51,7 @@ pub fn parse(b: &[u8]) -> Option<Frame> {
     (b.len() >= end).then_some(Frame {
         fin: b[0] & 0x80 != 0,
         opcode: b[0] & 0x0f,
+        compressed: b[0] & 0x40 != 0,
         start: hdr,
         end,
     })

@@ -5,7 +5,7 @@
 //! STOMP 1.2, NATS or plain frames.
 //!
 //! ```ignore
-//! let target = Target { server, spread: vec![], tls: None, sockbuf: 0, zero_linger: false };
+//! let target = Target::plain(server);
 //! let hello = Hello { project: "bench", token: &token, topic: Some("fan") };
 //! let mut on = |e: Event<'_>| if let Event::Message(m) = e { count(m) };
 //! let mut conn = Conn::connect(&target, i, &hello, Herald::default(), &mut on).await?;
@@ -68,6 +68,9 @@ pub struct Target {
     pub sockbuf: usize,
     /// Close with RST (zero linger), leaving no TIME_WAIT behind.
     pub zero_linger: bool,
+    /// Offer `permessage-deflate` (as browsers do) and inflate compressed server messages
+    /// (the client's own messages go uncompressed, which the extension allows).
+    pub deflate: bool,
 }
 
 impl Target {
@@ -79,6 +82,7 @@ impl Target {
             tls: None,
             sockbuf: 0,
             zero_linger: false,
+            deflate: false,
         }
     }
 
@@ -160,6 +164,30 @@ const MAX_PENDING: usize = 1 << 20;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+    /// A compressed message's inflater and its output (one per thread: messages are
+    /// compressed without context takeover, so each inflates on its own).
+    static INFLATE: RefCell<(flate2::Decompress, Vec<u8>)> =
+        RefCell::new((flate2::Decompress::new(false), Vec::new()));
+}
+
+/// Inflates one `permessage-deflate` message (RFC 7692: the flush tail put back).
+fn inflate(payload: &[u8], into: &mut Vec<u8>, d: &mut flate2::Decompress) -> Result<(), End> {
+    d.reset(false);
+    into.clear();
+    into.reserve(payload.len() * 8 + 64);
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let mut at = 0;
+        while at < input.len() {
+            if into.len() == into.capacity() {
+                into.reserve(into.capacity());
+            }
+            let before = d.total_in();
+            d.decompress_vec(&input[at..], into, flate2::FlushDecompress::Sync)
+                .map_err(|_| End::Protocol("bad deflate data"))?;
+            at += (d.total_in() - before) as usize;
+        }
+    }
+    Ok(())
 }
 
 /// One WebSocket connection speaking codec `C`.
@@ -217,9 +245,14 @@ impl<C: Codec> Conn<C> {
             codec,
         };
         {
-            let protocol = C::SUBPROTOCOL
+            let mut protocol = C::SUBPROTOCOL
                 .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
                 .unwrap_or_default();
+            if t.deflate {
+                protocol.push_str(
+                    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+                );
+            }
             let req = format!(
                 "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -371,6 +404,12 @@ impl<C: Codec> Parser<'_, C> {
         while let Some(f) = frame::parse(&buf[used..]) {
             let payload = &buf[used + f.start..used + f.end];
             match f.opcode {
+                frame::TEXT | frame::BINARY if f.fin && f.compressed => {
+                    INFLATE.with_borrow_mut(|(d, buf)| {
+                        inflate(payload, buf, d)?;
+                        self.codec.data(buf, self.out, on)
+                    })?
+                }
                 frame::TEXT | frame::BINARY if f.fin => self.codec.data(payload, self.out, on)?,
                 // No server of the harness fragments its messages.
                 frame::TEXT | frame::BINARY | 0 => return Err(End::Protocol("fragmented message")),

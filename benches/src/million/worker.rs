@@ -239,6 +239,7 @@ pub async fn worker(o: WorkerOpts) -> anyhow::Result<()> {
         tls: None,
         sockbuf: o.sockbuf,
         zero_linger: true,
+        deflate: false,
     });
     let connector = {
         let sh = sh.clone();

@@ -18,12 +18,18 @@ pub fn projects_toml(id: &str) -> String {
 }
 
 /// A node's configuration: `edge_toml` in `[edge]` (plain keys first, then any
-/// `[[edge.listeners]]`), logs at `warn`, and the `bench` project.
-fn config(edge_toml: &str) -> String {
-    format!(
-        "[edge]\n{edge_toml}\n[log]\nlevel = \"warn\"\n{}",
-        projects_toml("bench")
-    )
+/// `[[edge.listeners]]`), logs at `warn`, and the `bench` project (with `permessage_deflate`
+/// where `deflate`).
+fn config(edge_toml: &str, deflate: bool) -> String {
+    let mut project = projects_toml("bench");
+    if deflate {
+        project = project.replacen(
+            "[[projects.keys]]",
+            "permessage_deflate = true\n[[projects.keys]]",
+            1,
+        );
+    }
+    format!("[edge]\n{edge_toml}\n[log]\nlevel = \"warn\"\n{project}")
 }
 
 /// A running Herald node.
@@ -47,12 +53,17 @@ impl Server {
 }
 
 /// Starts Herald (`bin`, default: `herald-sandbox`'s choice, i.e. `HERALD_BIN` or the binary
-/// next to this one) with the bench project and extra `[edge]` settings.
-pub async fn start_herald(bin: Option<&Path>, edge_toml: &str) -> anyhow::Result<Server> {
+/// next to this one) with the bench project (`deflate`: with `permessage_deflate`) and extra
+/// `[edge]` settings.
+pub async fn start_herald(
+    bin: Option<&Path>,
+    edge_toml: &str,
+    deflate: bool,
+) -> anyhow::Result<Server> {
     let bin = herald_sandbox::herald_bin(bin)?;
     let dir = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
     let cfg = dir.path().join("herald.toml");
-    std::fs::write(&cfg, config(edge_toml))?;
+    std::fs::write(&cfg, config(edge_toml, deflate))?;
     let node = Node::builder(bin, &cfg)
         .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0"])
@@ -75,7 +86,7 @@ pub async fn start_herald(bin: Option<&Path>, edge_toml: &str) -> anyhow::Result
 /// edges' `[edge]`.
 pub async fn start_cluster(bin: Option<PathBuf>, edge_toml: &str) -> anyhow::Result<Cluster> {
     let bin = herald_sandbox::herald_bin(bin.as_deref())?;
-    Ok(Cluster::builder(bin, config(edge_toml))
+    Ok(Cluster::builder(bin, config(edge_toml, false))
         .edges(2)
         .cluster_settings("edge_ttl_secs = 15\n")
         .start()

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::client::plain::Plain;
 use crate::client::{Conn, Hello, Protocol, Target, frame, mqtt};
-use crate::payload;
+use crate::payload::{self, PayloadKind};
 use crate::tls::TlsSetup;
 use crate::workers::ClientPlan;
 
@@ -49,6 +49,11 @@ pub enum ServerKind {
     #[value(name = "herald-stomp")]
     #[serde(rename = "herald-stomp")]
     HeraldStomp,
+    /// Herald with native subscribers that negotiate `permessage-deflate` (the bench project
+    /// enables it) and inflate every compressed message, gRPC publisher.
+    #[value(name = "herald-deflate")]
+    #[serde(rename = "herald-deflate")]
+    HeraldDeflate,
     /// nats-server: NATS over WebSocket, publisher over TCP.
     Nats,
     /// mosquitto: MQTT 3.1.1 over WebSocket, publisher over TCP.
@@ -69,7 +74,13 @@ enum Publisher {
 
 impl Publisher {
     /// Sends `n` messages; `to` names the target of each (a group / topic, or a user).
-    async fn send(&mut self, n: u64, size: usize, to: &mut Addressing) -> anyhow::Result<()> {
+    async fn send(
+        &mut self,
+        n: u64,
+        size: usize,
+        fill: PayloadKind,
+        to: &mut Addressing,
+    ) -> anyhow::Result<()> {
         match self {
             Publisher::Herald(tx, next) => {
                 for _ in 0..n {
@@ -81,7 +92,7 @@ impl Publisher {
                     let msg = PublishRequest {
                         project: "bench".into(),
                         target: Some(ApiTarget { kind: Some(kind) }),
-                        payload: payload::payload(size),
+                        payload: payload::payload_of(fill, size),
                         ..Default::default()
                     };
                     tx.send(PublishStreamRequest {
@@ -95,7 +106,7 @@ impl Publisher {
             Publisher::Tcp(s, kind) => {
                 let mut buf = Vec::with_capacity(n as usize * (size + 32));
                 for _ in 0..n {
-                    let p = payload::payload(size);
+                    let p = payload::payload_of(fill, size);
                     let (topic, _) = to.next();
                     if *kind == ServerKind::Mosquitto {
                         buf.extend(mqtt::publish(&topic, &p));
@@ -113,7 +124,7 @@ impl Publisher {
                 }
                 let mut buf = Vec::with_capacity(n as usize * (size + 14));
                 for _ in 0..n {
-                    frame::push(&mut buf, frame::BINARY, &payload::payload(size));
+                    frame::push(&mut buf, frame::BINARY, &payload::payload_of(fill, size));
                 }
                 ws.write(&buf)
                     .await
@@ -140,19 +151,21 @@ impl Running {
         &self.pids
     }
 
-    /// Publishes `n` messages of `size` bytes, addressed by `to`.
+    /// Publishes `n` messages of `size` bytes filled as `fill` says, addressed by `to`.
     pub async fn publish(
         &mut self,
         n: u64,
         size: usize,
+        fill: PayloadKind,
         to: &mut Addressing,
     ) -> anyhow::Result<()> {
-        self.publisher.send(n, size, to).await
+        self.publisher.send(n, size, fill, to).await
     }
 
     /// Publishes one `size`-byte message to the group `fan` by the server's own publish path.
     pub async fn publish_one(&mut self, size: usize) -> anyhow::Result<()> {
-        self.publish(1, size, &mut Addressing::new(false, 1)).await
+        self.publish(1, size, PayloadKind::Pad, &mut Addressing::new(false, 1))
+            .await
     }
 
     /// Closes the publisher and returns the publishes the server refused (Herald's
@@ -220,6 +233,7 @@ pub async fn start(
         ServerKind::Herald
         | ServerKind::HeraldMqtt
         | ServerKind::HeraldStomp
+        | ServerKind::HeraldDeflate
         | ServerKind::Cluster => {
             // The wss listener's table comes after the plain `[edge]` keys.
             let edge = match tls {
@@ -232,7 +246,8 @@ pub async fn start(
                     let edges = c.edge_addrs()?;
                     (c.pids(), edges[0], edges, c.grpc()?, Box::new(c))
                 } else {
-                    let s = herald::start_herald(herald_bin.as_deref(), &edge).await?;
+                    let deflate = kind == ServerKind::HeraldDeflate;
+                    let s = herald::start_herald(herald_bin.as_deref(), &edge, deflate).await?;
                     (vec![s.pid], s.ws, Vec::new(), s.grpc, Box::new(s))
                 };
             let mut client = HeraldClient::connect(format!("http://{grpc}")).await?;
@@ -258,6 +273,7 @@ pub async fn start(
                         ServerKind::HeraldStomp => Protocol::Stomp,
                         _ => Protocol::Herald,
                     },
+                    deflate: kind == ServerKind::HeraldDeflate,
                     ..ClientPlan::herald(ws, &topic, SECRET)
                 },
                 publisher: Publisher::Herald(tx, 0),

@@ -123,6 +123,48 @@ impl Form {
     }
 }
 
+/// How a connection takes delivered messages, in one byte of the hub's connection state: its
+/// [`Form`], and whether it negotiated `permessage-deflate` (it then gets the compressed variant
+/// of finished forms, [`Frames::get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Takes(u8);
+
+impl Takes {
+    /// The bit saying the connection negotiated `permessage-deflate`.
+    const DEFLATE: u8 = 0x80;
+
+    /// Messages in `form`, compressed where `deflate`.
+    pub(crate) fn new(form: Form, deflate: bool) -> Self {
+        Self(form as u8 | if deflate { Self::DEFLATE } else { 0 })
+    }
+
+    /// The form.
+    pub(crate) fn form(self) -> Form {
+        match self.0 & !Self::DEFLATE {
+            0 => Form::Native,
+            1 => Form::Mqtt,
+            2 => Form::Stomp,
+            3 => Form::MqttV3Qos0,
+            _ => Form::MqttV5Qos0,
+        }
+    }
+
+    /// Whether the connection negotiated `permessage-deflate`.
+    pub(crate) fn deflate(self) -> bool {
+        self.0 & Self::DEFLATE != 0
+    }
+
+    /// The protocol.
+    pub(crate) fn wire(self) -> Wire {
+        self.form().wire()
+    }
+
+    /// The same with another form (the extension stays as negotiated).
+    pub(crate) fn with_form(self, form: Form) -> Self {
+        Self::new(form, self.deflate())
+    }
+}
+
 /// What a protocol's connect frame gives.
 pub(crate) struct Hello {
     /// The token, when the frame carries one (otherwise the request's, if any).
@@ -344,12 +386,16 @@ pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
 }
 
 /// A delivered message's frames, made on first use: one per protocol and form among its
-/// recipients, each shared by all of them.
+/// recipients, each shared by all of them; and, for recipients that negotiated
+/// `permessage-deflate`, the compressed variant of each finished form (compressed once).
 pub(crate) struct Frames<'a> {
     env: &'a Envelope,
     by_wire: [Option<Bytes>; Wire::COUNT],
     /// [`Form::MqttV3Qos0`] and [`Form::MqttV5Qos0`], from the MQTT template.
     mqtt_qos0: [Option<Bytes>; 2],
+    /// The compressed variants of [`Form::Native`], [`Form::MqttV3Qos0`] and
+    /// [`Form::MqttV5Qos0`] (the plain frame again where deflate does not make it smaller).
+    deflated: [Option<Bytes>; 3],
 }
 
 impl<'a> Frames<'a> {
@@ -359,6 +405,7 @@ impl<'a> Frames<'a> {
             env,
             by_wire: Default::default(),
             mqtt_qos0: Default::default(),
+            deflated: Default::default(),
         }
     }
 
@@ -367,8 +414,29 @@ impl<'a> Frames<'a> {
         self.env
     }
 
-    /// The frame for a connection that takes messages in `form`.
-    pub(crate) fn get(&mut self, form: Form) -> &Bytes {
+    /// The frame for a connection that takes messages as `takes` says: compressed when it
+    /// negotiated `permessage-deflate` and its form is finished: the templates MQTT and STOMP
+    /// complete per connection ([`Codec::render`]) go uncompressed, as the extension allows for
+    /// any message.
+    pub(crate) fn get(&mut self, takes: Takes) -> &Bytes {
+        let form = takes.form();
+        let i = match form {
+            _ if !takes.deflate() => return self.plain(form),
+            Form::Native => 0,
+            Form::MqttV3Qos0 => 1,
+            Form::MqttV5Qos0 => 2,
+            Form::Mqtt | Form::Stomp => return self.plain(form),
+        };
+        if self.deflated[i].is_none() {
+            let plain = self.plain(form);
+            let z = crate::deflate::deflate_frame(plain).unwrap_or_else(|| plain.clone());
+            self.deflated[i] = Some(z);
+        }
+        self.deflated[i].get_or_insert_default()
+    }
+
+    /// The uncompressed frame for a connection that takes messages in `form`.
+    fn plain(&mut self, form: Form) -> &Bytes {
         let env = self.env;
         let by_wire = &mut self.by_wire;
         let v5 = match form {
