@@ -23,7 +23,11 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -39,21 +43,37 @@ def first_text(driver, css):
     return found[0].text if found else None
 
 
+def on_element(driver, css, action):
+    """Finds the element and acts on it, again if the page re-rendered it in between (the
+    console redraws its lists every few seconds)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return action(driver.find_element(By.CSS_SELECTOR, css))
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def clear_and_type(field, text):
+    field.clear()
+    field.send_keys(text)
+
+
 def run(driver, cmd):
     kind = cmd["cmd"]
     if kind == "goto":
         driver.get(cmd["url"])
         return {"event": "done"}
     if kind == "type":
-        field = driver.find_element(By.CSS_SELECTOR, cmd["css"])
-        field.clear()
-        field.send_keys(cmd["text"])
+        on_element(driver, cmd["css"], lambda e: clear_and_type(e, cmd["text"]))
         return {"event": "done"}
     if kind == "select":
-        Select(driver.find_element(By.CSS_SELECTOR, cmd["css"])).select_by_value(cmd["value"])
+        on_element(driver, cmd["css"], lambda e: Select(e).select_by_value(cmd["value"]))
         return {"event": "done"}
     if kind == "click":
-        driver.find_element(By.CSS_SELECTOR, cmd["css"]).click()
+        on_element(driver, cmd["css"], lambda e: e.click())
         try:
             driver.switch_to.alert.accept()
         except NoAlertPresentException:
@@ -76,10 +96,12 @@ def run(driver, cmd):
             f"status line {first_text(driver, '#status')!r}",
         }
     if kind == "texts":
-        return {
-            "event": "texts",
-            "texts": [e.text for e in driver.find_elements(By.CSS_SELECTOR, cmd["css"])],
-        }
+        texts = on_element(
+            driver,
+            "body",
+            lambda _: [e.text for e in driver.find_elements(By.CSS_SELECTOR, cmd["css"])],
+        )
+        return {"event": "texts", "texts": texts}
     if kind == "url":
         return {"event": "url", "url": driver.current_url}
     if kind == "cookies":
