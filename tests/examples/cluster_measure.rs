@@ -1,11 +1,13 @@
 //! Measures the cluster's registry cost and delivery latency on this machine:
 //! - Redis round trips and wall time for N connects (each a distinct user in one of 100 groups)
-//!   on one edge, from the edge's `herald_registry_round_trips_total`;
+//!   on one edge, from the edge's `herald_registry_round_trips_total`, offered at RATE connects/s
+//!   (0: as fast as 1,000 at a time allow), with the time from each connect's scheduled start to
+//!   its `welcome` (p50/p99/max), the edge's `registry_batch_ms` set to BATCH_MS;
 //! - publish-to-delivery latency of one message through router → NATS → edge (gRPC publish
 //!   call start to the client reading the frame), median and p99 of many sequential messages.
 //!
 //! `cargo build --release -p herald && HERALD_BIN=target/release/herald \
-//!  cargo run --release -p herald-tests --example cluster_measure -- 10000 2000`
+//!  cargo run --release -p herald-tests --example cluster_measure -- 10000 2000 [RATE [BATCH_MS]]`
 
 use std::time::{Duration, Instant};
 
@@ -28,14 +30,19 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let connects: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let samples: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let rate: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0.0);
+    let batch_ms: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(15);
     let b = Backends::start_with(false, 1).await;
-    let edge = herald()
-        .clustered(&b)
-        .role("edge")
-        .edge("id", "e1")
-        .cluster("edge_ttl_secs", 15)
-        .start()
-        .await;
+    let edge = std::sync::Arc::new(
+        herald()
+            .clustered(&b)
+            .role("edge")
+            .edge("id", "e1")
+            .edge("registry_batch_ms", batch_ms as i64)
+            .cluster("edge_ttl_secs", 15)
+            .start()
+            .await,
+    );
     let router = herald()
         .clustered(&b)
         .role("router")
@@ -54,20 +61,55 @@ async fn main() {
         .collect();
     let before = round_trips(&edge).await;
     let started = Instant::now();
-    let clients: Vec<Client> = futures_util::stream::iter(tokens.iter())
-        .map(|t| edge.connect("alpha", t))
-        .buffer_unordered(1_000)
-        .collect()
-        .await;
+    let (clients, mut welcome): (Vec<Client>, Vec<Duration>) = if rate > 0.0 {
+        // Each connect starts at its own scheduled instant; its latency counts from there.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, t) in tokens.iter().cloned().enumerate() {
+            let at = started + Duration::from_secs_f64(i as f64 / rate);
+            let url = edge.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                let c = url.connect("alpha", &t).await;
+                (c, at.elapsed())
+            });
+        }
+        let mut out = (Vec::new(), Vec::new());
+        while let Some(r) = tasks.join_next().await {
+            let (c, d) = r.expect("connect task");
+            out.0.push(c);
+            out.1.push(d);
+        }
+        out
+    } else {
+        futures_util::stream::iter(tokens.iter())
+            .map(|t| async {
+                let t0 = Instant::now();
+                let c = edge.connect("alpha", t).await;
+                (c, t0.elapsed())
+            })
+            .buffer_unordered(1_000)
+            .unzip()
+            .await
+    };
     let took = started.elapsed();
     let trips = round_trips(&edge).await - before;
+    welcome.sort();
+    let wp = |p: f64| welcome[((welcome.len() as f64 * p) as usize).min(welcome.len() - 1)];
     println!(
-        "{} connects on one edge: {:.2} s ({:.0}/s), {} Redis round trips ({:.1} connects per round trip)",
+        "{} connects on one edge (offered {}/s, registry_batch_ms {batch_ms}): {:.2} s ({:.0}/s), {} Redis round trips ({:.1} connects per round trip); welcome p50 {:?} p99 {:?} max {:?}",
         clients.len(),
+        if rate > 0.0 {
+            format!("{rate:.0}")
+        } else {
+            "max".into()
+        },
         took.as_secs_f64(),
         clients.len() as f64 / took.as_secs_f64(),
         trips,
-        clients.len() as f64 / trips.max(1) as f64
+        clients.len() as f64 / trips.max(1) as f64,
+        wp(0.5),
+        wp(0.99),
+        welcome[welcome.len() - 1]
     );
     drop(clients);
     tokio::time::sleep(Duration::from_millis(500)).await;
