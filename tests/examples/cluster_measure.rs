@@ -39,6 +39,12 @@ async fn main() {
             .role("edge")
             .edge("id", "e1")
             .edge("registry_batch_ms", batch_ms as i64)
+            .edge(
+                "limits",
+                toml::Value::Table(
+                    toml::toml! { per_ip_connect_rate = 0 per_ip_max_connections = 0 },
+                ),
+            )
             .cluster("edge_ttl_secs", 15)
             .start()
             .await,
