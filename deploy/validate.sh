@@ -5,7 +5,9 @@
 #   its vendored `vendor.compose-spec`),
 # - deploy/k8s/*.yaml against the Kubernetes schemas, strictly (PyPI: kubernetes-validate,
 #   which ships the schemas: no network needed past the install),
-# - deploy/*.sh with `bash -n`.
+# - deploy/*.sh with `bash -n`,
+# - deploy/prometheus/*.yml with `promtool check rules` (Debian: prometheus), and
+#   deploy/grafana/*.json as JSON (their metric names are checked by tests/tests/dashboards.rs).
 # The tools go into a virtualenv under target/ (created once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +32,9 @@ echo "-- kubernetes-validate --strict deploy/k8s/*.yaml"
 "$venv/bin/kubernetes-validate" --strict deploy/k8s/*.yaml
 echo "-- bash -n deploy/*.sh"
 for f in deploy/*.sh; do bash -n "$f"; done
+echo "-- promtool check rules deploy/prometheus/*.yml"
+command -v promtool >/dev/null 2>&1 || { echo "promtool not found (Debian: apt-get install prometheus)" >&2; exit 1; }
+promtool check rules deploy/prometheus/*.yml
+echo "-- json deploy/grafana/*.json"
+for f in deploy/grafana/*.json; do python3 -m json.tool "$f" >/dev/null; done
 echo "deploy files valid"

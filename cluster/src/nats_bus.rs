@@ -25,6 +25,7 @@ use herald_core::ids::EdgeId;
 use herald_core::proto::bus as wire;
 use herald_core::proto::bus::Envelope;
 use herald_core::proto::prost::Message as _;
+use herald_core::telemetry::{BUS_CALL_SECONDS, Call};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -225,6 +226,7 @@ async fn control_loop(
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, to: Destination<'_>, envelope: &Envelope) -> Result<(), BusError> {
+        let _call = Call::start(BUS_CALL_SECONDS, "publish", "herald.bus.publish");
         let subject = match to {
             Destination::Edge(edge) => self.edge_subject(edge),
             Destination::Broadcast(project) => format!("{}.bcast.{project}", self.prefix),
@@ -281,6 +283,7 @@ impl Bus for NatsBus {
         live: &[EdgeId],
         deadline: Duration,
     ) -> Result<ControlOutcome, BusError> {
+        let _call = Call::start(BUS_CALL_SECONDS, "control", "herald.bus.control");
         let inbox = self.control.new_inbox();
         let mut replies_sub = self
             .control

@@ -26,6 +26,7 @@ use herald_core::ids::{EdgeId, ProjectId};
 use herald_core::registry::{
     InterestChange, InterestKey, Liveness, Registry, RegistryError, Route,
 };
+use herald_core::telemetry::{Call, REGISTRY_CALL_SECONDS};
 use parking_lot::{Mutex, RwLock};
 use redis::{Cmd, Script, Value};
 
@@ -683,6 +684,11 @@ fn chunks<'a>(adds: &'a [String], removes: &'a [String]) -> Vec<(&'a [String], &
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn heartbeat(&self, edge: &EdgeId) -> Result<Liveness, RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "heartbeat",
+            "herald.registry.heartbeat",
+        );
         let inner = &self.inner;
         let (alive, reaping) = (
             inner.keys.alive(edge.as_str()),
@@ -732,6 +738,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn update(&self, edge: &EdgeId, changes: &[InterestChange]) -> Result<(), RegistryError> {
+        let _call = Call::start(REGISTRY_CALL_SECONDS, "update", "herald.registry.update");
         // The last change of a key wins: a batch holds the edge's latest state of each key.
         let mut last: HashMap<String, bool> = HashMap::with_capacity(changes.len());
         for c in changes {
@@ -768,6 +775,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn resync(&self, edge: &EdgeId, keys: &[InterestKey]) -> Result<(), RegistryError> {
+        let _call = Call::start(REGISTRY_CALL_SECONDS, "resync", "herald.registry.resync");
         let inner = &self.inner;
         // The epoch is read first: a loss during the writes makes a new one, which this
         // confirmation does not name, so the next heartbeat resyncs again.
@@ -827,10 +835,20 @@ impl Registry for RedisRegistry {
     }
 
     async fn deregister(&self, edge: &EdgeId) -> Result<(), RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "deregister",
+            "herald.registry.deregister",
+        );
         self.inner.reap(edge, true).await.map(|_| ())
     }
 
     async fn edges_for(&self, key: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "edges_for",
+            "herald.registry.edges_for",
+        );
         let inner = &self.inner;
         let names: Vec<String> = inner
             .query(redis::cmd("SMEMBERS").arg(inner.keys.interest(&Keys::member(key))))
@@ -846,6 +864,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn resolve(&self, key: &InterestKey) -> Result<Route, RegistryError> {
+        let _call = Call::start(REGISTRY_CALL_SECONDS, "resolve", "herald.registry.resolve");
         let inner = &self.inner;
         // One round trip: the key's edges, then the epoch (pipelined in this order, so a flush
         // between the two reads shows as a missing epoch; on a cluster, sent to both nodes at
@@ -895,6 +914,11 @@ impl Registry for RedisRegistry {
     }
 
     async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "live_edges",
+            "herald.registry.live_edges",
+        );
         let inner = &self.inner;
         inner.ensure_live(false).await?;
         let now = Instant::now();
@@ -920,6 +944,11 @@ impl Registry for RedisRegistry {
         key: &str,
         window: Duration,
     ) -> Result<bool, RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "claim_idempotency_key",
+            "herald.registry.claim_idempotency_key",
+        );
         let inner = &self.inner;
         let set: Option<String> = inner
             .query(
@@ -939,6 +968,11 @@ impl Registry for RedisRegistry {
         project: &ProjectId,
         key: &str,
     ) -> Result<(), RegistryError> {
+        let _call = Call::start(
+            REGISTRY_CALL_SECONDS,
+            "release_idempotency_key",
+            "herald.registry.release_idempotency_key",
+        );
         let inner = &self.inner;
         inner
             .query::<()>(redis::cmd("DEL").arg(inner.keys.idempotency(project, key)))

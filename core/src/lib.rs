@@ -13,6 +13,10 @@
 //!   epochs) and its in-process implementation.
 //! - [`sessions`]: the [`Sessions`](sessions::Sessions) trait (where a client that comes back
 //!   stood: subscriptions and acknowledged positions) and its in-process implementation.
+//! - [`telemetry`]: every metric Herald records, in one list (names, kinds, help, histogram
+//!   buckets), and the latency [`Timer`](telemetry::Timer).
+//! - [`trace`]: OpenTelemetry spans of a publish through router, bus and edges, off unless an
+//!   exporter is configured.
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
@@ -23,5 +27,7 @@ pub mod ids;
 pub mod projects;
 pub mod registry;
 pub mod sessions;
+pub mod telemetry;
+pub mod trace;
 
 pub use herald_proto as proto;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use herald_core::codes::CloseCode;
 use herald_core::ids::ProjectId;
+use herald_core::telemetry::{self, Timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
@@ -208,6 +209,7 @@ pub(crate) async fn admit(
     peer: SocketAddr,
     mut counted: Counted,
 ) -> Option<Admitted> {
+    let started = Timer::start();
     let cfg = &shared.cfg;
     let handshake_deadline = Duration::from_millis(cfg.handshake_timeout_ms);
     // One deadline from the accept for everything before the request is whole (PROXY header and
@@ -262,9 +264,9 @@ pub(crate) async fn admit(
     if cfg.refuse_before_upgrade && up.wire.token_in_request() {
         let result = match &path_project {
             Some(p) if keys.has_project(p.as_str()) => match (&up.token, &cert) {
-                (Some(t), _) => keys.verify(p.as_str(), t),
+                (Some(t), _) => timed(|| keys.verify(p.as_str(), t)),
                 (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
-                    keys.verify_certificate(p.as_str(), c)
+                    timed(|| keys.verify_certificate(p.as_str(), c))
                 }
                 (None, _) => Err(AuthError::Missing),
             },
@@ -427,9 +429,9 @@ pub(crate) async fn admit(
         Some(_) if verified.is_some() => verified.ok_or(AuthError::Missing),
         Some(p) if !keys.has_project(p.as_str()) => Err(AuthError::UnknownProject),
         Some(p) => match (token, &cert) {
-            (Some(t), _) => keys.verify(p.as_str(), &t),
+            (Some(t), _) => timed(|| keys.verify(p.as_str(), &t)),
             (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
-                keys.verify_certificate(p.as_str(), c)
+                timed(|| keys.verify_certificate(p.as_str(), c))
             }
             (None, _) => Err(AuthError::Missing),
         },
@@ -455,6 +457,8 @@ pub(crate) async fn admit(
         }
         (Ok(_), None) => return None,
     };
+    metrics::histogram!(telemetry::EDGE_HANDSHAKE_SECONDS, "protocol" => up.wire.label())
+        .record(started.seconds());
     Some(Admitted {
         stream,
         ctx,
@@ -468,6 +472,15 @@ pub(crate) async fn admit(
         resume,
         device,
     })
+}
+
+/// Runs one token or certificate verification, timed in `herald_edge_auth_duration_seconds`.
+fn timed(verify: impl FnOnce() -> Result<Identity, AuthError>) -> Result<Identity, AuthError> {
+    let timer = Timer::start();
+    let outcome = verify();
+    let result = if outcome.is_ok() { "ok" } else { "refused" };
+    metrics::histogram!(telemetry::EDGE_AUTH_SECONDS, "result" => result).record(timer.seconds());
+    outcome
 }
 
 /// Reads the protocol's connect frame: the client's first data messages, as many as it takes.

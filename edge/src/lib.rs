@@ -47,7 +47,7 @@ use herald_core::history::History;
 use herald_core::sessions::Sessions;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use herald_core::backoff::backoff;
@@ -56,6 +56,8 @@ use herald_core::codes::CloseCode;
 use herald_core::ids::EdgeId;
 use herald_core::proto::bus::{ENVELOPE_VERSION, Envelope};
 use herald_core::registry::{Liveness, Registry};
+use herald_core::telemetry;
+use herald_core::trace::{self, Attribute};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -142,7 +144,30 @@ impl EdgeHandler for HubHandler {
                 .increment(1);
             return;
         }
+        // A delivery span joins the publish's trace when both ends trace.
+        let span = (trace::enabled() && !envelope.trace_context.is_empty()).then(|| {
+            trace::start(
+                "herald.edge.deliver",
+                trace::Kind::Consumer,
+                &trace::extract(&envelope.trace_context),
+                vec![
+                    Attribute::new("herald.project", envelope.project.clone()),
+                    Attribute::new("herald.message_id", envelope.message_id.clone()),
+                ],
+            )
+        });
         self.1.deliver(envelope);
+        if envelope.published_at_unix_us > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            // A clock behind the router's reads as no delay rather than a negative one.
+            let us = now.saturating_sub(envelope.published_at_unix_us).max(0);
+            metrics::histogram!(telemetry::EDGE_DELIVERY_SECONDS).record(us as f64 / 1e6);
+        }
+        if let Some(cx) = span {
+            trace::end(&cx, None);
+        }
     }
 
     fn control(&self, request: &ControlRequest) -> ControlReply {

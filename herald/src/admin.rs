@@ -52,15 +52,7 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     if !s.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
-    let reasons: Vec<String> = [
-        s.registry.degraded(),
-        s.bus.degraded(),
-        s.history.degraded(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    metrics::gauge!("herald_degraded").set(if reasons.is_empty() { 0.0 } else { 1.0 });
+    let reasons = degraded(&s);
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {
@@ -71,6 +63,23 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
+/// Why the node is degraded (none: it is not), also set in `herald_degraded`.
+fn degraded(s: &AdminState) -> Vec<String> {
+    let reasons: Vec<String> = [
+        s.registry.degraded(),
+        s.bus.degraded(),
+        s.history.degraded(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    metrics::gauge!("herald_degraded").set(if reasons.is_empty() { 0.0 } else { 1.0 });
+    reasons
+}
+
+/// The metrics, `herald_degraded` as of this scrape (every node has it, so dashboards list
+/// nodes by it).
 async fn metrics(State(s): State<AdminState>) -> String {
+    degraded(&s);
     s.metrics.render()
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use herald_core::proto::channel::RouterAddr;
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{
     Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PresenceRequest,
@@ -82,9 +83,21 @@ pub struct ServeOpts {
 /// How to reach a router.
 #[derive(Debug, ClapArgs)]
 pub struct Conn {
-    /// The router's gRPC address.
+    /// The router's gRPC address: `http://` plaintext, `https://` over TLS (with `--ca-file`).
     #[arg(long, env = "HERALD_ROUTER", default_value = "http://127.0.0.1:50051")]
     pub router: String,
+    /// PEM CA certificates that signed an `https://` router's certificate.
+    #[arg(long, env = "HERALD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a router that requires one (`router.tls_client_ca`).
+    #[arg(long, env = "HERALD_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "HERALD_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the router's certificate must carry, when not the address's host.
+    #[arg(long, env = "HERALD_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// An API key of the project, or an admin key.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: String,
@@ -232,10 +245,17 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-/// A channel to the router and the interceptor that sends the API key.
+/// A channel to the router (plaintext, or TLS as `conn` says) and the interceptor that sends
+/// the API key.
 pub(crate) async fn connect_channel(conn: &Conn) -> anyhow::Result<(Channel, Auth)> {
-    let channel = Channel::from_shared(conn.router.clone())
-        .with_context(|| format!("bad router address {:?}", conn.router))?
+    let addr = RouterAddr {
+        url: conn.router.clone(),
+        ca_file: conn.ca_file.clone(),
+        cert_file: conn.client_cert.clone(),
+        key_file: conn.client_key.clone(),
+        server_name: conn.tls_server_name.clone(),
+    };
+    let channel = addr
         .connect()
         .await
         .with_context(|| format!("cannot reach the router at {}", conn.router))?;

@@ -27,6 +27,8 @@ pub struct Config {
     pub projects: Vec<ProjectConfig>,
     /// Embedded (default) or clustered over Redis and NATS, and which roles this process runs.
     pub cluster: ClusterConfig,
+    /// Traces exported over OTLP (off by default).
+    pub telemetry: TelemetryConfig,
 }
 
 /// Which registry (`[cluster] registry`).
@@ -252,6 +254,53 @@ impl Default for LogConfig {
     }
 }
 
+/// The `[telemetry]` section: OpenTelemetry traces of publishes (router, bus, edges), exported
+/// over OTLP/gRPC. Off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/gRPC endpoint spans are sent to, plaintext, e.g. `http://127.0.0.1:4317` (an
+    /// OpenTelemetry Collector, Jaeger, Tempo: one beside the node, which forwards them on).
+    /// Default none: no spans are made.
+    pub otlp_endpoint: Option<String>,
+    /// The spans' `service.name`. Default `herald`.
+    pub service_name: String,
+    /// Share of publishes traced when the caller sent no trace context, 0.0 to 1.0 (a caller's
+    /// `traceparent` decides for its own publishes). Default 1.0.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "herald".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Every problem, each naming its setting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(e) = &self.otlp_endpoint
+            && !e.starts_with("http://")
+        {
+            p.push(format!(
+                "telemetry.otlp_endpoint: {e:?} is not an http:// URL (a collector beside the node)"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            p.push("telemetry.sample_ratio: must be from 0.0 to 1.0".into());
+        }
+        if self.service_name.is_empty() {
+            p.push("telemetry.service_name: must not be empty".into());
+        }
+        p
+    }
+}
+
 /// Every problem found in the configuration.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -335,12 +384,16 @@ const ENV_PREFIX: &str = "HERALD_";
 const ENV_SPLIT: &str = "__";
 
 /// `HERALD_*` variables of the CLI (`herald publish` and the others), not configuration.
-const CLI_ENV_VARS: [&str; 5] = [
+const CLI_ENV_VARS: [&str; 9] = [
     "HERALD_CONFIG",
     "HERALD_API_KEY",
     "HERALD_ROUTER",
     "HERALD_TOKEN_SECRET",
     "HERALD_KEY_SECRET",
+    "HERALD_CA_FILE",
+    "HERALD_CLIENT_CERT",
+    "HERALD_CLIENT_KEY",
+    "HERALD_TLS_SERVER_NAME",
 ];
 
 /// The `HERALD_*` part of a variable name, if it has one (matched case-insensitively, as the
@@ -511,6 +564,7 @@ impl Config {
         p.extend(validate_projects(&self.projects));
         p.extend(self.cluster.validate());
         p.extend(self.duplicate_api_keys());
+        p.extend(self.telemetry.validate());
         if !matches!(self.log.format.as_str(), "text" | "json") {
             p.push("log.format: must be \"text\" or \"json\"".into());
         }

@@ -10,6 +10,7 @@ mod config;
 mod logs;
 mod serve;
 mod state;
+mod telemetry;
 
 use clap::Parser as _;
 

@@ -81,9 +81,13 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     }
     // The process's one crypto provider (aws-lc-rs), installed before anything uses rustls.
     herald_edge::tls::provider();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let metrics = crate::telemetry::install_metrics()?;
+    let node = if cfg.cluster.role.edge() {
+        cfg.edge.id.clone()
+    } else {
+        "router".to_string()
+    };
+    let tracing_export = crate::telemetry::install_tracing(&cfg.telemetry, &node)?;
     let (auth, api) = load_keys(&cfg)?;
     let auth = Arc::new(ArcSwap::from_pointee(auth));
     let api = Arc::new(ArcSwap::from_pointee(api));
@@ -183,6 +187,7 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
     admin_stop.cancel();
     probe_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    tracing_export.shutdown().await;
     tracing::info!("herald stopped");
     Ok(())
 }

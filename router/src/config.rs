@@ -1,6 +1,7 @@
 //! The router's settings: one serde struct, every field documented with its default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +23,19 @@ pub struct RouterConfig {
     pub admin_api_keys: Vec<String>,
     /// Directory where projects created through the admin API are kept (`projects.json`), so a
     /// restart keeps them. Default none: they live as long as the process.
-    pub state_dir: Option<std::path::PathBuf>,
+    pub state_dir: Option<PathBuf>,
     /// Serve the web console under `/console/` on `http_listen` (docs/console.md). Default
     /// true.
     pub console: bool,
+    /// PEM certificate chain of the gRPC listener; with `tls_key` the listener speaks TLS only
+    /// (clients use `https://`). Default none: plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with it, the gRPC listener requires a client certificate signed by
+    /// one of them (mutual TLS) and refuses the handshake of any other client. Needs `tls_cert`.
+    /// Default none.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for RouterConfig {
@@ -39,6 +49,9 @@ impl Default for RouterConfig {
             admin_api_keys: Vec::new(),
             state_dir: None,
             console: true,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -55,6 +68,14 @@ impl RouterConfig {
         }
         if self.control_timeout_ms == 0 {
             p.push("router.control_timeout_ms: must be greater than 0".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => p.push("router.tls_key: required with router.tls_cert".into()),
+            (None, Some(_)) => p.push("router.tls_cert: required with router.tls_key".into()),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            p.push("router.tls_client_ca: needs router.tls_cert and router.tls_key".into());
         }
         for (i, k) in self.admin_api_keys.iter().enumerate() {
             if k.len() < 16 {

@@ -37,6 +37,7 @@ use herald_core::proto::v1::herald_server::HeraldServer;
 use herald_core::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use config::RouterConfig;
 pub use error::ApiError;
@@ -60,11 +61,22 @@ pub enum RouterError {
     /// The HTTP/JSON server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// A TLS file (`router.tls_cert`, `tls_key`, `tls_client_ca`) could not be read.
+    #[error("cannot read {setting} {path}")]
+    TlsFile {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A bound router, ready to serve.
 pub struct Router {
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     http: Option<TcpListener>,
     service: RouterService,
     admin: Option<(Arc<ArcSwap<ApiKeys>>, Arc<admin::ProjectStore>)>,
@@ -93,8 +105,10 @@ impl Router {
                     .map_err(|source| RouterError::Bind { addr, source })?,
             ),
         };
+        let tls = tls_config(&cfg)?;
         Ok(Self {
             listener,
+            tls,
             http,
             service: RouterService::new(cfg, keys, registry, bus, history),
             admin: None,
@@ -154,7 +168,11 @@ impl Router {
         let admin = self
             .admin
             .map(|(keys, store)| AdminServer::new(admin_grpc::AdminService::new(keys, store)));
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls)?;
+        }
+        server
             .add_service(health_service)
             .add_service(herald)
             .add_optional_service(admin)
@@ -171,4 +189,36 @@ impl Router {
         }
         Ok(())
     }
+}
+
+/// How long a client may take over its TLS handshake with the gRPC listener.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The gRPC listener's TLS settings, when `router.tls_cert` and `tls_key` are set: its identity
+/// and, with `tls_client_ca`, the CA its clients' certificates must chain to. The files are read
+/// and parsed now, so a missing or bad one stops the start. Each handshake runs on a task of its own
+/// (tonic's), bounded by [`TLS_HANDSHAKE_TIMEOUT`]: a slow or failed one holds up no other client.
+fn tls_config(cfg: &RouterConfig) -> Result<Option<ServerTlsConfig>, RouterError> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    let read = |setting: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| RouterError::TlsFile {
+            setting,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("router.tls_cert", cert)?,
+            read("router.tls_key", key)?,
+        ))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &cfg.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("router.tls_client_ca", ca)?));
+    }
+    // Parsed now, so a bad certificate or key stops the start rather than the running router.
+    tonic::transport::Server::builder().tls_config(tls.clone())?;
+    Ok(Some(tls))
 }

@@ -25,6 +25,8 @@ use herald_core::proto::v1::{
     PublishStreamRequest, Resolution, disconnect_request, list_connections_request, target,
 };
 use herald_core::registry::{InterestKey, Registry, Route};
+use herald_core::telemetry::{self, Timer};
+use herald_core::trace::{self, Attribute, FutureExt as _, TraceContext, TraceContextExt as _};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -126,8 +128,59 @@ impl RouterService {
         Ok(id)
     }
 
-    /// Publishes one message for a caller of `scope`.
+    /// Publishes one message for a caller of `scope`: an accepted one is timed
+    /// (`herald_router_publish_duration_seconds`) and, when tracing is on, traced (a
+    /// `herald.router.publish` span, child of the caller's trace context when it sent one).
     pub(crate) async fn publish_one(
+        &self,
+        scope: &Scope,
+        req: PublishRequest,
+    ) -> Result<PublishReply, ApiError> {
+        let timer = Timer::start();
+        let target = match req.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(target::Kind::Broadcast(_)) => "broadcast",
+            Some(target::Kind::Group(_)) => "group",
+            Some(target::Kind::User(_)) => "user",
+            None => "none",
+        };
+        let outcome = if trace::enabled() {
+            let cx = trace::start(
+                "herald.router.publish",
+                trace::Kind::Producer,
+                &TraceContext::current(),
+                vec![
+                    Attribute::new("herald.project", req.project.clone()),
+                    Attribute::new("herald.target", target),
+                ],
+            );
+            let outcome = self
+                .publish_inner(scope, req)
+                .with_context(cx.clone())
+                .await;
+            match &outcome {
+                Ok(reply) => {
+                    let span = cx.span();
+                    span.set_attribute(Attribute::new(
+                        "herald.message_id",
+                        reply.message_id.clone(),
+                    ));
+                    span.set_attribute(Attribute::new("herald.edges", i64::from(reply.edges)));
+                    trace::end(&cx, None);
+                }
+                Err(e) => trace::end(&cx, Some(e)),
+            }
+            outcome
+        } else {
+            self.publish_inner(scope, req).await
+        };
+        if outcome.is_ok() {
+            metrics::histogram!(telemetry::ROUTER_PUBLISH_SECONDS, "target" => target)
+                .record(timer.seconds());
+        }
+        outcome
+    }
+
+    async fn publish_inner(
         &self,
         scope: &Scope,
         req: PublishRequest,
@@ -220,6 +273,7 @@ impl RouterService {
             published_at_unix_us: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64),
+            trace_context: HashMap::new(),
         };
         let retention = inner
             .keys
@@ -249,6 +303,10 @@ impl RouterService {
                 if let Some(p) = position {
                     envelope.seq = p.offset;
                     envelope.epoch = p.epoch;
+                }
+                // After the history copy: only live deliveries join the publish's trace.
+                if trace::enabled() {
+                    trace::inject(&TraceContext::current(), &mut envelope.trace_context);
                 }
                 self.hand_off(&project, key.as_ref(), &envelope)
                     .await
@@ -678,6 +736,25 @@ fn missing(outcome: &ControlOutcome) -> Vec<String> {
     outcome.missing.iter().map(|e| e.to_string()).collect()
 }
 
+/// gRPC metadata as a carrier of a caller's trace context.
+struct Metadata<'a>(&'a MetadataMap);
+
+impl trace::Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<PublishStreamReply, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -687,6 +764,15 @@ impl Herald for RouterService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let scope = self.authenticate(&request)?;
+        if trace::enabled() {
+            // The caller's trace context (`traceparent` metadata), the publish span's parent.
+            let parent = trace::extract_from(&Metadata(request.metadata()));
+            let reply = self
+                .publish_one(&scope, request.into_inner())
+                .with_context(parent)
+                .await?;
+            return Ok(Response::new(reply));
+        }
         Ok(Response::new(
             self.publish_one(&scope, request.into_inner()).await?,
         ))

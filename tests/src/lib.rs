@@ -174,6 +174,12 @@ impl HeraldBuilder {
         self
     }
 
+    /// Sets `[telemetry] key = value`.
+    pub fn telemetry(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section("telemetry").insert(key.into(), value.into());
+        self
+    }
+
     /// Sets `[log] key = value`.
     pub fn log(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.section("log").insert(key.into(), value.into());
@@ -483,6 +489,11 @@ pub async fn grpc_at(addr: SocketAddr, api_key: Option<&str>) -> Grpc {
         .connect()
         .await
         .expect("grpc connect");
+    grpc_over(channel, api_key)
+}
+
+/// A gRPC client over `channel` (e.g. a TLS one), using `api_key` (or none).
+pub fn grpc_over(channel: Channel, api_key: Option<&str>) -> Grpc {
     let value = api_key.map(|k| format!("Bearer {k}").parse().expect("metadata"));
     HeraldClient::with_interceptor(channel, ApiKeyInterceptor(value))
 }
