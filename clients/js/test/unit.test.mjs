@@ -375,3 +375,19 @@ test("close codes carry their names", () => {
   assert.equal(H.CloseCode.SlowConsumer, 4008);
   assert.equal(H.ErrorCode.HistoryUnavailable, 4503);
 });
+
+test("a WebSocket constructor is used with the herald.v1 sub-protocol (Node's ws, or the global one)", async () => {
+  const made = [];
+  class FakeWebSocket {
+    constructor(url, protocols) {
+      made.push([url, protocols]);
+    }
+    send() {}
+    close() {}
+  }
+  const c = new H.HeraldClient({ url: "ws://h/ws/p", token: "t", WebSocket: FakeWebSocket, sse: false });
+  clients.push(c);
+  c.connect();
+  await tick();
+  assert.deepEqual(made, [["ws://h/ws/p", "herald.v1"]]);
+});
