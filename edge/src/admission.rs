@@ -25,7 +25,9 @@ use crate::deflate::{Inflate, InflateError};
 use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
-use crate::ws::{self, FrameTrack, WriteQueue};
+use crate::session::{Link, WsLink};
+use crate::sockjs::{self, frame::Framing};
+use crate::ws::{FrameTrack, WriteQueue};
 use crate::{Bound, Shared, proxy, tls};
 
 /// Why a client was refused; one value answers it (HTTP status before the upgrade, close code
@@ -164,12 +166,11 @@ impl Drop for Counted {
 
 /// An authenticated client, ready for its session.
 pub(crate) struct Admitted {
-    pub(crate) stream: Stream,
-    pub(crate) ctx: WebSocketContext,
-    /// What the context was given so far.
-    pub(crate) track: FrameTrack,
-    /// The inflater of a client that negotiated `permessage-deflate`.
-    pub(crate) inflate: Option<Box<Inflate>>,
+    /// The transport to the client (with, on a WebSocket that negotiated `permessage-deflate`,
+    /// its inflater).
+    pub(crate) link: Link,
+    /// What is queued for it (on SockJS, framed for SockJS: the open frame, if not sent yet).
+    pub(crate) q: WriteQueue,
     pub(crate) remote: SocketAddr,
     pub(crate) counted: Counted,
     pub(crate) project: ProjectId,
@@ -259,76 +260,143 @@ pub(crate) async fn admit(
         r.answer_http(shared, tcp).await;
         return None;
     }
-    let keys = shared.keys.load();
+    // SockJS requests other than `websocket` are HTTP requests of a session: answered here, or
+    // handed to their session's task, or the start of a new session over HTTP.
+    let sockjs = up.sockjs.take();
     let mut verified = None;
-    if cfg.refuse_before_upgrade && up.wire.token_in_request() {
-        let result = match &path_project {
-            Some(p) if keys.has_project(p.as_str()) => match (&up.token, &cert) {
-                (Some(t), _) => timed(|| keys.verify(p.as_str(), t)),
-                (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
-                    timed(|| keys.verify_certificate(p.as_str(), c))
+    let mut q = WriteQueue::default();
+    let mut link = match &sockjs {
+        Some(req) if !req.is_websocket() => {
+            let known = path_project
+                .as_ref()
+                .filter(|p| shared.keys.load().has_project(p.as_str()));
+            let Some(p) = known else {
+                metrics::counter!("herald_edge_sockjs_requests_total", "endpoint" => "unknown_project", "status" => "404")
+                    .increment(1);
+                handshake::refuse(tcp, http::StatusCode::NOT_FOUND, "unknown project").await;
+                return None;
+            };
+            let settings = sockjs::http::Settings {
+                max_message_bytes: cfg.max_message_bytes,
+                disconnect_delay_ms: cfg.sockjs_disconnect_delay_ms,
+                response_limit: cfg.sockjs_response_limit_bytes,
+                deadline: Instant::now() + handshake_deadline,
+            };
+            let mut taken = Some(stream);
+            let served = sockjs::http::serve(
+                &shared.sockjs,
+                &mut taken,
+                p,
+                req,
+                up.origin.as_deref(),
+                std::mem::take(&mut up.leftover),
+                &settings,
+            )
+            .await;
+            match served {
+                sockjs::http::Served::Done => return None,
+                sockjs::http::Served::Session(l, queue) => {
+                    q = queue;
+                    Link::Http(l)
                 }
-                (None, _) => Err(AuthError::Missing),
-            },
-            _ => Err(AuthError::UnknownProject),
-        };
-        match result {
-            Ok(id) => verified = Some(id),
-            Err(e) => {
-                Refused::Auth(e).answer_http(shared, tcp).await;
+            }
+        }
+        _ => {
+            let keys = shared.keys.load();
+            if cfg.refuse_before_upgrade && up.wire.token_in_request() {
+                let result = match &path_project {
+                    Some(p) if keys.has_project(p.as_str()) => match (&up.token, &cert) {
+                        (Some(t), _) => timed(|| keys.verify(p.as_str(), t)),
+                        (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
+                            timed(|| keys.verify_certificate(p.as_str(), c))
+                        }
+                        (None, _) => Err(AuthError::Missing),
+                    },
+                    _ => Err(AuthError::UnknownProject),
+                };
+                match result {
+                    Ok(id) => verified = Some(id),
+                    Err(e) => {
+                        Refused::Auth(e).answer_http(shared, tcp).await;
+                        return None;
+                    }
+                }
+            }
+            // `permessage-deflate` where the project enables it: known here from the path only
+            // (on `/mqtt` the project comes after the upgrade, which then declines it).
+            up.deflate &= path_project
+                .as_ref()
+                .is_some_and(|p| keys.permessage_deflate(p.as_str()));
+            drop(keys);
+            if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
+                .await
+                .map_or(true, |r| r.is_err())
+            {
                 return None;
             }
-        }
-    }
-    // `permessage-deflate` where the project enables it: known here from the path only (on
-    // `/mqtt` the project comes after the upgrade, which then declines it).
-    up.deflate &= path_project
-        .as_ref()
-        .is_some_and(|p| keys.permessage_deflate(p.as_str()));
-    drop(keys);
-    if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
-        .await
-        .map_or(true, |r| r.is_err())
-    {
-        return None;
-    }
-    let mut inflate = up.deflate.then(|| {
-        Box::new(Inflate::new(
-            cfg.max_message_bytes,
-            shared
-                .ws_config
-                .max_frame_size
-                .unwrap_or(cfg.max_message_bytes),
-        ))
-    });
-    // Bytes that came with the request are the start of the first frames: filtered too.
-    let mut leftover = std::mem::take(&mut up.leftover);
-    let mut refused_early = None;
-    if let Some(f) = inflate.as_deref_mut() {
-        match f.filter(&mut leftover) {
-            Ok(n) => {
-                leftover.truncate(n);
-                let mut chunk = [0u8; 512];
-                while f.has_output() {
-                    let n = f.take_output(&mut chunk);
-                    leftover.extend_from_slice(&chunk[..n]);
+            let mut inflate = up.deflate.then(|| {
+                Box::new(Inflate::new(
+                    cfg.max_message_bytes,
+                    shared
+                        .ws_config
+                        .max_frame_size
+                        .unwrap_or(cfg.max_message_bytes),
+                ))
+            });
+            // Bytes that came with the request are the start of the first frames: filtered too.
+            let mut leftover = std::mem::take(&mut up.leftover);
+            let mut refused_early = None;
+            if let Some(f) = inflate.as_deref_mut() {
+                match f.filter(&mut leftover) {
+                    Ok(n) => {
+                        leftover.truncate(n);
+                        let mut chunk = [0u8; 512];
+                        while f.has_output() {
+                            let n = f.take_output(&mut chunk);
+                            leftover.extend_from_slice(&chunk[..n]);
+                        }
+                    }
+                    Err(e) => {
+                        leftover.clear();
+                        refused_early = InflateError::of(&e).map(InflateError::close_code);
+                    }
                 }
             }
-            Err(e) => {
-                leftover.clear();
-                refused_early = InflateError::of(&e).map(InflateError::close_code);
+            let mut track = FrameTrack::default();
+            track.handed(&leftover);
+            let ctx = WebSocketContext::from_partially_read(
+                leftover,
+                Role::Server,
+                Some(shared.ws_config),
+            );
+            let mut link = Link::Ws(WsLink {
+                tcp: stream,
+                ctx,
+                track,
+                // An inflater that failed is not used for the close.
+                inflate: if refused_early.is_some() {
+                    None
+                } else {
+                    inflate
+                },
+                ctl: Vec::new(),
+            });
+            if let Some(code) = refused_early {
+                let r = Refused::Close(code);
+                refuse_upgraded(shared, &mut link, &mut q, up.wire, None, &r).await;
+                return None;
             }
+            if sockjs.is_some() {
+                // SockJS's `websocket` transport: the codec's frames in SockJS frames.
+                q = WriteQueue::sockjs(Framing::WebSocket);
+                q.push_framed(sockjs::frame::framed(
+                    Framing::WebSocket,
+                    sockjs::frame::OPEN,
+                ));
+            }
+            link
         }
-    }
-    let mut track = FrameTrack::default();
-    track.handed(&leftover);
-    let mut ctx =
-        WebSocketContext::from_partially_read(leftover, Role::Server, Some(shared.ws_config));
-    if let Some(code) = refused_early {
-        let r = Refused::Close(code);
-        refuse_upgraded(shared, tcp, &mut ctx, None, up.wire, None, &r).await;
-        return None;
-    }
+    };
     // A native client of an unknown project is refused at once, before any `auth` frame; the
     // other protocols are answered in their own terms, after their connect frame.
     if up.wire.token_in_request()
@@ -337,16 +405,7 @@ pub(crate) async fn admit(
             .is_none_or(|p| !shared.keys.load().has_project(p.as_str()))
     {
         let r = Refused::Auth(AuthError::UnknownProject);
-        refuse_upgraded(
-            shared,
-            tcp,
-            &mut ctx,
-            inflate.as_deref_mut(),
-            up.wire,
-            None,
-            &r,
-        )
-        .await;
+        refuse_upgraded(shared, &mut link, &mut q, up.wire, None, &r).await;
         return None;
     }
     // The protocol's connect frame, when it has one or the native client sends `auth`.
@@ -359,14 +418,7 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let read = read_hello(
-            tcp,
-            &mut ctx,
-            inflate.as_deref_mut(),
-            up.wire,
-            cfg,
-            &mut track,
-        );
+        let read = read_hello(&mut link, &mut q, up.wire, cfg);
         let hello = timeout(deadline, read)
             .await
             .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
@@ -389,16 +441,7 @@ pub(crate) async fn admit(
             Err(refusal) => {
                 let r = Refused::Close(refusal.code);
                 let answer = refusal.answer;
-                refuse_upgraded(
-                    shared,
-                    tcp,
-                    &mut ctx,
-                    inflate.as_deref_mut(),
-                    up.wire,
-                    answer,
-                    &r,
-                )
-                .await;
+                refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
                 return None;
             }
         }
@@ -411,16 +454,7 @@ pub(crate) async fn admit(
     {
         tracing::debug!(%remote, reason = r.label(), "refused");
         let answer = codec.refusal(r.close_code());
-        refuse_upgraded(
-            shared,
-            tcp,
-            &mut ctx,
-            inflate.as_deref_mut(),
-            up.wire,
-            answer,
-            &r,
-        )
-        .await;
+        refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
         return None;
     }
     let keys = shared.keys.load();
@@ -443,16 +477,7 @@ pub(crate) async fn admit(
             tracing::debug!(%remote, error = %e, "authentication refused");
             let r = Refused::Auth(e);
             let answer = codec.refusal(r.close_code());
-            refuse_upgraded(
-                shared,
-                tcp,
-                &mut ctx,
-                inflate.as_deref_mut(),
-                up.wire,
-                answer,
-                &r,
-            )
-            .await;
+            refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
             return None;
         }
         (Ok(_), None) => return None,
@@ -460,10 +485,8 @@ pub(crate) async fn admit(
     metrics::histogram!(telemetry::EDGE_HANDSHAKE_SECONDS, "protocol" => up.wire.label())
         .record(started.seconds());
     Some(Admitted {
-        stream,
-        ctx,
-        track,
-        inflate,
+        link,
+        q,
         remote,
         counted,
         project,
@@ -485,19 +508,14 @@ fn timed(verify: impl FnOnce() -> Result<Identity, AuthError>) -> Result<Identit
 
 /// Reads the protocol's connect frame: the client's first data messages, as many as it takes.
 async fn read_hello(
-    tcp: &mut Stream,
-    ctx: &mut WebSocketContext,
-    mut inflate: Option<&mut Inflate>,
+    link: &mut Link,
+    q: &mut WriteQueue,
     wire: Wire,
     cfg: &EdgeConfig,
-    track: &mut FrameTrack,
 ) -> Result<Hello, HelloRefused> {
     let mut reader = HelloReader::new(wire, cfg);
     loop {
-        let read = ws::read_first(tcp, ctx, track, inflate.as_deref_mut()).await;
-        let m = read.map_err(|e| {
-            HelloRefused::close(ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))
-        })?;
+        let m = link.read_first(q).await.map_err(HelloRefused::close)?;
         if let Some(hello) = reader.feed(m) {
             return hello;
         }
@@ -533,21 +551,18 @@ fn check_client(
 /// with its return code), then the close frame with the refusal's code.
 pub(crate) async fn refuse_upgraded(
     shared: &Shared,
-    tcp: &mut Stream,
-    ctx: &mut WebSocketContext,
-    inflate: Option<&mut Inflate>,
+    link: &mut Link,
+    q: &mut WriteQueue,
     wire: Wire,
     answer: Option<bytes::Bytes>,
     refused: &Refused,
 ) {
     refused.count(wire);
     let code = refused.close_code();
-    let mut q = WriteQueue::default();
     if let Some(answer) = answer {
         q.push(answer);
     }
-    let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-    ws::close_and_finish(tcp, ctx, inflate, &mut q, code, close_timeout, wire.label()).await;
+    link.close(shared, q, code, wire.label()).await;
 }
 
 /// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both

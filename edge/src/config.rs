@@ -70,6 +70,13 @@ pub struct EdgeConfig {
     /// maximum of the client (5.0) lowers it. Further QoS 1 messages wait (counted against
     /// `max_queued_bytes`). Default 32.
     pub mqtt_max_inflight: u16,
+    /// SockJS over HTTP: how long a session may have no receiving request (a polling client
+    /// between polls, a streaming client reconnecting) before it is over, in ms. Default 5,000.
+    pub sockjs_disconnect_delay_ms: u32,
+    /// SockJS `xhr_streaming` and `eventsource`: bytes of frames after which a response is
+    /// ended and the client opens the next one (browsers keep a response's text until it
+    /// ends). Default 131,072.
+    pub sockjs_response_limit_bytes: u32,
     /// The defences (`[edge.limits]`).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -99,6 +106,8 @@ impl Default for EdgeConfig {
             max_pending_interest: 100_000,
             registry_batch_ms: 15,
             mqtt_max_inflight: 32,
+            sockjs_disconnect_delay_ms: 5_000,
+            sockjs_response_limit_bytes: 128 * 1024,
             limits: Default::default(),
         }
     }
@@ -138,6 +147,14 @@ impl EdgeConfig {
                 self.max_groups_per_connection as u64,
             ),
             ("edge.mqtt_max_inflight", u64::from(self.mqtt_max_inflight)),
+            (
+                "edge.sockjs_disconnect_delay_ms",
+                u64::from(self.sockjs_disconnect_delay_ms),
+            ),
+            (
+                "edge.sockjs_response_limit_bytes",
+                u64::from(self.sockjs_response_limit_bytes),
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -50,6 +50,8 @@ pub struct Upgrade {
     /// offer ([`crate::deflate::acceptable_offer`]); the caller clears it where the project does
     /// not enable the extension, before [`accept`].
     pub deflate: bool,
+    /// A SockJS request (`/sockjs/{project}/...`): only its `websocket` transport is an upgrade.
+    pub sockjs: Option<crate::sockjs::Request>,
 }
 
 /// Why an upgrade was refused before it happened; answered with an HTTP status.
@@ -125,10 +127,52 @@ fn to_http(req: &httparse::Request<'_, '_>) -> Result<Request<()>, HandshakeErro
 }
 
 fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeError> {
-    let (path_wire, project) = route(request.uri().path()).ok_or(HandshakeError::NotFound)?;
-    let response =
-        create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
-    let (wire, protocol) = choose_protocol(&request, path_wire)?;
+    let sockjs = crate::sockjs::route(request.uri().path());
+    let (path_wire, project) = match &sockjs {
+        Some((project, _)) => (
+            Some(Wire::Stomp),
+            match project {
+                Ok(p) => PathProject::Id(p.clone()),
+                Err(()) => PathProject::Invalid,
+            },
+        ),
+        None => route(request.uri().path()).ok_or(HandshakeError::NotFound)?,
+    };
+    let sockjs = sockjs.map(|(_, endpoint)| crate::sockjs::Request {
+        endpoint,
+        method: request.method().clone(),
+        cors_headers: request
+            .headers()
+            .get("access-control-request-headers")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        content_length: request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+        chunked: request
+            .headers()
+            .get(http::header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked")),
+    });
+    let (response, wire, protocol) = match &sockjs {
+        // SockJS speaks STOMP inside its own frames; a sub-protocol offered is not answered.
+        Some(req) if !req.is_websocket() => (http::Response::default(), Wire::Stomp, None),
+        Some(_) => (
+            create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?,
+            Wire::Stomp,
+            None,
+        ),
+        None => {
+            let response =
+                create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
+            let (wire, protocol) = choose_protocol(&request, path_wire)?;
+            (response, wire, protocol)
+        }
+    };
     let token = bearer(&request).or_else(|| query_token(&request));
     let origin = request
         .headers()
@@ -146,12 +190,15 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let deflate = request
-        .headers()
-        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(crate::deflate::acceptable_offer);
+    // SockJS re-frames every message per connection: its `websocket` transport declines
+    // permessage-deflate.
+    let deflate = sockjs.is_none()
+        && request
+            .headers()
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(crate::deflate::acceptable_offer);
     Ok(Upgrade {
         project,
         wire,
@@ -163,6 +210,7 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         forwarded_for,
         real_ip,
         deflate,
+        sockjs,
     })
 }
 

@@ -15,7 +15,8 @@
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
 //!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them
-//!   (native, [`codec::mqtt`], [`codec::stomp`]); `resume`: a native client's missed messages
+//!   (native, [`codec::mqtt`], [`codec::stomp`]); [`sockjs`]: SockJS's transports below the
+//!   STOMP codec (over a WebSocket or over HTTP requests); `resume`: a native client's missed messages
 //!   read from history, joined with live ones without gap or duplicate; [`streams`]: each
 //!   recoverable stream passed on without hole (gaps repaired from history, duplicates dropped,
 //!   positions checked).
@@ -39,6 +40,7 @@ pub mod protocol;
 pub mod proxy;
 mod resume;
 mod session;
+pub mod sockjs;
 pub mod streams;
 pub mod tls;
 mod ws;
@@ -108,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) history: Arc<dyn History>,
     /// Where devices' and MQTT sessions' acknowledged positions are kept.
     pub(crate) sessions: Arc<dyn Sessions>,
+    /// SockJS sessions over HTTP requests.
+    pub(crate) sockjs: Arc<sockjs::http::Table>,
 }
 
 /// A listener's settings and, on `wss`, its TLS state.
@@ -293,6 +297,7 @@ impl Edge {
                 mqtt_client_ids: Default::default(),
                 history,
                 sessions,
+                sockjs: Default::default(),
             }),
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),

@@ -37,6 +37,10 @@ use crate::limits::MessageBucket;
 use crate::listener::Stream;
 use crate::protocol::{self, Position, StreamOf};
 use crate::resume::{self, Answer, Replay};
+use crate::sockjs::{
+    self,
+    http::{HttpLink, LinkEvent},
+};
 use crate::ws::{self, FrameTrack, Io, WriteQueue};
 use crate::{Bound, Shared};
 
@@ -130,18 +134,136 @@ impl Future for ConnTask {
 /// Everything a live connection holds, in one allocation; the task's own future stays a few
 /// words.
 pub(crate) struct Session {
-    tcp: Stream,
-    ctx: WebSocketContext,
-    /// What `ctx` was given, to replace it once its read buffer may have grown.
-    track: FrameTrack,
-    /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
-    inflate: Option<Box<Inflate>>,
+    link: Link,
     q: WriteQueue,
-    /// Control frames tungstenite wrote (pongs, the close answer).
-    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
-    ctl: Vec<u8>,
     core: SessionCore,
     codec: Codec,
+}
+
+/// How a session reaches its client: the transport below the codec.
+// The WebSocket is nearly every connection and lives inline in the session's one allocation;
+// the rare HTTP link is boxed.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Link {
+    /// A WebSocket: every protocol, and SockJS's `websocket` transport (its write queue frames
+    /// for SockJS, its client messages are SockJS arrays).
+    Ws(WsLink),
+    /// SockJS over HTTP requests ([`crate::sockjs::http`]).
+    Http(Box<HttpLink>),
+}
+
+impl Link {
+    /// Whether the client negotiated `permessage-deflate`.
+    fn deflates(&self) -> bool {
+        matches!(self, Link::Ws(ws) if ws.inflate.is_some())
+    }
+}
+
+/// A WebSocket: the stream and tungstenite's reading state.
+pub(crate) struct WsLink {
+    pub(crate) tcp: Stream,
+    pub(crate) ctx: WebSocketContext,
+    /// What `ctx` was given, to replace it once its read buffer may have grown.
+    pub(crate) track: FrameTrack,
+    /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
+    pub(crate) inflate: Option<Box<Inflate>>,
+    /// Control frames tungstenite wrote (pongs, the close answer).
+    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
+    pub(crate) ctl: Vec<u8>,
+}
+
+impl Link {
+    /// Reads the client's next data message before the session is live (the protocol's connect
+    /// frame), writing what `q` holds first; the close code when the client cannot go on.
+    pub(crate) async fn read_first(&mut self, q: &mut WriteQueue) -> Result<Message, CloseCode> {
+        match self {
+            Link::Ws(ws) => loop {
+                if !q.frames.is_empty() {
+                    q.flush(&mut ws.tcp)
+                        .await
+                        .map_err(|_| CloseCode::AuthRequired)?;
+                }
+                let m = ws::read_first(
+                    &mut ws.tcp,
+                    &mut ws.ctx,
+                    &mut ws.track,
+                    ws.inflate.as_deref_mut(),
+                )
+                .await
+                .map_err(|e| ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))?;
+                if q.sockjs_framing().is_none() {
+                    return Ok(m);
+                }
+                match sockjs_message(m) {
+                    Ok(Some(m)) => return Ok(m),
+                    Ok(None) => continue,
+                    Err(code) => return Err(code),
+                }
+            },
+            Link::Http(l) => l
+                .next_message(q)
+                .await
+                .map(|m| Message::Text(m.into()))
+                .ok_or(CloseCode::AuthRequired),
+        }
+    }
+
+    /// Sends what `q` holds (the protocol's last words), the close (a WebSocket close frame, a
+    /// SockJS close frame, or both), waits for the peer within the close timeout, and counts
+    /// the close under the `protocol` label.
+    pub(crate) async fn close(
+        &mut self,
+        shared: &Shared,
+        q: &mut WriteQueue,
+        code: CloseCode,
+        protocol: &'static str,
+    ) {
+        let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+        match self {
+            Link::Ws(ws) => {
+                if let Some(framing) = q.sockjs_framing() {
+                    q.push_framed(sockjs::frame::framed(
+                        framing,
+                        &sockjs::frame::close(code.code(), code.reason()),
+                    ));
+                }
+                ws::close_and_finish(
+                    &mut ws.tcp,
+                    &mut ws.ctx,
+                    ws.inflate.as_deref_mut(),
+                    q,
+                    code,
+                    close_timeout,
+                    protocol,
+                )
+                .await;
+            }
+            Link::Http(l) => {
+                let deadline = tokio::time::Instant::now() + close_timeout;
+                let sent = l.close(q, code.code(), code.reason(), deadline).await;
+                let outcome = if sent {
+                    ws::CloseOutcome::Sent
+                } else {
+                    ws::CloseOutcome::Unsent
+                };
+                ws::count_close(code, outcome, protocol);
+            }
+        }
+    }
+}
+
+/// A SockJS client message over a WebSocket (a JSON array of strings) as the codec's message:
+/// `None` for an empty array, the close code for what is not SockJS. Control frames pass.
+fn sockjs_message(m: Message) -> Result<Option<Message>, CloseCode> {
+    match m {
+        Message::Text(t) => match sockjs::frame::unwrap(t.as_bytes()) {
+            Ok(Some(s)) => Ok(Some(Message::Text(s.into()))),
+            Ok(None) => Ok(None),
+            Err(_) => Err(CloseCode::ProtocolError),
+        },
+        Message::Binary(_) => Err(CloseCode::ProtocolError),
+        other => Ok(Some(other)),
+    }
 }
 
 /// The protocol-independent state of a session.
@@ -424,10 +546,8 @@ impl SessionOps<'_> {
 /// the project's maximum of connections here.
 async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     let Admitted {
-        mut stream,
-        mut ctx,
-        track,
-        mut inflate,
+        mut link,
+        mut q,
         remote,
         counted,
         project,
@@ -519,7 +639,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 remote,
                 expires_unix: identity.expires_unix,
                 wire: codec.wire(),
-                deflate: inflate.is_some(),
+                deflate: link.deflates(),
                 keep_alive_secs: codec.keep_alive_secs(),
                 heart_beat_secs: codec.heart_beat_secs(),
                 replaces,
@@ -535,22 +655,19 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     let Some(handle) = inserted else {
         let refused = Refused::Close(CloseCode::TooManyConnections);
         let answer = codec.refusal(refused.close_code());
-        admission::refuse_upgraded(
-            shared,
-            &mut stream,
-            &mut ctx,
-            inflate.as_deref_mut(),
-            codec.wire(),
-            answer,
-            &refused,
-        )
-        .await;
+        admission::refuse_upgraded(shared, &mut link, &mut q, codec.wire(), answer, &refused).await;
         return None;
     };
     let wire = codec.wire();
     metrics::counter!("herald_edge_connects_total", "result" => "ok", "protocol" => wire.label())
         .increment(1);
-    let mut q = WriteQueue::default();
+    if let Link::Http(l) = &link {
+        metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => l.transport().label())
+            .increment(1);
+    } else if q.sockjs_framing().is_some() {
+        metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => "websocket")
+            .increment(1);
+    }
     let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
     q.push(codec.welcome(&Welcome {
         connection_id: &shared.hub.connection_id(handle.number).to_string(),
@@ -561,12 +678,8 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     }));
     drop(groups);
     let mut session = Box::new(Session {
-        tcp: stream,
-        ctx,
-        track,
-        inflate,
+        link,
         q,
-        ctl: Vec::new(),
         core: SessionCore {
             handle,
             user: identity.user,
@@ -613,55 +726,99 @@ enum Event {
 
 impl Session {
     /// Writes what is queued, takes more from the hub once everything taken before is written
-    /// (the hub's bound then applies to what the socket could not absorb), and reads the next
-    /// client frame.
+    /// (the hub's bound then applies to what the client could not absorb), and reads the next
+    /// client message.
     fn poll_event(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Event> {
         let h = self.core.handle;
-        loop {
-            self.q.take_ctl(&mut self.ctl);
-            let idle = match self.q.poll_write(&mut self.tcp, cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
-                Poll::Pending => false,
-            };
-            match shared.hub.poll_outgoing(h, cx, &mut self.q.frames, idle) {
+        let q = &mut self.q;
+        let codec = &mut self.codec;
+        let http = matches!(self.link, Link::Http(_));
+        // The hub's frames, rendered by the codec and framed for the transport: `Ready(None)`
+        // when frames were taken, `Pending` with the waker registered.
+        let mut take = |q: &mut WriteQueue, cx: &mut Context<'_>, idle: bool| {
+            match shared.hub.poll_outgoing(h, cx, &mut q.frames, idle) {
                 Poll::Ready(Outgoing::Frames) => {
-                    if let Some(code) = self.codec.render(&mut self.q.frames) {
-                        return Poll::Ready(Event::Closing(Closing {
+                    if let Some(code) = codec.render(&mut q.frames) {
+                        return Poll::Ready(Some(Event::Closing(Closing {
                             code,
                             reconnect_after_ms: 0,
-                        }));
+                        })));
                     }
-                    continue;
+                    if q.wrap_taken() && http {
+                        // A heartbeat reached an HTTP transport: the hub's ping needs no pong.
+                        shared.hub.touch(h);
+                    }
+                    Poll::Ready(None)
                 }
-                Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
-                Poll::Pending => {}
+                Poll::Ready(Outgoing::Close(c)) => Poll::Ready(Some(Event::Closing(c))),
+                Poll::Pending => Poll::Pending,
             }
-            match self.ctx.read(&mut Io {
-                stream: &mut self.tcp,
-                cx,
-                out: &mut self.ctl,
-                track: Some(&mut self.track),
-                inflate: self.inflate.as_deref_mut(),
-            }) {
-                Ok(m) => return Poll::Ready(Event::Message(m)),
-                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // tungstenite holds nothing now: a buffer grown by a large frame goes.
-                    if self.track.may_renew(shared.cfg.read_buffer_bytes) {
-                        self.ctx = WebSocketContext::new(Role::Server, Some(shared.ws_config));
-                        self.track.renewed();
-                    }
-                    // The stream registered the waker; control frames to write first, if any.
-                    if !self.ctl.is_empty() {
-                        continue;
-                    }
-                    return Poll::Pending;
+        };
+        match &mut self.link {
+            Link::Ws(ws) => loop {
+                q.take_ctl(&mut ws.ctl);
+                let idle = match q.poll_write(&mut ws.tcp, cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
+                    Poll::Pending => false,
+                };
+                match take(q, cx, idle) {
+                    Poll::Ready(Some(ev)) => return Poll::Ready(ev),
+                    Poll::Ready(None) => continue,
+                    Poll::Pending => {}
                 }
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    return Poll::Ready(Event::PeerClosed);
+                match ws.ctx.read(&mut Io {
+                    stream: &mut ws.tcp,
+                    cx,
+                    out: &mut ws.ctl,
+                    track: Some(&mut ws.track),
+                    inflate: ws.inflate.as_deref_mut(),
+                }) {
+                    Ok(m) if q.sockjs_framing().is_some() => match sockjs_message(m) {
+                        Ok(Some(m)) => return Poll::Ready(Event::Message(m)),
+                        Ok(None) => continue,
+                        Err(code) => {
+                            return Poll::Ready(Event::Closing(Closing {
+                                code,
+                                reconnect_after_ms: 0,
+                            }));
+                        }
+                    },
+                    Ok(m) => return Poll::Ready(Event::Message(m)),
+                    Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // tungstenite holds nothing now: a buffer grown by a large frame goes.
+                        if ws.track.may_renew(shared.cfg.read_buffer_bytes) {
+                            ws.ctx = WebSocketContext::new(Role::Server, Some(shared.ws_config));
+                            ws.track.renewed();
+                        }
+                        // The stream registered the waker; control frames to write first, if any.
+                        if !ws.ctl.is_empty() {
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
+                    Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                        return Poll::Ready(Event::PeerClosed);
+                    }
+                    Err(e) => return Poll::Ready(Event::ReadError(e)),
                 }
-                Err(e) => return Poll::Ready(Event::ReadError(e)),
-            }
+            },
+            Link::Http(l) => loop {
+                let idle = l.poll_write(cx, q).is_ready();
+                match take(q, cx, idle) {
+                    Poll::Ready(Some(ev)) => return Poll::Ready(ev),
+                    Poll::Ready(None) => continue,
+                    Poll::Pending => {}
+                }
+                match l.poll_read(cx) {
+                    Poll::Ready(Some(LinkEvent::Message(m))) => {
+                        return Poll::Ready(Event::Message(Message::Text(m.into())));
+                    }
+                    Poll::Ready(Some(LinkEvent::Gone)) => return Poll::Ready(Event::PeerClosed),
+                    Poll::Ready(None) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
         }
     }
 }
@@ -699,9 +856,11 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
         Event::RateLimited => (CloseCode::RateLimited, 0),
         Event::Closing(c) => (c.code, c.reconnect_after_ms),
         Event::PeerClosed => {
-            s.q.take_ctl(&mut s.ctl);
-            let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-            let _ = timeout(close_timeout, s.q.flush(&mut s.tcp)).await;
+            if let Link::Ws(ws) = &mut s.link {
+                s.q.take_ctl(&mut ws.ctl);
+                let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
+                let _ = timeout(close_timeout, s.q.flush(&mut ws.tcp)).await;
+            }
             hub.remove(h);
             metrics::counter!("herald_edge_closes_total", "code" => "peer", "protocol" => s.codec.wire().label())
                 .increment(1);
@@ -735,18 +894,8 @@ async fn close_session(shared: &Shared, s: &mut Session, code: CloseCode, reconn
     if let Some(last) = s.codec.closing(code, reconnect_after_ms) {
         s.q.push(last);
     }
-    let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
     let protocol = s.codec.wire().label();
-    ws::close_and_finish(
-        &mut s.tcp,
-        &mut s.ctx,
-        s.inflate.as_deref_mut(),
-        &mut s.q,
-        code,
-        close_timeout,
-        protocol,
-    )
-    .await;
+    s.link.close(shared, &mut s.q, code, protocol).await;
 }
 
 #[cfg(test)]

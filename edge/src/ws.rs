@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::deflate::{Inflate, InflateError};
 use crate::listener::Stream;
+use crate::sockjs::{self, frame::Framing};
 
 /// Most frames written in one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -199,13 +200,18 @@ impl Write for Io<'_, '_> {
 }
 
 /// Frames on their way to the socket. A frame may span several queued pieces (an MQTT
-/// `PUBLISH`: shared prefix, packet identifier, shared payload).
+/// `PUBLISH`: shared prefix, packet identifier, shared payload). On a SockJS session the
+/// codec's frames are re-framed for SockJS as they are queued ([`WriteQueue::push`],
+/// [`WriteQueue::wrap_taken`]).
 #[derive(Default)]
 pub(crate) struct WriteQueue {
     pub(crate) frames: VecDeque<Bytes>,
     /// Bytes of the frame being written that are still queued (0: the next byte queued starts a
-    /// frame). A frame begun must be finished before anything else.
-    frame_left: u64,
+    /// frame). A frame begun must be finished before anything else. Four bytes (server frames
+    /// are far below 4 GiB): the queue and the SockJS framing fit in the session's allocation.
+    frame_left: u32,
+    /// SockJS: how the session's transport frames what the codec writes.
+    sockjs: Option<Framing>,
 }
 
 /// The whole length of the WebSocket frame starting at `b`, from its header; `None` when `b`
@@ -222,32 +228,70 @@ fn frame_len(b: &[u8]) -> Option<u64> {
 }
 
 impl WriteQueue {
-    /// Queues a frame (empty ones are ignored).
+    /// The queue of a SockJS session whose transport frames as `framing`.
+    pub(crate) fn sockjs(framing: Framing) -> Self {
+        Self {
+            sockjs: Some(framing),
+            ..Self::default()
+        }
+    }
+
+    /// How the SockJS transport frames, on a SockJS session.
+    pub(crate) fn sockjs_framing(&self) -> Option<Framing> {
+        self.sockjs
+    }
+
+    /// Queues a frame of the codec (empty ones are ignored), re-framed for SockJS on a SockJS
+    /// session.
     pub(crate) fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        match self.sockjs {
+            None => self.frames.push_back(b),
+            Some(framing) => {
+                let mut one = VecDeque::from([b]);
+                sockjs::frame::wrap_batch(&mut one, framing);
+                self.frames.append(&mut one);
+            }
+        }
+    }
+
+    /// Queues bytes ready for the transport as they are.
+    pub(crate) fn push_framed(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.frames.push_back(b);
+        }
+    }
+
+    /// Re-frames for SockJS, on a SockJS session, every queued frame: the codec's batch just
+    /// taken from the hub (the queue held nothing else). Whether the batch held a ping.
+    pub(crate) fn wrap_taken(&mut self) -> bool {
+        match self.sockjs {
+            None => false,
+            Some(framing) => sockjs::frame::wrap_batch(&mut self.frames, framing).pinged,
         }
     }
 
     /// Queues the control frames tungstenite wrote (pongs, close).
     pub(crate) fn take_ctl(&mut self, ctl: &mut Vec<u8>) {
         if !ctl.is_empty() {
-            self.push(Bytes::from(std::mem::take(ctl)));
+            self.push_framed(Bytes::from(std::mem::take(ctl)));
         }
     }
 
     /// Drops every frame not yet started; the rest of a frame begun stays.
     pub(crate) fn discard_unsent(&mut self) {
-        let mut left = self.frame_left;
+        let mut left = self.frame_left as usize;
         let mut kept = VecDeque::new();
         while left > 0 {
             let Some(mut piece) = self.frames.pop_front() else {
                 break;
             };
-            if piece.len() as u64 > left {
-                piece.truncate(left as usize);
+            if piece.len() > left {
+                piece.truncate(left);
             }
-            left -= piece.len() as u64;
+            left -= piece.len();
             kept.push_back(piece);
         }
         self.frames = kept;
@@ -259,10 +303,11 @@ impl WriteQueue {
         while at < n {
             if self.frame_left == 0 {
                 // Every frame's header lies whole in the piece that starts it.
-                self.frame_left = frame_len(&piece[at..]).unwrap_or((piece.len() - at) as u64);
+                let len = frame_len(&piece[at..]).unwrap_or((piece.len() - at) as u64);
+                self.frame_left = u32::try_from(len).unwrap_or(u32::MAX);
             }
-            let take = self.frame_left.min((n - at) as u64) as usize;
-            self.frame_left -= take as u64;
+            let take = (self.frame_left as usize).min(n - at);
+            self.frame_left -= take as u32;
             at += take;
         }
     }
@@ -470,7 +515,7 @@ pub(crate) async fn close_and_finish(
 }
 
 /// Counts a server close under `herald_edge_closes_total`.
-fn count_close(code: CloseCode, outcome: CloseOutcome, protocol: &'static str) {
+pub(crate) fn count_close(code: CloseCode, outcome: CloseOutcome, protocol: &'static str) {
     let label: &'static str = match (outcome, code) {
         (CloseOutcome::Sent, c) => c.label(),
         (CloseOutcome::Unsent, CloseCode::SlowConsumer) => "slow_consumer_unsent",

@@ -6,19 +6,22 @@
 // protocols (WebSocket sub-protocols offered, default stompjs's own for `versions`), ca (PEM file
 // for wss), subscribe ([{destination, id, ack, receipt, headers}], sent once connected;
 // `headers`: more SUBSCRIBE headers, e.g. offset and epoch to resume), debug (print
-// stompjs's debug lines, which include heart-beats: `<<< PONG`). Messages of client
+// stompjs's debug lines, which include heart-beats: `<<< PONG`), sockjs ({transports: [...]}:
+// connect through sockjs-client to `url` (http://.../sockjs/{project}) with only those
+// transports, e.g. ["xhr-polling"]; the `open` event names the transport used). Messages of client
 // acknowledgement modes are acknowledged only on command.
 // Commands: {"subscribe": {destination, id, ack, receipt}}, {"unsubscribe": {id, receipt}},
 // {"ack": ackHeader}, {"nack": ackHeader}, {"send": {destination, body, receipt}},
 // {"raw": text} (sent as is on the WebSocket), {"disconnect": true} (stompjs's DISCONNECT with
 // its receipt, then the close), {"end": true}.
-// Events: ready (the script runs), upgrade (the chosen sub-protocol), connect (CONNECTED
+// Events: ready (the script runs), upgrade (the chosen sub-protocol), open (SockJS: transport), connect (CONNECTED
 // headers), subscribed, message, receipt, stomp_error (ERROR frame), ws_close (the WebSocket
 // close code), ws_error, debug, closed.
 import fs from 'node:fs';
 import readline from 'node:readline';
 import { Client, Versions } from '@stomp/stompjs';
 import WebSocket from 'ws';
+import SockJS from 'sockjs-client';
 
 const opts = JSON.parse(process.argv[2] ?? '{}');
 const out = (event, fields = {}) => process.stdout.write(JSON.stringify({ event, ...fields }) + '\n');
@@ -42,6 +45,12 @@ const client = new Client({
   reconnectDelay: 0,
   connectionTimeout: 20_000,
   webSocketFactory: () => {
+    if (opts.sockjs) {
+      socket = new SockJS(opts.url, null, { transports: opts.sockjs.transports });
+      socket.addEventListener('open', () => out('open', { transport: socket.transport }));
+      socket.addEventListener('close', (e) => out('ws_close', { code: e.code, reason: e.reason }));
+      return socket;
+    }
     socket = new WebSocket(opts.url, opts.protocols ?? versions.protocolVersions(), wsOptions);
     socket.on('upgrade', (res) => out('upgrade', { protocol: res.headers['sec-websocket-protocol'] ?? null }));
     socket.on('close', (code, reason) => out('ws_close', { code, reason: reason.toString() }));

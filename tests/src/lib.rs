@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod mqtt;
 pub mod nginx;
 pub mod relay;
+pub mod stomp;
 pub mod tls;
 
 use std::net::SocketAddr;
