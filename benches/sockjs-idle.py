@@ -30,7 +30,7 @@ def b64(b):
 
 def token(sub):
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps({"sub": sub, "aud": "bench", "exp": int(time.time()) + 3600}).encode())
+    body = b64(json.dumps({"sub": sub, "aud": "bench", "channels": ["idle"], "exp": int(time.time()) + 3600}).encode())
     sig = b64(hmac.new(SECRET, f"{head}.{body}".encode(), hashlib.sha256).digest())
     return f"{head}.{body}.{sig}"
 
