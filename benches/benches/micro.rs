@@ -186,6 +186,7 @@ fn jwt(c: &mut Criterion) {
         client_certificates: None,
         history: None,
         permessage_deflate: false,
+        jwks: None,
     };
     let keys = herald_edge::AuthKeys::load(&[project], 5).expect("keys");
     let claims = serde_json::json!({"sub":"u1","aud":"bench","exp": jsonwebtoken::get_current_timestamp() + 3600});

@@ -213,7 +213,7 @@ async fn control_loop(
                 continue;
             }
         };
-        let reply = handler.control(&request).to_wire(&edge);
+        let reply = handler.control_async(&request).await.to_wire(&edge);
         if let Err(e) = client
             .publish(reply_to, Bytes::from(reply.encode_to_vec()))
             .await

@@ -68,6 +68,17 @@ pub enum ControlRequest {
     },
     /// Connections and traffic counters per project (the console's figures).
     Stats,
+    /// Subscribe connections to a group, or unsubscribe them (server-side).
+    Subscribe {
+        /// The project.
+        project: ProjectId,
+        /// Whom: one connection, or every connection of a user.
+        who: DisconnectWho,
+        /// The group.
+        group: GroupId,
+        /// True: join; false: leave.
+        subscribe: bool,
+    },
 }
 
 /// Whose connections to list.
@@ -101,6 +112,8 @@ pub enum ControlReply {
     Presence(Presence),
     /// Connections and traffic per project id.
     Stats(HashMap<String, ProjectStats>),
+    /// What a subscribe call did on one edge.
+    Subscribed(Subscribed),
 }
 
 /// One project's figures on one edge: live connections and counters that only grow while the
@@ -113,6 +126,17 @@ pub struct ProjectStats {
     pub messages: u64,
     /// Frames queued to the project's connections (one per recipient).
     pub deliveries: u64,
+}
+
+/// What a server-side subscribe or unsubscribe did on one edge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Connections that joined (or left) the group.
+    pub changed: u32,
+    /// Connections already in (or out of) it.
+    pub unchanged: u32,
+    /// Connections left out: at their maximum of groups.
+    pub refused: u32,
 }
 
 /// A group's users on one edge.
@@ -141,6 +165,14 @@ pub trait EdgeHandler: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope);
     /// Answers an operator call about local connections.
     fn control(&self, request: &ControlRequest) -> ControlReply;
+    /// Answers an operator call that may wait (a subscription, for the registry to hold it, a
+    /// bounded time); by default [`EdgeHandler::control`].
+    fn control_async<'a>(
+        &'a self,
+        request: &'a ControlRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ControlReply> + Send + 'a>> {
+        Box::pin(std::future::ready(self.control(request)))
+    }
 }
 
 /// What can go wrong on the bus.
@@ -229,10 +261,10 @@ impl Bus for MemoryBus {
             .filter(|e| !handlers.iter().any(|(id, _)| id == *e))
             .cloned()
             .collect();
-        let replies = handlers
-            .into_iter()
-            .map(|(id, h)| (id, h.control(request)))
-            .collect();
+        let mut replies = Vec::with_capacity(handlers.len());
+        for (id, h) in handlers {
+            replies.push((id, h.control_async(request).await));
+        }
         Ok(ControlOutcome { replies, missing })
     }
 }
@@ -302,6 +334,22 @@ impl From<&ControlRequest> for wire::ControlRequest {
                 limit: limit.unwrap_or(0),
             }),
             ControlRequest::Stats => wire::control_request::Call::Stats(wire::StatsCall {}),
+            ControlRequest::Subscribe {
+                project,
+                who,
+                group,
+                subscribe,
+            } => wire::control_request::Call::Subscribe(wire::SubscribeCall {
+                project: project.to_string(),
+                who: Some(match who {
+                    DisconnectWho::User(u) => wire::subscribe_call::Who::User(u.to_string()),
+                    DisconnectWho::Connection(c) => {
+                        wire::subscribe_call::Who::ConnectionId(c.to_string())
+                    }
+                }),
+                group: group.to_string(),
+                subscribe: *subscribe,
+            }),
         };
         wire::ControlRequest {
             version: CONTROL_VERSION,
@@ -359,6 +407,17 @@ impl TryFrom<wire::ControlRequest> for ControlRequest {
                 limit: (p.limit > 0).then_some(p.limit),
             },
             wire::control_request::Call::Stats(wire::StatsCall {}) => ControlRequest::Stats,
+            wire::control_request::Call::Subscribe(s) => ControlRequest::Subscribe {
+                project: ProjectId::new(&s.project)?,
+                who: match s.who.ok_or(ControlDecodeError::Empty)? {
+                    wire::subscribe_call::Who::User(u) => DisconnectWho::User(UserId::new(&u)?),
+                    wire::subscribe_call::Who::ConnectionId(c) => {
+                        DisconnectWho::Connection(c.parse()?)
+                    }
+                },
+                group: GroupId::new(&s.group)?,
+                subscribe: s.subscribe,
+            },
         })
     }
 }
@@ -405,6 +464,13 @@ impl ControlReply {
                         .collect(),
                 })
             }
+            ControlReply::Subscribed(s) => {
+                wire::control_reply::Result::Subscribed(wire::SubscribeResult {
+                    changed: s.changed,
+                    unchanged: s.unchanged,
+                    refused: s.refused,
+                })
+            }
         };
         wire::ControlReply {
             edge: edge.to_string(),
@@ -443,6 +509,11 @@ impl ControlReply {
                     })
                     .collect(),
             ),
+            wire::control_reply::Result::Subscribed(s) => ControlReply::Subscribed(Subscribed {
+                changed: s.changed,
+                unchanged: s.unchanged,
+                refused: s.refused,
+            }),
         };
         Ok((edge, reply))
     }
@@ -489,12 +560,24 @@ mod tests {
                 limit: None,
             },
             ControlRequest::Presence {
-                project: p,
+                project: p.clone(),
                 group: GroupId::new("news").expect("valid"),
                 after: Some(UserId::new("bob").expect("valid")),
                 limit: Some(11),
             },
             ControlRequest::Stats,
+            ControlRequest::Subscribe {
+                project: p.clone(),
+                who: DisconnectWho::User(UserId::new("alice").expect("valid")),
+                group: GroupId::new("news").expect("valid"),
+                subscribe: true,
+            },
+            ControlRequest::Subscribe {
+                project: p,
+                who: DisconnectWho::Connection("edge-1-42".parse().expect("valid")),
+                group: GroupId::new("news").expect("valid"),
+                subscribe: false,
+            },
         ];
         for r in reqs {
             let back = ControlRequest::try_from(wire::ControlRequest::from(&r)).expect("decodes");
@@ -533,5 +616,13 @@ mod tests {
         let (_, reply) = ControlReply::from_wire(ControlReply::Stats(stats.clone()).to_wire(&e))
             .expect("decodes");
         assert!(matches!(reply, ControlReply::Stats(back) if back == stats));
+        let s = Subscribed {
+            changed: 2,
+            unchanged: 1,
+            refused: 3,
+        };
+        let (_, reply) =
+            ControlReply::from_wire(ControlReply::Subscribed(s).to_wire(&e)).expect("decodes");
+        assert!(matches!(reply, ControlReply::Subscribed(back) if back == s));
     }
 }

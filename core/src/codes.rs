@@ -39,6 +39,9 @@ pub enum CloseCode {
     SessionTakenOver = 4012,
     /// 4013: the client tried to publish; clients only receive (MQTT `PUBLISH`, STOMP `SEND`).
     PublishNotAllowed = 4013,
+    /// 4014: the user is banned from the project (admin API `BanUser`); reconnecting is refused
+    /// until the ban expires (the hint says when) or is lifted.
+    Banned = 4014,
     /// 4029: the client sent frames faster than the per-connection rate limit.
     RateLimited = 4029,
 }
@@ -69,6 +72,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => "too many connections for this user",
             CloseCode::SessionTakenOver => "session taken over",
             CloseCode::PublishNotAllowed => "publishing not allowed",
+            CloseCode::Banned => "banned",
             CloseCode::RateLimited => "too many messages",
         }
     }
@@ -77,7 +81,7 @@ impl CloseCode {
     pub fn http_status(self) -> u16 {
         match self {
             CloseCode::AuthRequired | CloseCode::InvalidToken | CloseCode::TokenExpired => 401,
-            CloseCode::Forbidden => 403,
+            CloseCode::Forbidden | CloseCode::Banned => 403,
             CloseCode::UnknownProject => 404,
             CloseCode::TooManyConnections | CloseCode::RateLimited => 429,
             _ => 400,
@@ -104,6 +108,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => "too_many_connections",
             CloseCode::SessionTakenOver => "session_taken_over",
             CloseCode::PublishNotAllowed => "publish_not_allowed",
+            CloseCode::Banned => "banned",
             CloseCode::RateLimited => "rate_limited",
         }
     }

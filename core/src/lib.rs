@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`backoff`]: retry delays with jitter.
+//! - [`bans`]: banned users of each project, until a time or until lifted.
 //! - [`ids`]: validated identifiers (project, user, group, edge) and their alphabets.
 //! - [`codes`]: every client-facing close code, in one table.
 //! - [`projects`]: the project (tenant) configuration: JWT keys and API keys.
@@ -20,6 +21,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
+pub mod bans;
 pub mod bus;
 pub mod codes;
 pub mod history;

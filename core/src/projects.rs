@@ -67,6 +67,103 @@ pub struct ProjectConfig {
     /// `server_no_context_takeover` and `client_no_context_takeover`). Default `false`: declined.
     #[serde(default)]
     pub permessage_deflate: bool,
+    /// A JWK Set URL whose keys verify client tokens too (`[projects.jwks]`), instead of or
+    /// beside `keys`. Default absent.
+    #[serde(default)]
+    pub jwks: Option<JwksConfig>,
+}
+
+/// Where a project's issuer publishes its public keys (a JWK Set over HTTPS), and how they are
+/// cached (docs/configuration.md `[projects.jwks]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// The `https://` URL of the JWK Set.
+    pub url: String,
+    /// A PEM file of the CA certificates that verify the URL's server (a private issuer).
+    /// Default absent: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The same CA certificates as inline PEM text (the admin API's form: a path would not exist
+    /// on every node).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// A token naming an unknown `kid` fetches the set again at most once per this many seconds;
+    /// also the shortest time a fetched set is kept. Default 10.
+    #[serde(default = "JwksConfig::default_min_refresh_secs")]
+    pub min_refresh_secs: u64,
+    /// How long a set is kept when its response has no `Cache-Control: max-age`. Default 300.
+    #[serde(default = "JwksConfig::default_default_max_age_secs")]
+    pub default_max_age_secs: u64,
+    /// The longest a set is kept, whatever its `max-age` says. Default 86400.
+    #[serde(default = "JwksConfig::default_max_age_cap_secs")]
+    pub max_age_cap_secs: u64,
+    /// Deadline of one fetch (connect, TLS, answer), in milliseconds; the longest a client's
+    /// handshake waits for a refresh on an unknown `kid`. Default 2000.
+    #[serde(default = "JwksConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl JwksConfig {
+    fn default_min_refresh_secs() -> u64 {
+        10
+    }
+    fn default_default_max_age_secs() -> u64 {
+        300
+    }
+    fn default_max_age_cap_secs() -> u64 {
+        86_400
+    }
+    fn default_timeout_ms() -> u64 {
+        2_000
+    }
+
+    /// A source of `url` with the default settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            ca_pem: None,
+            min_refresh_secs: Self::default_min_refresh_secs(),
+            default_max_age_secs: Self::default_default_max_age_secs(),
+            max_age_cap_secs: Self::default_max_age_cap_secs(),
+            timeout_ms: Self::default_timeout_ms(),
+        }
+    }
+
+    /// Every problem of these settings, each naming the field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.url.strip_prefix("https://") {
+            None => problems.push(format!("{at}.url: must be an https:// URL")),
+            Some(rest) => {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                if host.is_empty() || host.contains('@') || self.url.len() > 2048 {
+                    problems.push(format!(
+                        "{at}.url: not https://host[:port]/path (no user info, at most 2048 bytes)"
+                    ));
+                }
+            }
+        }
+        if self.ca_file.is_some() && self.ca_pem.is_some() {
+            problems.push(format!("{at}: give ca_file or ca_pem, not both"));
+        }
+        if let Some(f) = &self.ca_file
+            && !f.is_file()
+        {
+            problems.push(format!("{at}.ca_file: cannot read {}", f.display()));
+        }
+        if !(1..=3_600).contains(&self.min_refresh_secs) {
+            problems.push(format!("{at}.min_refresh_secs: 1 to 3600"));
+        }
+        if self.max_age_cap_secs < self.min_refresh_secs {
+            problems.push(format!("{at}.max_age_cap_secs: at least min_refresh_secs"));
+        }
+        if !(100..=30_000).contains(&self.timeout_ms) {
+            problems.push(format!("{at}.timeout_ms: 100 to 30000"));
+        }
+        problems
+    }
 }
 
 /// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with
@@ -132,6 +229,9 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
         }
         if let Some(h) = &p.history {
             problems.extend(h.problems(&format!("{at}.history")));
+        }
+        if let Some(j) = &p.jwks {
+            problems.extend(j.problems(&format!("{at}.jwks")));
         }
         for (j, o) in p.limits.origins.iter().enumerate() {
             if let Err(e) = check_origin_pattern(o) {

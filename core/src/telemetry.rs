@@ -81,6 +81,9 @@ pub const METRICS: &[Metric] = &[
     m("herald_edge_closes_total", Counter, &["protocol", "code"], "Connections closed after the upgrade, by cause."),
     m("herald_edge_accept_errors_total", Counter, &["kind"], "Failed accept calls."),
     m("herald_edge_slow_consumers_total", Counter, &[], "Connections closed because their queue overflowed (4008)."),
+    m("herald_edge_jwks_fetches_total", Counter, &["result"], "JWK Set fetches (ok, error: the last good set stays)."),
+    m("herald_edge_jwks_unknown_kid_total", Counter, &["outcome"], "Tokens whose kid a project's JWK Set lacked (refreshed, rate_limited)."),
+    m("herald_edge_server_subscriptions_total", Counter, &["op"], "Connections the server subscribed to a group or unsubscribed."),
     m(EDGE_HANDSHAKE_SECONDS, Histogram(HANDSHAKE_BUCKETS), &["protocol"], "Seconds from a connection's accept to its client authenticated (PROXY header, TLS, upgrade, connect frame and token)."),
     m(EDGE_AUTH_SECONDS, Histogram(AUTH_BUCKETS), &["result"], "Seconds spent verifying a token or client certificate (ok or refused)."),
     // The edge: messages.

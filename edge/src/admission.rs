@@ -302,17 +302,10 @@ pub(crate) async fn admit(
             }
         }
         _ => {
-            let keys = shared.keys.load();
             if cfg.refuse_before_upgrade && up.wire.token_in_request() {
                 let result = match &path_project {
-                    Some(p) if keys.has_project(p.as_str()) => match (&up.token, &cert) {
-                        (Some(t), _) => timed(|| keys.verify(p.as_str(), t)),
-                        (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
-                            timed(|| keys.verify_certificate(p.as_str(), c))
-                        }
-                        (None, _) => Err(AuthError::Missing),
-                    },
-                    _ => Err(AuthError::UnknownProject),
+                    Some(p) => authenticate(shared, p, up.token.as_deref(), cert.as_ref()).await,
+                    None => Err(AuthError::UnknownProject),
                 };
                 match result {
                     Ok(id) => verified = Some(id),
@@ -326,8 +319,7 @@ pub(crate) async fn admit(
             // (on `/mqtt` the project comes after the upgrade, which then declines it).
             up.deflate &= path_project
                 .as_ref()
-                .is_some_and(|p| keys.permessage_deflate(p.as_str()));
-            drop(keys);
+                .is_some_and(|p| shared.keys.load().permessage_deflate(p.as_str()));
             if timeout(handshake_deadline, handshake::accept(tcp, &mut up))
                 .await
                 .map_or(true, |r| r.is_err())
@@ -457,20 +449,11 @@ pub(crate) async fn admit(
         refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
         return None;
     }
-    let keys = shared.keys.load();
     let identity = match &project {
         None => Err(AuthError::UnknownProject),
         Some(_) if verified.is_some() => verified.ok_or(AuthError::Missing),
-        Some(p) if !keys.has_project(p.as_str()) => Err(AuthError::UnknownProject),
-        Some(p) => match (token, &cert) {
-            (Some(t), _) => timed(|| keys.verify(p.as_str(), &t)),
-            (None, Some(c)) if keys.accepts_certificates(p.as_str()) => {
-                timed(|| keys.verify_certificate(p.as_str(), c))
-            }
-            (None, _) => Err(AuthError::Missing),
-        },
+        Some(p) => authenticate(shared, p, token.as_deref(), cert.as_ref()).await,
     };
-    drop(keys);
     let (identity, project) = match (identity, project) {
         (Ok(id), Some(p)) => (id, p),
         (Err(e), _) => {
@@ -504,6 +487,34 @@ fn timed(verify: impl FnOnce() -> Result<Identity, AuthError>) -> Result<Identit
     let result = if outcome.is_ok() { "ok" } else { "refused" };
     metrics::histogram!(telemetry::EDGE_AUTH_SECONDS, "result" => result).record(timer.seconds());
     outcome
+}
+
+/// Authenticates a client of `project` by its token, else by its verified certificate when the
+/// project accepts them. A token with an unknown `kid` may wait for the project's JWK Set to be
+/// fetched again (at most its fetch deadline).
+async fn authenticate(
+    shared: &Shared,
+    project: &ProjectId,
+    token: Option<&str>,
+    cert: Option<&tls::ClientCert>,
+) -> Result<Identity, AuthError> {
+    let p = project.as_str();
+    match (token, cert) {
+        _ if !shared.keys.load().has_project(p) => Err(AuthError::UnknownProject),
+        (Some(t), _) => {
+            // Timed whole: a wait for a JWK Set refresh is part of what authentication costs.
+            let timer = Timer::start();
+            let outcome = crate::auth::verify_refreshing(&shared.keys, p, t).await;
+            let result = if outcome.is_ok() { "ok" } else { "refused" };
+            metrics::histogram!(telemetry::EDGE_AUTH_SECONDS, "result" => result)
+                .record(timer.seconds());
+            outcome
+        }
+        (None, Some(c)) if shared.keys.load().accepts_certificates(p) => {
+            timed(|| shared.keys.load().verify_certificate(p, c))
+        }
+        (None, _) => Err(AuthError::Missing),
+    }
 }
 
 /// Reads the protocol's connect frame: the client's first data messages, as many as it takes.

@@ -1,10 +1,15 @@
 //! Client authentication: JWTs verified with each project's own keys.
 //!
-//! The key is chosen by the token header's `kid` (or is the project's only key), and the
-//! algorithm is the one configured for that key, never the one the header names. `aud` must name
-//! the project the client connects to, `exp` and `sub` are required.
+//! The key is chosen by the token header's `kid` (or is the project's only key), among the
+//! project's configured keys and then its JWK Set's ([`crate::jwks`]), and the algorithm is the
+//! one configured (or published) for that key, never the one the header names. `aud` must name
+//! the project the client connects to, `exp` and `sub` are required. A banned user is refused
+//! whatever its token.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::bans::BanList;
 
 use herald_core::codes::CloseCode;
 use herald_core::ids::{GroupId, UserId};
@@ -12,6 +17,8 @@ use herald_core::projects::{KeyAlgorithm, ProjectConfig};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+use crate::jwks::{JwksSource, JwksSources};
 
 /// The claims Herald reads from a client token.
 #[derive(Debug, Deserialize)]
@@ -83,6 +90,9 @@ pub enum AuthError {
     /// A claim is missing or invalid.
     #[error("invalid claims: {0}")]
     BadClaims(String),
+    /// The user is banned from the project.
+    #[error("user banned")]
+    Banned,
 }
 
 impl AuthError {
@@ -96,6 +106,7 @@ impl AuthError {
             }
             AuthError::Expired => CloseCode::TokenExpired,
             AuthError::WrongAudience | AuthError::BadClaims(_) => CloseCode::Forbidden,
+            AuthError::Banned => CloseCode::Banned,
         }
     }
 }
@@ -106,9 +117,16 @@ struct LoadedKey {
     validation: Validation,
 }
 
-/// The verification keys of every project, loaded from configuration.
+/// A project's keys: configured ones, and its JWK Set's.
+struct ProjectKeys {
+    keys: Vec<LoadedKey>,
+    jwks: Option<Arc<JwksSource>>,
+}
+
+/// The verification keys of every project, loaded from configuration, and the banned users.
 pub struct AuthKeys {
-    projects: HashMap<String, Vec<LoadedKey>>,
+    projects: HashMap<String, ProjectKeys>,
+    bans: BanList,
     /// What each project keeps for clients to recover (projects with `[projects.history]`).
     history: HashMap<String, herald_core::history::HistoryConfig>,
     /// Projects accepting clients by certificate: the groups they join, the channels they may.
@@ -137,8 +155,19 @@ impl AuthKeys {
         self.deflate.contains(project)
     }
 
-    /// Loads every project's keys; returns every problem found, each naming the key.
+    /// Loads every project's keys (JWK Sets from sources of their own, which start fetching);
+    /// returns every problem found, each naming the key.
     pub fn load(projects: &[ProjectConfig], leeway_secs: u64) -> Result<Self, Vec<String>> {
+        Self::load_with(projects, leeway_secs, &JwksSources::default())
+    }
+
+    /// Loads every project's keys, the JWK Sets from `jwks` (a source whose settings did not
+    /// change is kept, keys and all); returns every problem found, each naming the key.
+    pub fn load_with(
+        projects: &[ProjectConfig],
+        leeway_secs: u64,
+        jwks: &JwksSources,
+    ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut map = HashMap::new();
         let mut by_certificate = HashMap::new();
@@ -198,7 +227,17 @@ impl AuthKeys {
                     validation,
                 });
             }
-            map.insert(p.id.clone(), keys);
+            let source = match &p.jwks {
+                Some(cfg) => match jwks.get(&p.id, cfg, leeway_secs) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        problems.push(format!("projects[{i}] ({}).jwks.{e}", p.id));
+                        None
+                    }
+                },
+                None => None,
+            };
+            map.insert(p.id.clone(), ProjectKeys { keys, jwks: source });
             if let Some(c) = &p.client_certificates {
                 let mut groups = Vec::new();
                 for (j, g) in c.groups.iter().enumerate() {
@@ -216,6 +255,7 @@ impl AuthKeys {
         if problems.is_empty() {
             Ok(Self {
                 projects: map,
+                bans: BanList::default(),
                 by_certificate,
                 history,
                 deflate,
@@ -223,6 +263,33 @@ impl AuthKeys {
         } else {
             Err(problems)
         }
+    }
+
+    /// These keys with `bans` in force.
+    pub fn with_bans(mut self, bans: BanList) -> Self {
+        self.bans = bans;
+        self
+    }
+
+    /// The banned users.
+    pub fn bans(&self) -> &BanList {
+        &self.bans
+    }
+
+    /// Refuses a banned user of `project`.
+    fn check_ban(&self, project: &str, user: &UserId) -> Result<(), AuthError> {
+        if self
+            .bans
+            .is_banned(project, user.as_str(), herald_core::bans::now_ms())
+        {
+            return Err(AuthError::Banned);
+        }
+        Ok(())
+    }
+
+    /// The JWK Set source of `project`, if it has one.
+    pub fn jwks(&self, project: &str) -> Option<Arc<JwksSource>> {
+        self.projects.get(project)?.jwks.clone()
     }
 
     /// Whether the project exists.
@@ -245,6 +312,7 @@ impl AuthKeys {
         let (groups, channels) = self.by_certificate.get(project).ok_or(AuthError::Missing)?;
         let user = UserId::new(&cert.name)
             .map_err(|e| AuthError::BadClaims(format!("certificate name: {e}")))?;
+        self.check_ban(project, &user)?;
         Ok(Identity {
             user,
             groups: groups.clone(),
@@ -260,28 +328,46 @@ impl AuthKeys {
             .get(project)
             .ok_or(AuthError::UnknownProject)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let key = match &header.kid {
-            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None if keys.len() == 1 => keys.first(),
-            None => None,
+        let fetched = keys.jwks.as_ref().map(|s| s.keys());
+        let fetched = fetched.as_ref().map_or(&[][..], |k| &k[..]);
+        // Configured keys first, then the JWK Set's; without a kid, the one key there is.
+        let (key, validation) = match &header.kid {
+            Some(kid) => keys
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .map(|k| (&k.key, &k.validation))
+                .or_else(|| {
+                    fetched
+                        .iter()
+                        .find(|k| k.kid.as_deref() == Some(kid))
+                        .map(|k| (&k.key, &k.validation))
+                }),
+            None => match (keys.keys.as_slice(), fetched) {
+                ([k], []) => Some((&k.key, &k.validation)),
+                ([], [k]) => Some((&k.key, &k.validation)),
+                _ => None,
+            },
         }
         .ok_or(AuthError::UnknownKid)?;
-        let data = jsonwebtoken::decode::<RawClaims>(token, &key.key, &key.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    AuthError::BadSignature
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, key, validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        AuthError::BadSignature
+                    }
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        AuthError::BadClaims(format!("missing claim {c}"))
+                    }
+                    ErrorKind::Json(_) => AuthError::BadClaims("claims of the wrong type".into()),
+                    _ => AuthError::Malformed,
                 }
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::BadClaims(format!("missing claim {c}"))
-                }
-                ErrorKind::Json(_) => AuthError::BadClaims("claims of the wrong type".into()),
-                _ => AuthError::Malformed,
-            },
-        )?;
+            })?;
         let c = data.claims;
         let user = UserId::new(&c.sub).map_err(|e| AuthError::BadClaims(format!("sub: {e}")))?;
+        self.check_ban(project, &user)?;
         let groups = c
             .groups
             .iter()
@@ -294,6 +380,31 @@ impl AuthKeys {
             channels: c.channels,
             expires_unix: c.exp,
         })
+    }
+}
+
+/// Verifies a client token for `project` with the keys in force. When its `kid` is unknown and
+/// the project has a JWK Set, the set is fetched again (at most once per its `min_refresh_secs`)
+/// and waited for at most its fetch deadline, then the token is verified once more.
+pub async fn verify_refreshing(
+    keys: &arc_swap::ArcSwap<AuthKeys>,
+    project: &str,
+    token: &str,
+) -> Result<Identity, AuthError> {
+    let (result, source) = {
+        let k = keys.load();
+        let result = k.verify(project, token);
+        let source = match result {
+            Err(AuthError::UnknownKid) => k.jwks(project),
+            _ => None,
+        };
+        (result, source)
+    };
+    match source {
+        Some(source) if source.refresh_for_unknown_kid().await => {
+            keys.load().verify(project, token)
+        }
+        _ => result,
     }
 }
 
@@ -320,6 +431,7 @@ mod tests {
             client_certificates: None,
             history: None,
             permessage_deflate: false,
+            jwks: None,
         };
         AuthKeys::load(&[p], 0).expect("keys load")
     }

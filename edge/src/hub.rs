@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::bus::{
-    ControlReply, ControlRequest, DisconnectWho, ListOf, Presence, ProjectStats,
+    ControlReply, ControlRequest, DisconnectWho, ListOf, Presence, ProjectStats, Subscribed,
 };
 use herald_core::codes::CloseCode;
 use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
@@ -683,6 +683,116 @@ impl Hub {
         .unwrap_or(false)
     }
 
+    /// Whether a connection is a member of `group`.
+    pub fn is_member(&self, h: ConnHandle, group: &str) -> bool {
+        self.with_conn(h, |shard, slot| {
+            shard.conns[slot as usize]
+                .groups
+                .iter()
+                .any(|g| g.as_str() == group)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Subscribes `who` to `group` (or unsubscribes them) on the server's initiative: the
+    /// connections join (leave) the group at once, native clients are told with a `subscribed`
+    /// (`unsubscribed`) frame, and a connection at `max_groups` (or its project's cap, from
+    /// `project_cap`) is left out. Returns what was done and the registrations to wait for.
+    pub fn subscribe_by_server(
+        &self,
+        project: &ProjectId,
+        who: &DisconnectWho,
+        group: &GroupId,
+        subscribe: bool,
+        max_groups: usize,
+    ) -> (Subscribed, Vec<crate::interest::Registered>) {
+        let mut out = Subscribed::default();
+        let mut registered = Vec::new();
+        let frame = crate::protocol::membership(group.as_str(), subscribe);
+        let mut wake = Vec::new();
+        let mut visit = |shard_ix: usize, shard: &mut Shard, slot: u32| {
+            let Some(conn) = shard.conns.get_mut(slot as usize) else {
+                return;
+            };
+            if conn.closing.is_some() {
+                return;
+            }
+            let member = conn.groups.contains(group);
+            if member == subscribe {
+                out.unchanged += 1;
+                return;
+            }
+            if subscribe && conn.groups.len() >= max_groups {
+                out.refused += 1;
+                return;
+            }
+            let mut groups = std::mem::take(&mut conn.groups).into_vec();
+            if subscribe {
+                let (g, new) = index_add(&mut shard.groups, project, group, slot);
+                registered.push(self.interest.add(
+                    shard_ix,
+                    None,
+                    project,
+                    if new { std::slice::from_ref(&g) } else { &[] },
+                ));
+                groups.push(g);
+            } else {
+                groups.retain(|g| g != group);
+                if index_remove(&mut shard.groups, project, group, slot) {
+                    self.interest
+                        .remove(shard_ix, None, project, std::slice::from_ref(group));
+                }
+            }
+            let conn = &mut shard.conns[slot as usize];
+            conn.groups = groups.into_boxed_slice();
+            if conn.takes.wire() == Wire::Native {
+                push(conn, &frame, self.cfg.max_queued_bytes, &mut wake);
+            }
+            out.changed += 1;
+        };
+        match who {
+            DisconnectWho::User(u) => {
+                // All devices of a user share one shard.
+                let i = self.user_shard(project.as_str(), u.as_str());
+                let mut shard = self.shards[i].lock();
+                let slots: Vec<u32> = shard
+                    .users
+                    .get(project)
+                    .and_then(|m| m.get(u))
+                    .map(|s| s.as_slice().to_vec())
+                    .unwrap_or_default();
+                for slot in slots {
+                    visit(i, &mut shard, slot);
+                }
+            }
+            DisconnectWho::Connection(id) if id.edge() == &self.edge => {
+                for (i, shard) in self.shards.iter().enumerate() {
+                    let mut shard = shard.lock();
+                    let found =
+                        shard
+                            .project_slots(project.as_str())
+                            .iter()
+                            .copied()
+                            .find(|&slot| {
+                                shard
+                                    .conns
+                                    .get(slot as usize)
+                                    .is_some_and(|c| c.number == id.number())
+                            });
+                    if let Some(slot) = found {
+                        visit(i, &mut shard, slot);
+                        break;
+                    }
+                }
+            }
+            DisconnectWho::Connection(_) => {}
+        }
+        for w in wake {
+            w.wake();
+        }
+        (out, registered)
+    }
+
     /// Whether a local connection holds interest in `key` (a user's device or a group member).
     pub fn holds(&self, key: &InterestKey) -> bool {
         match key {
@@ -1014,6 +1124,43 @@ impl Hub {
         n
     }
 
+    /// Closes every connection of `user` of `project` here; returns how many.
+    pub fn close_user(&self, project: &ProjectId, user: &UserId, closing: Closing) -> u32 {
+        // All devices of a user share one shard.
+        let i = self.user_shard(project.as_str(), user.as_str());
+        let mut shard = self.shards[i].lock();
+        let shard = &mut *shard;
+        let slots = shard
+            .users
+            .get(project)
+            .and_then(|m| m.get(user))
+            .map(Slots::as_slice)
+            .unwrap_or_default();
+        Self::close_in(&mut shard.conns, slots, closing, |_| true)
+    }
+
+    /// Closes the connections of every user banned now (close 4014), each with a hint to come
+    /// back when its ban ends (none for a ban until lifted); returns how many.
+    pub fn close_banned(&self, bans: &herald_core::bans::BanList) -> u32 {
+        let now = herald_core::bans::now_ms();
+        let mut n = 0;
+        for (project, user, until) in bans.in_force(now) {
+            let (Ok(project), Ok(user)) = (ProjectId::new(project), UserId::new(user)) else {
+                continue;
+            };
+            let wait = until.map_or(0, |t| u32::try_from(t - now).unwrap_or(u32::MAX));
+            n += self.close_user(
+                &project,
+                &user,
+                Closing {
+                    code: CloseCode::Banned,
+                    reconnect_after_ms: wait,
+                },
+            );
+        }
+        n
+    }
+
     /// Closes every connection (shutdown), each with a reconnect hint spread over
     /// `0..max_reconnect_ms` so clients do not all come back at once.
     pub fn close_all(&self, code: CloseCode, max_reconnect_ms: u32) -> u32 {
@@ -1208,6 +1355,17 @@ impl Hub {
                 after,
                 limit,
             } => ControlReply::Presence(self.presence(project, group, after.as_ref(), *limit)),
+            // The edge's bus handler answers these itself, with the caps on groups and a wait
+            // for the registry; here (a hub asked directly) without either.
+            ControlRequest::Subscribe {
+                project,
+                who,
+                group,
+                subscribe,
+            } => ControlReply::Subscribed(
+                self.subscribe_by_server(project, who, group, *subscribe, usize::MAX)
+                    .0,
+            ),
             ControlRequest::Disconnect {
                 project,
                 who,
@@ -1218,19 +1376,7 @@ impl Hub {
                     reconnect_after_ms: *reconnect_after_ms,
                 };
                 let n = match who {
-                    DisconnectWho::User(u) => {
-                        // All devices of a user share one shard.
-                        let i = self.user_shard(project.as_str(), u.as_str());
-                        let mut shard = self.shards[i].lock();
-                        let shard = &mut *shard;
-                        let slots = shard
-                            .users
-                            .get(project)
-                            .and_then(|m| m.get(u))
-                            .map(Slots::as_slice)
-                            .unwrap_or_default();
-                        Self::close_in(&mut shard.conns, slots, closing, |_| true)
-                    }
+                    DisconnectWho::User(u) => self.close_user(project, u, closing),
                     DisconnectWho::Connection(id) => {
                         let number = (id.edge() == &self.edge).then(|| id.number());
                         match number {

@@ -5,7 +5,7 @@
 //! - [`config`]: the edge's settings.
 //! - [`handshake`]: the HTTP upgrade (sub-protocol, project, token, `permessage-deflate` offer);
 //!   [`deflate`]: the extension itself (server messages compressed once, client ones inflated).
-//! - [`auth`]: JWT verification with each project's keys.
+//! - [`auth`]: JWT verification with each project's keys; [`jwks`]: keys fetched from JWK Set URLs.
 //! - [`protocol`]: the native `herald.v1` frames; [`frame`]: pre-framed server frames.
 //! - [`hub`]: the sharded hub holding every connection's state and queue; local fan-out.
 //! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
@@ -33,6 +33,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hub;
 pub mod interest;
+pub mod jwks;
 pub mod limits;
 pub mod listener;
 pub mod local;
@@ -139,7 +140,16 @@ pub struct Edge {
     registry: Arc<dyn Registry>,
 }
 
-struct HubHandler(Arc<Hub>, Arc<streams::Streams>);
+/// What the bus hands to this edge: envelopes to deliver, operator calls to answer.
+struct HubHandler {
+    hub: Arc<Hub>,
+    streams: Arc<streams::Streams>,
+    limits: Arc<limits::Limits>,
+    /// `edge.max_groups_per_connection`.
+    max_groups: usize,
+    /// How long a server-side subscription waits for the registry (`registration_timeout_ms`).
+    registration_timeout: Duration,
+}
 
 impl EdgeHandler for HubHandler {
     fn deliver(&self, envelope: &Envelope) {
@@ -160,7 +170,7 @@ impl EdgeHandler for HubHandler {
                 ],
             )
         });
-        self.1.deliver(envelope);
+        self.streams.deliver(envelope);
         if envelope.published_at_unix_us > 0 {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -175,7 +185,70 @@ impl EdgeHandler for HubHandler {
     }
 
     fn control(&self, request: &ControlRequest) -> ControlReply {
-        self.0.control(request)
+        match request {
+            ControlRequest::Subscribe {
+                project,
+                who,
+                group,
+                subscribe,
+            } => ControlReply::Subscribed(self.subscribe(project, who, group, *subscribe).0),
+            _ => self.hub.control(request),
+        }
+    }
+
+    fn control_async<'a>(
+        &'a self,
+        request: &'a ControlRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ControlReply> + Send + 'a>> {
+        let ControlRequest::Subscribe {
+            project,
+            who,
+            group,
+            subscribe,
+        } = request
+        else {
+            return Box::pin(std::future::ready(self.hub.control(request)));
+        };
+        let (done, registered) = self.subscribe(project, who, group, *subscribe);
+        let wait = self.registration_timeout;
+        Box::pin(async move {
+            // Answered once the registry holds the new members (as a client's own subscribe),
+            // so a message published after the answer reaches them.
+            let all = futures_util::future::join_all(registered);
+            if tokio::time::timeout(wait, all).await.is_err() {
+                metrics::counter!("herald_edge_registration_timeouts_total", "op" => "server_subscribe")
+                    .increment(1);
+            }
+            ControlReply::Subscribed(done)
+        })
+    }
+}
+
+impl HubHandler {
+    fn subscribe(
+        &self,
+        project: &herald_core::ids::ProjectId,
+        who: &herald_core::bus::DisconnectWho,
+        group: &herald_core::ids::GroupId,
+        subscribe: bool,
+    ) -> (herald_core::bus::Subscribed, Vec<interest::Registered>) {
+        let max_groups = match self.limits.policy().project(project.as_str()) {
+            Some(p) if p.max_subscriptions_per_connection > 0 => {
+                (p.max_subscriptions_per_connection as usize).min(self.max_groups)
+            }
+            _ => self.max_groups,
+        };
+        let out = self
+            .hub
+            .subscribe_by_server(project, who, group, subscribe, max_groups);
+        let op = if subscribe {
+            "subscribe"
+        } else {
+            "unsubscribe"
+        };
+        metrics::counter!("herald_edge_server_subscriptions_total", "op" => op)
+            .increment(u64::from(out.0.changed));
+        out
     }
 }
 
@@ -275,8 +348,18 @@ impl Edge {
                     .check_every(Duration::from_secs(cfg.history_check_secs)),
             );
         }
-        bus.attach(edge_id, Arc::new(HubHandler(hub.clone(), streams)))
-            .await?;
+        let limits = Arc::new(limits::Limits::new(&cfg.limits));
+        bus.attach(
+            edge_id,
+            Arc::new(HubHandler {
+                hub: hub.clone(),
+                streams,
+                limits: limits.clone(),
+                max_groups: cfg.max_groups_per_connection,
+                registration_timeout: Duration::from_millis(cfg.registration_timeout_ms),
+            }),
+        )
+        .await?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer_bytes)
             .write_buffer_size(0)
@@ -285,7 +368,6 @@ impl Edge {
                 0 => cfg.max_message_bytes,
                 n => n,
             }));
-        let limits = Arc::new(limits::Limits::new(&cfg.limits));
         tracing::info!(max_connections = limits.max_connections(), "connection cap");
         Ok(Self {
             shared: Arc::new(Shared {

@@ -635,6 +635,7 @@ mod tests {
             client_certificates: None,
             history: None,
             permessage_deflate: false,
+            jwks: None,
         }
     }
 

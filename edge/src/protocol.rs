@@ -255,6 +255,19 @@ pub fn resumed(id: u64, stream: &StreamOf, epoch: u32, offset: u64, recovered: b
     text_frame(&s)
 }
 
+/// `{"type":"subscribed","group":".."}` (or `unsubscribed`): the server subscribed the
+/// connection to a group (or unsubscribed it) on its own initiative.
+pub fn membership(group: &str, subscribed: bool) -> Bytes {
+    let mut s = String::from(if subscribed {
+        r#"{"type":"subscribed","group":"#
+    } else {
+        r#"{"type":"unsubscribed","group":"#
+    });
+    push_json_string(&mut s, group);
+    s.push('}');
+    text_frame(&s)
+}
+
 /// `{"type":"pong","id":N}`.
 pub fn pong(id: u64) -> Bytes {
     text_frame(&format!(r#"{{"type":"pong","id":{id}}}"#))

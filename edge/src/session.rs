@@ -513,6 +513,12 @@ impl SessionOps<'_> {
         tokio::spawn(replay.run());
     }
 
+    /// Whether the connection is a member of `group` (joined by its token, itself or the
+    /// server).
+    pub(crate) fn is_member(&self, group: &str) -> bool {
+        self.shared.hub.is_member(self.core.handle, group)
+    }
+
     /// Leaves `group`; whether the connection was in it.
     pub(crate) fn unsubscribe(&mut self, group: &str) -> Result<bool, IdError> {
         let group = GroupId::new(group)?;
@@ -658,6 +664,21 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         admission::refuse_upgraded(shared, &mut link, &mut q, codec.wire(), answer, &refused).await;
         return None;
     };
+    // A ban installed between the check at admission and the insertion, whose sweep of the
+    // hub came before this connection was in it, closes it now.
+    if shared.keys.load().bans().is_banned(
+        project.as_str(),
+        identity.user.as_str(),
+        herald_core::bans::now_ms(),
+    ) {
+        shared.hub.close(
+            handle,
+            crate::hub::Closing {
+                code: CloseCode::Banned,
+                reconnect_after_ms: 0,
+            },
+        );
+    }
     let wire = codec.wire();
     metrics::counter!("herald_edge_connects_total", "result" => "ok", "protocol" => wire.label())
         .increment(1);

@@ -10,7 +10,8 @@ use herald_core::proto::channel::RouterAddr;
 use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{
     Broadcast, CountConnectionsRequest, DisconnectRequest, ListConnectionsRequest, PresenceRequest,
-    PublishRequest, Resolution, Target, disconnect_request, list_connections_request, target,
+    PublishRequest, Resolution, SubscribeRequest, Target, disconnect_request,
+    list_connections_request, subscribe_request, target,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -46,6 +47,10 @@ pub enum Command {
     Disconnect(DisconnectOpts),
     /// Who is in a group, cluster-wide: its users and their connection counts, then the totals.
     Presence(PresenceOpts),
+    /// Subscribe a connection, or every connection of a user, to a group (server-side).
+    Subscribe(SubscribeOpts),
+    /// Unsubscribe a connection, or every connection of a user, from a group.
+    Unsubscribe(SubscribeOpts),
     /// Sign a development (HS256) client token.
     Token(TokenOpts),
     /// Manage projects, their token keys and API keys, origins and address lists, and read the
@@ -204,6 +209,29 @@ pub struct DisconnectOpts {
     /// Ask clients not to reconnect before this many milliseconds.
     #[arg(long, default_value_t = 0)]
     reconnect_after_ms: u32,
+}
+
+/// Options of `subscribe` and `unsubscribe`.
+#[derive(Debug, ClapArgs)]
+pub struct SubscribeOpts {
+    #[command(flatten)]
+    conn: Conn,
+    /// Project id.
+    #[arg(long, short)]
+    project: String,
+    /// Every connection of this user.
+    #[arg(
+        long,
+        conflicts_with = "connection",
+        required_unless_present = "connection"
+    )]
+    user: Option<String>,
+    /// One connection, by id.
+    #[arg(long)]
+    connection: Option<String>,
+    /// The group.
+    #[arg(long, short)]
+    group: String,
 }
 
 /// Options of `token`.
@@ -441,7 +469,37 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("disconnected {}", reply.disconnected);
             warn_missing(&reply.missing_edges);
         }
+        Command::Subscribe(o) => membership(o, true).await?,
+        Command::Unsubscribe(o) => membership(o, false).await?,
     }
+    Ok(())
+}
+
+/// `subscribe` (or `unsubscribe`): a connection or a user's connections to a group.
+async fn membership(o: SubscribeOpts, subscribe: bool) -> anyhow::Result<()> {
+    let who = match (o.user, o.connection) {
+        (Some(u), _) => subscribe_request::Who::User(u),
+        (None, Some(c)) => subscribe_request::Who::ConnectionId(c),
+        (None, None) => bail!("give --user or --connection"),
+    };
+    let mut client = connect(&o.conn).await?;
+    let request = SubscribeRequest {
+        project: o.project,
+        who: Some(who),
+        group: o.group,
+    };
+    let reply = if subscribe {
+        client.subscribe(request).await
+    } else {
+        client.unsubscribe(request).await
+    }
+    .map_err(status)?
+    .into_inner();
+    println!(
+        "changed {} unchanged {} refused {}",
+        reply.changed, reply.unchanged, reply.refused
+    );
+    warn_missing(&reply.missing_edges);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use herald_cluster::{NatsBus, NatsConfig, RedisConfig, RedisHistory, RedisRegist
 use herald_core::bus::{Bus, MemoryBus};
 use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig};
 use herald_core::registry::Registry;
+use herald_edge::jwks::JwksSources;
 use herald_edge::{AuthKeys, Edge};
 use herald_router::admin::ProjectStore;
 use herald_router::{ApiKeys, Router};
@@ -48,12 +49,14 @@ fn dev_project() -> ProjectConfig {
         client_certificates: None,
         history: None,
         permessage_deflate: false,
+        jwks: None,
     }
 }
 
-/// Loads the keys of both halves; every problem is reported.
-fn load_keys(cfg: &Config) -> Result<(AuthKeys, ApiKeys), ConfigErrors> {
-    let auth = AuthKeys::load(&cfg.projects, cfg.edge.token_leeway_secs).map_err(ConfigErrors)?;
+/// Loads the keys of both halves (JWK Sets from `jwks`); every problem is reported.
+fn load_keys(cfg: &Config, jwks: &JwksSources) -> Result<(AuthKeys, ApiKeys), ConfigErrors> {
+    let auth = AuthKeys::load_with(&cfg.projects, cfg.edge.token_leeway_secs, jwks)
+        .map_err(ConfigErrors)?;
     let api = ApiKeys::new(&cfg.projects, &cfg.router.admin_api_keys);
     Ok((auth, api))
 }
@@ -88,14 +91,18 @@ pub async fn run(opts: ServeOpts) -> anyhow::Result<()> {
         "router".to_string()
     };
     let tracing_export = crate::telemetry::install_tracing(&cfg.telemetry, &node)?;
-    let (auth, api) = load_keys(&cfg)?;
+    // JWK Sets are fetched where an edge verifies tokens; a router-only node checks settings.
+    let jwks = Arc::new(JwksSources::new(
+        !cfg.cluster.clustered() || cfg.cluster.role.edge(),
+    ));
+    let (auth, api) = load_keys(&cfg, &jwks)?;
     let auth = Arc::new(ArcSwap::from_pointee(auth));
     let api = Arc::new(ArcSwap::from_pointee(api));
 
     let mut nodes = build_nodes(&cfg, &auth, &api).await?;
-    let limits = nodes.edge.as_ref().map(Edge::limits);
     // The file's projects and the admin API's (from `router.state_dir`), installed together.
-    let (store, apply) = crate::state::open(&cfg, auth, api.clone(), limits).await?;
+    let (store, apply) =
+        crate::state::open(&cfg, auth, jwks, api.clone(), nodes.edge.as_ref()).await?;
     tokio::spawn(crate::state::follow(store.clone(), cfg.cluster.clustered()));
     nodes.router = nodes.router.map(|r| r.with_admin(api, store.clone()));
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.listen)

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use herald_cluster::{RedisConfig, RedisProjects};
+use herald_core::bans::BanList;
 use herald_core::projects::ProjectConfig;
 use herald_edge::AuthKeys;
+use herald_edge::hub::Hub;
+use herald_edge::jwks::JwksSources;
 use herald_edge::limits::{Limits, LimitsConfig};
 use herald_router::ApiKeys;
 use herald_router::admin::{Apply, ProjectStore, Shared};
@@ -17,10 +20,13 @@ use herald_router::admin::{Apply, ProjectStore, Shared};
 use crate::config::{Config, ConfigErrors};
 
 /// Installs projects on this process's edge: token keys always (a router-only node checks them
-/// too, so a key the edges could not load is refused by the API), limits when an edge runs.
+/// too, so a key the edges could not load is refused by the API), limits and bans when an edge
+/// runs (a ban closes the banned user's connections here).
 pub struct EdgeApply {
     auth: Arc<ArcSwap<AuthKeys>>,
+    jwks: Arc<JwksSources>,
     limits: Option<Arc<Limits>>,
+    hub: Option<Arc<Hub>>,
     /// The edge's own limits and the token leeway, as the last configuration read says.
     settings: Mutex<(LimitsConfig, u64)>,
 }
@@ -32,16 +38,27 @@ impl EdgeApply {
 }
 
 impl Apply for EdgeApply {
-    fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
+    fn prepare(
+        &self,
+        projects: &[ProjectConfig],
+        bans: &BanList,
+    ) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
         let (edge_limits, leeway) = self.settings().clone();
-        let auth = AuthKeys::load(projects, leeway)?;
+        let auth = AuthKeys::load_with(projects, leeway, &self.jwks)?.with_bans(bans.clone());
         let target = self.auth.clone();
         let limits = self.limits.clone();
+        let hub = self.hub.clone();
         let projects = projects.to_vec();
         Ok(Box::new(move || {
             target.store(Arc::new(auth));
             if let Some(l) = limits {
                 l.reload(&edge_limits, &projects);
+            }
+            if let Some(hub) = hub {
+                let closed = hub.close_banned(target.load().bans());
+                if closed > 0 {
+                    tracing::info!(connections = closed, "closed banned users' connections");
+                }
             }
         }))
     }
@@ -55,12 +72,15 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub async fn open(
     cfg: &Config,
     auth: Arc<ArcSwap<AuthKeys>>,
+    jwks: Arc<JwksSources>,
     api: Arc<ArcSwap<ApiKeys>>,
-    limits: Option<Arc<Limits>>,
+    edge: Option<&herald_edge::Edge>,
 ) -> anyhow::Result<(Arc<ProjectStore>, Arc<EdgeApply>)> {
     let apply = Arc::new(EdgeApply {
         auth,
-        limits,
+        jwks,
+        limits: edge.map(herald_edge::Edge::limits),
+        hub: edge.map(|e| e.hub().clone()),
         settings: Mutex::new((cfg.edge.limits.clone(), cfg.edge.token_leeway_secs)),
     });
     let shared: Option<Arc<dyn Shared>> = if cfg.cluster.clustered() {
@@ -154,7 +174,11 @@ pub async fn reload(
 struct Both(Arc<EdgeApply>);
 
 impl Apply for Both {
-    fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
-        self.0.prepare(projects)
+    fn prepare(
+        &self,
+        projects: &[ProjectConfig],
+        bans: &BanList,
+    ) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
+        self.0.prepare(projects, bans)
     }
 }

@@ -8,6 +8,10 @@
 //! two never share an id: the API refuses an id the file has, and a reload that brings an id the
 //! API owns is refused, so neither can undo the other's project.
 //!
+//! Bans (a user of a project refused at connect and closed where connected, until a time or
+//! until lifted) live in the same state, for file and API projects alike, so they travel the same
+//! way: the file on one node, the shared document in a cluster (every node polls it).
+//!
 //! API keys created here are shown once and kept as SHA-256 digests. Every change is written to
 //! an audit log (who, what, when), kept in the same file (the last [`AUDIT_KEPT`] entries).
 //!
@@ -23,8 +27,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 use arc_swap::ArcSwap;
-use herald_core::ids::ProjectId;
-use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectConfig, ProjectLimits};
+use herald_core::bans::BanList;
+use herald_core::ids::{ProjectId, UserId};
+use herald_core::projects::{JwksConfig, KeyAlgorithm, KeyConfig, ProjectConfig, ProjectLimits};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
@@ -98,9 +103,14 @@ impl AdminError {
 
 /// Installs projects on the edge side (token keys, per-project limits) of this process.
 pub trait Apply: Send + Sync {
-    /// Checks `projects` (every enabled project, file and API) and prepares them; the returned
-    /// function installs them. An `Err` lists every problem; nothing is installed then.
-    fn prepare(&self, projects: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>>;
+    /// Checks `projects` (every enabled project, file and API) and prepares them with the bans
+    /// in force; the returned function installs them (and closes the banned users' connections).
+    /// An `Err` lists every problem; nothing is installed then.
+    fn prepare(
+        &self,
+        projects: &[ProjectConfig],
+        bans: &BanList,
+    ) -> Result<Box<dyn FnOnce() + Send>, Vec<String>>;
 }
 
 /// Where a cluster's nodes share the API's projects (Redis): a document and its version.
@@ -141,6 +151,9 @@ pub struct StoredProject {
     /// Address lists, origins and caps.
     #[serde(default)]
     pub limits: ProjectLimits,
+    /// A JWK Set URL whose keys verify tokens too (its CA as `ca_pem`, never a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksConfig>,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds.
@@ -157,6 +170,7 @@ impl StoredProject {
             client_certificates: None,
             history: None,
             permessage_deflate: false,
+            jwks: self.jwks.clone(),
         }
     }
 }
@@ -178,11 +192,49 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A ban of one user of a project.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ban {
+    /// Until when (Unix milliseconds); absent: until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// Why, as the caller said (may be empty).
+    #[serde(default)]
+    pub reason: String,
+    /// When it was set (Unix milliseconds).
+    pub created_at_ms: u64,
+    /// Who set it (as the audit log names callers).
+    pub actor: String,
+}
+
+/// A ban as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BanView {
+    /// The project.
+    pub project: String,
+    /// The banned user.
+    pub user: String,
+    /// Until when (Unix milliseconds); 0: until lifted.
+    pub until_ms: u64,
+    /// Why.
+    pub reason: String,
+    /// When it was set (Unix milliseconds).
+    pub created_at_ms: u64,
+    /// Who set it.
+    pub actor: String,
+}
+
+/// The longest ban with an expiry (longer ones are until lifted): ten years.
+pub const MAX_BAN_SECS: u64 = 10 * 365 * 86_400;
+
 /// The state file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
     #[serde(default)]
     projects: BTreeMap<String, StoredProject>,
+    /// Bans by project, then user.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    bans: BTreeMap<String, BTreeMap<String, Ban>>,
     #[serde(default)]
     audit: Vec<AuditEntry>,
 }
@@ -239,10 +291,43 @@ pub struct ProjectView {
     pub api_keys: Vec<ApiKeyView>,
     /// Address lists, origins and caps.
     pub limits: ProjectLimits,
+    /// The JWK Set the project trusts, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksView>,
     /// Unix seconds (0 for config projects).
     pub created_at: u64,
     /// Unix seconds (0 for config projects).
     pub updated_at: u64,
+}
+
+/// A JWK Set source as shown: its settings, and whether a CA is given (not the CA itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct JwksView {
+    /// The URL.
+    pub url: String,
+    /// Whether a CA (file or PEM) verifies the URL's server instead of the system's roots.
+    pub custom_ca: bool,
+    /// Unknown-`kid` refreshes at most once per this many seconds.
+    pub min_refresh_secs: u64,
+    /// Cache lifetime without `max-age`.
+    pub default_max_age_secs: u64,
+    /// Longest cache lifetime.
+    pub max_age_cap_secs: u64,
+    /// Fetch deadline.
+    pub timeout_ms: u64,
+}
+
+impl From<&JwksConfig> for JwksView {
+    fn from(j: &JwksConfig) -> Self {
+        Self {
+            url: j.url.clone(),
+            custom_ca: j.ca_file.is_some() || j.ca_pem.is_some(),
+            min_refresh_secs: j.min_refresh_secs,
+            default_max_age_secs: j.default_max_age_secs,
+            max_age_cap_secs: j.max_age_cap_secs,
+            timeout_ms: j.timeout_ms,
+        }
+    }
 }
 
 /// A token key as shown.
@@ -282,6 +367,8 @@ pub struct ProjectChange {
     pub disabled: Option<bool>,
     /// Replaces the limits (address lists, origins, caps) as a whole.
     pub limits: Option<ProjectLimits>,
+    /// Sets the JWK Set source; one with an empty `url` removes it.
+    pub jwks: Option<JwksConfig>,
 }
 
 /// The projects created through the API, the configuration's, and the audit log.
@@ -458,7 +545,16 @@ impl ProjectStore {
                 }
             }
         }
-        let edge = self.apply.prepare(&projects)?;
+        let now = now_ms();
+        let mut bans = BanList::new();
+        for (project, users) in &state.bans {
+            for (user, ban) in users {
+                if ban.until_ms.is_none_or(|t| now < t) {
+                    bans.insert(project, user, ban.until_ms);
+                }
+            }
+        }
+        let edge = self.apply.prepare(&projects, &bans)?;
         let keys = ApiKeys::new(&projects, &base.admin_keys).with_digests(digests);
         let api = self.api.clone();
         Ok(Box::new(move || {
@@ -583,6 +679,7 @@ impl ProjectStore {
                 keys: Vec::new(),
                 api_keys: Vec::new(),
                 limits: change.limits.unwrap_or_default(),
+                jwks: jwks_of(change.jwks)?,
                 created_at: now,
                 updated_at: now,
             };
@@ -622,6 +719,14 @@ impl ProjectStore {
                 ));
                 p.limits = l;
             }
+            if let Some(j) = change.jwks {
+                let j = jwks_of(Some(j))?;
+                what.push(match &j {
+                    Some(j) => format!("jwks={}", j.url),
+                    None => "jwks removed".into(),
+                });
+                p.jwks = j;
+            }
             p.updated_at = now_ms() / 1000;
             check(state, id)?;
             Ok((view_stored(id, &state.projects[id]), what.join(" ")))
@@ -634,6 +739,7 @@ impl ProjectStore {
         self.change(caller, "project.delete", id, |base, state| {
             Self::stored(base, state, caller, id)?;
             state.projects.remove(id);
+            state.bans.remove(id);
             Ok(((), "deleted".into()))
         })
         .await
@@ -729,6 +835,103 @@ impl ProjectStore {
         .await
     }
 
+    /// Bans `user` of `project` for `secs` seconds (0: until lifted), replacing any ban of the
+    /// user; the project may be a file or an API project.
+    pub async fn ban(
+        &self,
+        caller: &Caller,
+        project: &str,
+        user: &str,
+        secs: u64,
+        reason: &str,
+    ) -> Result<BanView, AdminError> {
+        caller.allow(project)?;
+        UserId::validate(user).map_err(|e| AdminError::invalid("user", e))?;
+        if secs > MAX_BAN_SECS {
+            return Err(AdminError::invalid(
+                "duration_secs",
+                format!("at most {MAX_BAN_SECS} (ten years); 0 bans until lifted"),
+            ));
+        }
+        if reason.len() > 512 {
+            return Err(AdminError::invalid("reason", "at most 512 bytes"));
+        }
+        self.change(caller, "ban.add", project, |base, state| {
+            exists(base, state, project)?;
+            let now = now_ms();
+            prune_bans(state, now);
+            let ban = Ban {
+                until_ms: (secs > 0).then(|| now + secs * 1000),
+                reason: reason.to_string(),
+                created_at_ms: now,
+                actor: caller.actor(),
+            };
+            let detail = match secs {
+                0 => format!("user {user:?} until lifted"),
+                s => format!("user {user:?} for {s} s"),
+            };
+            let detail = if reason.is_empty() {
+                detail
+            } else {
+                format!("{detail}: {reason}")
+            };
+            let view = ban_view(project, user, &ban);
+            state
+                .bans
+                .entry(project.to_string())
+                .or_default()
+                .insert(user.to_string(), ban);
+            Ok((view, detail))
+        })
+        .await
+    }
+
+    /// Lifts the ban of `user` of `project` (not found when none is in force).
+    pub async fn unban(
+        &self,
+        caller: &Caller,
+        project: &str,
+        user: &str,
+    ) -> Result<(), AdminError> {
+        caller.allow(project)?;
+        self.change(caller, "ban.lift", project, |base, state| {
+            exists(base, state, project)?;
+            prune_bans(state, now_ms());
+            let lifted = state
+                .bans
+                .get_mut(project)
+                .and_then(|users| users.remove(user))
+                .is_some();
+            if !lifted {
+                return Err(AdminError::NotFound(format!(
+                    "user {user:?} of project {project:?} is not banned"
+                )));
+            }
+            if state.bans.get(project).is_some_and(BTreeMap::is_empty) {
+                state.bans.remove(project);
+            }
+            Ok(((), format!("user {user:?}")))
+        })
+        .await
+    }
+
+    /// The bans in force in `project`, by user.
+    pub async fn bans(&self, caller: &Caller, project: &str) -> Result<Vec<BanView>, AdminError> {
+        caller.allow(project)?;
+        let inner = self.inner.lock().await;
+        exists(&inner.base, &inner.state, project)?;
+        let now = now_ms();
+        Ok(inner
+            .state
+            .bans
+            .get(project)
+            .into_iter()
+            .flatten()
+            .filter(|(_, b)| b.until_ms.is_none_or(|t| now < t))
+            .map(|(user, b)| ban_view(project, user, b))
+            .collect())
+    }
+
     /// One project, as the caller may see it.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<ProjectView, AdminError> {
         caller.allow(id)?;
@@ -813,6 +1016,46 @@ fn clashes(projects: &[ProjectConfig], state: &State) -> Result<(), Vec<String>>
     }
 }
 
+/// Whether project `id` exists (in the file or the API's).
+fn exists(base: &Base, state: &State, id: &str) -> Result<(), AdminError> {
+    if base.projects.iter().any(|p| p.id == id) || state.projects.contains_key(id) {
+        Ok(())
+    } else {
+        Err(AdminError::NotFound(format!("unknown project {id:?}")))
+    }
+}
+
+/// Drops the bans that ended before `now`.
+fn prune_bans(state: &mut State, now: u64) {
+    for users in state.bans.values_mut() {
+        users.retain(|_, b| b.until_ms.is_none_or(|t| now < t));
+    }
+    state.bans.retain(|_, users| !users.is_empty());
+}
+
+fn ban_view(project: &str, user: &str, b: &Ban) -> BanView {
+    BanView {
+        project: project.to_string(),
+        user: user.to_string(),
+        until_ms: b.until_ms.unwrap_or(0),
+        reason: b.reason.clone(),
+        created_at_ms: b.created_at_ms,
+        actor: b.actor.clone(),
+    }
+}
+
+/// A JWK Set source as the API takes it: an empty URL removes it; a CA as PEM text only.
+fn jwks_of(j: Option<JwksConfig>) -> Result<Option<JwksConfig>, AdminError> {
+    match j {
+        Some(j) if j.url.is_empty() => Ok(None),
+        Some(j) if j.ca_file.is_some() => Err(AdminError::invalid(
+            "jwks.ca_file",
+            "not through the API: give ca_pem",
+        )),
+        j => Ok(j),
+    }
+}
+
 /// Adds a token key to the stored project `id`.
 fn add_key(state: &mut State, id: &str, key: KeyConfig) -> Result<(), AdminError> {
     let Some(p) = state.projects.get_mut(id) else {
@@ -874,6 +1117,7 @@ fn view_stored(id: &str, p: &StoredProject) -> ProjectView {
             })
             .collect(),
         limits: p.limits.clone(),
+        jwks: p.jwks.as_ref().map(JwksView::from),
         created_at: p.created_at,
         updated_at: p.updated_at,
     }
@@ -894,6 +1138,7 @@ fn view_config(p: &ProjectConfig) -> ProjectView {
             })
             .collect(),
         limits: p.limits.clone(),
+        jwks: p.jwks.as_ref().map(JwksView::from),
         created_at: 0,
         updated_at: 0,
     }
@@ -913,7 +1158,11 @@ mod tests {
     struct Nothing;
 
     impl Apply for Nothing {
-        fn prepare(&self, _: &[ProjectConfig]) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
+        fn prepare(
+            &self,
+            _: &[ProjectConfig],
+            _: &BanList,
+        ) -> Result<Box<dyn FnOnce() + Send>, Vec<String>> {
             Ok(Box::new(|| {}))
         }
     }

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use herald_core::projects::{KeyAlgorithm, KeyConfig, ProjectLimits};
+use herald_core::projects::{JwksConfig, KeyAlgorithm, KeyConfig, ProjectLimits};
 use herald_core::proto::admin as pb;
 use herald_core::proto::admin::admin_server::Admin;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::admin::{AdminError, Caller, ProjectChange, ProjectStore, ProjectView};
+use crate::admin::{AdminError, BanView, Caller, ProjectChange, ProjectStore, ProjectView};
 use crate::admin_http::MAX_AUDIT_PAGE;
 use crate::keys::ApiKeys;
 
@@ -71,6 +71,31 @@ fn limits(l: pb::Limits) -> Result<ProjectLimits, Status> {
     serde_json::from_value(v).map_err(|e| invalid("limits", e))
 }
 
+/// A JWK Set source from the wire: 0 in a number is its default.
+fn jwks(j: pb::Jwks) -> JwksConfig {
+    let d = JwksConfig::new(j.url);
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    JwksConfig {
+        ca_pem: (!j.ca_pem.is_empty()).then_some(j.ca_pem),
+        min_refresh_secs: or(j.min_refresh_secs, d.min_refresh_secs),
+        default_max_age_secs: or(j.default_max_age_secs, d.default_max_age_secs),
+        max_age_cap_secs: or(j.max_age_cap_secs, d.max_age_cap_secs),
+        timeout_ms: or(j.timeout_ms, d.timeout_ms),
+        ..d
+    }
+}
+
+fn ban_pb(b: BanView) -> pb::Ban {
+    pb::Ban {
+        project: b.project,
+        user: b.user,
+        until_ms: b.until_ms,
+        reason: b.reason,
+        created_at_ms: b.created_at_ms,
+        actor: b.actor,
+    }
+}
+
 fn limits_pb(l: &ProjectLimits) -> pb::Limits {
     pb::Limits {
         allow_ips: l.allow_ips.iter().map(ToString::to_string).collect(),
@@ -109,6 +134,15 @@ fn project_pb(v: ProjectView) -> pb::Project {
         limits: Some(limits_pb(&v.limits)),
         created_at: v.created_at,
         updated_at: v.updated_at,
+        jwks: v.jwks.map(|j| pb::Jwks {
+            url: j.url,
+            ca_pem: String::new(),
+            custom_ca: j.custom_ca,
+            min_refresh_secs: j.min_refresh_secs,
+            default_max_age_secs: j.default_max_age_secs,
+            max_age_cap_secs: j.max_age_cap_secs,
+            timeout_ms: j.timeout_ms,
+        }),
     }
 }
 
@@ -134,6 +168,7 @@ impl Admin for AdminService {
         let change = ProjectChange {
             disabled: Some(r.disabled),
             limits: r.limits.map(limits).transpose()?,
+            jwks: r.jwks.map(jwks),
         };
         let v = self
             .store
@@ -181,6 +216,7 @@ impl Admin for AdminService {
         let change = ProjectChange {
             disabled: r.disabled,
             limits: r.limits.map(limits).transpose()?,
+            jwks: r.jwks.map(jwks),
         };
         let v = self
             .store
@@ -261,6 +297,54 @@ impl Admin for AdminService {
             .await
             .map_err(status)?;
         Ok(reply(v))
+    }
+
+    async fn ban_user(
+        &self,
+        req: Request<pb::BanUserRequest>,
+    ) -> Result<Response<pb::BanReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let ban = self
+            .store
+            .ban(&caller, &r.project, &r.user, r.duration_secs, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::BanReply {
+            ban: Some(ban_pb(ban)),
+        }))
+    }
+
+    async fn unban_user(
+        &self,
+        req: Request<pb::UnbanUserRequest>,
+    ) -> Result<Response<pb::UnbanReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        self.store
+            .unban(&caller, &r.project, &r.user)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UnbanReply {
+            project: r.project,
+            user: r.user,
+            lifted: true,
+        }))
+    }
+
+    async fn list_bans(
+        &self,
+        req: Request<pb::ProjectRequest>,
+    ) -> Result<Response<pb::ListBansReply>, Status> {
+        let caller = self.caller(&req)?;
+        let bans = self
+            .store
+            .bans(&caller, &req.into_inner().project)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListBansReply {
+            bans: bans.into_iter().map(ban_pb).collect(),
+        }))
     }
 
     async fn list_audit(

@@ -11,11 +11,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
-use herald_core::projects::{KeyConfig, ProjectLimits};
+use herald_core::projects::{JwksConfig, KeyConfig, ProjectLimits};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 
-use crate::admin::{AdminError, AuditEntry, Caller, ProjectChange, ProjectStore, ProjectView};
+use crate::admin::{
+    AdminError, AuditEntry, BanView, Caller, ProjectChange, ProjectStore, ProjectView,
+};
 use crate::http::{Refusal, finish, http_status, prepare};
 use crate::keys::ApiKeys;
 use crate::service::RouterService;
@@ -59,6 +61,9 @@ pub fn routes(api: AdminApi) -> axum::Router {
         .route("/v1/admin/api_keys/create", post(create_api_key))
         .route("/v1/admin/api_keys/delete", post(delete_api_key))
         .route("/v1/admin/audit/list", post(audit))
+        .route("/v1/admin/bans/add", post(ban_add))
+        .route("/v1/admin/bans/lift", post(ban_lift))
+        .route("/v1/admin/bans/list", post(ban_list))
         .with_state(api)
 }
 
@@ -90,6 +95,7 @@ struct CreateJson {
     jwt_keys: Vec<KeyConfig>,
     disabled: Option<bool>,
     limits: Option<ProjectLimits>,
+    jwks: Option<JwksConfig>,
 }
 
 #[derive(Serialize)]
@@ -103,6 +109,7 @@ async fn create(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
         let change = ProjectChange {
             disabled: r.disabled,
             limits: r.limits,
+            jwks: r.jwks,
         };
         let project = api
             .store
@@ -155,6 +162,7 @@ struct UpdateJson {
     project: String,
     disabled: Option<bool>,
     limits: Option<ProjectLimits>,
+    jwks: Option<JwksConfig>,
 }
 
 async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
@@ -163,6 +171,7 @@ async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
         let change = ProjectChange {
             disabled: r.disabled,
             limits: r.limits,
+            jwks: r.jwks,
         };
         let project = api.store.update(&caller, &r.project, change).await?;
         Ok(ProjectReply { project })
@@ -277,4 +286,77 @@ async fn audit(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> R
         Ok::<_, Refusal>(AuditReply { entries })
     };
     finish("admin_audit_list", outcome.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanJson {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    duration_secs: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct BanReply {
+    ban: BanView,
+}
+
+async fn ban_add(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
+    let outcome = async {
+        let (caller, r) = read::<BanJson>(&api, headers, body).await?;
+        let ban = api
+            .store
+            .ban(&caller, &r.project, &r.user, r.duration_secs, &r.reason)
+            .await?;
+        Ok::<_, Refusal>(BanReply { ban })
+    };
+    finish("admin_ban_add", outcome.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnbanJson {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    user: String,
+}
+
+#[derive(Serialize)]
+struct UnbanReply {
+    project: String,
+    user: String,
+    lifted: bool,
+}
+
+async fn ban_lift(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
+    let outcome = async {
+        let (caller, r) = read::<UnbanJson>(&api, headers, body).await?;
+        api.store.unban(&caller, &r.project, &r.user).await?;
+        Ok::<_, Refusal>(UnbanReply {
+            project: r.project,
+            user: r.user,
+            lifted: true,
+        })
+    };
+    finish("admin_ban_lift", outcome.await)
+}
+
+#[derive(Serialize)]
+struct BansReply {
+    bans: Vec<BanView>,
+}
+
+async fn ban_list(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
+    let outcome = async {
+        let (caller, r) = read::<ProjectJson>(&api, headers, body).await?;
+        let bans = api.store.bans(&caller, &r.project).await?;
+        Ok::<_, Refusal>(BansReply { bans })
+    };
+    finish("admin_ban_list", outcome.await)
 }

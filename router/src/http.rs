@@ -1,6 +1,6 @@
 //! The HTTP/JSON API beside gRPC (`router.http_listen`, docs/api.md "HTTP/JSON API",
-//! docs/openapi.json): `POST` publish (one message or a batch), count, list, disconnect and
-//! presence.
+//! docs/openapi.json): `POST` publish (one message or a batch), count, list, disconnect,
+//! presence, and server-side subscribe and unsubscribe.
 //!
 //! Each call is a thin translation: the API key is read from the same `authorization` header by
 //! the same code, the JSON body becomes the call's protobuf request, and the very service
@@ -21,8 +21,9 @@ use futures_util::StreamExt as _;
 use herald_core::proto::v1::{
     Broadcast, ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
     DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PresenceReply,
-    PresenceRequest, PublishAck, PublishReply, PublishRequest, Resolution, Target,
-    disconnect_request, list_connections_request, target,
+    PresenceRequest, PublishAck, PublishReply, PublishRequest, Resolution, SubscribeReply,
+    SubscribeRequest, Target, disconnect_request, list_connections_request, subscribe_request,
+    target,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -174,6 +175,8 @@ pub fn app(service: RouterService) -> axum::Router {
         .route("/v1/connections/list", post(list))
         .route("/v1/connections/disconnect", post(disconnect))
         .route("/v1/presence", post(presence))
+        .route("/v1/connections/subscribe", post(subscribe))
+        .route("/v1/connections/unsubscribe", post(unsubscribe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -653,6 +656,69 @@ async fn disconnect(State(s): State<RouterService>, headers: HeaderMap, body: Bo
         Ok::<_, Refusal>(DisconnectReplyJson::from(reply))
     };
     finish(CALL, outcome.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeJson {
+    #[serde(default)]
+    project: String,
+    connection_id: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    group: String,
+}
+
+#[derive(Serialize)]
+struct SubscribeReplyJson {
+    changed: u32,
+    unchanged: u32,
+    refused: u32,
+    missing_edges: Vec<String>,
+}
+
+impl From<SubscribeReply> for SubscribeReplyJson {
+    fn from(r: SubscribeReply) -> Self {
+        Self {
+            changed: r.changed,
+            unchanged: r.unchanged,
+            refused: r.refused,
+            missing_edges: r.missing_edges,
+        }
+    }
+}
+
+/// Subscribes or unsubscribes a connection or a user's connections to a group.
+async fn membership(
+    s: RouterService,
+    headers: HeaderMap,
+    body: Body,
+    subscribe: bool,
+) -> Result<SubscribeReplyJson, Refusal> {
+    let (scope, d) = prepare::<SubscribeJson>(&s, headers, body, MAX_SMALL_BODY).await?;
+    let who = match (d.connection_id, d.user) {
+        (Some(c), None) => Some(subscribe_request::Who::ConnectionId(c)),
+        (None, Some(u)) => Some(subscribe_request::Who::User(u)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("who", "a connection_id or a user, not both").into());
+        }
+    };
+    let request = SubscribeRequest {
+        project: d.project,
+        who,
+        group: d.group,
+    };
+    let reply = s.subscribe_by_server(&scope, request, subscribe).await?;
+    Ok(SubscribeReplyJson::from(reply))
+}
+
+async fn subscribe(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    finish("subscribe", membership(s, headers, body, true).await)
+}
+
+async fn unsubscribe(State(s): State<RouterService>, headers: HeaderMap, body: Body) -> Response {
+    finish("unsubscribe", membership(s, headers, body, false).await)
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use herald_core::proto::v1::{
     ConnectionInfo, CountConnectionsReply, CountConnectionsRequest, DisconnectReply,
     DisconnectRequest, ListConnectionsReply, ListConnectionsRequest, PresenceReply,
     PresenceRequest, PresentUser, PublishAck, PublishReply, PublishRequest, PublishStreamReply,
-    PublishStreamRequest, Resolution, disconnect_request, list_connections_request, target,
+    PublishStreamRequest, Resolution, SubscribeReply, SubscribeRequest, disconnect_request,
+    list_connections_request, subscribe_request, target,
 };
 use herald_core::registry::{InterestKey, Registry, Route};
 use herald_core::telemetry::{self, Timer};
@@ -732,6 +733,58 @@ impl RouterService {
     }
 }
 
+impl RouterService {
+    /// Subscribes (or unsubscribes) a connection or a user's connections to a group, for a
+    /// caller of `scope`.
+    pub(crate) async fn subscribe_by_server(
+        &self,
+        scope: &Scope,
+        req: SubscribeRequest,
+        subscribe: bool,
+    ) -> Result<SubscribeReply, ApiError> {
+        let project = self.project(scope, &req.project)?;
+        let group = GroupId::new(&req.group).map_err(|e| ApiError::invalid("group", e))?;
+        let who = match req.who {
+            Some(subscribe_request::Who::User(u)) => {
+                DisconnectWho::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
+            }
+            Some(subscribe_request::Who::ConnectionId(c)) if !c.is_empty() && c.len() <= 128 => {
+                match c.parse::<ConnectionId>() {
+                    Ok(id) => DisconnectWho::Connection(id),
+                    // Not of the form `<edge>-<number>`: it names no connection.
+                    Err(_) => return Ok(SubscribeReply::default()),
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "who",
+                    "a connection_id or a user is required",
+                ));
+            }
+        };
+        let outcome = self
+            .control(ControlRequest::Subscribe {
+                project,
+                who,
+                group,
+                subscribe,
+            })
+            .await?;
+        let mut reply = SubscribeReply {
+            missing_edges: missing(&outcome),
+            ..Default::default()
+        };
+        for (_, r) in &outcome.replies {
+            if let ControlReply::Subscribed(s) = r {
+                reply.changed += s.changed;
+                reply.unchanged += s.unchanged;
+                reply.refused += s.refused;
+            }
+        }
+        Ok(reply)
+    }
+}
+
 fn missing(outcome: &ControlOutcome) -> Vec<String> {
     outcome.missing.iter().map(|e| e.to_string()).collect()
 }
@@ -878,6 +931,28 @@ impl Herald for RouterService {
             self.kick(&scope, request.into_inner()).await?,
         ))
     }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<SubscribeReply>, Status> {
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.subscribe_by_server(&scope, request.into_inner(), true)
+                .await?,
+        ))
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<SubscribeReply>, Status> {
+        let scope = self.authenticate(&request)?;
+        Ok(Response::new(
+            self.subscribe_by_server(&scope, request.into_inner(), false)
+                .await?,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +1010,12 @@ mod tests {
                     ),
                     ("beta".to_string(), ProjectStats::default()),
                 ])),
+                ControlRequest::Subscribe { .. } => {
+                    ControlReply::Subscribed(herald_core::bus::Subscribed {
+                        changed: 1,
+                        ..Default::default()
+                    })
+                }
             }
         }
     }
@@ -1013,6 +1094,7 @@ mod tests {
             client_certificates: None,
             history: None,
             permessage_deflate: false,
+            jwks: None,
         };
         Arc::new(ArcSwap::from_pointee(ApiKeys::new(
             &[project("alpha", ALPHA), project("beta", BETA)],

@@ -477,6 +477,7 @@ async fn the_same_calls_over_grpc() {
                 deny_ips: vec!["10.9.0.0/16".into()],
                 ..Default::default()
             }),
+            jwks: None,
         })
         .await
         .expect("create")
@@ -522,11 +523,26 @@ async fn the_same_calls_over_grpc() {
         4002
     );
     herald.connect("gamma", &gamma_token(S2, "k2", "new")).await;
+    // A JWK Set source is checked as the file's: https only.
+    let e = own
+        .update_project(UpdateProjectRequest {
+            project: "gamma".into(),
+            jwks: Some(herald_core::proto::admin::Jwks {
+                url: "http://login.example.com/jwks.json".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not https");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("jwks.url"), "{e:?}");
     let e = own
         .update_project(UpdateProjectRequest {
             project: "beta".into(),
             disabled: Some(true),
             limits: None,
+            jwks: None,
         })
         .await
         .expect_err("another project");
@@ -536,6 +552,7 @@ async fn the_same_calls_over_grpc() {
             project: "beta".into(),
             disabled: Some(true),
             limits: None,
+            jwks: None,
         })
         .await
         .expect_err("a file project");

@@ -455,6 +455,7 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         "/v1/connections/disconnect",
         "/v1/presence",
     );
+    let (sub, unsub) = ("/v1/connections/subscribe", "/v1/connections/unsubscribe");
     let to_alice = json!({"project": "alpha", "target": {"user": "alice"}, "data": {"n": 1}});
 
     // Publish: as JSON, as base64, a broadcast with an idempotency key, twice.
@@ -626,7 +627,43 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         ),
         too_large(pres),
     ];
-    for c in errors {
+    // Subscribe and unsubscribe: the same refusals.
+    let membership_errors = [sub, unsub].into_iter().flat_map(|path| {
+        [
+            case(
+                path,
+                Some(ALPHA_KEY),
+                json!({"project": "alpha", "group": "g"}),
+                400,
+            ),
+            case(
+                path,
+                Some(ALPHA_KEY),
+                json!({"project": "alpha", "user": "a", "group": "a.*"}),
+                400,
+            ),
+            case(
+                path,
+                None,
+                json!({"project": "alpha", "user": "a", "group": "g"}),
+                401,
+            ),
+            case(
+                path,
+                Some(BETA_KEY),
+                json!({"project": "alpha", "user": "a", "group": "g"}),
+                403,
+            ),
+            case(
+                path,
+                Some(ADMIN_KEY),
+                json!({"project": "gamma", "user": "a", "group": "g"}),
+                404,
+            ),
+            too_large(path),
+        ]
+    });
+    for c in errors.into_iter().chain(membership_errors) {
         run(addr, &doc, &mut covered, c).await;
     }
     for c in admin_cases() {
@@ -708,6 +745,40 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         &doc,
         &mut covered,
         case(
+            sub,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "alice", "group": "extra"}),
+            200,
+        ),
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({"changed": 1, "unchanged": 0, "refused": 0, "missing_edges": []})
+    );
+    assert_eq!(
+        alice.next_json().await,
+        json!({"type": "subscribed", "group": "extra"})
+    );
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(
+            unsub,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "connection_id": id, "group": "extra"}),
+            200,
+        ),
+    )
+    .await;
+    assert_eq!(r["changed"], 1);
+    assert_eq!(alice.next_json().await["type"], "unsubscribed");
+    let r = run(
+        addr,
+        &doc,
+        &mut covered,
+        case(
             dis,
             Some(ALPHA_KEY),
             json!({"project": "alpha", "connection_id": id, "reconnect_after_ms": 5}),
@@ -778,6 +849,18 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
             pres,
             Some(ALPHA_KEY),
             json!({"project": "alpha", "group": "news"}),
+            503,
+        ),
+        case(
+            sub,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "u", "group": "news"}),
+            503,
+        ),
+        case(
+            unsub,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "u", "group": "news"}),
             503,
         ),
     ] {

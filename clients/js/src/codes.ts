@@ -24,6 +24,7 @@ export const CloseCode = {
   TooManyConnections: 4011,
   SessionTakenOver: 4012,
   PublishNotAllowed: 4013,
+  Banned: 4014,
   RateLimited: 4029,
 } as const;
 /** A close code this client knows. */

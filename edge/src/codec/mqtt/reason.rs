@@ -29,6 +29,8 @@ pub enum Reason {
     NotAuthorized = 0x87,
     /// 0x88: the server is unavailable.
     ServerUnavailable = 0x88,
+    /// 0x8A: the client is banned (CONNACK only).
+    Banned = 0x8A,
     /// 0x8B: the server is shutting down.
     ServerShuttingDown = 0x8B,
     /// 0x8C: the authentication method is not supported (enhanced authentication).
@@ -100,7 +102,9 @@ pub fn connack_v3(code: CloseCode) -> Option<ConnectReturn> {
         C::AuthRequired | C::InvalidToken | C::TokenExpired | C::UnknownProject => {
             ConnectReturn::BadUserNameOrPassword
         }
-        C::Forbidden | C::RefreshMismatch | C::PublishNotAllowed => ConnectReturn::NotAuthorized,
+        C::Forbidden | C::RefreshMismatch | C::PublishNotAllowed | C::Banned => {
+            ConnectReturn::NotAuthorized
+        }
         C::GoingAway
         | C::InternalError
         | C::TooManyConnections
@@ -120,6 +124,7 @@ pub fn connack_v5(code: CloseCode) -> Reason {
             Reason::BadUserNameOrPassword
         }
         C::Forbidden | C::RefreshMismatch | C::PublishNotAllowed => Reason::NotAuthorized,
+        C::Banned => Reason::Banned,
         C::TooManyConnections => Reason::QuotaExceeded,
         C::RateLimited => Reason::MessageRateTooHigh,
         C::ProtocolError => Reason::ProtocolError,
@@ -147,7 +152,8 @@ pub fn disconnect_v5(code: CloseCode) -> Reason {
         C::TokenExpired => Reason::MaximumConnectTime,
         C::PingTimeout => Reason::KeepAliveTimeout,
         C::SlowConsumer | C::TooManyConnections => Reason::QuotaExceeded,
-        C::DisconnectedByOperator => Reason::AdministrativeAction,
+        // 0x8A is a CONNACK code only: a live connection is closed by an operator's action.
+        C::DisconnectedByOperator | C::Banned => Reason::AdministrativeAction,
         C::SessionTakenOver => Reason::SessionTakenOver,
         C::RateLimited => Reason::MessageRateTooHigh,
     }

@@ -44,6 +44,12 @@ pub trait Ops {
     async fn join(&mut self, group: &str) -> Result<(), JoinRefused>;
     /// Leaves `group`.
     fn leave(&mut self, group: &str);
+    /// Whether the connection is a member of `group` already (e.g. the server subscribed it):
+    /// subscribing to it then needs no `channels`.
+    fn is_member(&self, group: &str) -> bool {
+        let _ = group;
+        false
+    }
     /// Starts holding the live messages of the stream `dest` receives, to resume it; false when
     /// the project keeps no history of it.
     fn begin_resume(&mut self, dest: &Destination) -> bool {
@@ -471,7 +477,9 @@ impl StompCodec {
             );
         }
         if let Destination::Group(g) = &new.destination {
-            let member = self.subs.has_group(g.as_str()) || self.is_token_group(g.as_str());
+            let member = self.subs.has_group(g.as_str())
+                || self.is_token_group(g.as_str())
+                || ops.is_member(g.as_str());
             if !member && let Err(r) = ops.join(g.as_str()).await {
                 // One group too many is counted by the session, as for native clients.
                 let label = match r {
@@ -609,6 +617,10 @@ impl Ops for SessionOps<'_> {
 
     fn leave(&mut self, group: &str) {
         let _ = self.unsubscribe(group);
+    }
+
+    fn is_member(&self, group: &str) -> bool {
+        SessionOps::is_member(self, group)
     }
 
     fn begin_resume(&mut self, dest: &Destination) -> bool {
