@@ -147,19 +147,21 @@ secret = "%s"
         line = p.stdout.readline()
     addr = re.search(r"listeners=([0-9.]+):(\d+)", line)
     host, port = addr.group(1), int(addr.group(2))
-    time.sleep(0.5)
-    before = rss_kib(p.pid)
     socks = []
-    t0 = time.time()
-    for i in range(N):
-        socks.append(open_one(kind, host, port, i))
-    took = time.time() - t0
-    time.sleep(3)
-    after = rss_kib(p.pid)
-    for s in socks:
-        s.close()
-    p.terminate()
-    p.wait()
+    try:
+        time.sleep(0.5)
+        before = rss_kib(p.pid)
+        t0 = time.time()
+        for i in range(N):
+            socks.append(open_one(kind, host, port, i))
+        took = time.time() - t0
+        time.sleep(3)
+        after = rss_kib(p.pid)
+    finally:
+        for s in socks:
+            s.close()
+        p.terminate()
+        p.wait()
     return before, after, took
 
 
