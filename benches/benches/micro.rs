@@ -187,6 +187,8 @@ fn jwt(c: &mut Criterion) {
         history: None,
         permessage_deflate: false,
         jwks: None,
+        presence_events: false,
+        webhook: None,
     };
     let keys = herald_edge::AuthKeys::load(&[project], 5).expect("keys");
     let claims = serde_json::json!({"sub":"u1","aud":"bench","exp": jsonwebtoken::get_current_timestamp() + 3600});

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
-use herald_core::ids::{EdgeId, ProjectId};
+use herald_core::ids::{EdgeId, GroupId, ProjectId, UserId};
+use herald_core::presence::{PresenceEvent, PresenceSink};
 use herald_core::registry::{
     InterestChange, InterestKey, Liveness, Registry, RegistryError, Route,
 };
@@ -99,6 +100,50 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 ";
 
+/// A member (user) of a group arrives on an edge: adds the edge to the user's field of the
+/// group's member hash (`KEYS[1]`; `ARGV[1]` user, `ARGV[2]` edge). Returns 1 when the user had
+/// no edge before (its first connection in the group, cluster-wide), else 0.
+const MEMBER_JOIN: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+for e in string.gmatch(v, '[^,]+') do if e == ARGV[2] then return 0 end end
+redis.call('HSET', KEYS[1], ARGV[1], v .. ',' .. ARGV[2])
+return 0
+";
+
+/// A member leaves an edge: removes the edge from the user's field. Returns 1 when that was the
+/// user's last edge (the field is deleted), else 0 (other edges, or the edge was not there).
+const MEMBER_LEAVE: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local rest, found = {}, false
+for e in string.gmatch(v, '[^,]+') do
+  if e == ARGV[2] then found = true else rest[#rest + 1] = e end
+end
+if not found then return 0 end
+if #rest == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+redis.call('HSET', KEYS[1], ARGV[1], table.concat(rest, ','))
+return 0
+";
+
+/// A member key: `(project, group, user)`.
+type Member = (ProjectId, GroupId, UserId);
+
+/// A member as it stands in an edge's member index: `<project>:<group>:<user>` (ids hold no
+/// `:`).
+fn member_entry((p, g, u): &Member) -> String {
+    format!("{p}:{g}:{u}")
+}
+
+fn parse_member(entry: &str) -> Option<Member> {
+    let mut parts = entry.splitn(3, ':');
+    Some((
+        ProjectId::new(parts.next()?).ok()?,
+        GroupId::new(parts.next()?).ok()?,
+        UserId::new(parts.next()?).ok()?,
+    ))
+}
+
 /// Key names; see `docs/cluster.md`.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -112,12 +157,24 @@ impl Keys {
         match key {
             InterestKey::User(p, u) => format!("{p}:u:{u}"),
             InterestKey::Group(p, g) => format!("{p}:g:{g}"),
+            // Never written as interest (members have their own hash and index).
+            InterestKey::Member(p, g, u) => format!("{p}:m:{g}:{u}"),
         }
     }
 
     /// The set of edges holding a key, from its index member.
     fn interest(&self, member: &str) -> String {
         format!("{}:int:{{{member}}}", self.prefix)
+    }
+
+    /// Hash of a group's members, user -> the edges holding it (`e1,e2`); in the group's tag.
+    fn members(&self, project: &ProjectId, group: &GroupId) -> String {
+        format!("{}:mem:{{{project}:g:{group}}}", self.prefix)
+    }
+
+    /// Set of the members an edge wrote (`<project>:<group>:<user>`), for cleanup.
+    fn member_index(&self, edge: &str) -> String {
+        format!("{}:edge:{{{edge}}}:members", self.prefix)
     }
 
     fn alive(&self, edge: &str) -> String {
@@ -230,6 +287,8 @@ struct Inner {
     refreshing: tokio::sync::Mutex<()>,
     reaping: Mutex<HashSet<EdgeId>>,
     health: Health,
+    /// Where presence transitions go; none: they are not looked for (members are still kept).
+    sink: RwLock<Option<Arc<dyn PresenceSink>>>,
 }
 
 /// The registry in Redis (single or Cluster). Cheap to clone.
@@ -274,6 +333,7 @@ impl RedisRegistry {
                     errors: "herald_registry_errors_total",
                     trips: "herald_registry_round_trips_total",
                 }),
+                sink: RwLock::new(None),
             }),
         })
     }
@@ -433,14 +493,99 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes members arriving on and leaving `edge`: the member index learns of an entry before
+    /// the group's hash holds it and forgets it after. Returns the transitions the scripts
+    /// found (a user's first edge, its last), in `adds` then `removes` order.
+    async fn write_members(
+        &self,
+        edge: &EdgeId,
+        adds: &[Member],
+        removes: &[Member],
+    ) -> Result<Vec<PresenceEvent>, RegistryError> {
+        metrics::counter!("herald_registry_members_written_total")
+            .increment((adds.len() + removes.len()) as u64);
+        let index = self.keys.member_index(edge.as_str());
+        let script = |src: &str, m: &Member| {
+            let mut c = redis::cmd("EVAL");
+            c.arg(src)
+                .arg(1)
+                .arg(self.keys.members(&m.0, &m.1))
+                .arg(m.2.as_str())
+                .arg(edge.as_str());
+            c
+        };
+        let mut events = Vec::new();
+        let mut found = |replies: &[Value], members: &[Member], join: bool| {
+            for (v, m) in replies.iter().zip(members) {
+                if matches!(v, Value::Int(1)) {
+                    events.push(PresenceEvent {
+                        project: m.0.clone(),
+                        group: m.1.clone(),
+                        user: m.2.clone(),
+                        join,
+                    });
+                }
+            }
+        };
+        for chunk in adds.chunks(CHUNK) {
+            let entries: Vec<String> = chunk.iter().map(member_entry).collect();
+            self.phase(vec![redis::cmd("SADD").arg(&index).arg(&entries).clone()])
+                .await?;
+            let replies = self
+                .phase(chunk.iter().map(|m| script(MEMBER_JOIN, m)).collect())
+                .await?;
+            found(&replies, chunk, true);
+        }
+        for chunk in removes.chunks(CHUNK) {
+            let replies = self
+                .phase(chunk.iter().map(|m| script(MEMBER_LEAVE, m)).collect())
+                .await?;
+            found(&replies, chunk, false);
+            let entries: Vec<String> = chunk.iter().map(member_entry).collect();
+            self.phase(vec![redis::cmd("SREM").arg(&index).arg(&entries).clone()])
+                .await?;
+        }
+        Ok(events)
+    }
+
+    /// Hands transitions to the sink, when there is one.
+    fn announce(&self, events: Vec<PresenceEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(sink) = &*self.sink.read() {
+            sink.announce(events);
+        }
+    }
+
+    /// Whether the registry's epoch is still the one `edge` last wrote its whole interest
+    /// under: transitions found otherwise (after a loss, before the edge wrote everything
+    /// again) compare with a half-empty registry and are not announced.
+    async fn epoch_is_synced(&self, edge: &EdgeId) -> bool {
+        let Some(mine) = self.synced.lock().get(edge).cloned() else {
+            return false;
+        };
+        match self
+            .query::<Option<String>>(redis::cmd("GET").arg(self.keys.epoch()))
+            .await
+        {
+            Ok(Some(raw)) => Epoch::parse(&raw).is_some_and(|e| e.id == mine),
+            _ => false,
+        }
+    }
+
     /// Every member of an edge's index.
     async fn index_members(&self, edge: &str) -> Result<HashSet<String>, RegistryError> {
-        let index = self.keys.index(edge);
+        self.scan_set(&self.keys.index(edge)).await
+    }
+
+    /// Every member of a set, scanned.
+    async fn scan_set(&self, index: &str) -> Result<HashSet<String>, RegistryError> {
         let mut cursor = "0".to_string();
         let mut out = HashSet::new();
         loop {
             let mut c = redis::cmd("SSCAN");
-            c.arg(&index).arg(&cursor).arg("COUNT").arg(CHUNK);
+            c.arg(index).arg(&cursor).arg("COUNT").arg(CHUNK);
             let (next, members): (String, Vec<String>) = self.query(&c).await?;
             out.extend(members);
             if next == "0" {
@@ -648,6 +793,22 @@ impl Inner {
         }
         self.query::<()>(redis::cmd("DEL").arg(self.keys.index(edge.as_str())))
             .await?;
+        // Its members leave: the users it was the last edge of are announced gone.
+        let member_index = self.keys.member_index(edge.as_str());
+        let members: Vec<Member> = self
+            .scan_set(&member_index)
+            .await?
+            .iter()
+            .filter_map(|m| parse_member(m))
+            .collect();
+        for chunk in members.chunks(CHUNK) {
+            let events = self.write_members(edge, &[], chunk).await?;
+            self.announce(events);
+            self.query::<()>(redis::cmd("PEXPIRE").arg(&reaping).arg(&lease))
+                .await?;
+        }
+        self.query::<()>(redis::cmd("DEL").arg(&member_index))
+            .await?;
         self.query::<()>(redis::cmd("SREM").arg(self.keys.edges()).arg(edge.as_str()))
             .await?;
         self.query::<()>(
@@ -741,11 +902,18 @@ impl Registry for RedisRegistry {
         let _call = Call::start(REGISTRY_CALL_SECONDS, "update", "herald.registry.update");
         // The last change of a key wins: a batch holds the edge's latest state of each key.
         let mut last: HashMap<String, bool> = HashMap::with_capacity(changes.len());
+        let mut members: HashMap<Member, bool> = HashMap::new();
         for c in changes {
-            match c {
-                InterestChange::Add(k) => last.insert(Keys::member(k), true),
-                InterestChange::Remove(k) => last.insert(Keys::member(k), false),
-            };
+            let (InterestChange::Add(k) | InterestChange::Remove(k)) = c;
+            let add = matches!(c, InterestChange::Add(_));
+            match k {
+                InterestKey::Member(p, g, u) => {
+                    members.insert((p.clone(), g.clone(), u.clone()), add);
+                }
+                k => {
+                    last.insert(Keys::member(k), add);
+                }
+            }
         }
         let (mut adds, mut removes) = (Vec::new(), Vec::new());
         for (m, add) in last {
@@ -763,12 +931,28 @@ impl Registry for RedisRegistry {
                 .or_default()
                 .extend(adds.iter().cloned());
         }
-        self.inner.write(edge, &adds, &removes).await?;
+        if !adds.is_empty() || !removes.is_empty() || members.is_empty() {
+            self.inner.write(edge, &adds, &removes).await?;
+        }
         if !adds.is_empty()
             && let Some(u) = self.inner.unconfirmed.lock().get_mut(edge)
         {
             for m in &adds {
                 u.remove(m);
+            }
+        }
+        if !members.is_empty() {
+            let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+            for (m, add) in members {
+                if add {
+                    joins.push(m);
+                } else {
+                    leaves.push(m);
+                }
+            }
+            let events = self.inner.write_members(edge, &joins, &leaves).await?;
+            if !events.is_empty() && self.inner.epoch_is_synced(edge).await {
+                self.inner.announce(events);
             }
         }
         Ok(())
@@ -782,7 +966,11 @@ impl Registry for RedisRegistry {
         let had = inner.synced.lock().get(edge).cloned();
         let epoch = inner.current_epoch(had.is_some()).await?;
         let old = inner.index_members(edge.as_str()).await?;
-        let now: HashSet<String> = keys.iter().map(Keys::member).collect();
+        let now: HashSet<String> = keys
+            .iter()
+            .filter(|k| !matches!(k, InterestKey::Member(..)))
+            .map(Keys::member)
+            .collect();
         let removes: Vec<String> = old.difference(&now).cloned().collect();
         // Under the epoch it last wrote under, on the same Redis process, the edge's index is
         // what the registry holds of it (the index learns of an entry before the entry is
@@ -820,6 +1008,29 @@ impl Registry for RedisRegistry {
         inner.write(edge, &adds, &removes).await?;
         // Everything wanted is written, everything else removed.
         inner.unconfirmed.lock().remove(edge);
+        // Members: those the index holds and the edge no longer does leave (announced: they
+        // did leave); the others are written again. Their transitions are announced only under
+        // the epoch the edge wrote under before (a reaped edge coming back, an overflowed
+        // queue); after a loss the hash is being rebuilt and a "first" means nothing.
+        let old_members: HashSet<Member> = inner
+            .scan_set(&inner.keys.member_index(edge.as_str()))
+            .await?
+            .iter()
+            .filter_map(|m| parse_member(m))
+            .collect();
+        let now_members: HashSet<Member> = keys
+            .iter()
+            .filter_map(|k| match k {
+                InterestKey::Member(p, g, u) => Some((p.clone(), g.clone(), u.clone())),
+                _ => None,
+            })
+            .collect();
+        let gone: Vec<Member> = old_members.difference(&now_members).cloned().collect();
+        let held: Vec<Member> = now_members.into_iter().collect();
+        let events = inner.write_members(edge, &held, &gone).await?;
+        if had.as_ref() == Some(&epoch.id) {
+            inner.announce(events);
+        }
         *inner.run_id.lock() = run_id;
         inner
             .query::<()>(
@@ -936,6 +1147,10 @@ impl Registry for RedisRegistry {
 
     fn degraded(&self) -> Option<String> {
         self.inner.health.degraded()
+    }
+
+    fn set_presence_sink(&self, sink: Arc<dyn PresenceSink>) {
+        *self.inner.sink.write() = Some(sink);
     }
 
     async fn claim_idempotency_key(

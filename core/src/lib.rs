@@ -12,6 +12,8 @@
 //!   in-process implementation.
 //! - [`history`]: the [`History`](history::History) trait (recoverable streams with offsets and
 //!   epochs) and its in-process implementation.
+//! - [`presence`]: presence events (a user's first connection in a group arrived, its last
+//!   left) and the [`Announcer`](presence::Announcer) that sends them to the group's edges.
 //! - [`sessions`]: the [`Sessions`](sessions::Sessions) trait (where a client that comes back
 //!   stood: subscriptions and acknowledged positions) and its in-process implementation.
 //! - [`telemetry`]: every metric Herald records, in one list (names, kinds, help, histogram
@@ -26,6 +28,7 @@ pub mod bus;
 pub mod codes;
 pub mod history;
 pub mod ids;
+pub mod presence;
 pub mod projects;
 pub mod registry;
 pub mod sessions;

@@ -71,6 +71,15 @@ pub struct ProjectConfig {
     /// beside `keys`. Default absent.
     #[serde(default)]
     pub jwks: Option<JwksConfig>,
+    /// Send presence events (`join`, `leave`) to a group's native-protocol members when a
+    /// user's first connection in the group arrives or its last one leaves, cluster-wide.
+    /// Default false.
+    #[serde(default)]
+    pub presence_events: bool,
+    /// Post connection, subscription and presence events to the back end
+    /// (`[projects.webhook]`). Default absent: none are posted.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// Where a project's issuer publishes its public keys (a JWK Set over HTTPS), and how they are
@@ -166,6 +175,120 @@ impl JwksConfig {
     }
 }
 
+/// Which events a webhook posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookEvent {
+    /// A client connected (after authentication).
+    Connect,
+    /// A client's connection ended.
+    Disconnect,
+    /// A client subscribed to a group itself (not the token's groups).
+    Subscribe,
+    /// A user's first connection in a group arrived (presence).
+    Join,
+    /// A user's last connection in a group left (presence).
+    Leave,
+}
+
+impl WebhookEvent {
+    /// Every event, in a fixed order.
+    pub const ALL: [WebhookEvent; 5] = [
+        WebhookEvent::Connect,
+        WebhookEvent::Disconnect,
+        WebhookEvent::Subscribe,
+        WebhookEvent::Join,
+        WebhookEvent::Leave,
+    ];
+
+    /// Its name on the wire (`connect`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Connect => "connect",
+            WebhookEvent::Disconnect => "disconnect",
+            WebhookEvent::Subscribe => "subscribe",
+            WebhookEvent::Join => "join",
+            WebhookEvent::Leave => "leave",
+        }
+    }
+}
+
+fn all_webhook_events() -> Vec<WebhookEvent> {
+    WebhookEvent::ALL.to_vec()
+}
+
+/// Where and how a project's events are posted (`[projects.webhook]`). Each node (the edge that
+/// saw the event; any node for the leaves of a dead edge) posts its own events in batches,
+/// signed with `secret` (docs/api.md "Webhooks").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The endpoint: `https://...` (`http://` only for loopback addresses, for tests).
+    pub url: String,
+    /// The HMAC-SHA256 key of the `herald-signature` header (at least 16 characters).
+    pub secret: String,
+    /// Which events are posted. Default: all of `connect`, `disconnect`, `subscribe`, `join`,
+    /// `leave` (`join` and `leave` need `presence_events`).
+    #[serde(default = "all_webhook_events")]
+    pub events: Vec<WebhookEvent>,
+    /// Most events in one post. Default 100.
+    #[serde(default = "default_webhook_batch")]
+    pub max_batch: usize,
+    /// How long the first event of a batch waits for others, in milliseconds. Default 200.
+    #[serde(default = "default_webhook_linger")]
+    pub batch_ms: u64,
+    /// Most events waiting on one node (being retried included); beyond, new events are dropped
+    /// and counted (`herald_webhook_events_dropped_total`). Default 10,000.
+    #[serde(default = "default_webhook_queue")]
+    pub max_queue: usize,
+    /// Deadline of one post, in milliseconds. Default 5,000.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// A PEM file of CA certificates trusted for the endpoint besides the system's. Default
+    /// absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_webhook_batch() -> usize {
+    100
+}
+fn default_webhook_linger() -> u64 {
+    200
+}
+fn default_webhook_queue() -> usize {
+    10_000
+}
+fn default_webhook_timeout() -> u64 {
+    5_000
+}
+
+impl WebhookConfig {
+    /// Every problem of this webhook, each naming the setting under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"];
+        if !self.url.starts_with("https://") && !loopback.iter().any(|p| self.url.starts_with(p)) {
+            out.push(format!(
+                "{at}.url: must be https:// (http:// only on loopback)"
+            ));
+        }
+        if self.secret.len() < 16 {
+            out.push(format!("{at}.secret: shorter than 16 characters"));
+        }
+        if self.max_batch == 0 {
+            out.push(format!("{at}.max_batch: must be at least 1"));
+        }
+        if self.max_queue < self.max_batch {
+            out.push(format!("{at}.max_queue: must be at least max_batch"));
+        }
+        if self.timeout_ms == 0 {
+            out.push(format!("{at}.timeout_ms: must be at least 1"));
+        }
+        out
+    }
+}
+
 /// A project's own defences, applied on top of the edge's (`[projects.limits]`). Reloaded with
 /// the projects (SIGHUP).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +355,9 @@ pub fn validate_projects(projects: &[ProjectConfig]) -> Vec<String> {
         }
         if let Some(j) = &p.jwks {
             problems.extend(j.problems(&format!("{at}.jwks")));
+        }
+        if let Some(w) = &p.webhook {
+            problems.extend(w.problems(&format!("{at}.webhook")));
         }
         for (j, o) in p.limits.origins.iter().enumerate() {
             if let Err(e) = check_origin_pattern(o) {

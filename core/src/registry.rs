@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use crate::ids::{EdgeId, GroupId, ProjectId, UserId};
+use crate::presence::PresenceSink;
+use std::sync::Arc;
 
 /// A key the registry tracks interest in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -19,6 +21,11 @@ pub enum InterestKey {
     User(ProjectId, UserId),
     /// The members of one group.
     Group(ProjectId, GroupId),
+    /// One user among a group's members, for presence events (projects with
+    /// `presence_events`): the edge holds a connection of the user in the group. Never resolved
+    /// as a target; a registry that announces presence keeps, per (group, user), the edges
+    /// holding it and finds who arrives first and leaves last cluster-wide.
+    Member(ProjectId, GroupId, UserId),
 }
 
 /// A change of an edge's interest.
@@ -93,6 +100,10 @@ pub trait Registry: Send + Sync + 'static {
     fn degraded(&self) -> Option<String> {
         None
     }
+    /// Where presence transitions found by this registry's writes of [`InterestKey::Member`]
+    /// keys and by its cleanup of dead edges go. A registry that keeps no members (the
+    /// in-process ones: a single node's hub finds its transitions itself) ignores it.
+    fn set_presence_sink(&self, _sink: Arc<dyn PresenceSink>) {}
     /// Claims an idempotency key of a project for `window`. `false` means it was claimed already
     /// within the window (a repeat).
     async fn claim_idempotency_key(

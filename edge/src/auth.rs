@@ -133,6 +133,10 @@ pub struct AuthKeys {
     by_certificate: HashMap<String, (Vec<GroupId>, Vec<String>)>,
     /// Projects accepting `permessage-deflate` (`permessage_deflate = true`).
     deflate: std::collections::HashSet<String>,
+    /// Projects that ask for presence events.
+    presence_events: std::collections::HashSet<String>,
+    /// Projects whose events are posted to their back end.
+    webhooks: HashMap<String, herald_core::projects::WebhookConfig>,
 }
 
 fn algorithm(alg: KeyAlgorithm) -> Algorithm {
@@ -153,6 +157,16 @@ impl AuthKeys {
     /// Whether `project` accepts the `permessage-deflate` extension.
     pub fn permessage_deflate(&self, project: &str) -> bool {
         self.deflate.contains(project)
+    }
+
+    /// Where `project`'s events are posted, if anywhere.
+    pub fn webhook(&self, project: &str) -> Option<&herald_core::projects::WebhookConfig> {
+        self.webhooks.get(project)
+    }
+
+    /// Whether `project` asks for presence events (`presence_events`).
+    pub fn presence_events(&self, project: &str) -> bool {
+        self.presence_events.contains(project)
     }
 
     /// Loads every project's keys (JWK Sets from sources of their own, which start fetching);
@@ -259,6 +273,15 @@ impl AuthKeys {
                 by_certificate,
                 history,
                 deflate,
+                presence_events: projects
+                    .iter()
+                    .filter(|p| p.presence_events)
+                    .map(|p| p.id.clone())
+                    .collect(),
+                webhooks: projects
+                    .iter()
+                    .filter_map(|p| Some((p.id.clone(), p.webhook.clone()?)))
+                    .collect(),
             })
         } else {
             Err(problems)
@@ -432,6 +455,8 @@ mod tests {
             history: None,
             permessage_deflate: false,
             jwks: None,
+            presence_events: false,
+            webhook: None,
         };
         AuthKeys::load(&[p], 0).expect("keys load")
     }

@@ -53,9 +53,21 @@ pub fn ping_frame() -> Bytes {
     Bytes::from_static(&[0x80 | OP_PING, 0])
 }
 
+/// A presence event as a framed text frame:
+/// `{"type":"presence","group":..,"event":"join"|"leave","user":..}` (ids need no escaping).
+pub fn presence_frame(group: &str, user: &str, join: bool) -> Bytes {
+    let event = if join { "join" } else { "leave" };
+    text_frame(&format!(
+        r#"{{"type":"presence","group":"{group}","event":"{event}","user":"{user}"}}"#
+    ))
+}
+
 /// Encodes a delivered message once, as a framed `msg` text frame:
 /// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["offset":..,"epoch":..,]"data"|"b64":..}`.
 pub fn message_frame(env: &Envelope) -> Bytes {
+    if let Some(p) = &env.presence {
+        return presence_frame(&env.name, &p.user, p.join);
+    }
     let payload_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).is_ok();
     let mut json = String::with_capacity(64 + env.payload.len() * 4 / 3 + env.name.len());
     json.push_str(r#"{"type":"msg","kind":"#);

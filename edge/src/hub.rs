@@ -15,8 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,7 @@ use herald_core::bus::{
 };
 use herald_core::codes::CloseCode;
 use herald_core::ids::{ConnectionId, EdgeId, GroupId, ProjectId, UserId};
+use herald_core::presence::{PresenceEnabled, PresenceEvent, PresenceSink};
 use herald_core::proto::bus::{Envelope, TargetKind};
 use herald_core::proto::v1::ConnectionInfo;
 use herald_core::registry::{InterestKey, Registry};
@@ -320,6 +321,39 @@ fn index_remove<K: std::hash::Hash + Eq>(
     gone
 }
 
+/// Presence events of the projects that ask for them: which do, and (on a single node, whose
+/// hub finds the transitions itself) where they go.
+pub struct PresenceGate {
+    /// Whether a project asks for presence events.
+    pub enabled: PresenceEnabled,
+    /// Where a single node's transitions go; a cluster edge writes them to the registry, which
+    /// finds the cluster-wide ones.
+    pub sink: Arc<dyn PresenceSink>,
+}
+
+impl PresenceGate {
+    fn on(&self, project: &ProjectId) -> bool {
+        (self.enabled)(project.as_str())
+    }
+}
+
+/// Whether a user has a connection in `group` in this shard (all of a user's connections are in
+/// its shard, so this is exact for the edge).
+fn user_in_group(shard: &Shard, project: &ProjectId, user: &UserId, group: &GroupId) -> bool {
+    shard
+        .users
+        .get(project)
+        .and_then(|m| m.get(user))
+        .is_some_and(|slots| {
+            slots.as_slice().iter().any(|s| {
+                shard
+                    .conns
+                    .get(*s as usize)
+                    .is_some_and(|c| c.groups.contains(group))
+            })
+        })
+}
+
 /// The hub of one edge.
 pub struct Hub {
     edge: EdgeId,
@@ -335,6 +369,8 @@ pub struct Hub {
     /// Live connections (inserted and not removed).
     live: AtomicUsize,
     interest: Interest,
+    /// Set once by [`Hub::set_presence`]; unset, no presence transition is looked for.
+    presence: Arc<OnceLock<PresenceGate>>,
 }
 
 /// What a new connection brings.
@@ -389,17 +425,25 @@ impl Hub {
     pub fn new(edge: EdgeId, cfg: HubConfig, registry: Option<Arc<dyn Registry>>) -> Arc<Self> {
         let shards: Arc<[Mutex<Shard>]> =
             (0..cfg.shards.max(1)).map(|_| Mutex::default()).collect();
+        let presence: Arc<OnceLock<PresenceGate>> = Arc::default();
         let interest = match registry {
             None => Interest::local(shards.len()),
             Some(registry) => {
                 let listed = shards.clone();
+                let gate = presence.clone();
                 Interest::start(
                     edge.clone(),
                     registry,
                     shards.len(),
                     cfg.max_pending_interest,
                     cfg.registry_batch,
-                    Box::new(move || user_keys(&listed)),
+                    Box::new(move || {
+                        let mut keys = user_keys(&listed);
+                        if let Some(gate) = gate.get() {
+                            member_keys(&listed, gate, &mut keys);
+                        }
+                        keys
+                    }),
                 )
             }
         };
@@ -415,7 +459,55 @@ impl Hub {
             clock: AtomicU32::new(1),
             live: AtomicUsize::new(0),
             interest,
+            presence,
         })
+    }
+
+    /// Looks for presence transitions from now on (once; later calls are ignored). Connections
+    /// already present are not announced.
+    pub fn set_presence(&self, gate: PresenceGate) {
+        let _ = self.presence.set(gate);
+    }
+
+    /// The gate, when `project` asks for presence events.
+    fn presence_for(&self, project: &ProjectId) -> Option<&PresenceGate> {
+        self.presence.get().filter(|g| g.on(project))
+    }
+
+    /// Hands a shard's presence transitions on: to the sink on a single node, as member keys
+    /// to the registry writer in a cluster (`members`, where the cluster-wide ones are found).
+    fn presence_transitions(
+        &self,
+        gate: Option<&PresenceGate>,
+        project: &ProjectId,
+        user: &UserId,
+        groups: Vec<GroupId>,
+        join: bool,
+    ) -> Vec<InterestKey> {
+        let Some(gate) = gate else {
+            return Vec::new();
+        };
+        if groups.is_empty() {
+            return Vec::new();
+        }
+        if self.interest.writes_registry() {
+            return groups
+                .into_iter()
+                .map(|g| InterestKey::Member(project.clone(), g, user.clone()))
+                .collect();
+        }
+        gate.sink.announce(
+            groups
+                .into_iter()
+                .map(|group| PresenceEvent {
+                    project: project.clone(),
+                    group,
+                    user: user.clone(),
+                    join,
+                })
+                .collect(),
+        );
+        Vec::new()
     }
 
     /// This hub's edge.
@@ -478,6 +570,16 @@ impl Hub {
             }
             let number = self.next_number.fetch_add(1, Ordering::Relaxed);
             let slot = shard.conns.vacant_key() as u32;
+            // Groups the user had no connection in on this edge: before this one is indexed.
+            let gate = self.presence_for(&c.project);
+            let mut arrived = Vec::new();
+            if gate.is_some() {
+                for g in &c.groups {
+                    if !arrived.contains(g) && !user_in_group(shard, &c.project, &c.user, g) {
+                        arrived.push(g.clone());
+                    }
+                }
+            }
             let (user, first) = index_add(&mut shard.users, &c.project, &c.user, slot);
             let mut groups: Vec<GroupId> = Vec::with_capacity(c.groups.len());
             let mut entered = Vec::new();
@@ -490,11 +592,13 @@ impl Hub {
                     groups.push(g);
                 }
             }
+            let members = self.presence_transitions(gate, &c.project, &user, arrived, true);
             let registered = self.interest.add(
                 shard_ix,
                 first.then(|| InterestKey::User(c.project.clone(), user.clone())),
                 &c.project,
                 &entered,
+                members,
             );
             let (project, project_pos) = shard.project_add(&c.project, slot);
             let entry = shard.conns.vacant_entry();
@@ -572,6 +676,18 @@ impl Hub {
             shard.project_remove(&conn.project, conn.project_pos);
             wire = conn.takes.wire();
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
+            let gate = self.presence_for(&conn.project);
+            let departed: Vec<GroupId> = match gate {
+                Some(_) => conn
+                    .groups
+                    .iter()
+                    .filter(|g| !user_in_group(shard, &conn.project, &conn.user, g))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let members =
+                self.presence_transitions(gate, &conn.project, &conn.user, departed, false);
             let mut left = Vec::new();
             for g in conn.groups.into_vec() {
                 if index_remove(&mut shard.groups, &conn.project, &g, h.slot) {
@@ -583,6 +699,7 @@ impl Hub {
                 user_left.then(|| InterestKey::User(conn.project.clone(), conn.user)),
                 &conn.project,
                 &left,
+                members,
             );
         }
         self.live.fetch_sub(1, Ordering::Relaxed);
@@ -632,20 +749,35 @@ impl Hub {
             let conn = &shard.conns[slot as usize];
             if conn.groups.contains(&group) {
                 // Already a member: wait behind any pending write of that interest.
-                return Ok(self
-                    .interest
-                    .add(h.shard as usize, None, &conn.project, &[]));
+                return Ok(self.interest.add(
+                    h.shard as usize,
+                    None,
+                    &conn.project,
+                    &[],
+                    Vec::new(),
+                ));
             }
             if conn.groups.len() >= max_groups {
                 return Err(());
             }
             let project = conn.project.clone();
+            let user = conn.user.clone();
+            let gate = self.presence_for(&project);
+            let arrived = gate.is_some() && !user_in_group(shard, &project, &user, &group);
             let (g, new) = index_add(&mut shard.groups, &project, &group, slot);
+            let members = self.presence_transitions(
+                gate,
+                &project,
+                &user,
+                if arrived { vec![g.clone()] } else { Vec::new() },
+                true,
+            );
             let registered = self.interest.add(
                 h.shard as usize,
                 None,
                 &project,
                 if new { std::slice::from_ref(&g) } else { &[] },
+                members,
             );
             let conn = &mut shard.conns[slot as usize];
             let mut groups = std::mem::take(&mut conn.groups).into_vec();
@@ -674,9 +806,33 @@ impl Hub {
             let g = groups.swap_remove(i);
             conn.groups = groups.into_boxed_slice();
             let project = conn.project.clone();
-            if index_remove(&mut shard.groups, &project, group, slot) {
-                self.interest
-                    .remove(h.shard as usize, None, &project, std::slice::from_ref(&g));
+            let user = conn.user.clone();
+            let gate = self.presence_for(&project);
+            let departed = gate.is_some() && !user_in_group(shard, &project, &user, group);
+            let members = self.presence_transitions(
+                gate,
+                &project,
+                &user,
+                if departed {
+                    vec![g.clone()]
+                } else {
+                    Vec::new()
+                },
+                false,
+            );
+            let emptied = index_remove(&mut shard.groups, &project, group, slot);
+            if emptied || !members.is_empty() {
+                self.interest.remove(
+                    h.shard as usize,
+                    None,
+                    &project,
+                    if emptied {
+                        std::slice::from_ref(&g)
+                    } else {
+                        &[]
+                    },
+                    members,
+                );
             }
             true
         })
@@ -727,6 +883,21 @@ impl Hub {
                 return;
             }
             let mut groups = std::mem::take(&mut conn.groups).into_vec();
+            let user = conn.user.clone();
+            // This connection's groups are taken out: the check sees the user's others only.
+            let gate = self.presence_for(project);
+            let transition = gate.is_some() && !user_in_group(shard, project, &user, group);
+            let members = self.presence_transitions(
+                gate,
+                project,
+                &user,
+                if transition {
+                    vec![group.clone()]
+                } else {
+                    Vec::new()
+                },
+                subscribe,
+            );
             if subscribe {
                 let (g, new) = index_add(&mut shard.groups, project, group, slot);
                 registered.push(self.interest.add(
@@ -734,13 +905,24 @@ impl Hub {
                     None,
                     project,
                     if new { std::slice::from_ref(&g) } else { &[] },
+                    members,
                 ));
                 groups.push(g);
             } else {
                 groups.retain(|g| g != group);
-                if index_remove(&mut shard.groups, project, group, slot) {
-                    self.interest
-                        .remove(shard_ix, None, project, std::slice::from_ref(group));
+                let emptied = index_remove(&mut shard.groups, project, group, slot);
+                if emptied || !members.is_empty() {
+                    self.interest.remove(
+                        shard_ix,
+                        None,
+                        project,
+                        if emptied {
+                            std::slice::from_ref(group)
+                        } else {
+                            &[]
+                        },
+                        members,
+                    );
                 }
             }
             let conn = &mut shard.conns[slot as usize];
@@ -804,6 +986,21 @@ impl Hub {
                     .is_some_and(|m| m.contains_key(user))
             }
             InterestKey::Group(..) => self.interest.has_group(key),
+            InterestKey::Member(project, group, user) => {
+                let shard = self.shards[self.user_shard(project.as_str(), user.as_str())].lock();
+                shard
+                    .users
+                    .get(project)
+                    .and_then(|m| m.get(user))
+                    .is_some_and(|slots| {
+                        slots.as_slice().iter().any(|s| {
+                            shard
+                                .conns
+                                .get(*s as usize)
+                                .is_some_and(|c| c.groups.contains(group))
+                        })
+                    })
+            }
         }
     }
 
@@ -881,6 +1078,8 @@ impl Hub {
         };
         // Encoded at most once per protocol among the recipients.
         let mut frames = Frames::new(env);
+        // Presence events go to native-protocol members only (docs/protocol.md).
+        let presence = env.presence.is_some();
         let max = self.cfg.max_queued_bytes;
         let mut delivered = [0u64; Wire::COUNT];
         let mut wake = Vec::new();
@@ -923,6 +1122,7 @@ impl Hub {
                     let slots = index.map(Slots::as_slice).unwrap_or_default();
                     for slot in slots {
                         if let Some(c) = shard.conns.get_mut(*slot as usize)
+                            && (!presence || c.takes.wire() == Wire::Native)
                             && let Some(frame) =
                                 passes(&mut shard.recovering, *slot, c, &mut frames)
                         {
@@ -1484,6 +1684,28 @@ impl Hub {
     /// The edge's interest (for re-registering it).
     pub fn interest(&self) -> &Interest {
         &self.interest
+    }
+}
+
+/// Every member key (a user in a group, once) of the projects that ask for presence events.
+fn member_keys(shards: &[Mutex<Shard>], gate: &PresenceGate, out: &mut Vec<InterestKey>) {
+    let mut seen = std::collections::HashSet::new();
+    for shard in shards {
+        let shard = shard.lock();
+        for (_, c) in shard.conns.iter() {
+            if !gate.on(&c.project) {
+                continue;
+            }
+            for g in c.groups.iter() {
+                if seen.insert((c.project.clone(), g.clone(), c.user.clone())) {
+                    out.push(InterestKey::Member(
+                        c.project.clone(),
+                        g.clone(),
+                        c.user.clone(),
+                    ));
+                }
+            }
+        }
     }
 }
 

@@ -308,9 +308,11 @@ impl Interest {
         user: Option<InterestKey>,
         project: &ProjectId,
         groups: &[GroupId],
+        members: Vec<InterestKey>,
     ) -> Registered {
         let mut changes = Vec::new();
         changes.extend(user.map(InterestChange::Add));
+        changes.extend(members.into_iter().map(InterestChange::Add));
         let mut held = None;
         if !groups.is_empty() {
             let mut g = self.state.groups.write();
@@ -339,9 +341,11 @@ impl Interest {
         user: Option<InterestKey>,
         project: &ProjectId,
         groups: &[GroupId],
+        members: Vec<InterestKey>,
     ) {
         let mut changes = Vec::new();
         changes.extend(user.map(InterestChange::Remove));
+        changes.extend(members.into_iter().map(InterestChange::Remove));
         let mut held = None;
         if !groups.is_empty() {
             let mut g = self.state.groups.write();
@@ -395,6 +399,12 @@ impl Interest {
         out
     }
 
+    /// Whether the interest is written to a registry (a cluster edge), rather than the hub being
+    /// the registry (a single node).
+    pub fn writes_registry(&self) -> bool {
+        self.state.queue.is_some()
+    }
+
     /// The shards holding a member of `group` of `project`.
     pub fn group_shards(&self, project: &str, group: &str) -> ShardSet {
         with_groups!(&*self.state.groups.read(), g => g.shards(project, group))
@@ -406,7 +416,7 @@ impl Interest {
             InterestKey::Group(p, g) => {
                 with_groups!(&*self.state.groups.read(), m => m.contains(p.as_str(), g.as_str()))
             }
-            InterestKey::User(..) => false,
+            InterestKey::User(..) | InterestKey::Member(..) => false,
         }
     }
 
@@ -707,12 +717,12 @@ mod tests {
     async fn changes_queued_during_a_write_go_in_the_next_batch_in_order() {
         let reg = Recording::new(false);
         let i = start(reg.clone(), 4, 100, &[]);
-        let first = i.add(0, Some(user("u1")), &p(), &[gid("news")]);
+        let first = i.add(0, Some(user("u1")), &p(), &[gid("news")], Vec::new());
         reg.wait_calls(1).await;
         // While the first write is in flight, these wait and then go as one batch, in order.
-        let second = i.add(1, Some(user("u2")), &p(), &[gid("news")]);
-        i.remove(0, Some(user("u1")), &p(), &[gid("news")]);
-        let third = i.add(2, None, &p(), &[gid("sport")]);
+        let second = i.add(1, Some(user("u2")), &p(), &[gid("news")], Vec::new());
+        i.remove(0, Some(user("u1")), &p(), &[gid("news")], Vec::new());
+        let third = i.add(2, None, &p(), &[gid("sport")], Vec::new());
         reg.gate.add_permits(1);
         done(first).await;
         let mut second = second;
@@ -751,11 +761,11 @@ mod tests {
         let i = start_every(reg.clone(), 4, 100, interval, &[]);
         let t0 = Instant::now();
         // After a quiet spell the first change is written at once.
-        done(i.add(0, Some(user("u0")), &p(), &[])).await;
+        done(i.add(0, Some(user("u0")), &p(), &[], Vec::new())).await;
         assert_eq!(reg.calls().len(), 1);
         // Changes queued within the interval wait for its end and go as one write.
         let waiting: Vec<Registered> = (1..6)
-            .map(|n| i.add(n % 4, Some(user(&format!("u{n}"))), &p(), &[]))
+            .map(|n| i.add(n % 4, Some(user(&format!("u{n}"))), &p(), &[], Vec::new()))
             .collect();
         for w in waiting {
             done(w).await;
@@ -776,11 +786,11 @@ mod tests {
     async fn an_overflowing_queue_becomes_one_resync() {
         let reg = Recording::new(false);
         let i = start(reg.clone(), 4, 3, &["u1", "u2"]);
-        let first = i.add(0, Some(user("u0")), &p(), &[]);
+        let first = i.add(0, Some(user("u0")), &p(), &[], Vec::new());
         reg.wait_calls(1).await;
         let mut waiters = Vec::new();
         for n in 0..5 {
-            waiters.push(i.add(n % 4, None, &p(), &[gid(&format!("g{n}"))]));
+            waiters.push(i.add(n % 4, None, &p(), &[gid(&format!("g{n}"))], Vec::new()));
         }
         assert_eq!(
             i.pending(),
@@ -803,7 +813,7 @@ mod tests {
         assert_eq!(keys, &want);
         // After the resync, changes queue again.
         reg.gate.add_permits(1);
-        done(i.add(0, None, &p(), &[gid("late")])).await;
+        done(i.add(0, None, &p(), &[gid("late")], Vec::new())).await;
         assert_eq!(
             reg.calls().last(),
             Some(&Call::Update(vec![InterestChange::Add(group("late"))]))
@@ -815,10 +825,10 @@ mod tests {
         let reg = Recording::new(true);
         reg.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let i = start(reg.clone(), 4, 2, &[]);
-        let first = i.add(0, Some(user("u0")), &p(), &[]);
+        let first = i.add(0, Some(user("u0")), &p(), &[], Vec::new());
         reg.wait_calls(1).await;
         for n in 0..3 {
-            drop(i.add(0, Some(user(&format!("v{n}"))), &p(), &[]));
+            drop(i.add(0, Some(user(&format!("v{n}"))), &p(), &[], Vec::new()));
         }
         // While the registry still fails, the writer turns from the update to the resync.
         let until = Instant::now() + Duration::from_secs(5);
@@ -837,10 +847,10 @@ mod tests {
     #[tokio::test]
     async fn without_a_registry_nothing_waits() {
         let i = Interest::local(4);
-        done(i.add(2, Some(user("u")), &p(), &[gid("news")])).await;
+        done(i.add(2, Some(user("u")), &p(), &[gid("news")], Vec::new())).await;
         assert!(i.has_group(&group("news")));
         assert_eq!(i.pending(), 0);
-        i.remove(2, Some(user("u")), &p(), &[gid("news")]);
+        i.remove(2, Some(user("u")), &p(), &[gid("news")], Vec::new());
         assert!(!i.has_group(&group("news")));
         done(i.resync()).await;
     }
@@ -855,12 +865,12 @@ mod tests {
                 .filter(|s| *s < shards)
                 .collect();
             for s in &all {
-                drop(i.add(*s, None, &p(), &[gid("news")]));
+                drop(i.add(*s, None, &p(), &[gid("news")], Vec::new()));
             }
             assert_eq!(i.group_shards("a", "news").iter().collect::<Vec<_>>(), all);
             for (n, s) in all.iter().enumerate() {
                 assert!(i.has_group(&group("news")), "{shards} shards");
-                i.remove(*s, None, &p(), &[gid("news")]);
+                i.remove(*s, None, &p(), &[gid("news")], Vec::new());
                 assert_eq!(
                     i.group_shards("a", "news").iter().collect::<Vec<_>>(),
                     all[n + 1..]

@@ -21,6 +21,7 @@
 //!   recoverable stream passed on without hole (gaps repaired from history, duplicates dropped,
 //!   positions checked).
 //! - [`limits`]: the defences (address and origin lists, rates, caps, load shedding).
+//! - [`webhook`]: connection, subscription and presence events posted to a project's back end.
 #![deny(rust_2018_idioms)]
 
 mod admission;
@@ -44,10 +45,13 @@ mod session;
 pub mod sockjs;
 pub mod streams;
 pub mod tls;
+pub mod webhook;
 mod ws;
 
 use herald_core::history::History;
+use herald_core::presence::{Announcer, PresenceEnabled, PresenceTap};
 use herald_core::sessions::Sessions;
+use hub::PresenceGate;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,6 +117,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<dyn Sessions>,
     /// SockJS sessions over HTTP requests.
     pub(crate) sockjs: Arc<sockjs::http::Table>,
+    /// Where connection, subscription and presence events go to the projects' back ends.
+    pub(crate) webhooks: Arc<webhook::Webhooks>,
 }
 
 /// A listener's settings and, on `wss`, its TLS state.
@@ -333,6 +339,25 @@ impl Edge {
             Some(r) => r,
             None => local::LocalRegistry::new(hub.clone()),
         };
+        // Presence events: found by the hub on a single node, by the registry's writes (and its
+        // cleanup of dead edges) in a cluster; sent to the group's edges by the announcer.
+        let enabled: PresenceEnabled = {
+            let keys = keys.clone();
+            Arc::new(move |p: &str| keys.load().presence_events(p))
+        };
+        let webhooks = webhook::Webhooks::new(keys.clone(), &cfg.id);
+        let tap: Option<PresenceTap> = {
+            let webhooks = webhooks.clone();
+            Some(Arc::new(move |e: &herald_core::presence::PresenceEvent| {
+                webhooks.presence(e)
+            }))
+        };
+        let announcer = Announcer::start(registry.clone(), bus.clone(), enabled.clone(), tap);
+        registry.set_presence_sink(announcer.clone());
+        hub.set_presence(PresenceGate {
+            enabled,
+            sink: announcer,
+        });
         // Known alive before the first client is accepted, so a router never drops its messages
         // as addressed to an unknown edge. Failing that, the liveness loop keeps trying.
         match tokio::time::timeout(Duration::from_secs(5), registry.heartbeat(&edge_id)).await {
@@ -380,6 +405,7 @@ impl Edge {
                 history,
                 sessions,
                 sockjs: Default::default(),
+                webhooks,
             }),
             listeners,
             tls_reload: TlsReload(Arc::new(watch::channel(0).0)),

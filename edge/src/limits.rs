@@ -636,6 +636,8 @@ mod tests {
             history: None,
             permessage_deflate: false,
             jwks: None,
+            presence_events: false,
+            webhook: None,
         }
     }
 

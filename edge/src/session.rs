@@ -21,8 +21,10 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::webhook::HookEvent;
 use herald_core::codes::FrameError;
 use herald_core::history::{History, StreamKey, StreamTarget};
+use herald_core::projects::WebhookEvent;
 use herald_core::proto::bus::TargetKind;
 
 use crate::admission::{self, Admitted, Counted, Refused};
@@ -395,7 +397,21 @@ impl SessionOps<'_> {
             .join(self.core.handle, group.clone(), max_groups)
             .await
         {
-            JoinOutcome::Joined => Ok(group),
+            JoinOutcome::Joined => {
+                let core = &*self.core;
+                let shared = self.shared;
+                shared
+                    .webhooks
+                    .emit(core.project.as_str(), WebhookEvent::Subscribe, || {
+                        HookEvent::connection(
+                            WebhookEvent::Subscribe,
+                            core.user.as_str(),
+                            shared.hub.connection_id(core.handle.number).to_string(),
+                            Some(group.as_str()),
+                        )
+                    });
+                Ok(group)
+            }
             JoinOutcome::TooMany => {
                 metrics::counter!("herald_edge_subscribes_refused_total", "reason" => "too_many_groups")
                     .increment(1);
@@ -689,6 +705,16 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
         metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => "websocket")
             .increment(1);
     }
+    shared
+        .webhooks
+        .emit(project.as_str(), WebhookEvent::Connect, || {
+            HookEvent::connection(
+                WebhookEvent::Connect,
+                identity.user.as_str(),
+                shared.hub.connection_id(handle.number).to_string(),
+                None,
+            )
+        });
     let groups: Vec<&str> = identity.groups.iter().map(|g| g.as_str()).collect();
     q.push(codec.welcome(&Welcome {
         connection_id: &shared.hub.connection_id(handle.number).to_string(),
@@ -860,8 +886,6 @@ async fn step(shared: Arc<Shared>, mut s: Box<Session>, ev: Event) -> Option<Box
 
 /// Handles one event; returns whether the connection goes on.
 async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
-    let hub = &shared.hub;
-    let h = s.core.handle;
     let (code, reconnect_after_ms) = match ev {
         Event::Message(m) => {
             let mut ops = SessionOps {
@@ -882,7 +906,7 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
                 let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
                 let _ = timeout(close_timeout, s.q.flush(&mut ws.tcp)).await;
             }
-            hub.remove(h);
+            remove(shared, &s.core);
             metrics::counter!("herald_edge_closes_total", "code" => "peer", "protocol" => s.codec.wire().label())
                 .increment(1);
             return false;
@@ -890,14 +914,14 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
         Event::ReadError(e) => match ws::read_error_code(&e) {
             Some(code) => (code, 0),
             None => {
-                hub.remove(h);
+                remove(shared, &s.core);
                 metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
                     .increment(1);
                 return false;
             }
         },
         Event::WriteError => {
-            hub.remove(h);
+            remove(shared, &s.core);
             metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
                 .increment(1);
             return false;
@@ -907,10 +931,25 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
     false
 }
 
+/// Takes a connection out of the hub, and tells the project's webhook.
+fn remove(shared: &Shared, core: &SessionCore) {
+    shared.hub.remove(core.handle);
+    shared
+        .webhooks
+        .emit(core.project.as_str(), WebhookEvent::Disconnect, || {
+            HookEvent::connection(
+                WebhookEvent::Disconnect,
+                core.user.as_str(),
+                shared.hub.connection_id(core.handle.number).to_string(),
+                None,
+            )
+        });
+}
+
 /// Closes a live session with `code`: out of the hub, unsent frames dropped, the protocol's last
 /// words (a `disconnect`, MQTT `DISCONNECT`), the close handshake.
 async fn close_session(shared: &Shared, s: &mut Session, code: CloseCode, reconnect_after_ms: u32) {
-    shared.hub.remove(s.core.handle);
+    remove(shared, &s.core);
     s.q.discard_unsent();
     if let Some(last) = s.codec.closing(code, reconnect_after_ms) {
         s.q.push(last);

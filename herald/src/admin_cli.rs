@@ -368,6 +368,7 @@ async fn update(
                 disabled,
                 limits,
                 jwks: None,
+                ..Default::default()
             })
             .await
             .map_err(status)?

@@ -50,6 +50,8 @@ fn dev_project() -> ProjectConfig {
         history: None,
         permessage_deflate: false,
         jwks: None,
+        presence_events: false,
+        webhook: None,
     }
 }
 
@@ -317,6 +319,21 @@ async fn build_nodes(
     } else {
         None
     };
+    if !role.edge() {
+        // A router cleans up dead edges too: their members' leaves are announced from here.
+        let keys = auth.clone();
+        let enabled: herald_core::presence::PresenceEnabled =
+            Arc::new(move |p: &str| keys.load().presence_events(p));
+        let webhooks = herald_edge::webhook::Webhooks::new(auth.clone(), "router");
+        let tap: herald_core::presence::PresenceTap =
+            Arc::new(move |e: &herald_core::presence::PresenceEvent| webhooks.presence(e));
+        registry.set_presence_sink(herald_core::presence::Announcer::start(
+            registry.clone(),
+            bus.clone(),
+            enabled,
+            Some(tap),
+        ));
+    }
     let router = if role.router() {
         Some(
             Router::bind(

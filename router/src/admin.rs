@@ -29,7 +29,9 @@ use tokio::sync::Mutex;
 use arc_swap::ArcSwap;
 use herald_core::bans::BanList;
 use herald_core::ids::{ProjectId, UserId};
-use herald_core::projects::{JwksConfig, KeyAlgorithm, KeyConfig, ProjectConfig, ProjectLimits};
+use herald_core::projects::{
+    JwksConfig, KeyAlgorithm, KeyConfig, ProjectConfig, ProjectLimits, WebhookConfig, WebhookEvent,
+};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
@@ -154,6 +156,12 @@ pub struct StoredProject {
     /// A JWK Set URL whose keys verify tokens too (its CA as `ca_pem`, never a file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksConfig>,
+    /// Presence events to groups' members.
+    #[serde(default)]
+    pub presence_events: bool,
+    /// Where events are posted (its secret is kept, never shown).
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds.
@@ -171,6 +179,8 @@ impl StoredProject {
             history: None,
             permessage_deflate: false,
             jwks: self.jwks.clone(),
+            presence_events: self.presence_events,
+            webhook: self.webhook.clone(),
         }
     }
 }
@@ -294,6 +304,10 @@ pub struct ProjectView {
     /// The JWK Set the project trusts, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksView>,
+    /// Whether groups' members get presence events.
+    pub presence_events: bool,
+    /// Where events are posted, without its secret.
+    pub webhook: Option<WebhookView>,
     /// Unix seconds (0 for config projects).
     pub created_at: u64,
     /// Unix seconds (0 for config projects).
@@ -327,6 +341,34 @@ impl From<&JwksConfig> for JwksView {
             max_age_cap_secs: j.max_age_cap_secs,
             timeout_ms: j.timeout_ms,
         }
+    }
+}
+
+/// A webhook as shown: everything but the secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookView {
+    /// The endpoint.
+    pub url: String,
+    /// The events posted.
+    pub events: Vec<WebhookEvent>,
+    /// Most events per post.
+    pub max_batch: usize,
+    /// How long a batch gathers, ms.
+    pub batch_ms: u64,
+    /// Most events waiting per node.
+    pub max_queue: usize,
+    /// Deadline of a post, ms.
+    pub timeout_ms: u64,
+}
+
+fn webhook_view(w: &WebhookConfig) -> WebhookView {
+    WebhookView {
+        url: w.url.clone(),
+        events: w.events.clone(),
+        max_batch: w.max_batch,
+        batch_ms: w.batch_ms,
+        max_queue: w.max_queue,
+        timeout_ms: w.timeout_ms,
     }
 }
 
@@ -369,6 +411,15 @@ pub struct ProjectChange {
     pub limits: Option<ProjectLimits>,
     /// Sets the JWK Set source; one with an empty `url` removes it.
     pub jwks: Option<JwksConfig>,
+    /// Turns presence events on or off.
+    #[serde(default)]
+    pub presence_events: Option<bool>,
+    /// Sets (replaces) the webhook.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Removes the webhook.
+    #[serde(default)]
+    pub remove_webhook: bool,
 }
 
 /// The projects created through the API, the configuration's, and the audit log.
@@ -680,6 +731,8 @@ impl ProjectStore {
                 api_keys: Vec::new(),
                 limits: change.limits.unwrap_or_default(),
                 jwks: jwks_of(change.jwks)?,
+                presence_events: change.presence_events.unwrap_or(false),
+                webhook: change.webhook,
                 created_at: now,
                 updated_at: now,
             };
@@ -726,6 +779,19 @@ impl ProjectStore {
                     None => "jwks removed".into(),
                 });
                 p.jwks = j;
+            }
+            if let Some(on) = change.presence_events {
+                p.presence_events = on;
+                what.push(format!("presence_events={on}"));
+            }
+            if change.remove_webhook {
+                p.webhook = None;
+                what.push("webhook removed".into());
+            }
+            if let Some(w) = change.webhook {
+                // Never the secret.
+                what.push(format!("webhook url={} events={:?}", w.url, w.events));
+                p.webhook = Some(w);
             }
             p.updated_at = now_ms() / 1000;
             check(state, id)?;
@@ -1118,6 +1184,8 @@ fn view_stored(id: &str, p: &StoredProject) -> ProjectView {
             .collect(),
         limits: p.limits.clone(),
         jwks: p.jwks.as_ref().map(JwksView::from),
+        presence_events: p.presence_events,
+        webhook: p.webhook.as_ref().map(webhook_view),
         created_at: p.created_at,
         updated_at: p.updated_at,
     }
@@ -1139,6 +1207,8 @@ fn view_config(p: &ProjectConfig) -> ProjectView {
             .collect(),
         limits: p.limits.clone(),
         jwks: p.jwks.as_ref().map(JwksView::from),
+        presence_events: p.presence_events,
+        webhook: p.webhook.as_ref().map(webhook_view),
         created_at: 0,
         updated_at: 0,
     }

@@ -96,6 +96,24 @@ fn ban_pb(b: BanView) -> pb::Ban {
     }
 }
 
+fn webhook(w: pb::Webhook) -> Result<herald_core::projects::WebhookConfig, Status> {
+    let mut v = json!({"url": w.url, "secret": w.secret});
+    if !w.events.is_empty() {
+        v["events"] = json!(w.events);
+    }
+    for (k, n) in [
+        ("max_batch", w.max_batch),
+        ("batch_ms", w.batch_ms),
+        ("max_queue", w.max_queue),
+        ("timeout_ms", w.timeout_ms),
+    ] {
+        if n > 0 {
+            v[k] = json!(n);
+        }
+    }
+    serde_json::from_value(v).map_err(|e| invalid("webhook", e))
+}
+
 fn limits_pb(l: &ProjectLimits) -> pb::Limits {
     pb::Limits {
         allow_ips: l.allow_ips.iter().map(ToString::to_string).collect(),
@@ -132,6 +150,16 @@ fn project_pb(v: ProjectView) -> pb::Project {
             })
             .collect(),
         limits: Some(limits_pb(&v.limits)),
+        presence_events: v.presence_events,
+        webhook: v.webhook.map(|w| pb::Webhook {
+            url: w.url,
+            secret: String::new(),
+            events: w.events.iter().map(|e| e.as_str().to_string()).collect(),
+            max_batch: w.max_batch as u64,
+            batch_ms: w.batch_ms,
+            max_queue: w.max_queue as u64,
+            timeout_ms: w.timeout_ms,
+        }),
         created_at: v.created_at,
         updated_at: v.updated_at,
         jwks: v.jwks.map(|j| pb::Jwks {
@@ -169,6 +197,7 @@ impl Admin for AdminService {
             disabled: Some(r.disabled),
             limits: r.limits.map(limits).transpose()?,
             jwks: r.jwks.map(jwks),
+            ..ProjectChange::default()
         };
         let v = self
             .store
@@ -213,10 +242,18 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ProjectReply>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        let (webhook, remove_webhook) = match r.webhook {
+            Some(w) if w.url.is_empty() => (None, true),
+            Some(w) => (Some(webhook(w)?), false),
+            None => (None, false),
+        };
         let change = ProjectChange {
             disabled: r.disabled,
             limits: r.limits.map(limits).transpose()?,
             jwks: r.jwks.map(jwks),
+            presence_events: r.presence_events,
+            webhook,
+            remove_webhook,
         };
         let v = self
             .store

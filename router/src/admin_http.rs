@@ -110,6 +110,7 @@ async fn create(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             disabled: r.disabled,
             limits: r.limits,
             jwks: r.jwks,
+            ..ProjectChange::default()
         };
         let project = api
             .store
@@ -163,6 +164,10 @@ struct UpdateJson {
     disabled: Option<bool>,
     limits: Option<ProjectLimits>,
     jwks: Option<JwksConfig>,
+    presence_events: Option<bool>,
+    webhook: Option<herald_core::projects::WebhookConfig>,
+    #[serde(default)]
+    remove_webhook: bool,
 }
 
 async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
@@ -172,6 +177,9 @@ async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             disabled: r.disabled,
             limits: r.limits,
             jwks: r.jwks,
+            presence_events: r.presence_events,
+            webhook: r.webhook,
+            remove_webhook: r.remove_webhook,
         };
         let project = api.store.update(&caller, &r.project, change).await?;
         Ok(ProjectReply { project })

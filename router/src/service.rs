@@ -275,6 +275,7 @@ impl RouterService {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64),
             trace_context: HashMap::new(),
+            presence: None,
         };
         let retention = inner
             .keys
@@ -1095,6 +1096,8 @@ mod tests {
             history: None,
             permessage_deflate: false,
             jwks: None,
+            presence_events: false,
+            webhook: None,
         };
         Arc::new(ArcSwap::from_pointee(ApiKeys::new(
             &[project("alpha", ALPHA), project("beta", BETA)],

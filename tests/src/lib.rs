@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod relay;
 pub mod stomp;
 pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -210,6 +211,22 @@ impl HeraldBuilder {
                 .cloned()
                 .expect("[[projects]] tables"),
         );
+        self
+    }
+
+    /// Sets `key` of the project `id` (its `[[projects]]` table), e.g. `presence_events`.
+    pub fn project_set(mut self, id: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        let projects = self
+            .config
+            .get_mut("projects")
+            .and_then(toml::Value::as_array_mut)
+            .expect("[[projects]]");
+        let table = projects
+            .iter_mut()
+            .filter_map(toml::Value::as_table_mut)
+            .find(|t| t.get("id").and_then(toml::Value::as_str) == Some(id))
+            .expect("the project");
+        table.insert(key.into(), value.into());
         self
     }
 
@@ -660,6 +677,18 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
             let v = self.next_json().await;
             if v["type"] == "msg" {
                 return v;
+            }
+        }
+    }
+
+    /// The next presence event (`type` = `presence`) as (group, event, user), other frames
+    /// skipped.
+    pub async fn next_presence(&mut self) -> (String, String, String) {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == "presence" {
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                return (s("group"), s("event"), s("user"));
             }
         }
     }

@@ -543,6 +543,7 @@ async fn the_same_calls_over_grpc() {
             disabled: Some(true),
             limits: None,
             jwks: None,
+            ..Default::default()
         })
         .await
         .expect_err("another project");
@@ -553,6 +554,7 @@ async fn the_same_calls_over_grpc() {
             disabled: Some(true),
             limits: None,
             jwks: None,
+            ..Default::default()
         })
         .await
         .expect_err("a file project");
@@ -575,6 +577,59 @@ async fn the_same_calls_over_grpc() {
         ]
     );
     assert!(audit[2].actor.starts_with("project:gamma:"), "{audit:?}");
+
+    // Presence events and a webhook, set by the project's own key: shown without the secret,
+    // audited without it; a short secret is refused.
+    let hook = |secret: &str| herald_core::proto::admin::Webhook {
+        url: "https://hooks.example.com/herald".into(),
+        secret: secret.into(),
+        events: vec!["connect".into(), "join".into()],
+        ..Default::default()
+    };
+    let v = own
+        .update_project(UpdateProjectRequest {
+            project: "gamma".into(),
+            presence_events: Some(true),
+            webhook: Some(hook("whsec-0123456789abcdef")),
+            ..Default::default()
+        })
+        .await
+        .expect("webhook set")
+        .into_inner()
+        .project
+        .expect("project");
+    assert!(v.presence_events);
+    let w = v.webhook.expect("webhook shown");
+    assert_eq!(
+        (
+            w.url.as_str(),
+            w.secret.as_str(),
+            w.events.len(),
+            w.max_queue
+        ),
+        ("https://hooks.example.com/herald", "", 2, 10_000)
+    );
+    let e = own
+        .update_project(UpdateProjectRequest {
+            project: "gamma".into(),
+            webhook: Some(hook("short")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a short secret");
+    assert!(e.message().contains("webhook.secret"), "{e:?}");
+    let audit = own
+        .list_audit(ListAuditRequest::default())
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let last = audit.last().expect("an entry");
+    assert_eq!(last.action, "project.update");
+    assert!(
+        last.detail.contains("presence_events=true") && !last.detail.contains("whsec"),
+        "{last:?}"
+    );
 }
 
 /// Connects with `token`: the welcomed client, or why not (refused upgrade, close frame).

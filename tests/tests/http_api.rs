@@ -929,12 +929,14 @@ fn hs256_key(kid: &str) -> Value {
 /// The admin paths' examples, in an order where each does what it shows (project "acme" is
 /// created, changed, then deleted): every example of every admin path runs once.
 async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(String, String)>) {
-    let plan: [(&'static str, &str, u16); 14] = [
+    let plan: [(&'static str, &str, u16); 16] = [
         (A_CREATE, "full", 200),
         (A_GET, "one", 200),
         (A_LIST, "all", 200),
         (A_UPDATE, "limits", 200),
         (A_UPDATE, "disable", 200),
+        (A_UPDATE, "presence_and_webhook", 200),
+        (A_UPDATE, "remove_webhook", 200),
         (A_KEY_ADD, "hs256", 200),
         (A_KEY_ADD, "es256", 200),
         (A_KEY_RETIRE, "one", 200),
