@@ -117,6 +117,13 @@ pub const METRICS: &[Metric] = &[
     m("herald_edge_mqtt_sessions_resumed_total", Counter, &[], "MQTT sessions resumed."),
     m("herald_edge_stomp_malformed_total", Counter, &["reason"], "STOMP input that closed its connection."),
     m("herald_edge_stomp_subscribes_refused_total", Counter, &["reason"], "STOMP SUBSCRIBE frames refused."),
+    // Presence events and webhooks.
+    m("herald_presence_events_total", Counter, &["event"], "Presence join and leave events announced to a group's members."),
+    m("herald_presence_events_dropped_total", Counter, &[], "Presence events dropped (announcer queue full or announcement failed)."),
+    m("herald_webhook_events_total", Counter, &["project"], "Events queued for a project's webhook."),
+    m("herald_webhook_events_dropped_total", Counter, &["project"], "Webhook events dropped beyond the queue bound."),
+    m("herald_webhook_posts_total", Counter, &["result"], "Webhook posts (ok, failed)."),
+    m("herald_webhook_post_seconds", Histogram(CALL_BUCKETS), &[], "Seconds of one webhook post."),
     // The router.
     m("herald_router_publishes_total", Counter, &["resolution"], "Accepted publishes by outcome (delivered, no_recipients, duplicate)."),
     m("herald_router_fallback_publishes_total", Counter, &["registry"], "Group and user targets sent to every edge while the registry was incomplete or unreachable."),
@@ -130,6 +137,7 @@ pub const METRICS: &[Metric] = &[
     m("herald_registry_edges_reaped_total", Counter, &[], "Cluster: dead edges whose entries this node cleaned up."),
     m("herald_registry_entries_written_total", Counter, &[], "Cluster: interest entries written (added or removed)."),
     m("herald_registry_whole", Gauge, &[], "Cluster: 1 while the registry holds every live edge's interest."),
+    m("herald_registry_members_written_total", Counter, &[], "Cluster: presence member entries written (a user's first or last connection in a group on an edge)."),
     m(REGISTRY_CALL_SECONDS, Histogram(CALL_BUCKETS), &["op"], "Cluster: seconds of one registry call, its round trips included."),
     // The history store in Redis.
     m("herald_history_up", Gauge, &[], "Cluster: 1 while the history store's Redis answers."),
