@@ -695,22 +695,12 @@ impl RouterService {
     ) -> Result<DisconnectReply, ApiError> {
         let project = self.project(scope, &req.project)?;
         let who = match req.who {
-            Some(disconnect_request::Who::User(u)) => {
-                DisconnectWho::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
-            }
-            Some(disconnect_request::Who::ConnectionId(c)) if !c.is_empty() && c.len() <= 128 => {
-                match c.parse::<ConnectionId>() {
-                    Ok(id) => DisconnectWho::Connection(id),
-                    // Not of the form `<edge>-<number>`: it names no connection (docs/api.md).
-                    Err(_) => return Ok(DisconnectReply::default()),
-                }
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "who",
-                    "a connection_id or a user is required",
-                ));
-            }
+            Some(disconnect_request::Who::User(u)) => parse_who(Some(u), None)?,
+            Some(disconnect_request::Who::ConnectionId(c)) => parse_who(None, Some(c))?,
+            None => parse_who(None, None)?,
+        };
+        let Some(who) = who else {
+            return Ok(DisconnectReply::default());
         };
         let outcome = self
             .control(ControlRequest::Disconnect {
@@ -734,6 +724,28 @@ impl RouterService {
     }
 }
 
+/// The connection or user an operator call names: `None` for a connection id not of the form
+/// `<edge>-<number>` (it names no connection, docs/api.md); an error when neither is given, the
+/// id is empty or longer than 128 bytes, or the user id is invalid.
+fn parse_who(
+    user: Option<String>,
+    conn: Option<String>,
+) -> Result<Option<DisconnectWho>, ApiError> {
+    match (user, conn) {
+        (Some(u), _) => Ok(Some(DisconnectWho::User(
+            UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?,
+        ))),
+        (None, Some(c)) if !c.is_empty() && c.len() <= 128 => Ok(c
+            .parse::<ConnectionId>()
+            .ok()
+            .map(DisconnectWho::Connection)),
+        _ => Err(ApiError::invalid(
+            "who",
+            "a connection_id or a user is required",
+        )),
+    }
+}
+
 impl RouterService {
     /// Subscribes (or unsubscribes) a connection or a user's connections to a group, for a
     /// caller of `scope`.
@@ -746,22 +758,12 @@ impl RouterService {
         let project = self.project(scope, &req.project)?;
         let group = GroupId::new(&req.group).map_err(|e| ApiError::invalid("group", e))?;
         let who = match req.who {
-            Some(subscribe_request::Who::User(u)) => {
-                DisconnectWho::User(UserId::new(&u).map_err(|e| ApiError::invalid("user", e))?)
-            }
-            Some(subscribe_request::Who::ConnectionId(c)) if !c.is_empty() && c.len() <= 128 => {
-                match c.parse::<ConnectionId>() {
-                    Ok(id) => DisconnectWho::Connection(id),
-                    // Not of the form `<edge>-<number>`: it names no connection.
-                    Err(_) => return Ok(SubscribeReply::default()),
-                }
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "who",
-                    "a connection_id or a user is required",
-                ));
-            }
+            Some(subscribe_request::Who::User(u)) => parse_who(Some(u), None)?,
+            Some(subscribe_request::Who::ConnectionId(c)) => parse_who(None, Some(c))?,
+            None => parse_who(None, None)?,
+        };
+        let Some(who) = who else {
+            return Ok(SubscribeReply::default());
         };
         let outcome = self
             .control(ControlRequest::Subscribe {
