@@ -100,6 +100,9 @@ enum Projects {
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
+        /// Accept the WebSocket extension permessage-deflate from clients that offer it.
+        #[arg(long)]
+        permessage_deflate: bool,
         #[command(flatten)]
         limits: LimitOpts,
     },
@@ -113,6 +116,9 @@ enum Projects {
         /// Enable the project again.
         #[arg(long)]
         enable: bool,
+        /// Accept (`true`) or decline (`false`) permessage-deflate on new connections.
+        #[arg(long)]
+        permessage_deflate: Option<bool>,
         #[command(flatten)]
         limits: LimitOpts,
     },
@@ -328,6 +334,7 @@ fn print_project(p: &pb::Project) {
         l.max_subscriptions_per_connection
     );
     println!("max_connections_per_user\t{}", l.max_connections_per_user);
+    println!("permessage_deflate\t{}", p.permessage_deflate);
 }
 
 fn project_of(reply: pb::ProjectReply) -> anyhow::Result<pb::Project> {
@@ -346,20 +353,30 @@ async fn get(client: &mut Client, project: &str) -> anyhow::Result<pb::Project> 
     )
 }
 
-async fn update(
-    client: &mut Client,
-    project: String,
+/// What `projects update` (and `disable`, `enable`) changes; absent fields stay.
+#[derive(Default)]
+struct Change {
     disabled: Option<bool>,
+    permessage_deflate: Option<bool>,
     limits: LimitOpts,
-) -> anyhow::Result<pb::Project> {
+}
+
+async fn update(client: &mut Client, project: String, c: Change) -> anyhow::Result<pb::Project> {
+    let Change {
+        disabled,
+        permessage_deflate,
+        limits,
+    } = c;
     let limits = if limits.any() {
         let base = get(client, &project).await?.limits.unwrap_or_default();
         Some(limits.apply(base))
     } else {
         None
     };
-    if disabled.is_none() && limits.is_none() {
-        bail!("nothing to change: give --disable, --enable, or a limit (see --help)");
+    if disabled.is_none() && permessage_deflate.is_none() && limits.is_none() {
+        bail!(
+            "nothing to change: give --disable, --enable, --permessage-deflate, or a limit (see --help)"
+        );
     }
     project_of(
         client
@@ -368,6 +385,7 @@ async fn update(
                 disabled,
                 limits,
                 jwks: None,
+                permessage_deflate,
                 ..Default::default()
             })
             .await
@@ -447,6 +465,7 @@ pub async fn run(o: AdminOpts) -> anyhow::Result<()> {
             project,
             key,
             disabled,
+            permessage_deflate,
             limits,
         }) => {
             // Without --kid, a project without token keys (add them later).
@@ -462,6 +481,7 @@ pub async fn run(o: AdminOpts) -> anyhow::Result<()> {
                     disabled,
                     limits,
                     jwks: None,
+                    permessage_deflate,
                 })
                 .await
                 .map_err(status)?
@@ -472,6 +492,7 @@ pub async fn run(o: AdminOpts) -> anyhow::Result<()> {
             project,
             disable,
             enable,
+            permessage_deflate,
             limits,
         }) => {
             let disabled = match (disable, enable) {
@@ -479,14 +500,27 @@ pub async fn run(o: AdminOpts) -> anyhow::Result<()> {
                 (_, true) => Some(false),
                 _ => None,
             };
-            print_project(&update(&mut client, project, disabled, limits).await?);
+            let change = Change {
+                disabled,
+                permessage_deflate,
+                limits,
+            };
+            print_project(&update(&mut client, project, change).await?);
         }
         What::Projects(Projects::Disable { project }) => {
-            let p = update(&mut client, project, Some(true), LimitOpts::default()).await?;
+            let change = Change {
+                disabled: Some(true),
+                ..Change::default()
+            };
+            let p = update(&mut client, project, change).await?;
             println!("disabled {}", p.project);
         }
         What::Projects(Projects::Enable { project }) => {
-            let p = update(&mut client, project, Some(false), LimitOpts::default()).await?;
+            let change = Change {
+                disabled: Some(false),
+                ..Change::default()
+            };
+            let p = update(&mut client, project, change).await?;
             println!("enabled {}", p.project);
         }
         What::Projects(Projects::Delete { project }) => {

@@ -162,6 +162,9 @@ pub struct StoredProject {
     /// Where events are posted (its secret is kept, never shown).
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// Accept the WebSocket extension `permessage-deflate` (as the file's `permessage_deflate`).
+    #[serde(default)]
+    pub permessage_deflate: bool,
     /// Unix seconds.
     pub created_at: u64,
     /// Unix seconds.
@@ -177,7 +180,7 @@ impl StoredProject {
             limits: self.limits.clone(),
             client_certificates: None,
             history: None,
-            permessage_deflate: false,
+            permessage_deflate: self.permessage_deflate,
             jwks: self.jwks.clone(),
             presence_events: self.presence_events,
             webhook: self.webhook.clone(),
@@ -308,6 +311,8 @@ pub struct ProjectView {
     pub presence_events: bool,
     /// Where events are posted, without its secret.
     pub webhook: Option<WebhookView>,
+    /// Whether clients may negotiate `permessage-deflate`.
+    pub permessage_deflate: bool,
     /// Unix seconds (0 for config projects).
     pub created_at: u64,
     /// Unix seconds (0 for config projects).
@@ -420,6 +425,9 @@ pub struct ProjectChange {
     /// Removes the webhook.
     #[serde(default)]
     pub remove_webhook: bool,
+    /// Turns `permessage-deflate` on or off (new connections; open ones keep what they have).
+    #[serde(default)]
+    pub permessage_deflate: Option<bool>,
 }
 
 /// The projects created through the API, the configuration's, and the audit log.
@@ -733,6 +741,7 @@ impl ProjectStore {
                 jwks: jwks_of(change.jwks)?,
                 presence_events: change.presence_events.unwrap_or(false),
                 webhook: change.webhook,
+                permessage_deflate: change.permessage_deflate.unwrap_or(false),
                 created_at: now,
                 updated_at: now,
             };
@@ -783,6 +792,10 @@ impl ProjectStore {
             if let Some(on) = change.presence_events {
                 p.presence_events = on;
                 what.push(format!("presence_events={on}"));
+            }
+            if let Some(on) = change.permessage_deflate {
+                p.permessage_deflate = on;
+                what.push(format!("permessage_deflate={on}"));
             }
             if change.remove_webhook {
                 p.webhook = None;
@@ -1186,6 +1199,7 @@ fn view_stored(id: &str, p: &StoredProject) -> ProjectView {
         jwks: p.jwks.as_ref().map(JwksView::from),
         presence_events: p.presence_events,
         webhook: p.webhook.as_ref().map(webhook_view),
+        permessage_deflate: p.permessage_deflate,
         created_at: p.created_at,
         updated_at: p.updated_at,
     }
@@ -1209,6 +1223,7 @@ fn view_config(p: &ProjectConfig) -> ProjectView {
         jwks: p.jwks.as_ref().map(JwksView::from),
         presence_events: p.presence_events,
         webhook: p.webhook.as_ref().map(webhook_view),
+        permessage_deflate: p.permessage_deflate,
         created_at: 0,
         updated_at: 0,
     }

@@ -160,6 +160,7 @@ fn project_pb(v: ProjectView) -> pb::Project {
             max_queue: w.max_queue as u64,
             timeout_ms: w.timeout_ms,
         }),
+        permessage_deflate: v.permessage_deflate,
         created_at: v.created_at,
         updated_at: v.updated_at,
         jwks: v.jwks.map(|j| pb::Jwks {
@@ -197,6 +198,7 @@ impl Admin for AdminService {
             disabled: Some(r.disabled),
             limits: r.limits.map(limits).transpose()?,
             jwks: r.jwks.map(jwks),
+            permessage_deflate: Some(r.permessage_deflate),
             ..ProjectChange::default()
         };
         let v = self
@@ -254,6 +256,7 @@ impl Admin for AdminService {
             presence_events: r.presence_events,
             webhook,
             remove_webhook,
+            permessage_deflate: r.permessage_deflate,
         };
         let v = self
             .store

@@ -96,6 +96,7 @@ struct CreateJson {
     disabled: Option<bool>,
     limits: Option<ProjectLimits>,
     jwks: Option<JwksConfig>,
+    permessage_deflate: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +111,7 @@ async fn create(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             disabled: r.disabled,
             limits: r.limits,
             jwks: r.jwks,
+            permessage_deflate: r.permessage_deflate,
             ..ProjectChange::default()
         };
         let project = api
@@ -168,6 +170,7 @@ struct UpdateJson {
     webhook: Option<herald_core::projects::WebhookConfig>,
     #[serde(default)]
     remove_webhook: bool,
+    permessage_deflate: Option<bool>,
 }
 
 async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> Response {
@@ -180,6 +183,7 @@ async fn update(State(api): State<AdminApi>, headers: HeaderMap, body: Body) -> 
             presence_events: r.presence_events,
             webhook: r.webhook,
             remove_webhook: r.remove_webhook,
+            permessage_deflate: r.permessage_deflate,
         };
         let project = api.store.update(&caller, &r.project, change).await?;
         Ok(ProjectReply { project })

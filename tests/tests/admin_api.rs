@@ -478,6 +478,7 @@ async fn the_same_calls_over_grpc() {
                 ..Default::default()
             }),
             jwks: None,
+            permessage_deflate: false,
         })
         .await
         .expect("create")

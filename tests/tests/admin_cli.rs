@@ -90,10 +90,12 @@ async fn projects_keys_origins_and_address_lists_are_managed_from_the_command_li
             "https://app.example.com,https://*.example.org",
             "--deny-ips",
             "10.9.0.0/16",
+            "--permessage-deflate",
         ],
     )
     .await;
     assert_eq!(field(&created, "source"), "api");
+    assert_eq!(field(&created, "permessage_deflate"), "true");
     assert_eq!(field(&created, "jwt_key"), "k1\tHS256");
     assert_eq!(
         field(&created, "origins"),
@@ -157,6 +159,22 @@ async fn projects_keys_origins_and_address_lists_are_managed_from_the_command_li
     .await;
     assert_eq!(field(&updated, "deny_ips"), "");
     assert_eq!(field(&updated, "require_origin"), "false");
+    // Not named: kept.
+    assert_eq!(field(&updated, "permessage_deflate"), "true");
+    let updated = ok(
+        h,
+        ADMIN_KEY,
+        &[
+            "projects",
+            "update",
+            "gamma",
+            "--permessage-deflate",
+            "false",
+        ],
+    )
+    .await;
+    assert_eq!(field(&updated, "permessage_deflate"), "false");
+    assert_eq!(field(&updated, "max_connections_per_user"), "3");
     assert_eq!(field(&updated, "max_connections_per_user"), "3");
     assert_eq!(field(&updated, "allow_ips"), "127.0.0.0/8,10.0.0.0/8");
     let e = fails(h, ADMIN_KEY, &["projects", "update", "gamma"]).await;
@@ -248,6 +266,7 @@ async fn projects_keys_origins_and_address_lists_are_managed_from_the_command_li
             ("admin", "project.create"),
             ("admin", "api_key.create"),
             ("project", "project.update"),
+            ("admin", "project.update"),
             ("admin", "project.update"),
             ("project", "jwt_key.add"),
             ("project", "jwt_key.retire"),

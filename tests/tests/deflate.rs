@@ -104,16 +104,25 @@ impl Raw {
     /// Upgrades on `/ws/{project}` with a token, offering `extensions` (as Chromium does:
     /// `permessage-deflate; client_max_window_bits`).
     async fn open(herald: &Herald, project: &str, user: &str, extensions: Option<&str>) -> Raw {
+        Self::open_with(herald, project, &quotes_token(project, user), extensions).await
+    }
+
+    /// [`Raw::open`] with a token of the caller's.
+    async fn open_with(
+        herald: &Herald,
+        project: &str,
+        token: &str,
+        extensions: Option<&str>,
+    ) -> Raw {
         let tcp = TcpStream::connect(herald.ws).await.expect("connect");
         let mut tcp = BufReader::new(tcp);
         let ext = extensions
             .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "GET /ws/{project}?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            "GET /ws/{project}?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n",
-            quotes_token(project, user)
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n"
         );
         tcp.get_mut()
             .write_all(req.as_bytes())
@@ -220,10 +229,7 @@ async fn compressed_both_ways_where_the_project_enables_it() {
     let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
     let offer = Some("permessage-deflate; client_max_window_bits");
     let mut a = Raw::open(&herald, "alpha", "ann", offer).await;
-    assert_eq!(
-        a.extensions.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
-    );
+    assert_eq!(a.extensions.as_deref(), Some(ACCEPTED));
     assert_eq!(a.next_data().await.json()["type"], "welcome");
     let mut b = Raw::open(&herald, "alpha", "bob", offer).await;
     assert_eq!(b.next_data().await.json()["type"], "welcome");
@@ -297,6 +303,130 @@ async fn compressed_both_ways_where_the_project_enables_it() {
     let f = b.next_data().await;
     assert!(!f.compressed());
     assert_eq!(f.json()["data"], 1);
+}
+
+/// What an edge answers a browser-like offer with when it accepts the extension.
+const ACCEPTED: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+#[tokio::test]
+async fn a_project_of_the_admin_api_turns_it_on_and_off_at_runtime() {
+    use herald_core::proto::admin::admin_client::AdminClient;
+    use herald_core::proto::admin::{CreateProjectRequest, JwtKey, ProjectRequest};
+    let herald = herald()
+        .projects(projects())
+        .router("http_listen", "127.0.0.1:0")
+        .start()
+        .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", herald.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let auth: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {ADMIN_KEY}").parse().expect("header");
+    let mut admin = AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", auth.clone());
+        Ok(r)
+    });
+    let secret = "gamma-secret-0123456789abcdef0123456789";
+    let token = |sub: &str| {
+        let mut c = claims("gamma", sub);
+        c["channels"] = json!(["quotes"]);
+        hs256(secret, Some("k1"), &c)
+    };
+    // Created over gRPC with the extension on.
+    let created = admin
+        .create_project(CreateProjectRequest {
+            project: "gamma".into(),
+            jwt_keys: vec![JwtKey {
+                kid: "k1".into(),
+                alg: "HS256".into(),
+                secret: secret.into(),
+                public_key_pem: String::new(),
+            }],
+            permessage_deflate: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .project
+        .expect("project");
+    assert!(created.permessage_deflate);
+    let offer = Some("permessage-deflate; client_max_window_bits");
+    let mut a = Raw::open_with(&herald, "gamma", &token("ann"), offer).await;
+    assert_eq!(a.extensions.as_deref(), Some(ACCEPTED));
+    assert_eq!(a.next_data().await.json()["type"], "welcome");
+    a.send_compressed(r#"{"type":"subscribe","id":1,"group":"quotes"}"#)
+        .await;
+    assert_eq!(a.next_data().await.json()["type"], "ack");
+
+    // Turned off over HTTP/JSON: new connections are declined, the open one keeps it.
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let head = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let body = json!({"project": "gamma", "permessage_deflate": false}).to_string();
+    let r = http_request(
+        herald.http,
+        "POST",
+        "/v1/admin/projects/update",
+        &head,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["project"]["permessage_deflate"], false, "{v}");
+    let mut b = Raw::open_with(&herald, "gamma", &token("bob"), offer).await;
+    assert_eq!(b.extensions, None, "declined once turned off");
+    assert_eq!(b.next_data().await.json()["type"], "welcome");
+    b.send_frame(0x81, br#"{"type":"subscribe","id":1,"group":"quotes"}"#)
+        .await;
+    assert_eq!(b.next_data().await.json()["type"], "ack");
+
+    let body = json!({"project": "gamma", "target": {"group": "quotes"},
+        "data": serde_json::from_str::<Value>(&big_payload("api")).expect("json")});
+    let r = http_request(
+        herald.http,
+        "POST",
+        "/v1/publish",
+        &head,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fa = a.next_data().await;
+    assert!(fa.compressed(), "the open connection keeps the extension");
+    assert_eq!(fa.json()["data"]["items"][2]["tag"], "api");
+    let fb = b.next_data().await;
+    assert!(!fb.compressed());
+    assert_eq!(fb.text(), fa.text(), "the same message");
+
+    // On again: negotiated again; the project shows it.
+    let body = json!({"project": "gamma", "permessage_deflate": true}).to_string();
+    let r = http_request(
+        herald.http,
+        "POST",
+        "/v1/admin/projects/update",
+        &head,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = Raw::open_with(&herald, "gamma", &token("cy"), offer).await;
+    assert_eq!(c.extensions.as_deref(), Some(ACCEPTED));
+    let shown = admin
+        .get_project(ProjectRequest {
+            project: "gamma".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .project
+        .expect("project");
+    assert!(shown.permessage_deflate);
 }
 
 #[tokio::test]

@@ -368,6 +368,55 @@ async fn run(
     body
 }
 
+/// The `/v1/admin/...` paths named in `text` (between quotes or backquotes).
+fn admin_paths_in(text: &str) -> BTreeSet<String> {
+    text.match_indices("/v1/admin/")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '/' || c == '_'))
+                .unwrap_or(rest.len());
+            rest[..end].to_string()
+        })
+        // `/v1/admin/...` in prose.
+        .filter(|p| !p.ends_with('/'))
+        .collect()
+}
+
+#[test]
+fn every_admin_route_is_in_the_openapi_file_and_the_checks() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |p: &str| {
+        std::fs::read_to_string(format!("{root}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let checked: BTreeSet<String> = ADMIN_PATHS.iter().map(|p| p.to_string()).collect();
+    let doc = openapi();
+    let in_file: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .filter(|p| p.starts_with("/v1/admin/"))
+        .cloned()
+        .collect();
+    // The routes the router serves (router/src/admin_http.rs `.route(...)`).
+    let served = admin_paths_in(&read("router/src/admin_http.rs"));
+    // The table of docs/api.md.
+    let in_api_md = admin_paths_in(&read("docs/api.md"));
+    assert_eq!(
+        in_file, served,
+        "docs/openapi.json against the router's routes"
+    );
+    assert_eq!(checked, served, "ADMIN_PATHS against the router's routes");
+    assert_eq!(in_api_md, served, "docs/api.md against the router's routes");
+    // Each path has refusals of its own in admin_cases (beyond the body size).
+    let cased: BTreeSet<String> = admin_cases()
+        .iter()
+        .filter(|c| c.status != 413)
+        .map(|c| c.path.to_string())
+        .collect();
+    assert_eq!(cased, served, "admin_cases() against the router's routes");
+}
+
 #[tokio::test]
 async fn the_http_api_answers_as_its_openapi_file_says() {
     let doc = openapi();
@@ -875,9 +924,12 @@ async fn the_http_api_answers_as_its_openapi_file_says() {
         A_KEY_RETIRE,
         A_API_CREATE,
         A_API_DELETE,
+        A_BAN_ADD,
+        A_BAN_LIFT,
     ] {
         let body = match path {
             A_CREATE => json!({"project": "zeta"}),
+            A_BAN_ADD | A_BAN_LIFT => json!({"project": "gamma", "user": "u"}),
             A_UPDATE => json!({"project": "gamma", "disabled": false}),
             A_KEY_ADD => json!({"project": "gamma", "key": hs256_key("k9")}),
             A_KEY_RETIRE => json!({"project": "gamma", "kid": "k1"}),
@@ -921,6 +973,26 @@ const A_KEY_RETIRE: &str = "/v1/admin/jwt_keys/retire";
 const A_API_CREATE: &str = "/v1/admin/api_keys/create";
 const A_API_DELETE: &str = "/v1/admin/api_keys/delete";
 const A_AUDIT: &str = "/v1/admin/audit/list";
+const A_BAN_ADD: &str = "/v1/admin/bans/add";
+const A_BAN_LIFT: &str = "/v1/admin/bans/lift";
+const A_BAN_LIST: &str = "/v1/admin/bans/list";
+
+/// Every admin path: the ones the file, docs/api.md and the checks below must all name.
+const ADMIN_PATHS: [&str; 13] = [
+    A_CREATE,
+    A_GET,
+    A_LIST,
+    A_UPDATE,
+    A_DELETE,
+    A_KEY_ADD,
+    A_KEY_RETIRE,
+    A_API_CREATE,
+    A_API_DELETE,
+    A_AUDIT,
+    A_BAN_ADD,
+    A_BAN_LIFT,
+    A_BAN_LIST,
+];
 
 fn hs256_key(kid: &str) -> Value {
     json!({"kid": kid, "alg": "HS256", "secret": "gamma-secret-0123456789abcdef0123456789"})
@@ -929,28 +1001,38 @@ fn hs256_key(kid: &str) -> Value {
 /// The admin paths' examples, in an order where each does what it shows (project "acme" is
 /// created, changed, then deleted): every example of every admin path runs once.
 async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(String, String)>) {
-    let plan: [(&'static str, &str, u16); 16] = [
+    let plan: &[(&'static str, &str, u16)] = &[
         (A_CREATE, "full", 200),
         (A_GET, "one", 200),
         (A_LIST, "all", 200),
         (A_UPDATE, "limits", 200),
         (A_UPDATE, "disable", 200),
+        (A_UPDATE, "jwks", 200),
+        (A_UPDATE, "remove_jwks", 200),
         (A_UPDATE, "presence_and_webhook", 200),
         (A_UPDATE, "remove_webhook", 200),
+        (A_UPDATE, "permessage_deflate", 200),
         (A_KEY_ADD, "hs256", 200),
         (A_KEY_ADD, "es256", 200),
         (A_KEY_RETIRE, "one", 200),
         (A_API_CREATE, "one", 200),
         // The example's id is no key of acme's.
         (A_API_DELETE, "one", 404),
+        (A_BAN_ADD, "one_hour", 200),
+        (A_BAN_ADD, "until_lifted", 200),
+        (A_BAN_LIST, "one", 200),
+        (A_BAN_LIFT, "one", 200),
+        // Lifted already.
+        (A_BAN_LIFT, "one", 404),
         (A_AUDIT, "all", 200),
         (A_AUDIT, "page", 200),
         (A_DELETE, "one", 200),
-        // Gone: the example is refused as a project that does not exist.
+        // Gone: the examples are refused as a project that does not exist.
         (A_GET, "one", 404),
+        (A_BAN_LIST, "one", 404),
     ];
     let mut ran = BTreeSet::new();
-    for (path, name, status) in plan {
+    for &(path, name, status) in plan {
         let example = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
             [name]["value"];
         assert!(!example.is_null(), "{path} has no example {name}");
@@ -969,6 +1051,67 @@ async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(S
                     r["project"]["jwt_keys"][1],
                     json!({"kid": "k2", "alg": "ES256"})
                 );
+                assert_eq!(r["project"]["permessage_deflate"], true, "{r}");
+                // The CA is kept, never shown.
+                assert_eq!(r["project"]["jwks"]["custom_ca"], true, "{r}");
+                assert!(!r.to_string().contains("BEGIN CERTIFICATE"), "{r}");
+            }
+            (A_UPDATE, _) if name == "jwks" => {
+                let jwks = &r["project"]["jwks"];
+                assert_eq!(
+                    jwks["url"], "https://login.example.com/.well-known/jwks.json",
+                    "{r}"
+                );
+                assert_eq!(jwks["custom_ca"], true, "{r}");
+                assert_eq!(
+                    (&jwks["min_refresh_secs"], &jwks["max_age_cap_secs"]),
+                    (&json!(30), &json!(3600)),
+                    "{r}"
+                );
+                assert!(!r.to_string().contains("BEGIN CERTIFICATE"), "{r}");
+            }
+            (A_UPDATE, _) if name == "permessage_deflate" => {
+                assert_eq!(r["project"]["permessage_deflate"], false, "{r}");
+            }
+            (A_UPDATE, _) if name == "remove_jwks" => {
+                assert!(r["project"].get("jwks").is_none(), "{r}");
+            }
+            (A_BAN_ADD, _) => {
+                let ban = &r["ban"];
+                assert_eq!(ban["project"], "acme", "{r}");
+                let until = ban["until_ms"].as_u64().expect("until_ms");
+                let created = ban["created_at_ms"].as_u64().expect("created_at_ms");
+                if name == "one_hour" {
+                    assert_eq!(until - created, 3_600_000, "{r}");
+                    assert_eq!(ban["reason"], "spam", "{r}");
+                } else {
+                    assert_eq!(until, 0, "until lifted: {r}");
+                }
+            }
+            (A_BAN_LIST, 200) => {
+                let users: Vec<&Value> = r["bans"]
+                    .as_array()
+                    .expect("bans")
+                    .iter()
+                    .map(|b| &b["user"])
+                    .collect();
+                assert_eq!(users, ["eve", "mallory"], "{r}");
+            }
+            (A_BAN_LIFT, 200) => {
+                assert_eq!(
+                    r,
+                    json!({"project": "acme", "user": "mallory", "lifted": true})
+                );
+                let list = json!({"project": "acme"});
+                let r = run(
+                    addr,
+                    doc,
+                    covered,
+                    case(A_BAN_LIST, Some(ADMIN_KEY), list, 200),
+                )
+                .await;
+                assert_eq!(r["bans"].as_array().map(Vec::len), Some(1), "{r}");
+                assert_eq!(r["bans"][0]["user"], "eve", "{r}");
             }
             (A_API_CREATE, _) => {
                 // The key made, deleted by its id.
@@ -997,6 +1140,15 @@ async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(S
                     .and_then(|e| e.iter().find(|e| e["project"] == "acme"))
                     .unwrap_or_else(|| panic!("acme's changes are logged: {r}"));
                 assert_eq!(first["action"], "project.create", "{r}");
+                let bans: Vec<&Value> = r["entries"]
+                    .as_array()
+                    .expect("entries")
+                    .iter()
+                    .filter(|e| e["project"] == "acme")
+                    .map(|e| &e["action"])
+                    .filter(|a| a.as_str().is_some_and(|a| a.starts_with("ban.")))
+                    .collect();
+                assert_eq!(bans, ["ban.add", "ban.add", "ban.lift"], "{r}");
             }
             (_, 404) => {
                 let m = r["message"].as_str().unwrap_or_default();
@@ -1174,18 +1326,78 @@ fn admin_cases() -> Vec<Case> {
             200,
         ),
     ];
-    for path in [
-        A_CREATE,
-        A_GET,
-        A_LIST,
-        A_UPDATE,
-        A_DELETE,
-        A_KEY_ADD,
-        A_KEY_RETIRE,
-        A_API_CREATE,
-        A_API_DELETE,
-        A_AUDIT,
-    ] {
+    // Bans: a file project's too, by its own key.
+    let mallory = json!({"project": "alpha", "user": "mallory"});
+    cases.extend([
+        case(
+            A_BAN_ADD,
+            Some(ALPHA_KEY),
+            json!({"project": "alpha", "user": "mallory", "duration_secs": 60}),
+            200,
+        ),
+        case(A_BAN_LIST, Some(ALPHA_KEY), json!({"project": "alpha"}), 200),
+        case(A_BAN_LIFT, Some(ALPHA_KEY), mallory.clone(), 200),
+        // Kept for the backend outage below (a lift then answers 503, not 404).
+        case(
+            A_BAN_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": "u", "reason": "r"}),
+            200,
+        ),
+        case(
+            A_BAN_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": "u", "duration_secs": 315_360_001}),
+            400,
+        ),
+        case(
+            A_BAN_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": ""}),
+            400,
+        ),
+        case(A_BAN_ADD, None, mallory.clone(), 401),
+        case(A_BAN_ADD, Some(BETA_KEY), mallory.clone(), 403),
+        case(
+            A_BAN_ADD,
+            Some(ADMIN_KEY),
+            json!({"project": "nope", "user": "u"}),
+            404,
+        ),
+        case(
+            A_BAN_LIFT,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "user": "u", "x": 1}),
+            400,
+        ),
+        case(A_BAN_LIFT, None, mallory.clone(), 401),
+        case(A_BAN_LIFT, Some(BETA_KEY), mallory.clone(), 403),
+        // Lifted above: no ban in force.
+        case(A_BAN_LIFT, Some(ALPHA_KEY), mallory, 404),
+        case(
+            A_BAN_LIST,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "x": 1}),
+            400,
+        ),
+        case(A_BAN_LIST, None, json!({"project": "alpha"}), 401),
+        case(A_BAN_LIST, Some(BETA_KEY), json!({"project": "alpha"}), 403),
+        case(A_BAN_LIST, Some(ADMIN_KEY), json!({"project": "nope"}), 404),
+        // A JWK Set's CA is PEM text: a path would not exist on every node.
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "jwks": {"url": "https://login.example.com/jwks.json", "ca_file": "/etc/ca.pem"}}),
+            400,
+        ),
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "jwks": {"url": "http://login.example.com/jwks.json"}}),
+            400,
+        ),
+    ]);
+    for path in ADMIN_PATHS {
         cases.push(too_large(path));
     }
     cases
