@@ -96,3 +96,79 @@ fn million_reduced_connects_everyone_and_delivers_everything() {
         "a successful run removes its state directory"
     );
 }
+
+/// `--presence`: one group of every connection (`--groups 1`, no second devices) over 2 edges;
+/// presence and the listing peer each see every member, with their bytes and CPU, and Redis
+/// memory per member is reported.
+#[test]
+fn million_presence_reports_a_whole_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["million", "--connections", "3000", "--edges", "2"])
+        .args(["--groups", "1", "--second-devices-percent", "0"])
+        .args(["--rate", "2000", "--user-sample", "10", "--no-sysctl"])
+        .args(["--presence", "--presence-repeats", "2"])
+        .args(["--max-secs", "300", "--deliver-timeout-secs", "60"])
+        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
+        .args(["--out", out])
+        .output()
+        .expect("run herald-bench million");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "herald-bench million --presence failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("million-3000.json")).expect("json result"),
+    )
+    .expect("json");
+    assert_eq!(r["connected"], 3_000, "{stderr}");
+    let p = &r["presence"];
+    assert_eq!(p["members"], 3_000, "{p}");
+    assert_eq!(
+        (&p["connections"], &p["users_total"], &p["users_exact"]),
+        (
+            &serde_json::json!(3_000),
+            &serde_json::json!(3_000),
+            &serde_json::json!(true)
+        ),
+        "{p}"
+    );
+    let rows = p["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "{p}");
+    // Full presence in pages of 5,000, a first page of 1,000, full in pages of 1,000, the listing.
+    let entries: Vec<u64> = rows
+        .iter()
+        .map(|r| r["entries"].as_u64().expect("entries"))
+        .collect();
+    assert_eq!(entries, [3_000, 1_000, 3_000, 3_000], "{p}");
+    let pages: Vec<u64> = rows
+        .iter()
+        .map(|r| r["pages"].as_u64().expect("pages"))
+        .collect();
+    assert_eq!(pages, [1, 1, 3, 1], "{p}");
+    for row in rows {
+        assert!(
+            row["reply_bytes"].as_u64().expect("bytes") > 10_000,
+            "{row}"
+        );
+        assert!(row["wall_ms"][0].as_f64().expect("wall") > 0.0, "{row}");
+    }
+    // A user is smaller than a connection on the wire.
+    assert!(
+        rows[0]["reply_bytes"].as_u64() < rows[3]["reply_bytes"].as_u64(),
+        "{p}"
+    );
+    // The registry keeps each user's interest: Redis grew.
+    assert!(
+        p["redis_bytes_per_member"].as_f64().expect("redis") > 10.0,
+        "{p}"
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("million-3000.md"))
+            .expect("md")
+            .contains("Presence of `g0`")
+    );
+}

@@ -31,8 +31,9 @@ impl Run {
         let bin = herald_sandbox::herald_bin(o.herald_bin.as_deref())?;
         herald_sandbox::server_bin("redis-cli")?;
         let config = format!(
-            "[edge]\nping_interval_secs = {}\n[log]\nlevel = \"warn\"\n{}",
+            "[edge]\nping_interval_secs = {}\n[router]\ncontrol_timeout_ms = {}\n[log]\nlevel = \"warn\"\n{}",
             o.ping_interval_secs,
+            o.control_timeout_ms,
             servers::herald::projects_toml(PROJECT)
         );
         eprintln!(

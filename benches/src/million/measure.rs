@@ -164,6 +164,8 @@ pub(super) struct MillionResult {
     pub(super) sampled_users: u64,
     pub(super) sampled_users_with_two_devices: u64,
     pub(super) duplicates: u64,
+    /// `--presence`: the presence figures.
+    pub(super) presence: Option<super::presence::PresenceFigures>,
     pub(super) seconds: f64,
     pub(super) error: Option<String>,
     /// Every process the run started (all ended when the result is written).

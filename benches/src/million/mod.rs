@@ -25,6 +25,7 @@
 //! - [`worker`]: the `million-worker` process holding the client ends.
 //! - [`scenario`]: connect, measure, publish, wait for every delivery.
 //! - [`measure`]: system figures, the run's figures and the limits that stop connecting.
+//! - [`presence`]: `--presence`: the `Presence` call on group `g0` with every connection open.
 //! - [`report`]: JSON, Markdown and SVG results.
 
 mod cluster;
@@ -32,6 +33,7 @@ mod fleet;
 mod kernel;
 mod layout;
 mod measure;
+mod presence;
 mod report;
 mod scenario;
 mod worker;
@@ -111,6 +113,17 @@ pub struct MillionOpts {
     /// The herald binary (default: next to this one).
     #[arg(long)]
     pub(super) herald_bin: Option<PathBuf>,
+    /// With every connection open, measure `Presence` of group `g0` (every connection a member
+    /// with `--groups 1`) against `ListConnections` of it, and Redis memory per member, before
+    /// publishing.
+    #[arg(long)]
+    pub(super) presence: bool,
+    /// Repeats of each presence query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub(super) presence_repeats: usize,
+    /// The router's `control_timeout_ms` (how long a listing or presence page waits for edges).
+    #[arg(long, default_value_t = 10_000)]
+    pub(super) control_timeout_ms: u64,
     /// Directory for the JSON, Markdown and SVG results.
     #[arg(long, default_value = "benches/results")]
     pub(super) out: PathBuf,

@@ -195,6 +195,9 @@ pub(super) fn markdown(r: &MillionResult) -> String {
             c.name, c.before, c.during, c.why
         );
     }
+    if let Some(p) = &r.presence {
+        super::presence::markdown(p, &mut s);
+    }
     s
 }
 

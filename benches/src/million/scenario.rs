@@ -16,6 +16,7 @@ use super::measure::{
     Delivery, EdgeFigures, MillionResult, Sample, failure_limit, kernel_mem, limit_reached,
     loadavg, meminfo_kib, percentiles, redis_info, rss_mib,
 };
+use super::presence;
 use super::report::fmt_n;
 use super::worker::WorkerReport;
 use super::{MillionOpts, PROJECT};
@@ -45,8 +46,34 @@ pub(super) async fn scenario(
             .with_context(|| format!("{} did not sign its tokens within 120 s", w.proc.name()))??;
     }
     let before = Before::take(run, res)?;
+    let redis_port = run
+        .cluster
+        .as_ref()
+        .context("the cluster runs")?
+        .backends
+        .redis[0]
+        .port;
+    let redis_before = presence::redis_bytes(redis_port).await;
     let t = connect(o, run, res).await?;
     measure_memory(run, res, &before, &t).await?;
+    if o.presence {
+        let members = (0..t.open.min(o.connections))
+            .filter(|&i| layout.in_group_message(i))
+            .count() as u64;
+        let (after, keys_after) = presence::redis_bytes(redis_port).await;
+        let mut f = presence::PresenceFigures {
+            redis_used_before: redis_before.0,
+            redis_keys_before: redis_before.1,
+            redis_used_after: after,
+            redis_keys_after: keys_after,
+            redis_bytes_per_member: after.saturating_sub(redis_before.0) as f64
+                / members.max(1) as f64,
+            ..Default::default()
+        };
+        let outcome = presence::measure(run, o.presence_repeats.max(1), members, &mut f).await;
+        res.presence = Some(f);
+        outcome?;
+    }
     deliver(o, layout, run, res).await
 }
 
