@@ -219,6 +219,7 @@ async fn run_one(
                 | ServerKind::HeraldMqtt
                 | ServerKind::HeraldStomp
                 | ServerKind::HeraldDeflate
+                | ServerKind::HeraldSse
                 | ServerKind::Cluster
         ) && tls.is_some(),
         subscribers: subs,

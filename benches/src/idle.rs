@@ -22,7 +22,8 @@ pub struct IdleOpts {
     /// Connections opened per second.
     #[arg(long, default_value_t = 3_000)]
     rate: u64,
-    /// `herald`, `herald-mqtt` / `herald-stomp` (Herald with MQTT 3.1.1 / STOMP 1.2 clients),
+    /// `herald`, `herald-mqtt` / `herald-stomp` / `herald-sse` (Herald with MQTT 3.1.1 / STOMP
+    /// 1.2 / Server-Sent Events clients),
     /// `baseline` (bare
     /// tokio-tungstenite, 128-byte read buffer), or a peer: `nats`, `mosquitto`, `ws` (Node ws);
     /// several, comma-separated, run one after the other.
@@ -90,11 +91,12 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
                 "herald-mqtt" => ServerKind::HeraldMqtt,
                 "herald-stomp" => ServerKind::HeraldStomp,
                 "herald-deflate" => ServerKind::HeraldDeflate,
+                "herald-sse" => ServerKind::HeraldSse,
                 "nats" => ServerKind::Nats,
                 "mosquitto" => ServerKind::Mosquitto,
                 "ws" => ServerKind::Ws,
                 _ => bail!(
-                    "unknown server {other:?}: herald, herald-mqtt, herald-stomp, herald-deflate, baseline, nats, mosquitto or ws"
+                    "unknown server {other:?}: herald, herald-mqtt, herald-stomp, herald-deflate, herald-sse, baseline, nats, mosquitto or ws"
                 ),
             };
             let edge = format!(
@@ -104,7 +106,11 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
             (r.pid(), r.client().clone(), Some(r), None)
         }
     };
-    let pings = matches!(server, "herald" | "herald-deflate" | "baseline");
+    // SSE clients count the heartbeat comments instead (they answer nothing).
+    let pings = matches!(
+        server,
+        "herald" | "herald-deflate" | "baseline" | "herald-sse"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = proc_stats::rss_kib(pid)?;
     let load_avg = proc_stats::load_avg();

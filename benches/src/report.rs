@@ -108,6 +108,7 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
                 | ServerKind::HeraldMqtt
                 | ServerKind::HeraldStomp
                 | ServerKind::HeraldDeflate
+                | ServerKind::HeraldSse
         )
     }) {
         for r in results.iter().filter(|r| !std::ptr::eq(*r, h)) {

@@ -41,6 +41,7 @@ use crate::client::herald::Herald;
 use crate::client::mqtt::Mqtt;
 use crate::client::nats::Nats;
 use crate::client::plain::Plain;
+use crate::client::sse::Sse;
 use crate::client::stomp::Stomp;
 use crate::client::{Codec, Conn, Event, Hello, Protocol, Target};
 use crate::payload::{now_ns, sent_at};
@@ -624,6 +625,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
                     Protocol::Stomp => tokio::spawn(client::<Stomp>(i, one, topic, token, permit)),
                     Protocol::Nats => tokio::spawn(client::<Nats>(i, one, topic, token, permit)),
                     Protocol::Ws => tokio::spawn(client::<Plain>(i, one, topic, token, permit)),
+                    Protocol::Sse => tokio::spawn(client::<Sse>(i, one, topic, token, permit)),
                 });
                 if let Some(gap) = gap {
                     next += gap;

@@ -12,22 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::codes::CloseCode;
-use herald_core::ids::ProjectId;
+use herald_core::ids::{GroupId, ProjectId};
 use herald_core::telemetry::{self, Timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
 
 use crate::auth::{AuthError, Identity};
-use crate::codec::{Codec, Hello, HelloReader, HelloRefused, Wire};
+use crate::codec::{Codec, Form, Hello, HelloReader, HelloRefused, Wire};
 use crate::config::EdgeConfig;
 use crate::deflate::{Inflate, InflateError};
-use crate::handshake::{self, HandshakeError, PathProject, Upgrade};
+use crate::handshake::{self, HandshakeError, PathProject, SseRequest, Upgrade};
 use crate::limits::{Limits, Refusal};
 use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
-use crate::session::{Link, WsLink};
-use crate::sockjs::{self, frame::Framing};
-use crate::ws::{FrameTrack, WriteQueue};
+use crate::sockjs;
+use crate::sse::{Positions, SseLink};
+use crate::transport::{Framing, Link, WriteQueue};
+use crate::ws::{FrameTrack, WsLink};
 use crate::{Bound, Shared, proxy, tls};
 
 /// Why a client was refused; one value answers it (HTTP status before the upgrade, close code
@@ -77,8 +78,8 @@ impl Refused {
         }
     }
 
-    /// Counts it; a connect refusal under the `protocol` of `wire`.
-    pub(crate) fn count(&self, wire: Wire) {
+    /// Counts it; a connect refusal under the `protocol` label given.
+    pub(crate) fn count(&self, protocol: &'static str) {
         match self {
             Refused::Limit(r) => r.count(),
             Refused::Handshake(_) => {
@@ -88,16 +89,21 @@ impl Refused {
             Refused::Auth(_) | Refused::Close(_) => metrics::counter!(
                 "herald_edge_connects_total",
                 "result" => self.label(),
-                "protocol" => wire.label()
+                "protocol" => protocol
             )
             .increment(1),
         }
     }
 
-    /// Answers it with an HTTP status (before the upgrade) and closes.
-    async fn answer_http(&self, shared: &Shared, tcp: &mut Stream) {
-        // Only the native protocol is authenticated before the upgrade.
-        self.count(Wire::Native);
+    /// Answers it with an HTTP status (before the upgrade or the stream's start) and closes;
+    /// counted under `protocol` (only the native protocol is authenticated before either).
+    pub(crate) async fn answer_http(
+        &self,
+        shared: &Shared,
+        tcp: &mut Stream,
+        protocol: &'static str,
+    ) {
+        self.count(protocol);
         let body = match self {
             Refused::Handshake(e) => e.to_string(),
             Refused::Auth(_) | Refused::Close(_) => self.close_code().reason().to_string(),
@@ -196,7 +202,9 @@ pub(crate) async fn shed(
     match open(&listener, tcp, peer, Instant::now() + wait).await {
         Some((_, mut stream, _)) => {
             let _ = timeout(wait, handshake::read_request(&mut stream)).await;
-            Refused::Limit(r).answer_http(&shared, &mut stream).await;
+            Refused::Limit(r)
+                .answer_http(&shared, &mut stream, NATIVE)
+                .await;
         }
         None => r.count(),
     }
@@ -224,7 +232,7 @@ pub(crate) async fn admit(
     if !behind_http_proxy && let Err(r) = counted.admit_ip(addr.ip()) {
         let wait = Duration::from_millis(cfg.handshake_timeout_ms.min(2_000));
         let _ = timeout(wait, handshake::read_request(tcp)).await;
-        Refused::Limit(r).answer_http(shared, tcp).await;
+        Refused::Limit(r).answer_http(shared, tcp, NATIVE).await;
         return None;
     }
     let mut up = match timeout_at(request_deadline, handshake::read_request(tcp)).await {
@@ -242,7 +250,7 @@ pub(crate) async fn admit(
         }
         Ok(Err(e)) => {
             tracing::debug!(client = %addr.client, error = %e, "upgrade refused");
-            Refused::Handshake(e).answer_http(shared, tcp).await;
+            Refused::Handshake(e).answer_http(shared, tcp, NATIVE).await;
             return None;
         }
     };
@@ -255,10 +263,28 @@ pub(crate) async fn admit(
         PathProject::Id(p) => Some(p.clone()),
         _ => None,
     };
+    let label = if up.sse.is_some() {
+        Form::NativeSse.label()
+    } else {
+        NATIVE
+    };
     if let Err(r) = check_client(shared, &mut counted, addr.ip(), path_project.as_ref(), &up) {
         tracing::debug!(%remote, reason = r.label(), "refused");
-        r.answer_http(shared, tcp).await;
+        r.answer_http(shared, tcp, label).await;
         return None;
+    }
+    if let Some(sse) = up.sse.take() {
+        return admit_sse(
+            shared,
+            stream,
+            cert,
+            remote,
+            counted,
+            path_project,
+            &up,
+            sse,
+        )
+        .await;
     }
     // SockJS requests other than `websocket` are HTTP requests of a session: answered here, or
     // handed to their session's task, or the start of a new session over HTTP.
@@ -310,7 +336,7 @@ pub(crate) async fn admit(
                 match result {
                     Ok(id) => verified = Some(id),
                     Err(e) => {
-                        Refused::Auth(e).answer_http(shared, tcp).await;
+                        Refused::Auth(e).answer_http(shared, tcp, NATIVE).await;
                         return None;
                     }
                 }
@@ -375,14 +401,14 @@ pub(crate) async fn admit(
             });
             if let Some(code) = refused_early {
                 let r = Refused::Close(code);
-                refuse_upgraded(shared, &mut link, &mut q, up.wire, None, &r).await;
+                link.refuse(shared, &mut q, None, &r, up.wire.label()).await;
                 return None;
             }
             if sockjs.is_some() {
                 // SockJS's `websocket` transport: the codec's frames in SockJS frames.
-                q = WriteQueue::sockjs(Framing::WebSocket);
+                q = WriteQueue::new(Framing::SockJsWebSocket);
                 q.push_framed(sockjs::frame::framed(
-                    Framing::WebSocket,
+                    sockjs::frame::Framing::WebSocket,
                     sockjs::frame::OPEN,
                 ));
             }
@@ -397,7 +423,7 @@ pub(crate) async fn admit(
             .is_none_or(|p| !shared.keys.load().has_project(p.as_str()))
     {
         let r = Refused::Auth(AuthError::UnknownProject);
-        refuse_upgraded(shared, &mut link, &mut q, up.wire, None, &r).await;
+        link.refuse(shared, &mut q, None, &r, up.wire.label()).await;
         return None;
     }
     // The protocol's connect frame, when it has one or the native client sends `auth`.
@@ -433,7 +459,8 @@ pub(crate) async fn admit(
             Err(refusal) => {
                 let r = Refused::Close(refusal.code);
                 let answer = refusal.answer;
-                refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
+                link.refuse(shared, &mut q, answer, &r, up.wire.label())
+                    .await;
                 return None;
             }
         }
@@ -446,7 +473,8 @@ pub(crate) async fn admit(
     {
         tracing::debug!(%remote, reason = r.label(), "refused");
         let answer = codec.refusal(r.close_code());
-        refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
+        link.refuse(shared, &mut q, answer, &r, up.wire.label())
+            .await;
         return None;
     }
     let identity = match &project {
@@ -460,7 +488,8 @@ pub(crate) async fn admit(
             tracing::debug!(%remote, error = %e, "authentication refused");
             let r = Refused::Auth(e);
             let answer = codec.refusal(r.close_code());
-            refuse_upgraded(shared, &mut link, &mut q, up.wire, answer, &r).await;
+            link.refuse(shared, &mut q, answer, &r, up.wire.label())
+                .await;
             return None;
         }
         (Ok(_), None) => return None,
@@ -487,6 +516,105 @@ fn timed(verify: impl FnOnce() -> Result<Identity, AuthError>) -> Result<Identit
     let result = if outcome.is_ok() { "ok" } else { "refused" };
     metrics::histogram!(telemetry::EDGE_AUTH_SECONDS, "result" => result).record(timer.seconds());
     outcome
+}
+
+/// The `protocol` label of native WebSocket clients.
+const NATIVE: &str = "native";
+
+/// Admits a Server-Sent Events client: the token from the request (or a client certificate),
+/// the groups it asks for checked against its `channels`, its `Last-Event-ID`; every refusal an
+/// HTTP status, since the stream has not begun. The stream's head is queued, to go out with the
+/// welcome once the session starts.
+#[allow(clippy::too_many_arguments)]
+async fn admit_sse(
+    shared: &Shared,
+    mut stream: Stream,
+    cert: Option<tls::ClientCert>,
+    remote: SocketAddr,
+    counted: Counted,
+    project: Option<ProjectId>,
+    up: &Upgrade,
+    sse: SseRequest,
+) -> Option<Admitted> {
+    let label = Form::NativeSse.label();
+    let identity = match &project {
+        Some(p) => authenticate(shared, p, up.token.as_deref(), cert.as_ref()).await,
+        None => Err(AuthError::UnknownProject),
+    };
+    let (mut identity, project) = match (identity, project) {
+        (Ok(id), Some(p)) => (id, p),
+        (Err(e), _) => {
+            tracing::debug!(%remote, error = %e, "authentication refused");
+            Refused::Auth(e)
+                .answer_http(shared, &mut stream, label)
+                .await;
+            return None;
+        }
+        (Ok(_), None) => return None,
+    };
+    let refused = sse_groups(shared, &project, &mut identity, sse.groups).err();
+    let positions = match (&refused, sse.last_event_id) {
+        (None, Some(id)) => {
+            let max = crate::session::max_groups(shared, &project).saturating_add(2);
+            Positions::parse(&id, max)
+                .map_err(|e| Refused::Handshake(HandshakeError::BadRequest(e.to_string())))
+        }
+        _ => Ok(Positions::default()),
+    };
+    let mut positions = match (refused, positions) {
+        (None, Ok(p)) => p,
+        (Some(r), _) | (None, Err(r)) => {
+            tracing::debug!(%remote, reason = r.label(), "sse request refused");
+            r.answer_http(shared, &mut stream, label).await;
+            return None;
+        }
+    };
+    let resume = positions.resume(&identity.groups);
+    let mut q = WriteQueue::new(Framing::EventStream);
+    q.push_framed(crate::sse::response_head(up.origin.as_deref()));
+    Some(Admitted {
+        link: Link::Sse(SseLink::new(stream, positions)),
+        q,
+        remote,
+        counted,
+        project,
+        identity,
+        codec: Codec::Native(None),
+        resume,
+        device: None,
+    })
+}
+
+/// Adds the groups a Server-Sent Events request asks for to the token's: each a valid name the
+/// token's `channels` allow (else 400, 403), at most the connection's maximum of groups (else
+/// 400).
+fn sse_groups(
+    shared: &Shared,
+    project: &ProjectId,
+    identity: &mut Identity,
+    asked: Vec<String>,
+) -> Result<(), Refused> {
+    if asked.is_empty() {
+        return Ok(());
+    }
+    for g in asked {
+        let id = GroupId::new(&g)
+            .map_err(|e| Refused::Handshake(HandshakeError::BadRequest(format!("groups: {e}"))))?;
+        if !identity.may_subscribe(id.as_str()) {
+            return Err(Refused::Close(CloseCode::Forbidden));
+        }
+        if !identity.groups.contains(&id) {
+            identity.groups.push(id);
+        }
+    }
+    if identity.groups.len() > crate::session::max_groups(shared, project) {
+        metrics::counter!("herald_edge_subscribes_refused_total", "reason" => "too_many_groups")
+            .increment(1);
+        return Err(Refused::Handshake(HandshakeError::BadRequest(
+            "groups: too many groups on this connection".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// Authenticates a client of `project` by its token, else by its verified certificate when the
@@ -556,24 +684,6 @@ fn check_client(
         .check_request(project.as_str(), ip, up.origin.as_deref())
         .map_err(Refused::Limit)?;
     counted.enter_project(project).map_err(Refused::Limit)
-}
-
-/// Refuses an upgraded client speaking `wire`: the protocol's own `answer` first (a `CONNACK`
-/// with its return code), then the close frame with the refusal's code.
-pub(crate) async fn refuse_upgraded(
-    shared: &Shared,
-    link: &mut Link,
-    q: &mut WriteQueue,
-    wire: Wire,
-    answer: Option<bytes::Bytes>,
-    refused: &Refused,
-) {
-    refused.count(wire);
-    let code = refused.close_code();
-    if let Some(answer) = answer {
-        q.push(answer);
-    }
-    link.close(shared, q, code, wire.label()).await;
 }
 
 /// The PROXY header (when the listener expects one) and the TLS handshake (on `wss`), both

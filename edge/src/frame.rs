@@ -48,25 +48,47 @@ pub fn text_frame(text: &str) -> Bytes {
     buf.freeze()
 }
 
+/// The opcode, payload and whole length of the unmasked server frame at the start of `b`
+/// (`None` when `b` does not hold it whole).
+pub(crate) fn parse_server(b: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let first = *b.first()?;
+    let second = *b.get(1)?;
+    let (head, len): (usize, usize) = match second & 0x7f {
+        126 => (4, usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]))),
+        127 => (
+            10,
+            usize::try_from(u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)).ok()?,
+        ),
+        n => (2, usize::from(n)),
+    };
+    let payload = b.get(head..head.checked_add(len)?)?;
+    Some((first & 0x0f, payload, head + len))
+}
+
 /// The ping frame the server sends to idle connections (empty payload).
 pub fn ping_frame() -> Bytes {
     Bytes::from_static(&[0x80 | OP_PING, 0])
 }
 
-/// A presence event as a framed text frame:
+/// A presence event's JSON:
 /// `{"type":"presence","group":..,"event":"join"|"leave","user":..}` (ids need no escaping).
-pub fn presence_frame(group: &str, user: &str, join: bool) -> Bytes {
+pub fn presence_json(group: &str, user: &str, join: bool) -> String {
     let event = if join { "join" } else { "leave" };
-    text_frame(&format!(
-        r#"{{"type":"presence","group":"{group}","event":"{event}","user":"{user}"}}"#
-    ))
+    format!(r#"{{"type":"presence","group":"{group}","event":"{event}","user":"{user}"}}"#)
 }
 
-/// Encodes a delivered message once, as a framed `msg` text frame:
-/// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["offset":..,"epoch":..,]"data"|"b64":..}`.
+/// Encodes a delivered message once, as a framed `msg` (or `presence`) text frame
+/// ([`message_json`]).
 pub fn message_frame(env: &Envelope) -> Bytes {
+    text_frame(&message_json(env))
+}
+
+/// The `msg` frame's JSON:
+/// `{"type":"msg","kind":..,["group"|"user":..,]["event":..,]["offset":..,"epoch":..,]"data"|"b64":..}`;
+/// a presence event's ([`presence_json`]) for an envelope that carries one.
+pub fn message_json(env: &Envelope) -> String {
     if let Some(p) = &env.presence {
-        return presence_frame(&env.name, &p.user, p.join);
+        return presence_json(&env.name, &p.user, p.join);
     }
     let payload_is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&env.payload).is_ok();
     let mut json = String::with_capacity(64 + env.payload.len() * 4 / 3 + env.name.len());
@@ -101,7 +123,7 @@ pub fn message_frame(env: &Envelope) -> Bytes {
         json.push('"');
     }
     json.push('}');
-    text_frame(&json)
+    json
 }
 
 /// Appends `s` as a JSON string literal.

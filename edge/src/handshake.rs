@@ -1,5 +1,7 @@
-//! The HTTP upgrade: reads the request (bounded in size), checks it with tungstenite's handshake
-//! rules, picks the sub-protocol, finds the project and the token, and writes the answer.
+//! The HTTP request that opens a connection: reads it (bounded in size), finds the project and the
+//! token, and either checks it as a WebSocket upgrade (tungstenite's handshake rules, the
+//! sub-protocol) and writes the 101 answer, or takes it as a Server-Sent Events request
+//! (`GET /sse/{project}`: the groups asked for and `Last-Event-ID`, [`SseRequest`]).
 
 use std::borrow::Cow;
 
@@ -38,8 +40,12 @@ pub struct Upgrade {
     pub protocol: Option<&'static str>,
     /// The `Origin` header, sent by browsers.
     pub origin: Option<String>,
-    /// The response to send (101), without the sub-protocol header yet.
-    response: http::Response<()>,
+    /// The response to send (101), without the sub-protocol header yet; `None` for a
+    /// Server-Sent Events request.
+    response: Option<http::Response<()>>,
+    /// What a Server-Sent Events request (`GET /sse/{project}`) asks for; `None` for a
+    /// WebSocket upgrade.
+    pub sse: Option<SseRequest>,
     /// Bytes the client sent after the request (the start of its first frames).
     pub leftover: Vec<u8>,
     /// The `X-Forwarded-For` values, in order (believed only from trusted proxies).
@@ -52,6 +58,17 @@ pub struct Upgrade {
     pub deflate: bool,
     /// A SockJS request (`/sockjs/{project}/...`): only its `websocket` transport is an upgrade.
     pub sockjs: Option<crate::sockjs::Request>,
+}
+
+/// A Server-Sent Events request's own parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseRequest {
+    /// Groups asked for beyond the token's (`groups` query parameters, each a name or a
+    /// comma-separated list), unchecked.
+    pub groups: Vec<String>,
+    /// Where the client stopped: the `Last-Event-ID` header, else the `last_event_id` query
+    /// parameter (a client that opens a new stream itself cannot set the header).
+    pub last_event_id: Option<String>,
 }
 
 /// Why an upgrade was refused before it happened; answered with an HTTP status.
@@ -72,6 +89,9 @@ pub enum HandshakeError {
     /// The client offered only sub-protocols this edge does not speak.
     #[error("unsupported sub-protocol")]
     UnsupportedProtocol,
+    /// A Server-Sent Events path asked with another method than `GET`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl HandshakeError {
@@ -82,6 +102,7 @@ impl HandshakeError {
             HandshakeError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HandshakeError::NotFound => StatusCode::NOT_FOUND,
             HandshakeError::UnsupportedProtocol => StatusCode::BAD_REQUEST,
+            HandshakeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -128,9 +149,9 @@ fn to_http(req: &httparse::Request<'_, '_>) -> Result<Request<()>, HandshakeErro
 
 fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeError> {
     let sockjs = crate::sockjs::route(request.uri().path());
-    let (path_wire, project) = match &sockjs {
+    let (route, project) = match &sockjs {
         Some((project, _)) => (
-            Some(Wire::Stomp),
+            Route::Ws(Some(Wire::Stomp)),
             match project {
                 Ok(p) => PathProject::Id(p.clone()),
                 Err(()) => PathProject::Invalid,
@@ -158,19 +179,23 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked")),
     });
-    let (response, wire, protocol) = match &sockjs {
+    let upgrade = |request: &Request<()>| {
+        create_response(request).map_err(|e| HandshakeError::BadRequest(e.to_string()))
+    };
+    let (wire, protocol, response, sse) = match (&sockjs, route) {
         // SockJS speaks STOMP inside its own frames; a sub-protocol offered is not answered.
-        Some(req) if !req.is_websocket() => (http::Response::default(), Wire::Stomp, None),
-        Some(_) => (
-            create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?,
-            Wire::Stomp,
-            None,
-        ),
-        None => {
-            let response =
-                create_response(&request).map_err(|e| HandshakeError::BadRequest(e.to_string()))?;
+        (Some(req), _) if !req.is_websocket() => (Wire::Stomp, None, None, None),
+        (Some(_), _) => (Wire::Stomp, None, Some(upgrade(&request)?), None),
+        (None, Route::Sse) => {
+            if request.method() != http::Method::GET {
+                return Err(HandshakeError::MethodNotAllowed);
+            }
+            (Wire::Native, None, None, Some(sse_request(&request)))
+        }
+        (None, Route::Ws(path_wire)) => {
+            let response = upgrade(&request)?;
             let (wire, protocol) = choose_protocol(&request, path_wire)?;
-            (response, wire, protocol)
+            (wire, protocol, Some(response), None)
         }
     };
     let token = bearer(&request).or_else(|| query_token(&request));
@@ -191,8 +216,9 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // SockJS re-frames every message per connection: its `websocket` transport declines
-    // permessage-deflate.
+    // permessage-deflate (as Server-Sent Events, not a WebSocket, do).
     let deflate = sockjs.is_none()
+        && sse.is_none()
         && request
             .headers()
             .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
@@ -206,6 +232,7 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
         protocol,
         origin,
         response,
+        sse,
         leftover,
         forwarded_for,
         real_ip,
@@ -214,8 +241,46 @@ fn check(request: Request<()>, leftover: Vec<u8>) -> Result<Upgrade, HandshakeEr
     })
 }
 
-/// The wire a path fixes (`None`: chosen by the sub-protocol) and the project it names.
-fn route(path: &str) -> Option<(Option<Wire>, PathProject)> {
+/// What a path opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// A WebSocket of the wire the path fixes (`None`: chosen by the sub-protocol).
+    Ws(Option<Wire>),
+    /// A Server-Sent Events stream of the native protocol.
+    Sse,
+}
+
+/// The groups and `Last-Event-ID` of a Server-Sent Events request.
+fn sse_request(request: &Request<()>) -> SseRequest {
+    let mut r = SseRequest {
+        last_event_id: request
+            .headers()
+            .get("last-event-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .filter(|v| !v.is_empty()),
+        ..Default::default()
+    };
+    if let Some(q) = request.uri().query() {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            match &*k {
+                "groups" => r.groups.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_string),
+                ),
+                "last_event_id" if r.last_event_id.is_none() && !v.trim().is_empty() => {
+                    r.last_event_id = Some(v.trim().to_string())
+                }
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// What a path opens and the project it names.
+fn route(path: &str) -> Option<(Route, PathProject)> {
     let project = |name: &str| match ProjectId::new(name) {
         Ok(p) => PathProject::Id(p),
         Err(_) => PathProject::Invalid,
@@ -225,14 +290,17 @@ fn route(path: &str) -> Option<(Option<Wire>, PathProject)> {
         (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
     };
     if let Some(rest) = path.strip_prefix("/ws/") {
-        return one_segment(rest).map(|name| (None, project(&name)));
+        return one_segment(rest).map(|name| (Route::Ws(None), project(&name)));
+    }
+    if let Some(rest) = path.strip_prefix("/sse/") {
+        return one_segment(rest).map(|name| (Route::Sse, project(&name)));
     }
     if Wire::Mqtt.available() {
         if path.trim_end_matches('/') == "/mqtt" {
-            return Some((Some(Wire::Mqtt), PathProject::FromConnect));
+            return Some((Route::Ws(Some(Wire::Mqtt)), PathProject::FromConnect));
         }
         if let Some(rest) = path.strip_prefix("/mqtt/") {
-            return one_segment(rest).map(|name| (Some(Wire::Mqtt), project(&name)));
+            return one_segment(rest).map(|name| (Route::Ws(Some(Wire::Mqtt)), project(&name)));
         }
     }
     None
@@ -297,7 +365,7 @@ fn query_token(request: &Request<()>) -> Option<String> {
 pub async fn accept<S: AsyncWrite + Unpin>(tcp: &mut S, up: &mut Upgrade) -> std::io::Result<()> {
     let mut out = String::with_capacity(256);
     out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
-    let response = std::mem::take(&mut up.response);
+    let response = up.response.take().unwrap_or_default();
     for (name, value) in response.headers() {
         out.push_str(name.as_str());
         out.push_str(": ");

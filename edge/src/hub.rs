@@ -33,9 +33,10 @@ use herald_core::registry::{InterestKey, Registry};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::codec::{Form, Frames, Takes, Wire, heart_beat_frame};
+use crate::codec::{Form, Frames, PROTOCOL_LABELS, Takes, Wire, heart_beat_frame};
 use crate::frame::ping_frame;
 use crate::interest::Interest;
+use crate::transport::Framing;
 
 /// Hub settings.
 #[derive(Debug, Clone)]
@@ -389,6 +390,8 @@ pub struct NewConn {
     pub wire: Wire,
     /// It negotiated `permessage-deflate` ([`crate::deflate`]).
     pub deflate: bool,
+    /// Its transport's framing (deliveries are encoded for the wire in it).
+    pub framing: Framing,
     /// The protocol's own keep alive in seconds (MQTT `CONNECT`, STOMP client heart-beat), 0:
     /// none.
     pub keep_alive_secs: u16,
@@ -611,7 +614,7 @@ impl Hub {
                 remote: c.remote,
                 since_unix_ms: unix_now().as_millis() as i64,
                 expires_unix: c.expires_unix,
-                takes: Takes::new(Form::of(c.wire), c.deflate),
+                takes: Takes::new(Form::of(c.wire, c.framing), c.deflate, c.framing),
                 keep_alive: c.keep_alive_secs,
                 heart_beat: c.heart_beat_secs,
                 outbox: VecDeque::new(),
@@ -649,7 +652,8 @@ impl Hub {
             (number, slot, registered)
         };
         self.live.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("herald_edge_connections", "protocol" => c.wire.label()).increment(1.0);
+        let label = Form::of(c.wire, c.framing).label();
+        metrics::gauge!("herald_edge_connections", "protocol" => label).increment(1.0);
         self.registered(registered, "connect").await;
         Some(ConnHandle {
             shard: shard_ix as u32,
@@ -660,7 +664,7 @@ impl Hub {
 
     /// Removes a connection and its interest.
     pub fn remove(&self, h: ConnHandle) {
-        let wire;
+        let form;
         {
             let mut shard = self.shards[h.shard as usize].lock();
             let shard = &mut *shard;
@@ -674,7 +678,7 @@ impl Hub {
             let conn = shard.conns.remove(h.slot as usize);
             shard.recovering.remove(&h.slot);
             shard.project_remove(&conn.project, conn.project_pos);
-            wire = conn.takes.wire();
+            form = conn.takes.form();
             let user_left = index_remove(&mut shard.users, &conn.project, &conn.user, h.slot);
             let gate = self.presence_for(&conn.project);
             let departed: Vec<GroupId> = match gate {
@@ -703,7 +707,7 @@ impl Hub {
             );
         }
         self.live.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("herald_edge_connections", "protocol" => wire.label()).decrement(1.0);
+        metrics::gauge!("herald_edge_connections", "protocol" => form.label()).decrement(1.0);
     }
 
     /// Waits for a registration, up to the deadline; past it the caller goes on (the write
@@ -1081,7 +1085,7 @@ impl Hub {
         // Presence events go to native-protocol members only (docs/protocol.md).
         let presence = env.presence.is_some();
         let max = self.cfg.max_queued_bytes;
-        let mut delivered = [0u64; Wire::COUNT];
+        let mut delivered = [0u64; PROTOCOL_LABELS.len()];
         let mut wake = Vec::new();
         let mut first = true;
         for i in shards {
@@ -1098,7 +1102,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, slot as u32, c, &mut frames)
                             {
-                                delivered[c.takes.wire() as usize] +=
+                                delivered[c.takes.form().label_index()] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -1108,7 +1112,7 @@ impl Hub {
                                 && let Some(frame) =
                                     passes(&mut shard.recovering, *slot, c, &mut frames)
                             {
-                                delivered[c.takes.wire() as usize] +=
+                                delivered[c.takes.form().label_index()] +=
                                     push(c, &frame, max, &mut wake) as u64;
                             }
                         }
@@ -1126,7 +1130,7 @@ impl Hub {
                             && let Some(frame) =
                                 passes(&mut shard.recovering, *slot, c, &mut frames)
                         {
-                            delivered[c.takes.wire() as usize] +=
+                            delivered[c.takes.form().label_index()] +=
                                 push(c, &frame, max, &mut wake) as u64;
                         }
                     }
@@ -1146,10 +1150,9 @@ impl Hub {
                 w.wake();
             }
         }
-        for wire in [Wire::Native, Wire::Mqtt, Wire::Stomp] {
-            if delivered[wire as usize] > 0 {
-                metrics::counter!("herald_edge_deliveries_total", "protocol" => wire.label())
-                    .increment(delivered[wire as usize]);
+        for (n, label) in delivered.into_iter().zip(PROTOCOL_LABELS) {
+            if n > 0 {
+                metrics::counter!("herald_edge_deliveries_total", "protocol" => label).increment(n);
             }
         }
         metrics::counter!("herald_edge_messages_total").increment(1);
@@ -1640,6 +1643,18 @@ impl Hub {
                             },
                         );
                     }
+                } else if c.takes.one_way() {
+                    // The client cannot answer: the ping goes as the transport's heartbeat
+                    // (an SSE comment, a SockJS `h`) at the ping interval, no pong expected (a
+                    // dead peer shows as a failed write or the stream's end).
+                    if now.saturating_sub(c.last_seen) >= ping_every {
+                        c.last_seen = now;
+                        c.queued += ping.len();
+                        c.outbox.push_back(ping.clone());
+                        if let Some(w) = c.waker.take() {
+                            w.wake();
+                        }
+                    }
                 } else if let Some(at) = c.ping_sent_at.map(NonZeroU32::get) {
                     if now.saturating_sub(at) >= pong_within {
                         close(
@@ -1890,6 +1905,7 @@ mod tests {
             expires_unix: u64::MAX,
             wire: Wire::Native,
             deflate: false,
+            framing: Default::default(),
             keep_alive_secs: 0,
             heart_beat_secs: 0,
             replaces: None,
@@ -2083,6 +2099,7 @@ mod tests {
             let c = NewConn {
                 wire: Wire::Mqtt,
                 deflate: false,
+                framing: Default::default(),
                 ..conn("a", user, &["g"])
             };
             hs.push(hub.insert(c, 0).await.expect("no cap"));

@@ -14,9 +14,10 @@
 //!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
-//!   `ws`: the WebSocket transport they share; [`codec`]: the protocols as codecs over them
-//!   (native, [`codec::mqtt`], [`codec::stomp`]); [`sockjs`]: SockJS's transports below the
-//!   STOMP codec (over a WebSocket or over HTTP requests); `resume`: a native client's missed messages
+//!   [`transport`]: how a session's bytes travel (`ws`: WebSocket; `sse`: Server-Sent Events, a
+//!   one-way HTTP response stream; [`sockjs`]: SockJS's framings, over a WebSocket or over HTTP
+//!   requests); [`codec`]: the protocols as codecs over them
+//!   (native, [`codec::mqtt`], [`codec::stomp`]); `resume`: a native client's missed messages
 //!   read from history, joined with live ones without gap or duplicate; [`streams`]: each
 //!   recoverable stream passed on without hole (gaps repaired from history, duplicates dropped,
 //!   positions checked).
@@ -43,8 +44,10 @@ pub mod proxy;
 mod resume;
 mod session;
 pub mod sockjs;
+mod sse;
 pub mod streams;
 pub mod tls;
+pub mod transport;
 pub mod webhook;
 mod ws;
 

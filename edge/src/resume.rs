@@ -64,6 +64,8 @@ pub(crate) fn stream_of(
 
 /// One stream of one connection to bring up to date.
 pub(crate) struct Replay {
+    /// The form the connection takes messages in (its protocol in its transport's framing).
+    pub(crate) form: crate::codec::Form,
     pub(crate) hub: Arc<Hub>,
     pub(crate) history: Arc<dyn History>,
     pub(crate) conn: ConnHandle,
@@ -186,7 +188,7 @@ impl Replay {
                     Ok(mut env) => {
                         env.seq = offset;
                         env.epoch = epoch;
-                        let f = crate::codec::encode(self.answer.wire(), &env);
+                        let f = crate::codec::encode_form(self.form, &env);
                         bytes += f.len();
                         frames.push(f);
                     }

@@ -1,9 +1,9 @@
 //! The session layer: one authenticated client of any protocol, from its admission to its close.
 //!
 //! A single task per connection ([`ConnTask`]): it runs [`admission`](crate::admission), then
-//! the live session, which reads frames through the WebSocket transport ([`crate::ws`]), hands
-//! data frames to the connection's [`Codec`], and writes every frame the hub queued for it in one
-//! vectored write. No channel, no second task, no timer: the hub holds the queue and its ticker
+//! the live session, which reads frames through its transport ([`Link`]: a WebSocket, a
+//! Server-Sent Events stream, or SockJS's HTTP requests), hands data frames to the connection's
+//! [`Codec`], and writes every frame the hub queued for it in one vectored write. No channel, no second task, no timer: the hub holds the queue and its ticker
 //! handles pings and expiry. Codecs act on the session only through [`SessionOps`]: the same
 //! membership checks, limits and metrics for every protocol.
 
@@ -11,15 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::codes::CloseCode;
 use herald_core::ids::{GroupId, IdError, ProjectId, UserId};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::webhook::HookEvent;
 use herald_core::codes::FrameError;
@@ -32,18 +29,12 @@ use crate::auth::{AuthError, channels_allow};
 use crate::codec::mqtt::takeover::ClientIds;
 use crate::codec::{Codec, Form, Welcome};
 use crate::config::EdgeConfig;
-use crate::deflate::Inflate;
 use crate::device;
 use crate::hub::{Closing, ConnHandle, JoinOutcome, NewConn, Outgoing};
 use crate::limits::MessageBucket;
-use crate::listener::Stream;
 use crate::protocol::{self, Position, StreamOf};
 use crate::resume::{self, Answer, Replay};
-use crate::sockjs::{
-    self,
-    http::{HttpLink, LinkEvent},
-};
-use crate::ws::{self, FrameTrack, Io, WriteQueue};
+use crate::transport::{Inbound, Link, WriteQueue};
 use crate::{Bound, Shared};
 
 /// A connection's task: a hand-written future of a few words, so every idle connection's tokio
@@ -142,129 +133,10 @@ pub(crate) struct Session {
     codec: Codec,
 }
 
-/// How a session reaches its client: the transport below the codec.
-// The WebSocket is nearly every connection and lives inline in the session's one allocation;
-// the rare HTTP link is boxed.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Link {
-    /// A WebSocket: every protocol, and SockJS's `websocket` transport (its write queue frames
-    /// for SockJS, its client messages are SockJS arrays).
-    Ws(WsLink),
-    /// SockJS over HTTP requests ([`crate::sockjs::http`]).
-    Http(Box<HttpLink>),
-}
-
-impl Link {
-    /// Whether the client negotiated `permessage-deflate`.
-    fn deflates(&self) -> bool {
-        matches!(self, Link::Ws(ws) if ws.inflate.is_some())
-    }
-}
-
-/// A WebSocket: the stream and tungstenite's reading state.
-pub(crate) struct WsLink {
-    pub(crate) tcp: Stream,
-    pub(crate) ctx: WebSocketContext,
-    /// What `ctx` was given, to replace it once its read buffer may have grown.
-    pub(crate) track: FrameTrack,
-    /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
-    pub(crate) inflate: Option<Box<Inflate>>,
-    /// Control frames tungstenite wrote (pongs, the close answer).
-    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
-    pub(crate) ctl: Vec<u8>,
-}
-
-impl Link {
-    /// Reads the client's next data message before the session is live (the protocol's connect
-    /// frame), writing what `q` holds first; the close code when the client cannot go on.
-    pub(crate) async fn read_first(&mut self, q: &mut WriteQueue) -> Result<Message, CloseCode> {
-        match self {
-            Link::Ws(ws) => loop {
-                if !q.frames.is_empty() {
-                    q.flush(&mut ws.tcp)
-                        .await
-                        .map_err(|_| CloseCode::AuthRequired)?;
-                }
-                let m = ws::read_first(
-                    &mut ws.tcp,
-                    &mut ws.ctx,
-                    &mut ws.track,
-                    ws.inflate.as_deref_mut(),
-                )
-                .await
-                .map_err(|e| ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))?;
-                if q.sockjs_framing().is_none() {
-                    return Ok(m);
-                }
-                match sockjs_message(m) {
-                    Ok(Some(m)) => return Ok(m),
-                    Ok(None) => continue,
-                    Err(code) => return Err(code),
-                }
-            },
-            Link::Http(l) => l
-                .next_message(q)
-                .await
-                .map(|m| Message::Text(m.into()))
-                .ok_or(CloseCode::AuthRequired),
-        }
-    }
-
-    /// Sends what `q` holds (the protocol's last words), the close (a WebSocket close frame, a
-    /// SockJS close frame, or both), waits for the peer within the close timeout, and counts
-    /// the close under the `protocol` label.
-    pub(crate) async fn close(
-        &mut self,
-        shared: &Shared,
-        q: &mut WriteQueue,
-        code: CloseCode,
-        protocol: &'static str,
-    ) {
-        let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-        match self {
-            Link::Ws(ws) => {
-                if let Some(framing) = q.sockjs_framing() {
-                    q.push_framed(sockjs::frame::framed(
-                        framing,
-                        &sockjs::frame::close(code.code(), code.reason()),
-                    ));
-                }
-                ws::close_and_finish(
-                    &mut ws.tcp,
-                    &mut ws.ctx,
-                    ws.inflate.as_deref_mut(),
-                    q,
-                    code,
-                    close_timeout,
-                    protocol,
-                )
-                .await;
-            }
-            Link::Http(l) => {
-                let deadline = tokio::time::Instant::now() + close_timeout;
-                let sent = l.close(q, code.code(), code.reason(), deadline).await;
-                let outcome = if sent {
-                    ws::CloseOutcome::Sent
-                } else {
-                    ws::CloseOutcome::Unsent
-                };
-                ws::count_close(code, outcome, protocol);
-            }
-        }
-    }
-}
-
-/// A SockJS client message over a WebSocket (a JSON array of strings) as the codec's message:
-/// `None` for an empty array, the close code for what is not SockJS. Control frames pass.
-fn sockjs_message(m: Message) -> Result<Option<Message>, CloseCode> {
-    match m {
-        Message::Text(t) => match sockjs::frame::unwrap(t.as_bytes()) {
-            Ok(Some(s)) => Ok(Some(Message::Text(s.into()))),
-            Ok(None) => Ok(None),
-            Err(_) => Err(CloseCode::ProtocolError),
-        },
-        Message::Binary(_) => Err(CloseCode::ProtocolError),
-        other => Ok(Some(other)),
+impl Session {
+    /// The `protocol` label of the connection's metrics.
+    fn label(&self) -> &'static str {
+        Form::of(self.codec.wire(), self.q.framing()).label()
     }
 }
 
@@ -379,18 +251,7 @@ impl SessionOps<'_> {
         if !channels_allow(&self.core.channels, group.as_str()) {
             return Err(SubscribeRefused::NotAllowed);
         }
-        let cfg = &self.shared.cfg;
-        let max_groups = match self
-            .shared
-            .limits
-            .policy()
-            .project(self.core.project.as_str())
-        {
-            Some(p) if p.max_subscriptions_per_connection > 0 => {
-                (p.max_subscriptions_per_connection as usize).min(cfg.max_groups_per_connection)
-            }
-            _ => cfg.max_groups_per_connection,
-        };
+        let max_groups = max_groups(self.shared, &self.core.project);
         match self
             .shared
             .hub
@@ -511,6 +372,7 @@ impl SessionOps<'_> {
         answer: Answer,
     ) {
         let replay = Replay {
+            form: Form::of(answer.wire(), self.q.framing()),
             hub: self.shared.hub.clone(),
             history: self.shared.history.clone(),
             conn: self.core.handle,
@@ -561,6 +423,17 @@ impl SessionOps<'_> {
             .map(String::into_boxed_str)
             .collect();
         Ok(())
+    }
+}
+
+/// The most groups a connection of `project` may be in.
+pub(crate) fn max_groups(shared: &Shared, project: &ProjectId) -> usize {
+    let cfg = &shared.cfg;
+    match shared.limits.policy().project(project.as_str()) {
+        Some(p) if p.max_subscriptions_per_connection > 0 => {
+            (p.max_subscriptions_per_connection as usize).min(cfg.max_groups_per_connection)
+        }
+        _ => cfg.max_groups_per_connection,
     }
 }
 
@@ -662,6 +535,7 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
                 expires_unix: identity.expires_unix,
                 wire: codec.wire(),
                 deflate: link.deflates(),
+                framing: q.framing(),
                 keep_alive_secs: codec.keep_alive_secs(),
                 heart_beat_secs: codec.heart_beat_secs(),
                 replaces,
@@ -677,7 +551,8 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
     let Some(handle) = inserted else {
         let refused = Refused::Close(CloseCode::TooManyConnections);
         let answer = codec.refusal(refused.close_code());
-        admission::refuse_upgraded(shared, &mut link, &mut q, codec.wire(), answer, &refused).await;
+        let label = Form::of(codec.wire(), q.framing()).label();
+        link.refuse(shared, &mut q, answer, &refused, label).await;
         return None;
     };
     // A ban installed between the check at admission and the insertion, whose sweep of the
@@ -695,14 +570,11 @@ async fn start(shared: &Shared, a: Admitted) -> Option<Box<Session>> {
             },
         );
     }
-    let wire = codec.wire();
-    metrics::counter!("herald_edge_connects_total", "result" => "ok", "protocol" => wire.label())
+    let label = Form::of(codec.wire(), q.framing()).label();
+    metrics::counter!("herald_edge_connects_total", "result" => "ok", "protocol" => label)
         .increment(1);
-    if let Link::Http(l) = &link {
-        metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => l.transport().label())
-            .increment(1);
-    } else if q.sockjs_framing().is_some() {
-        metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => "websocket")
+    if let Some(transport) = link.sockjs_label(q.framing()) {
+        metrics::counter!("herald_edge_sockjs_sessions_total", "transport" => transport)
             .increment(1);
     }
     shared
@@ -765,7 +637,8 @@ enum Event {
     Message(Message),
     Closing(Closing),
     PeerClosed,
-    ReadError(WsError),
+    /// The client broke its transport's rules: closed with the code, or dropped (`None`).
+    ReadError(Option<CloseCode>),
     WriteError,
     /// The client sent frames faster than its rate limit.
     RateLimited,
@@ -777,95 +650,34 @@ impl Session {
     /// client message.
     fn poll_event(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Event> {
         let h = self.core.handle;
-        let q = &mut self.q;
-        let codec = &mut self.codec;
-        let http = matches!(self.link, Link::Http(_));
-        // The hub's frames, rendered by the codec and framed for the transport: `Ready(None)`
-        // when frames were taken, `Pending` with the waker registered.
-        let mut take = |q: &mut WriteQueue, cx: &mut Context<'_>, idle: bool| {
-            match shared.hub.poll_outgoing(h, cx, &mut q.frames, idle) {
+        loop {
+            self.link.take_ctl(&mut self.q);
+            let idle = match self.link.poll_write(cx, &mut self.q) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
+                Poll::Pending => false,
+            };
+            match shared.hub.poll_outgoing(h, cx, &mut self.q.frames, idle) {
                 Poll::Ready(Outgoing::Frames) => {
-                    if let Some(code) = codec.render(&mut q.frames) {
-                        return Poll::Ready(Some(Event::Closing(Closing {
+                    // The codec completes its frames, the transport frames them.
+                    if let Some(code) = self.codec.render(&mut self.q.frames) {
+                        return Poll::Ready(Event::Closing(Closing {
                             code,
                             reconnect_after_ms: 0,
-                        })));
+                        }));
                     }
-                    if q.wrap_taken() && http {
-                        // A heartbeat reached an HTTP transport: the hub's ping needs no pong.
-                        shared.hub.touch(h);
-                    }
-                    Poll::Ready(None)
+                    self.link.frame_taken(&mut self.q);
+                    continue;
                 }
-                Poll::Ready(Outgoing::Close(c)) => Poll::Ready(Some(Event::Closing(c))),
-                Poll::Pending => Poll::Pending,
+                Poll::Ready(Outgoing::Close(c)) => return Poll::Ready(Event::Closing(c)),
+                Poll::Pending => {}
             }
-        };
-        match &mut self.link {
-            Link::Ws(ws) => loop {
-                q.take_ctl(&mut ws.ctl);
-                let idle = match q.poll_write(&mut ws.tcp, cx) {
-                    Poll::Ready(Ok(())) => true,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteError),
-                    Poll::Pending => false,
-                };
-                match take(q, cx, idle) {
-                    Poll::Ready(Some(ev)) => return Poll::Ready(ev),
-                    Poll::Ready(None) => continue,
-                    Poll::Pending => {}
-                }
-                match ws.ctx.read(&mut Io {
-                    stream: &mut ws.tcp,
-                    cx,
-                    out: &mut ws.ctl,
-                    track: Some(&mut ws.track),
-                    inflate: ws.inflate.as_deref_mut(),
-                }) {
-                    Ok(m) if q.sockjs_framing().is_some() => match sockjs_message(m) {
-                        Ok(Some(m)) => return Poll::Ready(Event::Message(m)),
-                        Ok(None) => continue,
-                        Err(code) => {
-                            return Poll::Ready(Event::Closing(Closing {
-                                code,
-                                reconnect_after_ms: 0,
-                            }));
-                        }
-                    },
-                    Ok(m) => return Poll::Ready(Event::Message(m)),
-                    Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // tungstenite holds nothing now: a buffer grown by a large frame goes.
-                        if ws.track.may_renew(shared.cfg.read_buffer_bytes) {
-                            ws.ctx = WebSocketContext::new(Role::Server, Some(shared.ws_config));
-                            ws.track.renewed();
-                        }
-                        // The stream registered the waker; control frames to write first, if any.
-                        if !ws.ctl.is_empty() {
-                            continue;
-                        }
-                        return Poll::Pending;
-                    }
-                    Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                        return Poll::Ready(Event::PeerClosed);
-                    }
-                    Err(e) => return Poll::Ready(Event::ReadError(e)),
-                }
-            },
-            Link::Http(l) => loop {
-                let idle = l.poll_write(cx, q).is_ready();
-                match take(q, cx, idle) {
-                    Poll::Ready(Some(ev)) => return Poll::Ready(ev),
-                    Poll::Ready(None) => continue,
-                    Poll::Pending => {}
-                }
-                match l.poll_read(cx) {
-                    Poll::Ready(Some(LinkEvent::Message(m))) => {
-                        return Poll::Ready(Event::Message(Message::Text(m.into())));
-                    }
-                    Poll::Ready(Some(LinkEvent::Gone)) => return Poll::Ready(Event::PeerClosed),
-                    Poll::Ready(None) => continue,
-                    Poll::Pending => return Poll::Pending,
-                }
-            },
+            return match ready!(self.link.poll_read(cx, shared, self.q.framing())) {
+                Inbound::Message(m) => Poll::Ready(Event::Message(m)),
+                Inbound::Again => continue,
+                Inbound::Closed => Poll::Ready(Event::PeerClosed),
+                Inbound::Failed(code) => Poll::Ready(Event::ReadError(code)),
+            };
         }
     }
 }
@@ -901,28 +713,16 @@ async fn handle_event(shared: &Shared, s: &mut Session, ev: Event) -> bool {
         Event::RateLimited => (CloseCode::RateLimited, 0),
         Event::Closing(c) => (c.code, c.reconnect_after_ms),
         Event::PeerClosed => {
-            if let Link::Ws(ws) = &mut s.link {
-                s.q.take_ctl(&mut ws.ctl);
-                let close_timeout = Duration::from_millis(shared.cfg.close_timeout_ms);
-                let _ = timeout(close_timeout, s.q.flush(&mut ws.tcp)).await;
-            }
+            s.link.peer_closed(shared, &mut s.q).await;
             remove(shared, &s.core);
-            metrics::counter!("herald_edge_closes_total", "code" => "peer", "protocol" => s.codec.wire().label())
+            metrics::counter!("herald_edge_closes_total", "code" => "peer", "protocol" => s.label())
                 .increment(1);
             return false;
         }
-        Event::ReadError(e) => match ws::read_error_code(&e) {
-            Some(code) => (code, 0),
-            None => {
-                remove(shared, &s.core);
-                metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
-                    .increment(1);
-                return false;
-            }
-        },
-        Event::WriteError => {
+        Event::ReadError(Some(code)) => (code, 0),
+        Event::ReadError(None) | Event::WriteError => {
             remove(shared, &s.core);
-            metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.codec.wire().label())
+            metrics::counter!("herald_edge_closes_total", "code" => "io", "protocol" => s.label())
                 .increment(1);
             return false;
         }
@@ -954,8 +754,10 @@ async fn close_session(shared: &Shared, s: &mut Session, code: CloseCode, reconn
     if let Some(last) = s.codec.closing(code, reconnect_after_ms) {
         s.q.push(last);
     }
-    let protocol = s.codec.wire().label();
-    s.link.close(shared, &mut s.q, code, protocol).await;
+    let protocol = s.label();
+    s.link
+        .close(shared, &mut s.q, code, reconnect_after_ms, protocol)
+        .await;
 }
 
 #[cfg(test)]

@@ -444,6 +444,7 @@ mod tests {
                 expires_unix: u64::MAX,
                 wire: Wire::Native,
                 deflate: false,
+                framing: Default::default(),
                 keep_alive_secs: 0,
                 heart_beat_secs: 0,
                 replaces: None,

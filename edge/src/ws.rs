@@ -1,28 +1,67 @@
-//! The WebSocket transport every codec shares: tungstenite's [`WebSocketContext`] parses client
-//! frames (and answers pings and closes) over a synchronous, non-blocking view of the stream, and
-//! the connection writes pre-framed bytes itself, every queued frame in one vectored write.
+//! The WebSocket transport ([`crate::transport`]) every codec shares: tungstenite's
+//! [`WebSocketContext`] parses client frames (and answers pings and closes) over a synchronous,
+//! non-blocking view of the stream, and the connection writes pre-framed bytes itself, every
+//! queued frame in one vectored write ([`crate::transport::WriteQueue`]).
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use herald_core::codes::CloseCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketContext};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::Shared;
 use crate::deflate::{Inflate, InflateError};
 use crate::listener::Stream;
-use crate::sockjs::{self, frame::Framing};
+use crate::transport::{Inbound, WriteQueue};
 
-/// Most frames written in one vectored write.
-const MAX_IOVECS: usize = 64;
+/// A live WebSocket: the stream, tungstenite's reader, and what tungstenite wrote.
+pub(crate) struct WsLink {
+    pub(crate) tcp: Stream,
+    pub(crate) ctx: WebSocketContext,
+    /// What `ctx` was given, to replace it once its read buffer may have grown.
+    pub(crate) track: FrameTrack,
+    /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
+    pub(crate) inflate: Option<Box<Inflate>>,
+    /// Control frames tungstenite wrote (pongs, the close answer).
+    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
+    pub(crate) ctl: Vec<u8>,
+}
+
+impl WsLink {
+    /// Reads the next client message.
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Inbound> {
+        match self.ctx.read(&mut Io {
+            stream: &mut self.tcp,
+            cx,
+            out: &mut self.ctl,
+            track: Some(&mut self.track),
+            inflate: self.inflate.as_deref_mut(),
+        }) {
+            Ok(m) => Poll::Ready(Inbound::Message(m)),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // tungstenite holds nothing now: a buffer grown by a large frame goes.
+                if self.track.may_renew(shared.cfg.read_buffer_bytes) {
+                    self.ctx = WebSocketContext::new(Role::Server, Some(shared.ws_config));
+                    self.track.renewed();
+                }
+                // The stream registered the waker; control frames to write first, if any.
+                if !self.ctl.is_empty() {
+                    return Poll::Ready(Inbound::Again);
+                }
+                Poll::Pending
+            }
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Inbound::Closed),
+            Err(e) => Poll::Ready(Inbound::Failed(read_error_code(&e))),
+        }
+    }
+}
 
 /// Gives tungstenite a synchronous, non-blocking view of the stream: reads come from the stream
 /// (`WouldBlock` when it has nothing, with the task's waker registered), writes (pongs, close
@@ -199,24 +238,9 @@ impl Write for Io<'_, '_> {
     }
 }
 
-/// Frames on their way to the socket. A frame may span several queued pieces (an MQTT
-/// `PUBLISH`: shared prefix, packet identifier, shared payload). On a SockJS session the
-/// codec's frames are re-framed for SockJS as they are queued ([`WriteQueue::push`],
-/// [`WriteQueue::wrap_taken`]).
-#[derive(Default)]
-pub(crate) struct WriteQueue {
-    pub(crate) frames: VecDeque<Bytes>,
-    /// Bytes of the frame being written that are still queued (0: the next byte queued starts a
-    /// frame). A frame begun must be finished before anything else. Four bytes (server frames
-    /// are far below 4 GiB): the queue and the SockJS framing fit in the session's allocation.
-    frame_left: u32,
-    /// SockJS: how the session's transport frames what the codec writes.
-    sockjs: Option<Framing>,
-}
-
 /// The whole length of the WebSocket frame starting at `b`, from its header; `None` when `b`
 /// does not hold the whole header.
-fn frame_len(b: &[u8]) -> Option<u64> {
+pub(crate) fn frame_len(b: &[u8]) -> Option<u64> {
     let second = *b.get(1)?;
     let mask = if second & 0x80 != 0 { 4 } else { 0 };
     let (header, len) = match second & 0x7f {
@@ -225,136 +249,6 @@ fn frame_len(b: &[u8]) -> Option<u64> {
         n => (2, u64::from(n)),
     };
     Some(header + mask + len)
-}
-
-impl WriteQueue {
-    /// The queue of a SockJS session whose transport frames as `framing`.
-    pub(crate) fn sockjs(framing: Framing) -> Self {
-        Self {
-            sockjs: Some(framing),
-            ..Self::default()
-        }
-    }
-
-    /// How the SockJS transport frames, on a SockJS session.
-    pub(crate) fn sockjs_framing(&self) -> Option<Framing> {
-        self.sockjs
-    }
-
-    /// Queues a frame of the codec (empty ones are ignored), re-framed for SockJS on a SockJS
-    /// session.
-    pub(crate) fn push(&mut self, b: Bytes) {
-        if b.is_empty() {
-            return;
-        }
-        match self.sockjs {
-            None => self.frames.push_back(b),
-            Some(framing) => {
-                let mut one = VecDeque::from([b]);
-                sockjs::frame::wrap_batch(&mut one, framing);
-                self.frames.append(&mut one);
-            }
-        }
-    }
-
-    /// Queues bytes ready for the transport as they are.
-    pub(crate) fn push_framed(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.frames.push_back(b);
-        }
-    }
-
-    /// Re-frames for SockJS, on a SockJS session, every queued frame: the codec's batch just
-    /// taken from the hub (the queue held nothing else). Whether the batch held a ping.
-    pub(crate) fn wrap_taken(&mut self) -> bool {
-        match self.sockjs {
-            None => false,
-            Some(framing) => sockjs::frame::wrap_batch(&mut self.frames, framing).pinged,
-        }
-    }
-
-    /// Queues the control frames tungstenite wrote (pongs, close).
-    pub(crate) fn take_ctl(&mut self, ctl: &mut Vec<u8>) {
-        if !ctl.is_empty() {
-            self.push_framed(Bytes::from(std::mem::take(ctl)));
-        }
-    }
-
-    /// Drops every frame not yet started; the rest of a frame begun stays.
-    pub(crate) fn discard_unsent(&mut self) {
-        let mut left = self.frame_left as usize;
-        let mut kept = VecDeque::new();
-        while left > 0 {
-            let Some(mut piece) = self.frames.pop_front() else {
-                break;
-            };
-            if piece.len() > left {
-                piece.truncate(left);
-            }
-            left -= piece.len();
-            kept.push_back(piece);
-        }
-        self.frames = kept;
-    }
-
-    /// Follows frame boundaries over the first `n` bytes of `piece`, just written.
-    fn wrote(&mut self, piece: &[u8], n: usize) {
-        let mut at = 0;
-        while at < n {
-            if self.frame_left == 0 {
-                // Every frame's header lies whole in the piece that starts it.
-                let len = frame_len(&piece[at..]).unwrap_or((piece.len() - at) as u64);
-                self.frame_left = u32::try_from(len).unwrap_or(u32::MAX);
-            }
-            let take = (self.frame_left as usize).min(n - at);
-            self.frame_left -= take as u32;
-            at += take;
-        }
-    }
-
-    /// Writes as much as the socket takes, all queued frames in one call.
-    pub(crate) fn poll_write(
-        &mut self,
-        tcp: &mut Stream,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while !self.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = self
-                .frames
-                .iter()
-                .zip(slices.iter_mut())
-                .map(|(b, s)| *s = IoSlice::new(b))
-                .count();
-            let mut written = ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..n]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            while written > 0 {
-                let Some(front) = self.frames.pop_front() else {
-                    break;
-                };
-                let n = written.min(front.len());
-                self.wrote(&front, n);
-                written -= n;
-                if n < front.len() {
-                    let mut rest = front;
-                    rest.advance(n);
-                    self.frames.push_front(rest);
-                }
-            }
-        }
-        // TLS records rustls could not hand to the socket yet.
-        ready!(Pin::new(&mut *tcp).poll_flush(cx))?;
-        // Idle connections hold no buffer: the next batch brings its own.
-        self.frames = VecDeque::new();
-        Poll::Ready(Ok(()))
-    }
-
-    /// Writes everything queued.
-    pub(crate) async fn flush(&mut self, tcp: &mut Stream) -> io::Result<()> {
-        poll_fn(|cx| self.poll_write(tcp, cx)).await
-    }
 }
 
 /// The close frame of `code`.
@@ -529,33 +423,6 @@ pub(crate) fn count_close(code: CloseCode, outcome: CloseOutcome, protocol: &'st
 mod tests {
     use super::*;
 
-    fn q(pieces: &[&'static [u8]]) -> WriteQueue {
-        let mut q = WriteQueue::default();
-        for p in pieces {
-            q.push(Bytes::from_static(p));
-        }
-        q
-    }
-
-    /// Simulates a write of `n` bytes.
-    fn write(q: &mut WriteQueue, mut n: usize) {
-        while n > 0 {
-            let front = q.frames.pop_front().expect("queued");
-            let k = n.min(front.len());
-            q.wrote(&front, k);
-            n -= k;
-            if k < front.len() {
-                let mut rest = front;
-                rest.advance(k);
-                q.frames.push_front(rest);
-            }
-        }
-    }
-
-    fn bytes(q: &WriteQueue) -> Vec<u8> {
-        q.frames.iter().flat_map(|b| b.iter().copied()).collect()
-    }
-
     /// A client frame: FIN as given, `opcode`, masked, `len` payload bytes.
     fn client_frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
         let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
@@ -624,43 +491,5 @@ mod tests {
         assert!(!t.may_renew(128));
         t.handed(&f[200..]);
         assert!(t.may_renew(128));
-    }
-
-    #[test]
-    fn a_frame_in_pieces_is_finished_before_a_close() {
-        // One frame of 2 + 5 bytes in three pieces, then a whole frame.
-        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
-        write(&mut w, 3);
-        w.discard_unsent();
-        assert_eq!(bytes(&w), b"bcde");
-        // Nothing begun: everything goes.
-        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
-        write(&mut w, 7);
-        w.discard_unsent();
-        assert!(w.frames.is_empty());
-        let mut w = q(&[b"\x82\x05ab", b"cd", b"e", b"\x81\x01z"]);
-        w.discard_unsent();
-        assert!(w.frames.is_empty());
-    }
-
-    #[test]
-    fn several_frames_in_one_piece_and_long_headers() {
-        // A pong and a close in one piece (as tungstenite writes them), then a 200-byte frame.
-        let mut big = vec![0x82u8, 126, 0, 200];
-        big.extend([7u8; 200]);
-        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-        let mut w = q(&[b"\x8a\x00\x88\x02\x03\xe8", big]);
-        write(&mut w, 3);
-        w.discard_unsent();
-        assert_eq!(
-            bytes(&w),
-            b"\x02\x03\xe8",
-            "the close frame begun is finished"
-        );
-        let mut w = q(&[b"\x8a\x00\x88\x02\x03\xe8", big]);
-        write(&mut w, 6 + 100);
-        w.discard_unsent();
-        assert_eq!(bytes(&w).len(), 104);
-        assert_eq!(frame_len(big), Some(204));
     }
 }

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod mqtt;
 pub mod nginx;
 pub mod relay;
+pub mod sse;
 pub mod stomp;
 pub mod tls;
 pub mod webhook;
@@ -528,6 +529,18 @@ pub async fn connect_url(url: &str) -> Client {
     let welcome = c.next_json().await;
     assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
     c
+}
+
+/// Percent-encodes everything but unreserved characters (a query value, a URL fragment).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A minimal HTTP/1.1 GET (the admin endpoint needs nothing more).

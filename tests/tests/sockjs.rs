@@ -575,7 +575,7 @@ async fn chromium_page_with_sockjs_client_and_stompjs_on_every_transport() {
         })
         .collect();
     let cfg = json!({"base": format!("http://{}/sockjs/alpha", herald.ws), "clients": clients});
-    let fragment: String = form_urlencoded_component(&cfg.to_string());
+    let fragment: String = percent_encode(&cfg.to_string());
     let url = format!("http://{page}/#{fragment}");
     let mut browser = Browser::start(&url).await;
     // Every client subscribed (three receipts each).
@@ -632,18 +632,6 @@ async fn chromium_page_with_sockjs_client_and_stompjs_on_every_transport() {
         ));
     }
     browser.end().await;
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn form_urlencoded_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The Chromium driver process.

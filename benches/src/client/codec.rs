@@ -34,6 +34,10 @@ pub struct Hello<'a> {
 
 /// A protocol spoken over the WebSocket.
 pub trait Codec: Send + 'static {
+    /// Whether the codec reads a Server-Sent Events stream (`GET`, `200`, events) instead of a
+    /// WebSocket; such a codec never writes.
+    const EVENT_STREAM: bool = false;
+
     /// `Sec-WebSocket-Protocol` to ask for.
     const SUBPROTOCOL: Option<&'static str> = None;
 

@@ -15,7 +15,8 @@
 //! # Layout
 //! - [`frame`]: WebSocket framing.
 //! - [`codec`]: the [`Codec`] trait and its [`Event`]s.
-//! - [`herald`], [`mqtt`], [`stomp`], [`nats`], [`plain`]: the codecs.
+//! - [`herald`], [`mqtt`], [`stomp`], [`nats`], [`plain`]: the codecs; [`sse`]: the native
+//!   protocol over a Server-Sent Events stream instead of a WebSocket.
 
 pub mod codec;
 pub mod frame;
@@ -23,6 +24,7 @@ pub mod herald;
 pub mod mqtt;
 pub mod nats;
 pub mod plain;
+pub mod sse;
 pub mod stomp;
 
 pub use codec::{Codec, Event, Hello};
@@ -54,6 +56,8 @@ pub enum Protocol {
     Nats,
     /// Plain WebSocket: every data frame is a payload.
     Ws,
+    /// Herald's native protocol over Server-Sent Events (`/sse/<project>`).
+    Sse,
 }
 
 /// Where clients connect and how.
@@ -244,7 +248,13 @@ impl<C: Codec> Conn<C> {
             ready: false,
             codec,
         };
-        {
+        if C::EVENT_STREAM {
+            let req = format!(
+                "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n",
+                c.codec.path(hello)
+            );
+            c.write(req.as_bytes()).await?;
+        } else {
             let mut protocol = C::SUBPROTOCOL
                 .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
                 .unwrap_or_default();
@@ -393,7 +403,12 @@ impl<C: Codec> Parser<'_, C> {
                 }
                 return Ok(0);
             };
-            if !buf.starts_with(b"HTTP/1.1 101") {
+            let expected: &[u8] = if C::EVENT_STREAM {
+                b"HTTP/1.1 200"
+            } else {
+                b"HTTP/1.1 101"
+            };
+            if !buf.starts_with(expected) {
                 let status = String::from_utf8_lossy(buf.get(9..12).unwrap_or_default());
                 return Err(End::Http(status.into_owned()));
             }
@@ -401,6 +416,29 @@ impl<C: Codec> Parser<'_, C> {
             return Ok(p + 4);
         }
         let mut used = 0;
+        if C::EVENT_STREAM {
+            while let Some((data, close, n)) = sse::event(&buf[used..]) {
+                match (data, close) {
+                    (Some(d), true) => {
+                        let code = herald::find(d, b"\"code\":")
+                            .and_then(|i| {
+                                let digits: Vec<u8> = d[i + 7..]
+                                    .iter()
+                                    .copied()
+                                    .take_while(u8::is_ascii_digit)
+                                    .collect();
+                                String::from_utf8(digits).ok()?.parse().ok()
+                            })
+                            .unwrap_or(1005);
+                        return Err(End::Close(code));
+                    }
+                    (Some(d), false) => self.codec.data(d, self.out, on)?,
+                    (None, _) => on(Event::Ping),
+                }
+                used += n;
+            }
+            return Ok(used);
+        }
         while let Some(f) = frame::parse(&buf[used..]) {
             let payload = &buf[used + f.start..used + f.end];
             match f.opcode {

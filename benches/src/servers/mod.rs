@@ -54,6 +54,11 @@ pub enum ServerKind {
     #[value(name = "herald-deflate")]
     #[serde(rename = "herald-deflate")]
     HeraldDeflate,
+    /// Herald with native clients over Server-Sent Events (`/sse/bench?groups=<group>`), gRPC
+    /// publisher.
+    #[value(name = "herald-sse")]
+    #[serde(rename = "herald-sse")]
+    HeraldSse,
     /// nats-server: NATS over WebSocket, publisher over TCP.
     Nats,
     /// mosquitto: MQTT 3.1.1 over WebSocket, publisher over TCP.
@@ -234,6 +239,7 @@ pub async fn start(
         | ServerKind::HeraldMqtt
         | ServerKind::HeraldStomp
         | ServerKind::HeraldDeflate
+        | ServerKind::HeraldSse
         | ServerKind::Cluster => {
             // The wss listener's table comes after the plain `[edge]` keys.
             let edge = match tls {
@@ -271,6 +277,7 @@ pub async fn start(
                     protocol: match kind {
                         ServerKind::HeraldMqtt => Protocol::Mqtt,
                         ServerKind::HeraldStomp => Protocol::Stomp,
+                        ServerKind::HeraldSse => Protocol::Sse,
                         _ => Protocol::Herald,
                     },
                     deflate: kind == ServerKind::HeraldDeflate,

@@ -14,8 +14,9 @@
 //!   protocol needs it (packet ids, subscription ids), before they are written;
 //! - [`Codec::closing`]: what to send before a server-initiated close.
 //!
-//! Delivery is encoded once per wire ([`encode`]): every recipient speaking the same protocol
-//! gets the same bytes.
+//! Delivery is encoded once per wire and transport framing ([`encode_form`]): every recipient
+//! taking the same [`Form`] gets the same bytes. Transports ([`crate::transport`]: WebSocket,
+//! Server-Sent Events, SockJS) are below the codecs: a codec never knows which one carries it.
 //!
 //! [`SessionOps`]: crate::session::SessionOps
 
@@ -34,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::config::EdgeConfig;
 use crate::hub::ConnHandle;
 use crate::session::{Next, SessionOps};
+use crate::transport::Framing;
 
 /// The protocol a connection speaks, chosen at the upgrade (path and sub-protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -98,54 +100,88 @@ pub(crate) enum Form {
     /// MQTT 3.1.1, the finished `PUBLISH` at QoS 0, the same bytes for every such recipient
     /// ([`mqtt::delivery::qos0_frame`]): for a connection that receives every message at QoS 0
     /// with no limit on its size, nothing is left to complete.
-    MqttV3Qos0,
+    MqttV3Qos0 = 3,
     /// The same over MQTT 5.0.
-    MqttV5Qos0,
+    MqttV5Qos0 = 4,
+    /// `herald.v1` over Server-Sent Events: the `data:` event, or for a recoverable stream the
+    /// template each connection finishes with its `id:` line ([`crate::sse::message_event`]).
+    NativeSse = 5,
 }
 
+/// The `protocol` label values of the edge's metrics: each wire's over WebSocket, then `sse`.
+pub const PROTOCOL_LABELS: [&str; 4] = ["native", "mqtt", "stomp", "sse"];
+
 impl Form {
-    /// A connection's form until its codec chooses another: its wire's encoding.
-    pub(crate) fn of(wire: Wire) -> Self {
-        match wire {
-            Wire::Native => Form::Native,
-            Wire::Mqtt => Form::Mqtt,
-            Wire::Stomp => Form::Stomp,
+    /// A connection's form until its codec chooses another: its wire's encoding in its
+    /// transport's framing (a wire a transport does not carry keeps its WebSocket form).
+    pub(crate) fn of(wire: Wire, framing: Framing) -> Self {
+        match (wire, framing) {
+            (Wire::Native, Framing::EventStream) => Form::NativeSse,
+            (Wire::Native, _) => Form::Native,
+            (Wire::Mqtt, _) => Form::Mqtt,
+            (Wire::Stomp, _) => Form::Stomp,
         }
     }
 
     /// The protocol.
     pub(crate) fn wire(self) -> Wire {
         match self {
-            Form::Native => Wire::Native,
+            Form::Native | Form::NativeSse => Wire::Native,
             Form::Mqtt | Form::MqttV3Qos0 | Form::MqttV5Qos0 => Wire::Mqtt,
             Form::Stomp => Wire::Stomp,
         }
     }
+
+    /// Its index in [`PROTOCOL_LABELS`]: the wire's over WebSocket, the transport's otherwise.
+    pub(crate) fn label_index(self) -> usize {
+        match self {
+            Form::NativeSse => 3,
+            f => f.wire() as usize,
+        }
+    }
+
+    /// The `protocol` label of its connections' metrics.
+    pub(crate) fn label(self) -> &'static str {
+        PROTOCOL_LABELS[self.label_index()]
+    }
 }
 
 /// How a connection takes delivered messages, in one byte of the hub's connection state: its
-/// [`Form`], and whether it negotiated `permessage-deflate` (it then gets the compressed variant
-/// of finished forms, [`Frames::get`]).
+/// [`Form`], whether it negotiated `permessage-deflate` (it then gets the compressed variant
+/// of finished forms, [`Frames::get`]), and whether its transport is one-way
+/// ([`Framing::one_way`]: pings go as heartbeats, no pong expected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Takes(u8);
 
 impl Takes {
     /// The bit saying the connection negotiated `permessage-deflate`.
     const DEFLATE: u8 = 0x80;
+    /// The bit saying the client cannot answer pings.
+    const ONE_WAY: u8 = 0x40;
+    /// The bits of the form.
+    const FORM: u8 = 0x3f;
 
-    /// Messages in `form`, compressed where `deflate`.
-    pub(crate) fn new(form: Form, deflate: bool) -> Self {
-        Self(form as u8 | if deflate { Self::DEFLATE } else { 0 })
+    /// Messages in `form`, compressed where `deflate`, over a transport framed as `framing`.
+    pub(crate) fn new(form: Form, deflate: bool, framing: Framing) -> Self {
+        let mut b = form as u8;
+        if deflate {
+            b |= Self::DEFLATE;
+        }
+        if framing.one_way() {
+            b |= Self::ONE_WAY;
+        }
+        Self(b)
     }
 
     /// The form.
     pub(crate) fn form(self) -> Form {
-        match self.0 & !Self::DEFLATE {
+        match self.0 & Self::FORM {
             0 => Form::Native,
             1 => Form::Mqtt,
             2 => Form::Stomp,
             3 => Form::MqttV3Qos0,
-            _ => Form::MqttV5Qos0,
+            4 => Form::MqttV5Qos0,
+            _ => Form::NativeSse,
         }
     }
 
@@ -154,14 +190,19 @@ impl Takes {
         self.0 & Self::DEFLATE != 0
     }
 
+    /// Whether the client cannot answer pings (a one-way transport).
+    pub(crate) fn one_way(self) -> bool {
+        self.0 & Self::ONE_WAY != 0
+    }
+
     /// The protocol.
     pub(crate) fn wire(self) -> Wire {
         self.form().wire()
     }
 
-    /// The same with another form (the extension stays as negotiated).
+    /// The same with another form (the extension and the transport stay).
     pub(crate) fn with_form(self, form: Form) -> Self {
-        Self::new(form, self.deflate())
+        Self(form as u8 | (self.0 & !Self::FORM))
     }
 }
 
@@ -375,7 +416,16 @@ impl Codec {
     }
 }
 
-/// Encodes a delivered message for every recipient speaking `wire`.
+/// Encodes a delivered message for every recipient taking messages in `form` (MQTT's QoS 0
+/// forms: the template, which [`Codec::render`] completes).
+pub(crate) fn encode_form(form: Form, env: &Envelope) -> Bytes {
+    match form {
+        Form::NativeSse => crate::sse::message_event(env),
+        f => encode(f.wire(), env),
+    }
+}
+
+/// Encodes a delivered message for every recipient speaking `wire` over WebSocket.
 pub(crate) fn encode(wire: Wire, env: &Envelope) -> Bytes {
     match wire {
         Wire::Mqtt => mqtt::delivery::template(env),
@@ -396,6 +446,8 @@ pub(crate) struct Frames<'a> {
     /// The compressed variants of [`Form::Native`], [`Form::MqttV3Qos0`] and
     /// [`Form::MqttV5Qos0`] (the plain frame again where deflate does not make it smaller).
     deflated: [Option<Bytes>; 3],
+    /// [`Form::NativeSse`].
+    sse: Option<Bytes>,
 }
 
 impl<'a> Frames<'a> {
@@ -406,6 +458,7 @@ impl<'a> Frames<'a> {
             by_wire: Default::default(),
             mqtt_qos0: Default::default(),
             deflated: Default::default(),
+            sse: None,
         }
     }
 
@@ -425,7 +478,8 @@ impl<'a> Frames<'a> {
             Form::Native => 0,
             Form::MqttV3Qos0 => 1,
             Form::MqttV5Qos0 => 2,
-            Form::Mqtt | Form::Stomp => return self.plain(form),
+            // Server-Sent Events never negotiate the extension.
+            Form::Mqtt | Form::Stomp | Form::NativeSse => return self.plain(form),
         };
         if self.deflated[i].is_none() {
             let plain = self.plain(form);
@@ -446,6 +500,11 @@ impl<'a> Frames<'a> {
             }
             Form::MqttV3Qos0 => false,
             Form::MqttV5Qos0 => true,
+            Form::NativeSse => {
+                return self
+                    .sse
+                    .get_or_insert_with(|| encode_form(Form::NativeSse, env));
+            }
         };
         self.mqtt_qos0[v5 as usize].get_or_insert_with(|| {
             let t = by_wire[Wire::Mqtt as usize].get_or_insert_with(|| encode(Wire::Mqtt, env));
@@ -465,6 +524,38 @@ pub(crate) fn heart_beat_frame(wire: Wire) -> Option<Bytes> {
 /// Milliseconds as whole seconds for the hub's one-second tick, rounded up; 0 stays 0.
 fn secs(ms: u32) -> u16 {
     ms.div_ceil(1000).min(u32::from(u16::MAX)) as u16
+}
+
+#[cfg(test)]
+mod takes_tests {
+    use super::{Form, Framing, Takes};
+
+    #[test]
+    fn every_form_round_trips_through_one_byte() {
+        for form in [
+            Form::Native,
+            Form::Mqtt,
+            Form::Stomp,
+            Form::MqttV3Qos0,
+            Form::MqttV5Qos0,
+            Form::NativeSse,
+        ] {
+            for deflate in [false, true] {
+                for framing in [Framing::WebSocket, Framing::EventStream, Framing::SockJsXhr] {
+                    let t = Takes::new(form, deflate, framing);
+                    assert_eq!(
+                        (t.form(), t.deflate(), t.one_way()),
+                        (form, deflate, framing.one_way())
+                    );
+                    let other = t.with_form(Form::Stomp);
+                    assert_eq!(
+                        (other.form(), other.deflate(), other.one_way()),
+                        (Form::Stomp, deflate, framing.one_way())
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,22 +71,14 @@ pub(crate) fn close(code: u16, reason: &str) -> Vec<u8> {
     f
 }
 
-/// What a batch held besides messages.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Wrapped {
-    /// A ping of the hub was among the frames (turned into `h` on HTTP transports).
-    pub(crate) pinged: bool,
-}
-
 /// Turns the WebSocket frames of `frames` (whole frames, a frame possibly in several pieces)
 /// into SockJS frames in `framing`: consecutive text and binary frames become one `a[..]` (a
 /// binary payload that is not UTF-8 travels with U+FFFD in place of bad bytes: SockJS is text);
 /// a ping becomes `h` on HTTP transports and stays a ping on `websocket`, as do other control
 /// frames (which HTTP transports drop).
-pub(crate) fn wrap_batch(frames: &mut VecDeque<Bytes>, framing: Framing) -> Wrapped {
-    let mut wrapped = Wrapped::default();
+pub(crate) fn wrap_batch(frames: &mut VecDeque<Bytes>, framing: Framing) {
     if frames.is_empty() {
-        return wrapped;
+        return;
     }
     // Frames may span pieces: read them from one contiguous copy (SockJS escapes every byte
     // anyway).
@@ -109,7 +101,7 @@ pub(crate) fn wrap_batch(frames: &mut VecDeque<Bytes>, framing: Framing) -> Wrap
         }
     };
     let mut at = 0;
-    while let Some((opcode, payload, len)) = parse(&all[at..]) {
+    while let Some((opcode, payload, len)) = crate::frame::parse_server(&all[at..]) {
         at += len;
         match opcode {
             OP_TEXT | OP_BINARY | 0 => {
@@ -123,7 +115,6 @@ pub(crate) fn wrap_batch(frames: &mut VecDeque<Bytes>, framing: Framing) -> Wrap
                 }
             }
             0x9 => {
-                wrapped.pinged = true;
                 flush(&mut array, frames);
                 match framing {
                     Framing::WebSocket => {
@@ -141,23 +132,6 @@ pub(crate) fn wrap_batch(frames: &mut VecDeque<Bytes>, framing: Framing) -> Wrap
         }
     }
     flush(&mut array, frames);
-    wrapped
-}
-
-/// The opcode, payload and whole length of the unmasked server frame at the start of `b`.
-fn parse(b: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let first = *b.first()?;
-    let second = *b.get(1)?;
-    let (head, len): (usize, usize) = match second & 0x7f {
-        126 => (4, usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]))),
-        127 => (
-            10,
-            usize::try_from(u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)).ok()?,
-        ),
-        n => (2, usize::from(n)),
-    };
-    let payload = b.get(head..head.checked_add(len)?)?;
-    Some((first & 0x0f, payload, head + len))
 }
 
 /// Appends `s` as a JSON string, escaping what SockJS escapes: besides JSON's own, the
@@ -238,15 +212,15 @@ mod tests {
     use super::*;
     use crate::frame::{ping_frame, text_frame};
 
-    fn batch(frames: &[Bytes], framing: Framing) -> (Vec<Bytes>, Wrapped) {
+    fn batch(frames: &[Bytes], framing: Framing) -> Vec<Bytes> {
         let mut q: VecDeque<Bytes> = frames.iter().cloned().collect();
-        let w = wrap_batch(&mut q, framing);
-        (q.into_iter().collect(), w)
+        wrap_batch(&mut q, framing);
+        q.into_iter().collect()
     }
 
     #[test]
     fn messages_of_a_batch_travel_in_one_array() {
-        let (out, w) = batch(
+        let out = batch(
             &[text_frame("MESSAGE\n\nhi\0"), text_frame("\n")],
             Framing::Xhr,
         );
@@ -256,13 +230,12 @@ mod tests {
                 b"a[\"MESSAGE\\n\\nhi\\u0000\",\"\\n\"]\n"
             )]
         );
-        assert!(!w.pinged);
     }
 
     #[test]
     fn a_frame_in_pieces_is_read_whole() {
         let f = text_frame(&"x".repeat(300));
-        let (out, _) = batch(&[f.slice(..3), f.slice(3..)], Framing::WebSocket);
+        let out = batch(&[f.slice(..3), f.slice(3..)], Framing::WebSocket);
         assert_eq!(out.len(), 1);
         let mut want = b"a[\"".to_vec();
         want.extend(std::iter::repeat_n(b'x', 300));
@@ -275,7 +248,7 @@ mod tests {
 
     #[test]
     fn pings_become_heartbeats_over_http_and_stay_pings_on_websocket() {
-        let (out, w) = batch(
+        let out = batch(
             &[text_frame("a"), ping_frame(), text_frame("b")],
             Framing::Xhr,
         );
@@ -287,8 +260,7 @@ mod tests {
                 Bytes::from_static(b"a[\"b\"]\n")
             ]
         );
-        assert!(w.pinged);
-        let (out, _) = batch(&[ping_frame()], Framing::WebSocket);
+        let out = batch(&[ping_frame()], Framing::WebSocket);
         assert_eq!(out, vec![ping_frame()]);
     }
 

@@ -27,7 +27,7 @@ use tokio::time::{Instant, Sleep, sleep, timeout_at};
 use super::frame;
 use super::{Endpoint, Request, Transport, head, info_json};
 use crate::listener::Stream;
-use crate::ws::WriteQueue;
+use crate::transport::{Framing, WriteQueue};
 
 /// Most `xhr_send` bodies queued for a session before further ones are refused (503).
 const MAX_INBOX: usize = 16;
@@ -218,9 +218,23 @@ impl HttpLink {
                     a.writing = b.freeze();
                     a.head_pending = false;
                     a.finish = true;
-                } else if let Some(f) = q.frames.pop_front() {
-                    a.sent += f.len();
-                    a.writing = f;
+                } else if !q.frames.is_empty() {
+                    // Every queued frame in one vectored write.
+                    let before = q.queued_bytes();
+                    let wrote = q.poll_write(&mut a.stream, cx);
+                    a.sent += before - q.queued_bytes();
+                    let failed = match wrote {
+                        Poll::Ready(Ok(())) => false,
+                        Poll::Ready(Err(_)) => true,
+                        Poll::Pending if ready_eof(a, cx).is_ok() => return Poll::Pending,
+                        Poll::Pending => true,
+                    };
+                    if failed {
+                        // The response is gone: the rest of a frame begun on it goes too.
+                        q.skip_begun();
+                        self.detach();
+                    }
+                    continue;
                 } else {
                     if a.sent >= self.response_limit as usize {
                         // Long enough: the client frees this response and opens another.
@@ -560,7 +574,7 @@ pub(crate) async fn serve(
                 response_limit: set.response_limit,
             });
             link.activate(receiver(tcp));
-            let mut q = WriteQueue::sockjs(transport.framing());
+            let mut q = WriteQueue::new(Framing::of_sockjs(*transport));
             q.push_framed(frame::framed(transport.framing(), frame::OPEN));
             Served::Session(link, q)
         }
