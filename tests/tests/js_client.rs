@@ -718,3 +718,88 @@ async fn the_clients_unit_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// WebSocket blocked: the client's `url` leads to a server that never upgrades (the admin
+/// endpoint answers 404), so after two failed attempts it falls back to SSE on the edge, and
+/// does there what it did over WebSocket: messages of every kind, a group joined (the stream
+/// reopened), a refused group told, a server-side disconnect honoured and resumed by event id
+/// with nothing lost and nothing twice.
+async fn falls_back_to_sse(herald: &Herald, mut js: Js) {
+    let mut grpc = herald.grpc(Some(ALPHA_KEY)).await;
+    for _ in 0..2 {
+        let c = js.next("close").await;
+        assert_eq!(c["code"], 1006, "the WebSocket never opened: {c}");
+    }
+    let open = js.next("open").await;
+    assert_eq!(
+        (&open["transport"], &open["groups"]),
+        (&json!("sse"), &json!(["news"]))
+    );
+    js.subscribe("chat/room").await;
+    let reopened = js.next("open").await;
+    assert_eq!(reopened["groups"], json!(["news", "chat/room"]));
+    js.send(json!({"subscribe": "secret"})).await;
+    assert_eq!(js.next("subscribe_failed").await["code"], 4403);
+
+    let streams = [
+        To::Group("news"),
+        To::Group("chat/room"),
+        To::User("alice"),
+        To::Broadcast,
+    ];
+    let mut all = Vec::new();
+    for n in 1..=3 {
+        for to in streams {
+            send(&mut grpc, publish("alpha", to, &format!(r#"{{"n":{n}}}"#))).await;
+        }
+    }
+    all.extend(js.messages(12).await);
+    kick(&mut grpc, "alice", 700).await;
+    for n in 4..=6 {
+        for to in streams {
+            send(&mut grpc, publish("alpha", to, &format!(r#"{{"n":{n}}}"#))).await;
+        }
+    }
+    let close = js.next("close").await;
+    assert_eq!(
+        (&close["code"], &close["name"], &close["reconnectIn"]),
+        (&json!(4009), &json!("DisconnectedByOperator"), &json!(700)),
+        "{close}"
+    );
+    let again = js.next("open").await;
+    assert_eq!(again["transport"], "sse");
+    for stream in ["group:news", "group:chat/room", "user", "broadcast"] {
+        let r = js.next_where("resumed", |v| v["stream"] == stream).await;
+        assert_eq!(r["recovered"], true, "{r}");
+    }
+    all.extend(js.messages(12).await);
+    let want: Vec<u64> = (1..=6).collect();
+    let got = offsets_by_stream(&all);
+    for stream in ["group:news", "group:chat/room", "user", "broadcast"] {
+        assert_eq!(got.get(stream), Some(&want), "{stream}: {got:?}");
+    }
+}
+
+fn sse_options(herald: &Herald) -> Value {
+    let token = alpha_token("alice", json!({"groups": ["news"], "channels": ["chat/*"]}));
+    json!({"client": {
+        "url": format!("ws://{}/ws/alpha", herald.admin),
+        "sse": format!("http://{}/sse/alpha", herald.ws),
+        "token": token,
+        "backoff": {"min": 100, "max": 1000},
+    }})
+}
+
+#[tokio::test]
+async fn node_client_falls_back_to_sse_and_resumes_there() {
+    let herald = herald().projects(HISTORY).start().await;
+    let js = Js::node(sse_options(&herald)).await;
+    falls_back_to_sse(&herald, js).await;
+}
+
+#[tokio::test]
+async fn chromium_client_falls_back_to_sse_and_resumes_there() {
+    let herald = herald().projects(HISTORY).start().await;
+    let js = Js::chromium(sse_options(&herald)).await;
+    falls_back_to_sse(&herald, js).await;
+}
