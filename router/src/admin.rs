@@ -1123,7 +1123,9 @@ fn ban_view(project: &str, user: &str, b: &Ban) -> BanView {
     }
 }
 
-/// A JWK Set source as the API takes it: an empty URL removes it; a CA as PEM text only.
+/// A JWK Set source as the API takes it: an empty URL removes it; a CA as PEM text only, of
+/// certificates the edges can trust (checked as they will use it: a CA they could not load would
+/// otherwise be taken here and fail only when the edges fetch the set).
 fn jwks_of(j: Option<JwksConfig>) -> Result<Option<JwksConfig>, AdminError> {
     match j {
         Some(j) if j.url.is_empty() => Ok(None),
@@ -1131,8 +1133,31 @@ fn jwks_of(j: Option<JwksConfig>) -> Result<Option<JwksConfig>, AdminError> {
             "jwks.ca_file",
             "not through the API: give ca_pem",
         )),
-        j => Ok(j),
+        Some(j) => {
+            if let Some(pem) = &j.ca_pem {
+                check_ca(pem).map_err(|e| AdminError::invalid("jwks.ca_pem", e))?;
+            }
+            Ok(Some(j))
+        }
+        None => Ok(None),
     }
+}
+
+/// Whether `pem` holds certificates a TLS client can trust (what the edges do with it).
+fn check_ca(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate cannot be used: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the PEM".into());
+    }
+    Ok(())
 }
 
 /// Adds a token key to the stored project `id`.

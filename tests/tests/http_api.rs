@@ -1396,6 +1396,20 @@ fn admin_cases() -> Vec<Case> {
             json!({"project": "gamma", "jwks": {"url": "http://login.example.com/jwks.json"}}),
             400,
         ),
+        // A CA the edges could not trust is refused here, not when they fetch the set.
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "jwks": {"url": "https://login.example.com/jwks.json", "ca_pem": "not a certificate"}}),
+            400,
+        ),
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "jwks": {"url": "https://login.example.com/jwks.json",
+                "ca_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}}),
+            400,
+        ),
     ]);
     for path in ADMIN_PATHS {
         cases.push(too_large(path));
