@@ -248,6 +248,10 @@ pub struct WebhookConfig {
     /// absent.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The same CA certificates as inline PEM text (the admin API's form: a path would not exist
+    /// on every node). Default absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 fn default_webhook_batch() -> usize {
@@ -284,6 +288,9 @@ impl WebhookConfig {
         }
         if self.timeout_ms == 0 {
             out.push(format!("{at}.timeout_ms: must be at least 1"));
+        }
+        if self.ca_file.is_some() && self.ca_pem.is_some() {
+            out.push(format!("{at}: give ca_file or ca_pem, not both"));
         }
         out
     }

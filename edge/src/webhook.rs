@@ -276,11 +276,17 @@ async fn post_loop(project: String, edge: String, hook: Arc<Hook>) {
     }
 }
 
-/// The TLS client settings: the system's roots and the webhook's `ca_file`.
+/// The TLS client settings: the system's roots and the webhook's `ca_file` or `ca_pem`.
 fn client_tls(cfg: &WebhookConfig) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let _ = roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = &cfg.ca_pem {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let c = c.map_err(|e| format!("ca_pem: {e}"))?;
+            roots.add(c).map_err(|e| format!("ca_pem: {e}"))?;
+        }
+    }
     if let Some(path) = &cfg.ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("{}: {e}", path.display()))?

@@ -364,6 +364,8 @@ pub struct WebhookView {
     pub max_queue: usize,
     /// Deadline of a post, ms.
     pub timeout_ms: u64,
+    /// Whether a CA of the project's (file or PEM) is trusted besides the system's roots.
+    pub custom_ca: bool,
 }
 
 fn webhook_view(w: &WebhookConfig) -> WebhookView {
@@ -374,6 +376,7 @@ fn webhook_view(w: &WebhookConfig) -> WebhookView {
         batch_ms: w.batch_ms,
         max_queue: w.max_queue,
         timeout_ms: w.timeout_ms,
+        custom_ca: w.ca_file.is_some() || w.ca_pem.is_some(),
     }
 }
 
@@ -740,7 +743,7 @@ impl ProjectStore {
                 limits: change.limits.unwrap_or_default(),
                 jwks: jwks_of(change.jwks)?,
                 presence_events: change.presence_events.unwrap_or(false),
-                webhook: change.webhook,
+                webhook: change.webhook.map(webhook_of).transpose()?,
                 permessage_deflate: change.permessage_deflate.unwrap_or(false),
                 created_at: now,
                 updated_at: now,
@@ -801,7 +804,7 @@ impl ProjectStore {
                 p.webhook = None;
                 what.push("webhook removed".into());
             }
-            if let Some(w) = change.webhook {
+            if let Some(w) = change.webhook.map(webhook_of).transpose()? {
                 // Never the secret.
                 what.push(format!("webhook url={} events={:?}", w.url, w.events));
                 p.webhook = Some(w);
@@ -1141,6 +1144,20 @@ fn jwks_of(j: Option<JwksConfig>) -> Result<Option<JwksConfig>, AdminError> {
         }
         None => Ok(None),
     }
+}
+
+/// A webhook as the API takes it: its CA as PEM text only, of certificates the edges can trust.
+fn webhook_of(w: WebhookConfig) -> Result<WebhookConfig, AdminError> {
+    if w.ca_file.is_some() {
+        return Err(AdminError::invalid(
+            "webhook.ca_file",
+            "not through the API: give ca_pem",
+        ));
+    }
+    if let Some(pem) = &w.ca_pem {
+        check_ca(pem).map_err(|e| AdminError::invalid("webhook.ca_pem", e))?;
+    }
+    Ok(w)
 }
 
 /// Whether `pem` holds certificates a TLS client can trust (what the edges do with it).

@@ -98,6 +98,9 @@ fn ban_pb(b: BanView) -> pb::Ban {
 
 fn webhook(w: pb::Webhook) -> Result<herald_core::projects::WebhookConfig, Status> {
     let mut v = json!({"url": w.url, "secret": w.secret});
+    if !w.ca_pem.is_empty() {
+        v["ca_pem"] = json!(w.ca_pem);
+    }
     if !w.events.is_empty() {
         v["events"] = json!(w.events);
     }
@@ -159,6 +162,8 @@ fn project_pb(v: ProjectView) -> pb::Project {
             batch_ms: w.batch_ms,
             max_queue: w.max_queue as u64,
             timeout_ms: w.timeout_ms,
+            ca_pem: String::new(),
+            custom_ca: w.custom_ca,
         }),
         permessage_deflate: v.permessage_deflate,
         created_at: v.created_at,

@@ -1070,6 +1070,11 @@ async fn admin_examples(addr: SocketAddr, doc: &Value, covered: &mut BTreeSet<(S
                 );
                 assert!(!r.to_string().contains("BEGIN CERTIFICATE"), "{r}");
             }
+            (A_UPDATE, _) if name == "presence_and_webhook" => {
+                // The CA is kept, never shown.
+                assert_eq!(r["project"]["webhook"]["custom_ca"], true, "{r}");
+                assert!(!r.to_string().contains("BEGIN CERTIFICATE"), "{r}");
+            }
             (A_UPDATE, _) if name == "permessage_deflate" => {
                 assert_eq!(r["project"]["permessage_deflate"], false, "{r}");
             }
@@ -1394,6 +1399,21 @@ fn admin_cases() -> Vec<Case> {
             A_UPDATE,
             Some(ADMIN_KEY),
             json!({"project": "gamma", "jwks": {"url": "http://login.example.com/jwks.json"}}),
+            400,
+        ),
+        // A webhook's CA too: PEM text, never a path.
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "webhook": {"url": "https://hooks.example.com/h",
+                "secret": "whsec-0123456789abcdef", "ca_file": "/etc/ca.pem"}}),
+            400,
+        ),
+        case(
+            A_UPDATE,
+            Some(ADMIN_KEY),
+            json!({"project": "gamma", "webhook": {"url": "https://hooks.example.com/h",
+                "secret": "whsec-0123456789abcdef", "ca_pem": "not a certificate"}}),
             400,
         ),
         // A CA the edges could not trust is refused here, not when they fetch the set.

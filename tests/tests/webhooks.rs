@@ -177,3 +177,63 @@ async fn events_beyond_the_queue_bound_are_dropped_and_counted() {
     eventually_eq(WAIT, want, async || summary(&r.events())).await;
     assert!(r.posts().iter().all(|p| p.signed));
 }
+
+/// POSTs `body` to the admin API at `path`; the status and the JSON answer.
+async fn admin_post(h: &Herald, path: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let head = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let r = http_request(h.http, "POST", path, &head, body.to_string().as_bytes()).await;
+    let v = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
+    (r.status, v)
+}
+
+#[tokio::test]
+async fn a_project_of_the_admin_api_trusts_its_receiver_by_ca_pem() {
+    let ca = Ca::root("webhook api ca");
+    let r = Receiver::start(
+        ca.server(&["127.0.0.1"], &rcgen::PKCS_ECDSA_P256_SHA256),
+        SECRET,
+    )
+    .await;
+    let h = herald().router("http_listen", "127.0.0.1:0").start().await;
+    let key = "gamma-secret-0123456789abcdef0123456789";
+    let create = json!({"project": "gamma",
+        "jwt_keys": [{"kid": "k1", "alg": "HS256", "secret": key}]});
+    let (s, v) = admin_post(&h, "/v1/admin/projects/create", create).await;
+    assert_eq!(s, 200, "{v}");
+    let hook = |ca: Value| {
+        json!({"project": "gamma", "webhook": {"url": format!("https://{}/hook", r.addr),
+            "secret": SECRET, "events": ["connect"], "batch_ms": 20, "ca_pem": ca}})
+    };
+    // A path is refused through the API (it would not exist on every node); PEM text is taken.
+    let mut by_file = hook(Value::Null);
+    by_file["webhook"]["ca_file"] = json!("/etc/herald/ca.pem");
+    let (s, v) = admin_post(&h, "/v1/admin/projects/update", by_file).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("webhook.ca_file"),
+        "{v}"
+    );
+    let (s, v) = admin_post(&h, "/v1/admin/projects/update", hook(json!(ca.pem()))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["project"]["webhook"]["custom_ca"], true, "{v}");
+
+    // The receiver's certificate chains to that CA only: events arrive, signed.
+    let _gus = h
+        .connect("gamma", &hs256(key, Some("k1"), &claims("gamma", "gus")))
+        .await;
+    eventually_eq(WAIT, vec![ev("connect", "gus", "")], async || {
+        summary(&r.events())
+    })
+    .await;
+}
