@@ -151,6 +151,10 @@ impl Router {
                 }
             }
             let stop = cancel.clone().cancelled_owned();
+            // Answers go out as soon as written (no_delay): see `accept_no_delay`.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stop)
@@ -176,10 +180,7 @@ impl Router {
             .add_service(health_service)
             .add_service(herald)
             .add_optional_service(admin)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-                cancel.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(accept_no_delay(self.listener), cancel.cancelled_owned())
             .await?;
         if let Some(http) = http {
             match http.await {
@@ -189,6 +190,21 @@ impl Router {
         }
         Ok(())
     }
+}
+
+/// The gRPC listener's connections, each with `TCP_NODELAY` (tonic sets it only on listeners it
+/// binds itself). Without it, an answer written in more than one piece (an HTTP/2 frame, then the
+/// rest) waits for the client's delayed ACK: ~40-50 ms on every listing or presence page beyond a
+/// few kilobytes (benches/README.md, "Presence").
+fn accept_no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    })
 }
 
 /// How long a client may take over its TLS handshake with the gRPC listener.

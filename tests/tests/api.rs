@@ -1109,3 +1109,59 @@ async fn listings_of_more_than_a_page_come_in_pages_through_grpc_and_the_cli() {
     );
     drop(clients);
 }
+
+/// A reply of several HTTP/2 frames (a listing of 400 connections, ~30 KB) goes out as soon as it
+/// is written: the gRPC listener's connections have `TCP_NODELAY`. Without it, every such reply
+/// waited for the client's delayed ACK (at least 40 ms on Linux) after its first frame, on every
+/// call once the connection left its quick-ACK start.
+#[tokio::test]
+async fn a_large_reply_does_not_wait_for_a_delayed_ack() {
+    use prost::Message as _;
+    let herald = herald()
+        .edge(
+            "limits",
+            toml::Value::Table(toml::toml! { per_ip_connect_rate = 0 per_ip_max_connections = 0 }),
+        )
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for i in 0..400 {
+        let mut c = claims("alpha", &format!("user-{i:04}"));
+        c["groups"] = json!(["g"]);
+        clients.push(
+            herald
+                .connect("alpha", &hs256(ALPHA_SECRET, None, &c))
+                .await,
+        );
+    }
+    let mut g = herald.grpc(Some(ALPHA_KEY)).await;
+    let list = ListConnectionsRequest {
+        project: "alpha".into(),
+        of: Some(list_connections_request::Of::Group("g".into())),
+        page_size: 1_000,
+        page_token: String::new(),
+    };
+    let mut took = Vec::new();
+    for i in 0..30 {
+        let t = std::time::Instant::now();
+        let r = g
+            .list_connections(list.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        let d = t.elapsed();
+        assert_eq!(r.connections.len(), 400);
+        // More than one HTTP/2 frame (16 KiB each by default).
+        assert!(r.encoded_len() > 16_384, "{} bytes", r.encoded_len());
+        // The first calls may meet the connection's quick ACKs: not counted.
+        if i >= 10 {
+            took.push(d);
+        }
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(30),
+        "median {median:?} of {took:?}: replies wait for delayed ACKs"
+    );
+}
