@@ -23,7 +23,8 @@ pub struct EdgeConfig {
     pub auth_timeout_ms: u64,
     /// Idle time after which the server pings a connection, in seconds. Default 25.
     pub ping_interval_secs: u64,
-    /// Time a ping may stay unanswered before the connection closes (4006), in seconds. Default 20.
+    /// Time a ping may stay unanswered before the connection closes (4006), in seconds, from when
+    /// the edge hands it to the socket. Default 20.
     pub pong_timeout_secs: u64,
     /// Largest message a client may send, in bytes (larger: close 1009). Default 65,536.
     pub max_message_bytes: usize,

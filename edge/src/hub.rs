@@ -18,7 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_core::bus::{
@@ -129,9 +129,15 @@ struct Conn {
     last_seen: u32,
     /// Where this connection's slot is in its project's list (it fits in padding: no cost).
     project_pos: u32,
-    /// When the unanswered ping went (the clock never reads 0, so this takes 4 bytes).
+    /// The unanswered ping: when it went (the clock never reads 0, so this takes 4 bytes), or,
+    /// with [`PING_QUEUED`] set, when it was queued and not yet taken by the writer.
     ping_sent_at: Option<NonZeroU32>,
 }
+
+/// Marks [`Conn::ping_sent_at`] as a ping still in the outbox: its pong deadline starts when the
+/// writer takes it, so a ping queued behind a long backlog (a broadcast to every connection of a
+/// starved edge) is not mistaken for a silent peer. The clock counts seconds and never nears it.
+const PING_QUEUED: u32 = 1 << 31;
 
 #[derive(Default)]
 struct Shard {
@@ -364,8 +370,7 @@ pub struct Hub {
     next_number: AtomicU64,
     /// Set by [`Hub::close_all`]: the hint every connection inserted afterwards is closed with.
     shutdown: Mutex<Option<(CloseCode, u32)>>,
-    started: Instant,
-    /// Seconds since the hub started, plus one: never 0.
+    /// Ticks since the hub started (one a second while the edge runs), plus one: never 0.
     clock: AtomicU32,
     /// Live connections (inserted and not removed).
     live: AtomicUsize,
@@ -458,7 +463,6 @@ impl Hub {
             // name new connections: a run would need 2^20 connects per ms of uptime to collide.
             next_number: AtomicU64::new(((unix_now().as_millis() as u64) << 20) | 1),
             shutdown: Mutex::new(None),
-            started: Instant::now(),
             clock: AtomicU32::new(1),
             live: AtomicUsize::new(0),
             interest,
@@ -1049,6 +1053,11 @@ impl Hub {
             return Poll::Ready(Outgoing::Close(closing));
         }
         if take_frames && !c.outbox.is_empty() {
+            if let Some(at) = c.ping_sent_at
+                && at.get() & PING_QUEUED != 0
+            {
+                c.ping_sent_at = NonZeroU32::new(self.now());
+            }
             if into.is_empty() {
                 *into = std::mem::take(&mut c.outbox);
             } else {
@@ -1609,8 +1618,12 @@ impl Hub {
     }
 
     /// One tick of the hub clock: pings idle connections, closes dead peers and expired tokens.
+    ///
+    /// The clock advances one second per tick (ticks come once a second, later when the edge is
+    /// starved of CPU): a second the edge could not run, and so could not read a pong, does not
+    /// count against its clients.
     pub fn tick(&self) {
-        let now = (self.started.elapsed().as_secs() as u32).saturating_add(1);
+        let now = self.now().saturating_add(1).min(PING_QUEUED - 1);
         self.clock.store(now, Ordering::Relaxed);
         let now_unix = unix_now().saturating_sub(self.cfg.token_leeway).as_secs();
         let ping_every = self.cfg.ping_interval.as_secs().max(1) as u32;
@@ -1656,7 +1669,15 @@ impl Hub {
                         }
                     }
                 } else if let Some(at) = c.ping_sent_at.map(NonZeroU32::get) {
-                    if now.saturating_sub(at) >= pong_within {
+                    // A ping still queued gets the ping interval on top before the peer is
+                    // judged: a writer that cannot hand it over that long is stuck on a peer
+                    // that does not read.
+                    let (at, within) = if at & PING_QUEUED != 0 {
+                        (at & !PING_QUEUED, pong_within.saturating_add(ping_every))
+                    } else {
+                        (at, pong_within)
+                    };
+                    if now.saturating_sub(at) >= within {
                         close(
                             c,
                             Closing {
@@ -1666,7 +1687,7 @@ impl Hub {
                         );
                     }
                 } else if now.saturating_sub(c.last_seen) >= ping_every {
-                    c.ping_sent_at = NonZeroU32::new(now);
+                    c.ping_sent_at = NonZeroU32::new(now | PING_QUEUED);
                     c.queued += ping.len();
                     c.outbox.push_back(ping.clone());
                     if let Some(w) = c.waker.take() {
@@ -1867,7 +1888,7 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use herald_core::registry::{InterestChange, Liveness, MemoryRegistry, RegistryError};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn p(s: &str) -> ProjectId {
         ProjectId::new(s).expect("project")
@@ -2269,6 +2290,35 @@ mod tests {
         hub.set_expiry(alive, unix_now().as_secs());
         hub.tick();
         assert_eq!(closed_with(&hub, alive), Some(CloseCode::TokenExpired));
+    }
+
+    /// Whether `h` is closing, without taking its frames (taking hands a queued ping over).
+    fn closing_without_taking(hub: &Hub, h: ConnHandle) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            hub.poll_outgoing(h, &mut cx, &mut VecDeque::new(), false),
+            Poll::Ready(Outgoing::Close(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_pong_deadline_starts_when_the_writer_takes_the_ping() {
+        // Ping interval 1 s, pong timeout 1 s, one second per tick.
+        let hub = hub_with(cfg(), None);
+        let taken = add(&hub, "a", "taken", &[]).await;
+        let stuck = add(&hub, "a", "stuck", &[]).await;
+        hub.tick(); // both pinged; the pings wait in the outboxes
+        hub.tick(); // a pong timeout later: not judged, the pings never left
+        assert!(!closing_without_taking(&hub, taken));
+        assert!(!closing_without_taking(&hub, stuck));
+        let frames = take(&hub, taken).expect("open");
+        assert!(frames.iter().any(|f| f[..] == ping_frame()[..]));
+        hub.tick(); // the taken ping's pong timeout; the stuck one's interval on top
+        assert_eq!(closed_with(&hub, taken), Some(CloseCode::PingTimeout));
+        assert!(
+            closing_without_taking(&hub, stuck),
+            "a writer stuck that long is a dead peer"
+        );
     }
 
     #[tokio::test]

@@ -566,6 +566,8 @@ async fn accept_loop(
 
 async fn tick_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
+    // A late tick is not made up for: the hub's clock counts the seconds the edge ran.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -30,12 +30,22 @@ impl Run {
     pub(super) async fn start_cluster(&mut self, o: &MillionOpts) -> anyhow::Result<()> {
         let bin = herald_sandbox::herald_bin(o.herald_bin.as_deref())?;
         herald_sandbox::server_bin("redis-cli")?;
+        // Herald's own defaults unless an option overrides one.
+        let ping = o
+            .ping_interval_secs
+            .map_or(String::new(), |s| format!("ping_interval_secs = {s}\n"));
         let config = format!(
-            "[edge]\nping_interval_secs = {}\n[router]\ncontrol_timeout_ms = {}\n[log]\nlevel = \"warn\"\n{}",
-            o.ping_interval_secs,
+            "[edge]\n{ping}[router]\ncontrol_timeout_ms = {}\n[log]\nlevel = \"warn\"\n{}",
             o.control_timeout_ms,
             servers::herald::projects_toml(PROJECT)
         );
+        let mut cluster_settings = String::new();
+        if let Some(ms) = o.redis_timeout_ms {
+            cluster_settings += &format!("redis_timeout_ms = {ms}\n");
+        }
+        if let Some(s) = o.edge_ttl_secs {
+            cluster_settings += &format!("edge_ttl_secs = {s}\n");
+        }
         eprintln!(
             "million: starting redis-server, nats-server, a router and {} edges (logs in {})",
             o.edges,
@@ -43,10 +53,7 @@ impl Run {
         );
         let cluster = Cluster::builder(bin, config)
             .edges(o.edges as usize)
-            .cluster_settings(format!(
-                "redis_timeout_ms = {}\nedge_ttl_secs = {}\n",
-                o.redis_timeout_ms, o.edge_ttl_secs
-            ))
+            .cluster_settings(cluster_settings)
             .backends(
                 Backends::builder()
                     .redis_args(["--maxclients", "4096"])

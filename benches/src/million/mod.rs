@@ -81,16 +81,15 @@ pub struct MillionOpts {
     /// SO_RCVBUF and SO_SNDBUF of each client socket, in bytes (0: the kernel's default).
     #[arg(long, default_value_t = 4_096)]
     pub(super) client_sockbuf: usize,
-    /// The edges' `ping_interval_secs`.
-    #[arg(long, default_value_t = 600)]
-    pub(super) ping_interval_secs: u64,
-    /// The nodes' `cluster.redis_timeout_ms` (a single Redis serving 53 edges on a saturated
-    /// 2-core machine answers slowly; a heartbeat that times out makes an edge resync).
-    #[arg(long, default_value_t = 10_000)]
-    pub(super) redis_timeout_ms: u64,
-    /// The nodes' `cluster.edge_ttl_secs`.
-    #[arg(long, default_value_t = 60)]
-    pub(super) edge_ttl_secs: u64,
+    /// The edges' `ping_interval_secs` (default: Herald's own, 25 s).
+    #[arg(long)]
+    pub(super) ping_interval_secs: Option<u64>,
+    /// The nodes' `cluster.redis_timeout_ms` (default: Herald's own, 3,000 ms).
+    #[arg(long)]
+    pub(super) redis_timeout_ms: Option<u64>,
+    /// The nodes' `cluster.edge_ttl_secs` (default: Herald's own, 15 s).
+    #[arg(long)]
+    pub(super) edge_ttl_secs: Option<u64>,
     /// Deadline of one connection's TCP connect, upgrade and welcome, in seconds.
     #[arg(long, default_value_t = 30)]
     pub(super) connect_timeout_secs: u64,
