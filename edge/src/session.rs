@@ -3,9 +3,10 @@
 //! A single task per connection ([`ConnTask`]): it runs [`admission`](crate::admission), then
 //! the live session, which reads frames through its transport ([`Link`]: a WebSocket, a
 //! Server-Sent Events stream, or SockJS's HTTP requests), hands data frames to the connection's
-//! [`Codec`], and writes every frame the hub queued for it in one vectored write. No channel, no second task, no timer: the hub holds the queue and its ticker
-//! handles pings and expiry. Codecs act on the session only through [`SessionOps`]: the same
-//! membership checks, limits and metrics for every protocol.
+//! [`Codec`], and writes every frame the hub queued for it in one vectored write. No channel, no
+//! second task, no timer: the hub holds the queue and its ticker handles pings and expiry.
+//! Codecs act on the session only through [`SessionOps`]: the same membership checks, limits and
+//! metrics for every protocol and every transport.
 
 use std::future::Future;
 use std::pin::Pin;

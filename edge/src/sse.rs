@@ -1,6 +1,6 @@
 //! Server-Sent Events: the native protocol on a one-way `text/event-stream` response
-//! (`GET /sse/{project}`), a transport under the one session layer ([`crate::transport`]:
-//! [`Link::Sse`](crate::transport::Link::Sse), [`Framing::EventStream`](crate::transport::Framing::EventStream)).
+//! (`GET /sse/{project}`), a transport under the one session layer ([`crate::transport`]: its
+//! `Link::Sse` and `Framing::EventStream`).
 //!
 //! Every native server frame travels as one event whose `data:` is the frame's JSON, the same
 //! text a WebSocket client gets; the session's own frames (`welcome`, `error`, `resumed`...) are
