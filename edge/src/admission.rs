@@ -741,10 +741,9 @@ async fn open(
             return None;
         }
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-    match timeout_at(deadline, acceptor.accept(tcp)).await {
+    match timeout_at(deadline, crate::tls_stream::accept(tcp, tls.config())).await {
         Ok(Ok(s)) => {
-            let cert = tls::client_cert(s.get_ref().1);
+            let cert = tls::client_cert(s.state());
             Some((addr, Stream::Tls(Box::new(s)), cert))
         }
         Ok(Err(e)) => {

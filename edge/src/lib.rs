@@ -11,7 +11,9 @@
 //! - [`interest`]: this edge's interest, mirrored into the registry in ordered batches.
 //! - [`local`]: the registry of a single-node Herald, answered by the hub itself.
 //! - [`listener`]: listener settings, the client address, plain or TLS streams;
-//!   [`tls`]: rustls, client certificates, reloads; [`proxy`]: PROXY protocol, forwarded headers.
+//!   [`tls`]: rustls, client certificates, reloads; `tls_stream`: a TLS connection over rustls's
+//!   unbuffered API, whose buffers the edge owns and frees when idle; [`proxy`]: PROXY
+//!   protocol, forwarded headers.
 //! - `admission`: PROXY, TLS, the upgrade, the defences and authentication, for every protocol;
 //!   `session`: the one task per connection, its live session and what codecs may do to it;
 //!   [`transport`]: how a session's bytes travel (`ws`: WebSocket; `sse`: Server-Sent Events, a
@@ -47,6 +49,7 @@ pub mod sockjs;
 mod sse;
 pub mod streams;
 pub mod tls;
+mod tls_stream;
 pub mod transport;
 pub mod webhook;
 mod ws;

@@ -197,7 +197,7 @@ impl ClientAddr {
 /// and only `wss` connections pay for it).
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<crate::tls_stream::TlsStream>),
 }
 
 impl AsyncRead for Stream {

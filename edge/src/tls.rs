@@ -14,8 +14,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{
-    ProducesTickets, ServerConfig, ServerConnection, ServerSessionMemoryCache,
-    StoresServerSessions, WebPkiClientVerifier,
+    ProducesTickets, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -253,7 +253,7 @@ pub struct ClientCert {
 }
 
 /// The verified client certificate of a finished handshake, if the client sent one.
-pub fn client_cert(conn: &ServerConnection) -> Option<ClientCert> {
+pub fn client_cert(conn: &rustls::CommonState) -> Option<ClientCert> {
     let leaf = conn.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let cn = cert

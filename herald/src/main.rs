@@ -15,7 +15,9 @@ mod telemetry;
 use clap::Parser as _;
 
 /// jemalloc keeps the many small per-connection allocations compact: 1.87 KiB per idle
-/// connection against 2.21 KiB with glibc's malloc (benches/README.md).
+/// connection against 2.21 KiB with glibc's malloc (benches/README.md). The `system-alloc`
+/// feature leaves it out for heap profiles.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
