@@ -159,7 +159,9 @@ async fn run_one(
     let cpu0 = cpu_all(srv.pids())?;
     let io0 = writes_all(srv.pids());
     let bytes0 = bytes_all(srv.pids());
-    let me0 = proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks();
+    // The harness in two parts: this process (the publisher) and the workers (the clients).
+    let own0 = proc_stats::cpu_ticks(std::process::id())?;
+    let clients0 = workers.cpu_ticks();
     let t0 = Instant::now();
     let mut timeline = Vec::new();
     let mut second = (t0 + Duration::from_secs(1), workers.counts().delivered);
@@ -201,7 +203,9 @@ async fn run_one(
     let cpu = cpu_all(srv.pids())?.saturating_sub(cpu0);
     let io = writes_all(srv.pids()).saturating_sub(io0);
     let bytes = bytes_all(srv.pids()).saturating_sub(bytes0);
-    let me = (proc_stats::cpu_ticks(std::process::id())? + workers.cpu_ticks()).saturating_sub(me0);
+    let own = proc_stats::cpu_ticks(std::process::id())?.saturating_sub(own0);
+    let clients = workers.cpu_ticks().saturating_sub(clients0);
+    let me = own + clients;
     let totals = workers.finish().await?;
     let hist = totals.latency_us;
     let refused = srv.close().await;
@@ -243,6 +247,8 @@ async fn run_one(
         server_bytes_per_delivery: bytes as f64 / got.max(1) as f64,
         server_cpu_percent: cpu as f64 / ticks_per_sec / elapsed * 100.0,
         harness_cpu_percent: me as f64 / ticks_per_sec / elapsed * 100.0,
+        publisher_cpu_us_per_message: own as f64 / ticks_per_sec * 1e6 / total.max(1) as f64,
+        clients_cpu_us_per_delivery: clients as f64 / ticks_per_sec * 1e6 / got.max(1) as f64,
         timeline,
         load_avg,
     })

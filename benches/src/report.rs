@@ -46,6 +46,15 @@ pub struct FanoutResult {
     pub server_cpu_percent: f64,
     /// Harness CPU use over the run, percent of one core.
     pub harness_cpu_percent: f64,
+    /// The client-side floor, part 1: CPU of the harness's own process (the publisher, which
+    /// encodes and sends every message and reads its acknowledgement, and the counting) per
+    /// message published, microseconds.
+    #[serde(default)]
+    pub publisher_cpu_us_per_message: f64,
+    /// The client-side floor, part 2: CPU of the worker processes (the subscribers' reads,
+    /// WebSocket decoding and latency histograms) per delivery, microseconds.
+    #[serde(default)]
+    pub clients_cpu_us_per_delivery: f64,
     /// Deliveries per second, second by second.
     pub timeline: Vec<u64>,
     /// The machine's load average (1, 5, 15 min) when the run started (a shared machine).
@@ -71,17 +80,17 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | bytes/deliv | missing | client errors | server CPU % | harness CPU % | load 1m |"
+        "| {name} | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU µs/deliv | writes/deliv | bytes/deliv | missing | client errors | server CPU % | harness CPU % | publisher µs/msg | clients µs/deliv | load 1m |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let l = r.latency_ms;
         let _ = writeln!(
             s,
-            "| {:?}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} |",
+            "| {:?}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.3} | {:.1} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
             r.server,
             if r.tls { " (wss)" } else { "" },
             r.achieved_per_sec,
@@ -97,6 +106,8 @@ fn markdown(name: &str, results: &[FanoutResult]) -> String {
             r.client_errors,
             r.server_cpu_percent,
             r.harness_cpu_percent,
+            r.publisher_cpu_us_per_message,
+            r.clients_cpu_us_per_delivery,
             r.load_avg[0]
         );
     }

@@ -377,6 +377,32 @@ pub struct Hub {
     interest: Interest,
     /// Set once by [`Hub::set_presence`]; unset, no presence transition is looked for.
     presence: Arc<OnceLock<PresenceGate>>,
+    metrics: DeliveryMetrics,
+}
+
+/// The metric handles every delivery updates, each registered with the recorder on its first
+/// use and kept (a lookup of the series by name and labels per message cost more than the
+/// update); lazily, so a protocol's series appears once it has a value, as before.
+#[derive(Default)]
+struct DeliveryMetrics {
+    /// `herald_edge_deliveries_total` by protocol, indexed as [`PROTOCOL_LABELS`].
+    deliveries: [OnceLock<metrics::Counter>; PROTOCOL_LABELS.len()],
+    /// `herald_edge_messages_total`.
+    messages: OnceLock<metrics::Counter>,
+}
+
+impl DeliveryMetrics {
+    /// The deliveries counter of protocol label `i` of [`PROTOCOL_LABELS`].
+    fn deliveries(&self, i: usize) -> &metrics::Counter {
+        self.deliveries[i].get_or_init(
+            || metrics::counter!("herald_edge_deliveries_total", "protocol" => PROTOCOL_LABELS[i]),
+        )
+    }
+
+    fn messages(&self) -> &metrics::Counter {
+        self.messages
+            .get_or_init(|| metrics::counter!("herald_edge_messages_total"))
+    }
 }
 
 /// What a new connection brings.
@@ -467,6 +493,7 @@ impl Hub {
             live: AtomicUsize::new(0),
             interest,
             presence,
+            metrics: DeliveryMetrics::default(),
         })
     }
 
@@ -1159,12 +1186,12 @@ impl Hub {
                 w.wake();
             }
         }
-        for (n, label) in delivered.into_iter().zip(PROTOCOL_LABELS) {
+        for (i, n) in delivered.into_iter().enumerate() {
             if n > 0 {
-                metrics::counter!("herald_edge_deliveries_total", "protocol" => label).increment(n);
+                self.metrics.deliveries(i).increment(n);
             }
         }
-        metrics::counter!("herald_edge_messages_total").increment(1);
+        self.metrics.messages().increment(1);
     }
 
     /// Starts resuming a stream (`kind`, `name`) on a connection: from now on its live messages

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -69,6 +69,38 @@ struct Inner {
     history: Arc<dyn History>,
     id_prefix: u32,
     next_id: AtomicU64,
+    metrics: PublishMetrics,
+}
+
+/// The metric handles every publish updates, each registered with the recorder on its first
+/// use and kept: looking a series up by name and labels for every message cost more than the
+/// update itself (issue 15's unicast profile). Registered lazily, so a series appears in
+/// `/metrics` once it has a value, as before.
+#[derive(Default)]
+struct PublishMetrics {
+    /// `herald_router_publish_duration_seconds` by target: broadcast, group, user.
+    seconds: [OnceLock<metrics::Histogram>; 3],
+    /// `herald_router_publishes_total` by resolution: delivered, no_recipients, duplicate.
+    publishes: [OnceLock<metrics::Counter>; 3],
+}
+
+impl PublishMetrics {
+    const TARGETS: [&'static str; 3] = ["broadcast", "group", "user"];
+    const RESOLUTIONS: [&'static str; 3] = ["delivered", "no_recipients", "duplicate"];
+
+    /// The publish duration histogram of target `i` of [`Self::TARGETS`].
+    fn seconds(&self, i: usize) -> &metrics::Histogram {
+        self.seconds[i].get_or_init(
+            || metrics::histogram!(telemetry::ROUTER_PUBLISH_SECONDS, "target" => Self::TARGETS[i]),
+        )
+    }
+
+    /// The publish counter of resolution `i` of [`Self::RESOLUTIONS`].
+    fn publishes(&self, i: usize) -> &metrics::Counter {
+        self.publishes[i].get_or_init(|| {
+            metrics::counter!("herald_router_publishes_total", "resolution" => Self::RESOLUTIONS[i])
+        })
+    }
 }
 
 fn valid_event(e: &str) -> bool {
@@ -96,6 +128,7 @@ impl RouterService {
                 history,
                 id_prefix: rand::random(),
                 next_id: AtomicU64::new(1),
+                metrics: PublishMetrics::default(),
             }),
         }
     }
@@ -138,12 +171,14 @@ impl RouterService {
         req: PublishRequest,
     ) -> Result<PublishReply, ApiError> {
         let timer = Timer::start();
-        let target = match req.target.as_ref().and_then(|t| t.kind.as_ref()) {
-            Some(target::Kind::Broadcast(_)) => "broadcast",
-            Some(target::Kind::Group(_)) => "group",
-            Some(target::Kind::User(_)) => "user",
-            None => "none",
+        // The index of the target's label in `PublishMetrics::TARGETS`, if any.
+        let target_index = match req.target.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(target::Kind::Broadcast(_)) => Some(0),
+            Some(target::Kind::Group(_)) => Some(1),
+            Some(target::Kind::User(_)) => Some(2),
+            None => None,
         };
+        let target = target_index.map_or("none", |i| PublishMetrics::TARGETS[i]);
         let outcome = if trace::enabled() {
             let cx = trace::start(
                 "herald.router.publish",
@@ -174,9 +209,10 @@ impl RouterService {
         } else {
             self.publish_inner(scope, req).await
         };
-        if outcome.is_ok() {
-            metrics::histogram!(telemetry::ROUTER_PUBLISH_SECONDS, "target" => target)
-                .record(timer.seconds());
+        if outcome.is_ok()
+            && let Some(i) = target_index
+        {
+            self.inner.metrics.seconds(i).record(timer.seconds());
         }
         outcome
     }
@@ -252,8 +288,7 @@ impl RouterService {
                 .claim_idempotency_key(&project, &req.idempotency_key, window)
                 .await?;
             if !fresh {
-                metrics::counter!("herald_router_publishes_total", "resolution" => "duplicate")
-                    .increment(1);
+                inner.metrics.publishes(2).increment(1);
                 return Ok(PublishReply {
                     message_id,
                     resolution: Resolution::Duplicate as i32,
@@ -334,7 +369,9 @@ impl RouterService {
         } else {
             Resolution::Delivered
         };
-        metrics::counter!("herald_router_publishes_total", "resolution" => if resolution == Resolution::NoRecipients { "no_recipients" } else { "delivered" })
+        inner
+            .metrics
+            .publishes(usize::from(resolution == Resolution::NoRecipients))
             .increment(1);
         Ok(PublishReply {
             message_id,
