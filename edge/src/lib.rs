@@ -161,6 +161,9 @@ struct HubHandler {
     max_groups: usize,
     /// How long a server-side subscription waits for the registry (`registration_timeout_ms`).
     registration_timeout: Duration,
+    /// `herald_edge_delivery_seconds`, registered on first use and kept: a lookup of the series
+    /// per envelope cost more than recording in it.
+    delivery_seconds: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl EdgeHandler for HubHandler {
@@ -189,7 +192,9 @@ impl EdgeHandler for HubHandler {
                 .map_or(0, |d| d.as_micros() as i64);
             // A clock behind the router's reads as no delay rather than a negative one.
             let us = now.saturating_sub(envelope.published_at_unix_us).max(0);
-            metrics::histogram!(telemetry::EDGE_DELIVERY_SECONDS).record(us as f64 / 1e6);
+            self.delivery_seconds
+                .get_or_init(|| metrics::histogram!(telemetry::EDGE_DELIVERY_SECONDS))
+                .record(us as f64 / 1e6);
         }
         if let Some(cx) = span {
             trace::end(&cx, None);
@@ -388,6 +393,7 @@ impl Edge {
                 limits: limits.clone(),
                 max_groups: cfg.max_groups_per_connection,
                 registration_timeout: Duration::from_millis(cfg.registration_timeout_ms),
+                delivery_seconds: Default::default(),
             }),
         )
         .await?;
