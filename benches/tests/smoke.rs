@@ -148,6 +148,18 @@ fn unicast_reaches_each_user() {
     .expect("json");
     assert_eq!(results[0]["expected"], 50);
     assert_eq!(results[0]["missing"], 0);
+    // The client-side floor is reported beside the server's figures (in 10 ms ticks, so a run
+    // this short may read 0).
+    for k in [
+        "publisher_cpu_us_per_message",
+        "clients_cpu_us_per_delivery",
+    ] {
+        let v = results[0][k].as_f64();
+        assert!(
+            v.is_some_and(|v| v.is_finite() && v >= 0.0),
+            "{k}: {results}"
+        );
+    }
 }
 
 /// Every JSON object at the start of `stdout`, one after the other.
