@@ -249,7 +249,14 @@ impl HttpLink {
                 }
             }
             match Pin::new(&mut a.stream).poll_write(cx, &a.writing) {
-                Poll::Ready(Ok(n)) if n > 0 => a.writing.advance(n),
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    a.writing.advance(n);
+                    if a.writing.is_empty() {
+                        // An emptied `Bytes` still holds its buffer (the head and the 2 KiB
+                        // prelude): an idle session keeps none.
+                        a.writing = Bytes::new();
+                    }
+                }
                 Poll::Ready(_) => self.detach(),
                 Poll::Pending => {
                     if ready_eof(a, cx).is_err() {
