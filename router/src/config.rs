@@ -13,6 +13,10 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     /// Address of the HTTP/JSON API listener (the same calls as gRPC). Default none: off.
     pub http_listen: Option<SocketAddr>,
+    /// Deadline for a request's headers on `http_listen`, in milliseconds, from the accept or
+    /// the previous answer: a client slower than that, or a keep-alive connection idle that
+    /// long, is closed. Default 10,000.
+    pub http_header_timeout_ms: u64,
     /// Largest payload accepted, in bytes (larger: `INVALID_ARGUMENT`). Default 65,536.
     pub max_payload_bytes: usize,
     /// How long an idempotency key is remembered, in seconds. Default 300.
@@ -43,6 +47,7 @@ impl Default for RouterConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             http_listen: None,
+            http_header_timeout_ms: 10_000,
             max_payload_bytes: 65_536,
             idempotency_window_secs: 300,
             control_timeout_ms: 2_000,
@@ -65,6 +70,9 @@ impl RouterConfig {
         }
         if self.idempotency_window_secs == 0 {
             p.push("router.idempotency_window_secs: must be greater than 0".into());
+        }
+        if self.http_header_timeout_ms == 0 {
+            p.push("router.http_header_timeout_ms: must be greater than 0".into());
         }
         if self.control_timeout_ms == 0 {
             p.push("router.control_timeout_ms: must be greater than 0".into());

@@ -10,7 +10,7 @@
 //! - [`error`]: why a call fails, and its gRPC status.
 //! - [`keys`]: API keys and what each may do.
 //! - [`http`]: the HTTP/JSON API beside gRPC (`router.http_listen`), running the same service
-//!   functions.
+//!   functions; `http_serve` serves it (and the console) with a deadline on request headers.
 //! - [`service`]: the `herald.v1.Herald` service: validation, target resolution through the
 //!   [`Registry`](herald_core::registry::Registry), recoverable messages stored in the
 //!   [`History`](herald_core::history::History) first, hand-off to the [`Bus`](herald_core::bus::Bus).
@@ -23,11 +23,13 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod http;
+mod http_serve;
 pub mod keys;
 pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use herald_core::bus::Bus;
@@ -58,9 +60,6 @@ pub enum RouterError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The HTTP/JSON server failed.
-    #[error("http server: {0}")]
-    Http(std::io::Error),
     /// A TLS file (`router.tls_cert`, `tls_key`, `tls_client_ca`) could not be read.
     #[error("cannot read {setting} {path}")]
     TlsFile {
@@ -78,6 +77,7 @@ pub struct Router {
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     http: Option<TcpListener>,
+    http_header_timeout: Duration,
     service: RouterService,
     admin: Option<(Arc<ArcSwap<ApiKeys>>, Arc<admin::ProjectStore>)>,
 }
@@ -110,6 +110,7 @@ impl Router {
             listener,
             tls,
             http,
+            http_header_timeout: Duration::from_millis(cfg.http_header_timeout_ms),
             service: RouterService::new(cfg, keys, registry, bus, history),
             admin: None,
         })
@@ -150,16 +151,12 @@ impl Router {
                     app = app.clone().merge(console::routes(console, app));
                 }
             }
-            let stop = cancel.clone().cancelled_owned();
-            // Answers go out as soon as written (no_delay): see `accept_no_delay`.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-            })
+            tokio::spawn(http_serve::serve(
+                listener,
+                app,
+                self.http_header_timeout,
+                cancel.clone(),
+            ))
         });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<HeraldServer<RouterService>>().await;
@@ -182,11 +179,10 @@ impl Router {
             .add_optional_service(admin)
             .serve_with_incoming_shutdown(accept_no_delay(self.listener), cancel.cancelled_owned())
             .await?;
-        if let Some(http) = http {
-            match http.await {
-                Ok(r) => r.map_err(RouterError::Http)?,
-                Err(e) => tracing::warn!(error = %e, "http server task failed"),
-            }
+        if let Some(http) = http
+            && let Err(e) = http.await
+        {
+            tracing::warn!(error = %e, "http server task failed");
         }
         Ok(())
     }

@@ -1653,3 +1653,41 @@ async fn the_http_listener_is_off_unless_configured() {
     let herald = herald().start().await;
     assert_eq!(herald.http, SocketAddr::from(([0, 0, 0, 0], 0)));
 }
+
+#[tokio::test]
+async fn a_client_slow_with_its_headers_or_idle_is_closed_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let herald = herald()
+        .router("http_listen", "127.0.0.1:0")
+        .router("http_header_timeout_ms", 500)
+        .start()
+        .await;
+    // A slowloris: a request line and one header, then nothing; and a connection that never
+    // sends a byte.
+    let mut slow = tokio::net::TcpStream::connect(herald.http)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /v1/connections/count HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let mut silent = tokio::net::TcpStream::connect(herald.http)
+        .await
+        .expect("connect");
+    // Meanwhile an ordinary request is answered.
+    let r = http_request(herald.http, "POST", "/v1/connections/count", &[], b"{}").await;
+    assert_eq!(r.status, 401, "answered: {}", r.body);
+    for (name, conn) in [("slowloris", &mut slow), ("silent", &mut silent)] {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(WAIT, async {
+            loop {
+                match conn.read(&mut buf).await {
+                    // hyper may answer 408 before closing; the end of the stream is what counts.
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{name}: still open after {WAIT:?}");
+    }
+}
