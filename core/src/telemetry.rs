@@ -104,7 +104,7 @@ pub const METRICS: &[Metric] = &[
     // The edge: its interest in the registry.
     m("herald_edge_resyncs_total", Counter, &["why"], "Cluster: times this edge wrote its whole interest again."),
     m("herald_edge_registry_retries_total", Counter, &[], "Cluster: registry writes retried after a failure."),
-    m("herald_edge_registration_timeouts_total", Counter, &["op"], "Connections whose registration did not finish in time."),
+    m("herald_edge_registration_timeouts_total", Counter, &["op"], "Connects and joins answered before the registry held them (deadline passed, or registry degraded)."),
     m("herald_edge_interest_overflows_total", Counter, &[], "Interest changes beyond the pending bound (a resync follows)."),
     // The edge: MQTT and STOMP.
     m("herald_edge_mqtt_malformed_total", Counter, &["reason"], "MQTT packets that closed their connection."),

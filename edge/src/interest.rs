@@ -41,6 +41,8 @@ struct State {
 
 /// Changes waiting for the writer task.
 struct Queue {
+    /// The registry written: asked whether it is degraded.
+    registry: Arc<dyn Registry>,
     pending: Mutex<Pending>,
     wake: Notify,
     max_pending: usize,
@@ -264,6 +266,7 @@ impl Interest {
         let state = Arc::new(State {
             groups: RwLock::new(Groups::new(shards)),
             queue: Some(Queue {
+                registry: registry.clone(),
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
                 max_pending: max_pending.max(1),
@@ -397,6 +400,15 @@ impl Interest {
         }
         q.wake.notify_one();
         out
+    }
+
+    /// Whether the registry written is known degraded (unreachable or timing out: its breaker
+    /// is open), so a registration would wait for its deadline in vain.
+    pub fn registry_degraded(&self) -> bool {
+        self.state
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.registry.degraded().is_some())
     }
 
     /// Whether the interest is written to a registry (a cluster edge), rather than the hub being
