@@ -14,6 +14,20 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS missing")
 }
 
+/// Proportional set size of `pid` in KiB (`/proc/<pid>/smaps_rollup`): its private pages plus
+/// its share of pages mapped by several processes, such as the binary's code that every edge
+/// process maps from the page cache (RSS counts those once per process).
+pub fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("read /proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("Pss missing")
+}
+
 /// CPU time (user + system) of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -43,6 +43,12 @@ fn million_reduced_connects_everyone_and_delivers_everything() {
         );
         assert!(e["rss_kib"].as_u64().expect("rss") > e["rss_kib_before"].as_u64().expect("rss"));
     }
+    // PSS counts the binary's shared pages once over the three edges: below their summed RSS.
+    let (pss, rss) = (
+        r["edges_pss_mib"].as_f64().expect("pss"),
+        r["edges_rss_mib"].as_f64().expect("rss"),
+    );
+    assert!(pss > 0.0 && pss < rss, "PSS {pss} MiB, RSS {rss} MiB");
     // Every kind of message reached every connected receiver, and only them.
     for kind in ["broadcast", "group", "user"] {
         let d = &r[kind];

@@ -142,6 +142,9 @@ pub(super) struct MillionResult {
     pub(super) timeline: Vec<Sample>,
     pub(super) per_edge: Vec<EdgeFigures>,
     pub(super) edges_rss_mib: f64,
+    /// The edges' proportional set size summed: the binary's shared pages counted once over all
+    /// edges, not once per edge as in RSS.
+    pub(super) edges_pss_mib: f64,
     pub(super) edges_kib_per_connection: f64,
     pub(super) router_rss_mib: f64,
     pub(super) nats_rss_mib: f64,

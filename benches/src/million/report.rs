@@ -76,6 +76,10 @@ pub(super) fn markdown(r: &MillionResult) -> String {
             ),
         ),
         (
+            "edges PSS, total (shared pages counted once)",
+            format!("{:.0} MiB", r.edges_pss_mib),
+        ),
+        (
             "edge open connections min / max",
             format!(
                 "{} / {}",

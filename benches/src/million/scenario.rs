@@ -247,6 +247,12 @@ async fn measure_memory(
         .map(|e| e.rss_kib.saturating_sub(e.rss_kib_before))
         .sum();
     res.edges_rss_mib = rss_total as f64 / 1024.0;
+    let pss_total: u64 = before
+        .edges
+        .iter()
+        .map(|(_, pid)| proc_stats::pss_kib(*pid).unwrap_or(0))
+        .sum();
+    res.edges_pss_mib = pss_total as f64 / 1024.0;
     res.edges_kib_per_connection = rss_growth as f64 / t.open.max(1) as f64;
     let cluster = run.cluster.as_ref().context("the cluster runs")?;
     res.router_rss_mib = rss_mib(Some(cluster.router.pid()));
@@ -266,10 +272,11 @@ async fn measure_memory(
         .saturating_sub(res.kernel_before.slab_kib) as f64
         / t.open.max(1) as f64;
     eprintln!(
-        "million: edges RSS {:.0} MiB ({:.2} KiB/connection); harness {:.0} MiB ({:.2} KiB/connection); \
+        "million: edges RSS {:.0} MiB ({:.2} KiB/connection), PSS {:.0} MiB; harness {:.0} MiB ({:.2} KiB/connection); \
          kernel Slab +{:.0} MiB ({:.2} KiB/connection), TCP buffers {} pages; redis {:.1} MiB, {} keys",
         res.edges_rss_mib,
         res.edges_kib_per_connection,
+        res.edges_pss_mib,
         res.workers_rss_mib,
         res.workers_kib_per_connection,
         res.kernel_after
