@@ -167,6 +167,10 @@ pub(super) struct MillionResult {
     pub(super) sampled_users: u64,
     pub(super) sampled_users_with_two_devices: u64,
     pub(super) duplicates: u64,
+    /// CPU by role in each phase (connect, idle hold, each message).
+    pub(super) phases: Vec<super::cpu::PhaseCpu>,
+    /// `--hold-secs`: connections closed while held idle, by close code.
+    pub(super) closed_while_held: BTreeMap<String, u64>,
     /// `--presence`: the presence figures.
     pub(super) presence: Option<super::presence::PresenceFigures>,
     pub(super) seconds: f64,

@@ -24,11 +24,13 @@
 //! - [`fleet`]: the orchestrator's side of the workers: their line protocol and summed reports.
 //! - [`worker`]: the `million-worker` process holding the client ends.
 //! - [`scenario`]: connect, measure, publish, wait for every delivery.
+//! - [`cpu`]: CPU time by role (edges, client ends, router, NATS, Redis) in each phase.
 //! - [`measure`]: system figures, the run's figures and the limits that stop connecting.
 //! - [`presence`]: `--presence`: the `Presence` call on group `g0` with every connection open.
 //! - [`report`]: JSON, Markdown and SVG results.
 
 mod cluster;
+mod cpu;
 mod fleet;
 mod kernel;
 mod layout;
@@ -117,6 +119,11 @@ pub struct MillionOpts {
     /// publishing.
     #[arg(long)]
     pub(super) presence: bool,
+    /// With every connection open, hold them idle this many seconds before publishing and
+    /// report what the keepalive cost each side (pings sent by the edges, pongs by the client
+    /// ends) and the connections closed meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub(super) hold_secs: u64,
     /// Repeats of each presence query (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub(super) presence_repeats: usize,

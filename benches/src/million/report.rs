@@ -174,6 +174,14 @@ pub(super) fn markdown(r: &MillionResult) -> String {
     delivery_row(&mut s, "broadcast", &r.broadcast);
     delivery_row(&mut s, "group g0", &r.group);
     delivery_row(&mut s, "user (sample)", &r.user);
+    super::cpu::markdown(&r.phases, &mut s);
+    if !r.closed_while_held.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nClosed while held idle, by close code: {:?}",
+            r.closed_while_held
+        );
+    }
     let missing: Vec<String> = r
         .broadcast_missing_per_edge
         .iter()

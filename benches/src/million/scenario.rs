@@ -9,6 +9,7 @@ use herald_core::proto::v1::herald_client::HeraldClient;
 use herald_core::proto::v1::{Broadcast, PublishRequest, Target as ApiTarget, target};
 
 use super::cluster::Run;
+use super::cpu::Mark;
 use super::fleet::{report_all, total};
 use super::kernel::conntrack_count;
 use super::layout::Layout;
@@ -54,8 +55,14 @@ pub(super) async fn scenario(
         .redis[0]
         .port;
     let redis_before = presence::redis_bytes(redis_port).await;
+    let mark = Mark::take(run);
     let t = connect(o, run, res).await?;
+    res.phases
+        .push(mark.phase(run, "connect", t.open, "connects"));
     measure_memory(run, res, &before, &t).await?;
+    if o.hold_secs > 0 {
+        hold(o, run, res, t.open).await?;
+    }
     if o.presence {
         let members = (0..t.open.min(o.connections))
             .filter(|&i| layout.in_group_message(i))
@@ -76,6 +83,55 @@ pub(super) async fn scenario(
     }
     deliver(o, layout, run, res).await
 }
+
+/// Holds every connection idle for `--hold-secs`, then records what the phase cost each role
+/// (the edges send a ping per connection per interval, the client ends answer it) and which
+/// connections closed meanwhile.
+async fn hold(
+    o: &MillionOpts,
+    run: &mut Run,
+    res: &mut MillionResult,
+    open: u64,
+) -> anyhow::Result<()> {
+    report_all(&mut run.workers).await?;
+    let closed_before = total(&run.workers, o.edges as usize).dropped;
+    let interval = o.ping_interval_secs.unwrap_or(HERALD_PING_INTERVAL_SECS);
+    eprintln!(
+        "million: holding {} connections idle for {} s (a ping every {interval} s each)",
+        fmt_n(open),
+        o.hold_secs
+    );
+    let mark = Mark::take(run);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(o.hold_secs) {
+        let left = Duration::from_secs(o.hold_secs).saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+    }
+    let pings = (open as f64 * t0.elapsed().as_secs_f64() / interval.max(1) as f64) as u64;
+    let phase = mark.phase(run, "idle hold", pings, "pings");
+    report_all(&mut run.workers).await?;
+    let closed = total(&run.workers, o.edges as usize).dropped;
+    res.closed_while_held = closed
+        .iter()
+        .map(|(k, v)| (k.clone(), v - closed_before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    eprintln!(
+        "million: held {:.0} s: edges {:.1} s CPU ({:.1} µs per ping), clients {:.1} s ({:.1} µs per pong), machine busy {:.0} %; closed meanwhile {:?}",
+        phase.wall_secs,
+        phase.cpu_secs[0],
+        phase.us_per_event(0),
+        phase.cpu_secs[1],
+        phase.us_per_event(1),
+        100.0 * phase.machine_busy_secs / phase.capacity_secs.max(1e-9),
+        res.closed_while_held
+    );
+    res.phases.push(phase);
+    Ok(())
+}
+
+/// Herald's default `edge.ping_interval_secs`.
+const HERALD_PING_INTERVAL_SECS: u64 = 25;
 
 /// What is measured before the first connect.
 struct Before {
@@ -304,6 +360,7 @@ async fn deliver(
     let deadline = Duration::from_secs(o.deliver_timeout_secs);
     let kinds: [(&str, usize); 3] = [("broadcast", 0), ("group g0", 1), ("user", 2)];
     for (name, m) in kinds {
+        let mark = Mark::take(run);
         let sent = Instant::now();
         let published = match m {
             0 => {
@@ -349,6 +406,8 @@ async fn deliver(
                     ),
                     fmt_n(d.never_connected)
                 );
+                res.phases
+                    .push(mark.phase(run, name, d.received, "deliveries"));
                 match m {
                     0 => {
                         // Time to all from the payload's send time, as the clients saw it.
