@@ -59,6 +59,23 @@ fn million_reduced_connects_everyone_and_delivers_everything() {
     assert_eq!(r["broadcast"]["expected"], 50_000);
     assert_eq!(r["group"]["expected"], 500);
     assert_eq!(r["duplicates"], 0);
+    // CPU by role in each phase: the edges and the client ends worked while connecting and
+    // while the broadcast went out.
+    let phases = r["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["connect", "broadcast", "group g0", "user"],
+        "{phases:?}"
+    );
+    assert_eq!(phases[0]["events"], 50_000);
+    assert_eq!(phases[1]["events"], 50_000);
+    for p in &phases[..2] {
+        let cpu = p["cpu_secs"].as_array().expect("cpu");
+        assert!(cpu[0].as_f64().expect("edges") > 0.0, "{p}");
+        assert!(cpu[1].as_f64().expect("clients") > 0.0, "{p}");
+        assert!(p["machine_busy_secs"].as_f64().expect("busy") > 0.0, "{p}");
+    }
     assert!(
         r["sampled_users_with_two_devices"]
             .as_u64()
@@ -115,6 +132,8 @@ fn million_presence_reports_a_whole_group() {
         .args(["--groups", "1", "--second-devices-percent", "0"])
         .args(["--rate", "2000", "--user-sample", "10", "--no-sysctl"])
         .args(["--presence", "--presence-repeats", "2"])
+        // Held idle 4 s with a ping every second: the keepalive's cost is reported.
+        .args(["--hold-secs", "4", "--ping-interval-secs", "1"])
         .args(["--max-secs", "300", "--deliver-timeout-secs", "60"])
         .args(["--inflight", "200", "--connect-timeout-secs", "60"])
         .args(["--out", out])
@@ -177,4 +196,19 @@ fn million_presence_reports_a_whole_group() {
             .expect("md")
             .contains("Presence of `g0`")
     );
+    // The idle hold: about 3,000 pings a second for 4 s, answered, none closed; the edges spent
+    // CPU on them.
+    let hold = r["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .find(|p| p["name"] == "idle hold")
+        .expect("hold phase")
+        .clone();
+    assert!(
+        (11_000..=14_000).contains(&hold["events"].as_u64().expect("pings")),
+        "{hold}"
+    );
+    assert!(hold["cpu_secs"][0].as_f64().expect("edges") > 0.0, "{hold}");
+    assert_eq!(r["closed_while_held"], serde_json::json!({}), "{hold}");
 }
