@@ -403,6 +403,20 @@ impl Inner {
         args: &[String],
     ) -> Result<T, RegistryError> {
         self.trip()?;
+        self.script_unguarded(script, keys, args).await
+    }
+
+    /// Runs a script even while the breaker fails other calls fast: the edge's liveness renewal.
+    /// A Redis that is slow but there still executes a renewal the caller stopped waiting for,
+    /// so a live edge keeps its liveness key as long as it keeps sending; held back by the
+    /// breaker, it expired and the edge was cleaned up as dead (and rewrote its whole interest).
+    async fn script_unguarded<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, RegistryError> {
+        self.health.trip();
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -857,7 +871,7 @@ impl Registry for RedisRegistry {
         );
         let ttl = inner.ttl.as_millis().to_string();
         let state: i64 = inner
-            .script(
+            .script_unguarded(
                 &inner.heartbeat,
                 &[&alive, &reaping],
                 &[ttl, unix_ms().to_string()],

@@ -636,7 +636,14 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
                     tracing::warn!(error = %e, "registry heartbeat failed; retrying with backoff");
                 }
                 failures += 1;
-                backoff(failures, Duration::from_millis(100), Duration::from_secs(5))
+                // No slower than the heartbeat itself: a renewal that timed out may still have
+                // reached a slow Redis, and only renewals sent keep the edge from expiring (a
+                // cap above the TTL's third let a live edge expire and be cleaned up as dead).
+                backoff(
+                    failures,
+                    Duration::from_millis(100),
+                    registry.heartbeat_interval(),
+                )
             }
         };
         tokio::select! {

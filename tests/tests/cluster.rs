@@ -599,6 +599,103 @@ async fn listing_pages_gather_both_edges_in_order_and_cover_each_connection_once
     }
 }
 
+/// A Redis that answers, but later than `redis_timeout_ms`, for several edge TTLs (every client
+/// paused 400 of each 450 ms) gets no live edge cleaned up as dead: each edge keeps sending its
+/// liveness renewal at least once per heartbeat interval, past the breaker that fails its other
+/// calls fast, and the slow Redis executes the renewals the edges stopped waiting for. (Before,
+/// failed renewals backed off to 5 s, beyond a 3 s TTL, and the breaker held them back: the
+/// edges expired, were reaped, and each rewrote its whole interest into the slow Redis.)
+#[tokio::test]
+async fn a_slow_redis_gets_no_live_edge_reaped() {
+    const EDGES: usize = 4;
+    let b = Backends::start_with(false, 1).await;
+    let starts = (0..EDGES).map(|i| {
+        herald()
+            .clustered(&b)
+            .role(if i == 0 { "all" } else { "edge" })
+            .edge("id", format!("e{i}"))
+            .cluster("edge_ttl_secs", 3)
+            .cluster("redis_timeout_ms", 150)
+            .start()
+    });
+    let nodes = futures_util::future::join_all(starts).await;
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        clients.push(
+            n.connect("alpha", &with_groups("alpha", &format!("u{i}"), &["all"]))
+                .await,
+        );
+    }
+    let sum = async |name: &str| {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n.metric(name).await;
+        }
+        sum
+    };
+    let registered = r#"herald_edge_resyncs_total{why="registered"}"#;
+    eventually(WAIT, async || {
+        let r = sum(registered).await;
+        if r >= EDGES as f64 {
+            Ok(())
+        } else {
+            Err(format!("{r} of {EDGES} edges registered"))
+        }
+    })
+    .await;
+    let registered_before = sum(registered).await;
+    // Slow for 12 s (four TTLs): every call waits up to 400 ms, past the 150 ms deadline.
+    let url = b.redis_urls()[0].clone();
+    let slow_until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < slow_until {
+        let out = tokio::process::Command::new(server_bin("redis-cli"))
+            .args(["-u", &url, "CLIENT", "PAUSE", "400", "ALL"])
+            .output()
+            .await
+            .expect("redis-cli");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "CLIENT PAUSE: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+    }
+    // Every edge heard from Redis again: it checks its interest once back (or, cleaned up as
+    // dead meanwhile, registered anew).
+    eventually(Duration::from_secs(60), async || {
+        let r = sum(r#"herald_edge_resyncs_total{why="reconnected"}"#).await
+            + sum(registered).await
+            - registered_before;
+        if r >= EDGES as f64 {
+            Ok(())
+        } else {
+            Err(format!("{r} of {EDGES} edges back"))
+        }
+    })
+    .await;
+    // A reap would have come within a TTL of an expiry; wait two, then nothing must have been.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let reaped = sum("herald_registry_edges_reaped_total").await;
+    let fenced = sum(registered).await - registered_before;
+    assert_eq!(
+        (reaped, fenced),
+        (0.0, 0.0),
+        "edges cleaned up as dead / registered anew during a slow Redis"
+    );
+    // Routing is whole: the shared group reaches every client.
+    let mut g = nodes[0].grpc(Some(ALPHA_KEY)).await;
+    publish_until(
+        &mut g,
+        publish("alpha", To::Group("all"), "\"after\""),
+        EDGES as u32,
+        WAIT,
+    )
+    .await;
+    for c in &mut clients {
+        while next_data(c).await != json!("after") {}
+    }
+}
+
 /// A Redis that stalls (`CLIENT PAUSE` longer than a heartbeat interval, shorter than the edge
 /// TTL) makes every edge's heartbeat fail; when it answers again, the 20 edges check their
 /// interest against their index and write only what differs, spread over a heartbeat interval:
