@@ -212,3 +212,60 @@ fn million_presence_reports_a_whole_group() {
     assert!(hold["cpu_secs"][0].as_f64().expect("edges") > 0.0, "{hold}");
     assert_eq!(r["closed_while_held"], serde_json::json!({}), "{hold}");
 }
+
+/// `--netns`: the run inside a network namespace made for it, with a TCP hash table of its own
+/// sized for the run; everything connects and arrives, and the namespace is gone afterwards.
+#[test]
+fn million_in_a_network_namespace_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args([
+            "million",
+            "--netns",
+            "--connections",
+            "2000",
+            "--edges",
+            "2",
+        ])
+        .args(["--rate", "2000", "--user-sample", "10"])
+        .args(["--max-secs", "300", "--deliver-timeout-secs", "60"])
+        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
+        .args(["--out", out])
+        .output()
+        .expect("run herald-bench million --netns");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "herald-bench million --netns failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    // 2,000 connections: 4,000 sockets, a table of 4,096 buckets at least (65,536: the floor).
+    let ns = stderr
+        .lines()
+        .find_map(|l| l.split("network namespace ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the namespace is named in the output")
+        .to_string();
+    assert!(
+        stderr.contains("TCP hash table of 65536 buckets"),
+        "{stderr}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("million-2000.json")).expect("json result"),
+    )
+    .expect("json");
+    assert_eq!(r["connected"], 2_000, "{stderr}");
+    for kind in ["broadcast", "group", "user"] {
+        assert_eq!(r[kind]["missing"], 0, "{kind}: {}", r[kind]);
+        assert_eq!(r[kind]["received"], r[kind]["expected"], "{kind}");
+    }
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&ns),
+        "namespace {ns} still exists"
+    );
+}

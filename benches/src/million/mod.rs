@@ -26,6 +26,7 @@
 //! - [`scenario`]: connect, measure, publish, wait for every delivery.
 //! - [`cpu`]: CPU time by role (edges, client ends, router, NATS, Redis) in each phase.
 //! - [`measure`]: system figures, the run's figures and the limits that stop connecting.
+//! - [`netns`]: `--netns`: the run again inside a network namespace of its own.
 //! - [`presence`]: `--presence`: the `Presence` call on group `g0` with every connection open.
 //! - [`report`]: JSON, Markdown and SVG results.
 
@@ -35,6 +36,7 @@ mod fleet;
 mod kernel;
 mod layout;
 mod measure;
+mod netns;
 mod presence;
 mod report;
 mod scenario;
@@ -107,6 +109,13 @@ pub struct MillionOpts {
     /// Do not touch kernel settings (fails if one is too low for the run).
     #[arg(long)]
     pub(super) no_sysctl: bool,
+    /// Run everything (cluster, client ends) in a network namespace of its own, made for the
+    /// run with its own TCP established-connection hash table sized for two sockets per
+    /// connection (`net.ipv4.tcp_child_ehash_entries`; the host's table, sized at boot, gives
+    /// long chains at a million connections), its own port range and loopback. The host's
+    /// kernel settings are raised and restored outside it; the namespace is deleted afterwards.
+    #[arg(long)]
+    pub(super) netns: bool,
     /// Where the saved kernel settings are kept while raised (`path value` lines), so a wrapper
     /// can restore them should this process be killed.
     #[arg(long)]
@@ -161,6 +170,12 @@ pub async fn run(o: MillionOpts) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("herald-million-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut sysctls = Sysctls::raise(o.connections, o.no_sysctl, o.sysctl_save.clone())?;
+    if o.netns {
+        let outcome = netns::run_inside(o.connections).await;
+        sysctls.restore();
+        let _ = std::fs::remove_dir_all(&dir);
+        return outcome;
+    }
     let mut run = Run {
         dir: dir.clone(),
         ..Default::default()
