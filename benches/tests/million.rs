@@ -269,3 +269,41 @@ fn million_in_a_network_namespace_of_its_own() {
         "namespace {ns} still exists"
     );
 }
+
+/// `--alg es256`: the client ends sign with a P-256 key made for the run and the edges verify
+/// with its public key; everyone connects and every message arrives.
+#[test]
+fn million_with_es256_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf8 path");
+    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["million", "--alg", "es256", "--connections", "2000"])
+        .args(["--edges", "2", "--rate", "2000", "--user-sample", "10"])
+        .args([
+            "--no-sysctl",
+            "--max-secs",
+            "300",
+            "--deliver-timeout-secs",
+            "60",
+        ])
+        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
+        .args(["--out", out])
+        .output()
+        .expect("run herald-bench million --alg es256");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "herald-bench million --alg es256 failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("million-2000.json")).expect("json result"),
+    )
+    .expect("json");
+    assert_eq!(r["connected"], 2_000, "{stderr}");
+    assert!(r["command"].as_str().expect("command").contains("es256"));
+    for kind in ["broadcast", "group", "user"] {
+        assert_eq!(r[kind]["missing"], 0, "{kind}: {}", r[kind]);
+        assert_eq!(r[kind]["received"], r[kind]["expected"], "{kind}");
+    }
+}

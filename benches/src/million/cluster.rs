@@ -22,6 +22,8 @@ pub(super) struct Run {
     pub(super) dir: PathBuf,
     pub(super) cluster: Option<Cluster>,
     pub(super) workers: Vec<Worker>,
+    /// `--alg es256`: the private key the workers sign with.
+    pub(super) es256_key: Option<PathBuf>,
 }
 
 impl Run {
@@ -34,10 +36,24 @@ impl Run {
         let ping = o
             .ping_interval_secs
             .map_or(String::new(), |s| format!("ping_interval_secs = {s}\n"));
+        let project = match o.alg {
+            super::Alg::Hs256 => servers::herald::projects_toml(PROJECT),
+            super::Alg::Es256 => {
+                // A key pair for the run: the edges get the public key, the workers the private.
+                let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+                let private = self.dir.join("es256.pem");
+                std::fs::write(&private, pair.serialize_pem())?;
+                self.es256_key = Some(private);
+                format!(
+                    "[[projects]]\nid = \"{PROJECT}\"\napi_keys = [\"{}\"]\n[[projects.keys]]\nalg = \"ES256\"\npublic_key_pem = \"\"\"\n{}\"\"\"\n",
+                    servers::API_KEY,
+                    pair.public_key_pem()
+                )
+            }
+        };
         let config = format!(
-            "[edge]\n{ping}[router]\ncontrol_timeout_ms = {}\n[log]\nlevel = \"warn\"\n{}",
+            "[edge]\n{ping}[router]\ncontrol_timeout_ms = {}\n[log]\nlevel = \"warn\"\n{project}",
             o.control_timeout_ms,
-            servers::herald::projects_toml(PROJECT)
         );
         let mut cluster_settings = String::new();
         if let Some(ms) = o.redis_timeout_ms {
@@ -114,6 +130,11 @@ impl Run {
                     "--connect-timeout-secs",
                     &o.connect_timeout_secs.to_string(),
                 ])
+                .args(
+                    self.es256_key
+                        .iter()
+                        .flat_map(|k| [std::ffi::OsStr::new("--es256-key"), k.as_os_str()]),
+                )
                 .env("TOKIO_WORKER_THREADS", "1")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());

@@ -58,6 +58,15 @@ pub use worker::{WorkerOpts, worker};
 /// The project every client connects to.
 const PROJECT: &str = "million";
 
+/// The tokens' signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Alg {
+    /// HMAC with SHA-256 and the bench secret.
+    Hs256,
+    /// ECDSA P-256 with a key pair made for the run.
+    Es256,
+}
+
 /// Options of `million`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MillionOpts {
@@ -128,6 +137,11 @@ pub struct MillionOpts {
     /// publishing.
     #[arg(long)]
     pub(super) presence: bool,
+    /// How the client ends sign their tokens: `hs256` (a shared secret, as most deployments
+    /// start) or `es256` (a P-256 key pair made for the run; the edges verify with its public
+    /// key, about 30 times the CPU of HS256 per verification).
+    #[arg(long, value_enum, default_value_t = Alg::Hs256)]
+    pub(super) alg: Alg,
     /// With every connection open, hold them idle this many seconds before publishing and
     /// report what the keepalive cost each side (pings sent by the edges, pongs by the client
     /// ends) and the connections closed meanwhile.

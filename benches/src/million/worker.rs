@@ -51,6 +51,10 @@ pub struct WorkerOpts {
     /// Connect deadline, seconds.
     #[arg(long)]
     pub(super) connect_timeout_secs: u64,
+    /// Sign the tokens with ES256 with this PKCS#8 PEM private key (default: HS256 with the
+    /// bench secret).
+    #[arg(long)]
+    pub(super) es256_key: Option<std::path::PathBuf>,
 }
 
 pub(super) const WELCOMED: u8 = 1;
@@ -182,9 +186,17 @@ pub async fn worker(o: WorkerOpts) -> anyhow::Result<()> {
             o.layout.edge_count
         );
     }
-    let key = jsonwebtoken::EncodingKey::from_secret(servers::SECRET.as_bytes());
+    let (key, header) = match &o.es256_key {
+        Some(path) => (
+            jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(path)?)?,
+            jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        ),
+        None => (
+            jsonwebtoken::EncodingKey::from_secret(servers::SECRET.as_bytes()),
+            jsonwebtoken::Header::default(),
+        ),
+    };
     let exp = jsonwebtoken::get_current_timestamp() + 4 * 3600;
-    let header = jsonwebtoken::Header::default();
     // Tokens are signed before the clock starts.
     let mut tokens: Vec<String> = (o.first..o.first + o.count)
         .map(|i| {
