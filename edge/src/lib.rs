@@ -596,6 +596,7 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
     let mut failures = 0u32;
     let mut first = true;
     loop {
+        let began = tokio::time::Instant::now();
         let outcome = registry.heartbeat(&edge).await;
         let wait = match outcome {
             Ok(Liveness::Fenced) => {
@@ -629,7 +630,13 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
                 }
                 first = false;
                 failures = 0;
-                registry.heartbeat_interval()
+                // Renewals come once per interval from start to start: a heartbeat's other
+                // calls (the edge set, the epoch, the live-edge refresh) each take up to the
+                // Redis timeout on a slow Redis, and waiting a whole interval after them let
+                // renewals drift apart past the TTL (3 s calls + 5 s wait + ... > 15 s).
+                registry
+                    .heartbeat_interval()
+                    .saturating_sub(began.elapsed())
             }
             Err(e) => {
                 if failures == 0 {
@@ -657,7 +664,97 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
 mod tests {
     use super::*;
     use herald_core::bus::MemoryBus;
-    use herald_core::registry::MemoryRegistry;
+    use herald_core::ids::ProjectId;
+    use herald_core::registry::{InterestChange, InterestKey, MemoryRegistry, RegistryError};
+
+    /// A registry whose heartbeat answers after 600 ms, with a 1 s interval; counts the calls.
+    struct SlowHeartbeats {
+        inner: MemoryRegistry,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for SlowHeartbeats {
+        async fn heartbeat(&self, edge: &EdgeId) -> Result<Liveness, RegistryError> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            self.inner.heartbeat(edge).await
+        }
+        fn heartbeat_interval(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        async fn update(&self, e: &EdgeId, c: &[InterestChange]) -> Result<(), RegistryError> {
+            self.inner.update(e, c).await
+        }
+        async fn resync(&self, e: &EdgeId, k: &[InterestKey]) -> Result<(), RegistryError> {
+            self.inner.resync(e, k).await
+        }
+        async fn deregister(&self, e: &EdgeId) -> Result<(), RegistryError> {
+            self.inner.deregister(e).await
+        }
+        async fn edges_for(&self, k: &InterestKey) -> Result<Vec<EdgeId>, RegistryError> {
+            self.inner.edges_for(k).await
+        }
+        async fn live_edges(&self) -> Result<Vec<EdgeId>, RegistryError> {
+            self.inner.live_edges().await
+        }
+        async fn claim_idempotency_key(
+            &self,
+            p: &ProjectId,
+            k: &str,
+            w: Duration,
+        ) -> Result<bool, RegistryError> {
+            self.inner.claim_idempotency_key(p, k, w).await
+        }
+        async fn release_idempotency_key(
+            &self,
+            p: &ProjectId,
+            k: &str,
+        ) -> Result<(), RegistryError> {
+            self.inner.release_idempotency_key(p, k).await
+        }
+    }
+
+    /// Heartbeats start once per interval even when each takes most of one: a slow registry
+    /// does not stretch the time between renewals past the liveness TTL.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_their_interval_when_the_registry_is_slow() {
+        let registry = Arc::new(SlowHeartbeats {
+            inner: MemoryRegistry::new(),
+            calls: Default::default(),
+        });
+        let cfg = EdgeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        let keys = Arc::new(ArcSwap::from_pointee(
+            AuthKeys::load(&[], 0).expect("no keys"),
+        ));
+        let edge = Edge::bind(
+            cfg,
+            keys,
+            registry.clone(),
+            Arc::new(MemoryBus::new()),
+            Arc::new(herald_core::history::MemoryHistory::new()),
+            Arc::new(herald_core::sessions::MemorySessions::new()),
+        )
+        .await
+        .expect("bind");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(liveness_loop(
+            edge.shared.hub.clone(),
+            registry.clone(),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10_050)).await;
+        cancel.cancel();
+        task.await.expect("loop");
+        // One at bind, then the loop's at 0, 1, ..., 10 s: twelve. Waiting the interval after
+        // each 600 ms call gave eight (bind, then 0, 1.6, 3.2, ... 9.6 s).
+        let calls = registry.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(calls, 12, "heartbeats started in 10 s");
+    }
 
     /// Every idle connection holds one task whose future is this big: keep it small.
     #[tokio::test]
