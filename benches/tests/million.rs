@@ -99,6 +99,10 @@ fn million_reduced_connects_everyone_and_delivers_everything() {
     // The run reported while it ran, and stopped everything it started.
     assert!(stderr.contains("open"), "{stderr}");
     assert!(stderr.contains("stopping workers"), "{stderr}");
+    assert!(
+        stderr.contains("redis-server and nats-server at nice -10"),
+        "{stderr}"
+    );
     assert!(dir.path().join("million-50000.md").is_file());
     assert!(dir.path().join("million-50000.svg").is_file());
     for pid in r["pids"].as_array().expect("pids") {

@@ -897,10 +897,15 @@ impl Registry for RedisRegistry {
         let synced = inner.synced.lock().get(edge).cloned();
         let epoch = inner.current_epoch(synced.is_some()).await?;
         let current = synced.as_ref() == Some(&epoch.id);
-        // Edges notice dead peers too: whoever notices first cleans up.
-        if let Err(e) = inner.ensure_live(false).await {
-            tracing::debug!(error = %e, "live-edge refresh failed");
-        }
+        // Edges notice dead peers too: whoever notices first cleans up. Apart from the
+        // heartbeat: the refresh waits its turn behind other refreshes and reads every edge's
+        // liveness, which on a slow Redis held the next renewal back past the TTL.
+        let refresher = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refresher.ensure_live(false).await {
+                tracing::debug!(error = %e, "live-edge refresh failed");
+            }
+        });
         Ok(if state == 1 && current {
             Liveness::Renewed
         } else {

@@ -597,7 +597,16 @@ async fn liveness_loop(hub: Arc<Hub>, registry: Arc<dyn Registry>, cancel: Cance
     let mut first = true;
     loop {
         let began = tokio::time::Instant::now();
-        let outcome = registry.heartbeat(&edge).await;
+        // A heartbeat that takes longer than its interval is given up and sent again: the
+        // renewal is its first call, and only renewals sent keep the edge alive.
+        let outcome =
+            tokio::time::timeout(registry.heartbeat_interval(), registry.heartbeat(&edge))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(herald_core::registry::RegistryError::Unavailable(
+                        "heartbeat took longer than its interval".into(),
+                    ))
+                });
         let wait = match outcome {
             Ok(Liveness::Fenced) => {
                 tracing::warn!("edge is being cleaned up as dead; registering again after it");

@@ -82,6 +82,19 @@ impl Run {
             .start()
             .await?;
         let b = &cluster.backends;
+        if o.backend_nice != 0 {
+            let pids: Vec<u32> = (b.redis.iter().map(|r| r.pid()))
+                .chain(b.nats.iter().map(|n| n.pid()))
+                .flatten()
+                .collect();
+            for pid in pids {
+                set_nice(pid, o.backend_nice)?;
+            }
+            eprintln!(
+                "million: redis-server and nats-server at nice {} (they have cores of their own in a deployment; here 104 processes of the run share 2)",
+                o.backend_nice
+            );
+        }
         eprintln!(
             "million: redis-server :{}, nats-server :{}, router {}, {} edges ready",
             b.redis[0].port,
@@ -174,4 +187,25 @@ impl Run {
             eprintln!("million: {name} did not stop in time; killed it");
         }
     }
+}
+
+/// Sets the nice value of every thread of `pid` (Linux keeps it per thread; threads started
+/// later inherit it from the thread that starts them).
+fn set_nice(pid: u32, nice: i32) -> anyhow::Result<()> {
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("threads of {pid}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let out = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&tids)
+        .output()
+        .context("run renice (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "renice {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }

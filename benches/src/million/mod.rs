@@ -137,6 +137,12 @@ pub struct MillionOpts {
     /// publishing.
     #[arg(long)]
     pub(super) presence: bool,
+    /// The nice value of redis-server and nats-server (0: leave them as started). On this
+    /// box they share 2 cores with ~104 processes of the run, where a deployment gives them
+    /// cores of their own; at the default ping interval a million connections keep the machine
+    /// 100 % busy, and a fair share starved Redis until live edges' renewals came too late.
+    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
+    pub(super) backend_nice: i32,
     /// How the client ends sign their tokens: `hs256` (a shared secret, as most deployments
     /// start) or `es256` (a P-256 key pair made for the run; the edges verify with its public
     /// key, about 30 times the CPU of HS256 per verification).
