@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::payload::PayloadKind;
 use crate::proc_stats;
-use crate::servers::{self, ServerKind, baseline};
+use crate::servers::{self, Addressing, ServerKind, baseline};
 use crate::tls::TlsOpts;
 use crate::workers::{ClientPlan, Plan, Workers};
 
@@ -22,6 +23,11 @@ pub struct IdleOpts {
     /// Connections opened per second.
     #[arg(long, default_value_t = 3_000)]
     rate: u64,
+    /// Client i subscribes to a group of its own (`u<i>`) instead of one group shared by all,
+    /// and receives its message as a user message: every connection then holds a group of its
+    /// own in the server (Herald, nats-server, mosquitto).
+    #[arg(long)]
+    group_per_connection: bool,
     /// `herald`, `herald-mqtt` / `herald-stomp` / `herald-sse` (Herald with MQTT 3.1.1 / STOMP
     /// 1.2 / Server-Sent Events clients),
     /// `baseline` (bare
@@ -114,6 +120,13 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = proc_stats::rss_kib(pid)?;
     let load_avg = proc_stats::load_avg();
+    let mut client = client;
+    if o.group_per_connection {
+        if server == "ws" {
+            bail!("--group-per-connection: the Node ws peer only broadcasts");
+        }
+        client.topic_per_client = true;
+    }
     let mut plan = Plan::new(n, client);
     plan.rate = o.rate;
     let started = Instant::now();
@@ -128,7 +141,15 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
     }
     // The Node ws peer relays what one client sends to the others: its publisher is a client too.
     if let Some(p) = publisher.as_mut() {
-        p.publish_one(40).await.context("publish")?;
+        if o.group_per_connection {
+            // One message to each client (its user, or its own topic on the peers).
+            let mut to = Addressing::new(true, n);
+            p.publish(n, 40, PayloadKind::Pad, &mut to)
+                .await
+                .context("publish")?;
+        } else {
+            p.publish_one(40).await.context("publish")?;
+        }
     }
     let live = c.connected;
     workers
@@ -155,6 +176,7 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
         "server": server,
         "tls": tls.is_some(),
         "connections": n,
+        "group_per_connection": o.group_per_connection,
         "connected": counts.connected,
         "failed": counts.failed,
         "dropped": counts.dropped,
