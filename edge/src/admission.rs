@@ -16,7 +16,7 @@ use herald_core::ids::{GroupId, ProjectId};
 use herald_core::telemetry::{self, Timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketContext};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{AuthError, Identity};
 use crate::codec::{Codec, Form, Hello, HelloReader, HelloRefused, Wire};
@@ -28,7 +28,7 @@ use crate::listener::{AddrSource, ClientAddr, ProxyProtocol, Stream};
 use crate::sockjs;
 use crate::sse::{Positions, SseLink};
 use crate::transport::{Framing, Link, WriteQueue};
-use crate::ws::{FrameTrack, WsLink};
+use crate::ws::{Reader, WsLink};
 use crate::{Bound, Shared, proxy, tls};
 
 /// Why a client was refused; one value answers it (HTTP status before the upgrade, close code
@@ -380,25 +380,20 @@ pub(crate) async fn admit(
                     }
                 }
             }
-            let mut track = FrameTrack::default();
-            track.handed(&leftover);
-            let ctx = WebSocketContext::from_partially_read(
-                leftover,
-                Role::Server,
-                Some(shared.ws_config),
-            );
-            let mut link = Link::Ws(WsLink {
-                tcp: stream,
-                ctx,
-                track,
+            // A client whose frames came with its request, or that speaks first (a connect
+            // frame), is read at once; a native client's reader is made when it sends.
+            let reader = (!leftover.is_empty() || !up.wire.token_in_request())
+                .then(|| Reader::with_read(leftover, shared.ws_config));
+            let mut link = Link::Ws(WsLink::new(
+                stream,
+                reader,
                 // An inflater that failed is not used for the close.
-                inflate: if refused_early.is_some() {
+                if refused_early.is_some() {
                     None
                 } else {
                     inflate
                 },
-                ctl: Vec::new(),
-            });
+            ));
             if let Some(code) = refused_early {
                 let r = Refused::Close(code);
                 link.refuse(shared, &mut q, None, &r, up.wire.label()).await;
@@ -436,7 +431,7 @@ pub(crate) async fn admit(
     let mut project = path_project;
     if needs_hello {
         let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-        let read = read_hello(&mut link, &mut q, up.wire, cfg);
+        let read = read_hello(&mut link, &mut q, up.wire, cfg, &shared.ws_config);
         let hello = timeout(deadline, read)
             .await
             .unwrap_or_else(|_| Err(HelloRefused::close(CloseCode::AuthRequired)));
@@ -651,10 +646,14 @@ async fn read_hello(
     q: &mut WriteQueue,
     wire: Wire,
     cfg: &EdgeConfig,
+    ws_config: &WebSocketConfig,
 ) -> Result<Hello, HelloRefused> {
     let mut reader = HelloReader::new(wire, cfg);
     loop {
-        let m = link.read_first(q).await.map_err(HelloRefused::close)?;
+        let m = link
+            .read_first(q, ws_config)
+            .await
+            .map_err(HelloRefused::close)?;
         if let Some(hello) = reader.feed(m) {
             return hello;
         }

@@ -31,10 +31,11 @@ pub struct EdgeConfig {
     /// Largest single frame a client may send, in bytes (larger: close 1009); 0: the same as
     /// `max_message_bytes`. Default 0.
     pub max_frame_bytes: usize,
-    /// Most bytes queued for one connection before it closes as a slow consumer (4008).
-    /// Default 1,048,576.
+    /// Most bytes queued for one connection before it closes as a slow consumer (4008); 1,024
+    /// to 1 GiB. Default 1,048,576.
     pub max_queued_bytes: usize,
-    /// Initial read buffer of a connection, in bytes; it grows for larger frames. Default 128.
+    /// Initial read buffer of a WebSocket connection, in bytes, while the client's frames are
+    /// read; it grows for larger frames, and an idle connection holds none. Default 128.
     pub read_buffer_bytes: usize,
     /// Most groups one connection may be in. Default 256.
     pub max_groups_per_connection: usize,
@@ -171,6 +172,10 @@ impl EdgeConfig {
         }
         if self.max_queued_bytes < 1024 {
             p.push("edge.max_queued_bytes: must be at least 1024".into());
+        }
+        // The hub counts a connection's queue in 32 bits.
+        if self.max_queued_bytes > 1 << 30 {
+            p.push("edge.max_queued_bytes: must be at most 1073741824 (1 GiB)".into());
         }
         p
     }

@@ -13,7 +13,7 @@
 //! project's connections in each. Counts come from the indexes and a counter, never a scan.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -109,9 +109,13 @@ struct Conn {
     project: ProjectId,
     user: UserId,
     groups: Box<[GroupId]>,
-    remote: SocketAddr,
+    /// The client's address, without an IPv6 flow label or scope (shown in listings only): 19
+    /// bytes where a `SocketAddr` takes 32.
+    remote_ip: IpAddr,
+    remote_port: u16,
     since_unix_ms: i64,
-    expires_unix: u64,
+    /// Token expiry, Unix seconds (saturated: 2106 is as good as never).
+    expires_unix: u32,
     /// The protocol it speaks, in which form it takes messages (its wire's encoding, or one its
     /// codec chose with [`Hub::set_form`]) and whether compressed (`permessage-deflate`).
     takes: Takes,
@@ -122,8 +126,12 @@ struct Conn {
     /// Seconds between the protocol's heart-beat frames to the client (STOMP), 0: none. One
     /// byte keeps `Conn` within its size (sending more often than asked is allowed).
     heart_beat: u8,
-    outbox: VecDeque<Bytes>,
-    queued: usize,
+    /// Frames queued, taken whole by the connection's task (a `Vec`: 8 bytes less than a
+    /// `VecDeque`, and it becomes the task's queue without a copy).
+    outbox: Vec<Bytes>,
+    /// Bytes in `outbox` (the bound, `max_queued_bytes`, is far below 4 GiB; replays are paced
+    /// below it).
+    queued: u32,
     waker: Option<Waker>,
     closing: Option<Closing>,
     last_seen: u32,
@@ -240,17 +248,19 @@ impl Shard {
     }
 }
 
-/// The slots of one key in a shard: most users have one device, so one needs no allocation.
+/// The slots of one key in a shard: most users have one device, so one needs no allocation;
+/// several are boxed, so an index entry is 16 bytes of slots beside its key, not 24.
 #[derive(Debug)]
 enum Slots {
     One(u32),
-    Many(Vec<u32>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u32>>),
 }
 
 impl Slots {
     fn push(&mut self, slot: u32) {
         match self {
-            Slots::One(first) => *self = Slots::Many(vec![*first, slot]),
+            Slots::One(first) => *self = Slots::Many(Box::new(vec![*first, slot])),
             Slots::Many(v) => v.push(slot),
         }
     }
@@ -642,13 +652,14 @@ impl Hub {
                 project,
                 user,
                 groups: groups.into_boxed_slice(),
-                remote: c.remote,
+                remote_ip: c.remote.ip(),
+                remote_port: c.remote.port(),
                 since_unix_ms: unix_now().as_millis() as i64,
-                expires_unix: c.expires_unix,
+                expires_unix: saturate(c.expires_unix),
                 takes: Takes::new(Form::of(c.wire, c.framing), c.deflate, c.framing),
                 keep_alive: c.keep_alive_secs,
                 heart_beat: c.heart_beat_secs,
-                outbox: VecDeque::new(),
+                outbox: Vec::new(),
                 queued: 0,
                 waker: None,
                 closing: None,
@@ -1059,7 +1070,7 @@ impl Hub {
     /// Sets a new token expiry after a refresh.
     pub fn set_expiry(&self, h: ConnHandle, expires_unix: u64) {
         self.with_conn(h, |shard, slot| {
-            shard.conns[slot as usize].expires_unix = expires_unix
+            shard.conns[slot as usize].expires_unix = saturate(expires_unix)
         });
     }
 
@@ -1093,9 +1104,9 @@ impl Hub {
                 c.ping_sent_at = NonZeroU32::new(self.now());
             }
             if into.is_empty() {
-                *into = std::mem::take(&mut c.outbox);
+                *into = VecDeque::from(std::mem::take(&mut c.outbox));
             } else {
-                into.append(&mut c.outbox);
+                into.extend(c.outbox.drain(..));
             }
             c.queued = 0;
             return Poll::Ready(Outgoing::Frames);
@@ -1247,7 +1258,7 @@ impl Hub {
     pub fn queued(&self, h: ConnHandle) -> Option<usize> {
         self.with_conn(h, |shard, slot| {
             let c = &shard.conns[slot as usize];
-            c.closing.is_none().then_some(c.queued)
+            c.closing.is_none().then_some(c.queued as usize)
         })
         .flatten()
     }
@@ -1494,7 +1505,7 @@ impl Hub {
                     ConnectionInfo {
                         id: self.connection_id(number).to_string(),
                         user: c.user.to_string(),
-                        remote_addr: c.remote.to_string(),
+                        remote_addr: SocketAddr::new(c.remote_ip, c.remote_port).to_string(),
                         connected_since_unix_ms: c.since_unix_ms,
                         groups: c.groups.iter().map(|g| g.to_string()).collect(),
                         edge: self.edge.to_string(),
@@ -1669,7 +1680,7 @@ impl Hub {
                 if c.closing.is_some() {
                     continue;
                 }
-                if c.expires_unix <= now_unix {
+                if u64::from(c.expires_unix) <= now_unix {
                     close(
                         c,
                         Closing {
@@ -1696,8 +1707,8 @@ impl Hub {
                     // dead peer shows as a failed write or the stream's end).
                     if now.saturating_sub(c.last_seen) >= ping_every {
                         c.last_seen = now;
-                        c.queued += ping.len();
-                        c.outbox.push_back(ping.clone());
+                        c.queued = c.queued.saturating_add(ping.len() as u32);
+                        c.outbox.push(ping.clone());
                         if let Some(w) = c.waker.take() {
                             w.wake();
                         }
@@ -1722,8 +1733,8 @@ impl Hub {
                     }
                 } else if now.saturating_sub(c.last_seen) >= ping_every {
                     c.ping_sent_at = NonZeroU32::new(now | PING_QUEUED);
-                    c.queued += ping.len();
-                    c.outbox.push_back(ping.clone());
+                    c.queued = c.queued.saturating_add(ping.len() as u32);
+                    c.outbox.push(ping.clone());
                     if let Some(w) = c.waker.take() {
                         w.wake();
                     }
@@ -1736,8 +1747,8 @@ impl Hub {
                         .is_multiple_of(u32::from(c.heart_beat))
                     && let Some(beat) = heart_beat_frame(c.takes.wire())
                 {
-                    c.queued += beat.len();
-                    c.outbox.push_back(beat);
+                    c.queued = c.queued.saturating_add(beat.len() as u32);
+                    c.outbox.push(beat);
                     if let Some(w) = c.waker.take() {
                         w.wake();
                     }
@@ -1854,8 +1865,8 @@ fn passes(
 fn enqueue(c: &mut Conn, frames: impl IntoIterator<Item = Bytes>) -> Option<Waker> {
     let was_empty = c.outbox.is_empty();
     for f in frames {
-        c.queued += f.len();
-        c.outbox.push_back(f);
+        c.queued = c.queued.saturating_add(saturate(f.len() as u64));
+        c.outbox.push(f);
     }
     if was_empty && !c.outbox.is_empty() {
         c.waker.take()
@@ -1874,7 +1885,7 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool 
     if c.closing.is_some() {
         return false;
     }
-    if c.queued + frame.len() > max {
+    if c.queued as usize + frame.len() > max {
         metrics::counter!("herald_edge_slow_consumers_total").increment(1);
         close(
             c,
@@ -1886,8 +1897,8 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool 
         return false;
     }
     let was_empty = c.outbox.is_empty();
-    c.queued += frame.len();
-    c.outbox.push_back(frame.clone());
+    c.queued = c.queued.saturating_add(frame.len() as u32);
+    c.outbox.push(frame.clone());
     if was_empty && let Some(w) = c.waker.take() {
         wake.push(w);
     }
@@ -1908,9 +1919,14 @@ fn shutdown_closing(code: CloseCode, max_ms: u32) -> Closing {
     }
 }
 
+/// `n` in 32 bits, saturated.
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 fn close(c: &mut Conn, closing: Closing) {
     c.closing = Some(closing);
-    c.outbox = VecDeque::new();
+    c.outbox = Vec::new();
     c.queued = 0;
     if let Some(w) = c.waker.take() {
         w.wake();
@@ -2648,11 +2664,13 @@ mod tests {
         assert_eq!(msgs(&hub, h), ["1", "2"]);
     }
 
-    /// Every connection holds one `Conn` in its shard: the project index's position lives in
-    /// what was padding.
+    /// Every connection holds one `Conn` in its shard's slab, and an entry in the shard's user
+    /// and group indexes (a name and its slots).
     #[test]
     fn connection_state_stays_small() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 184, "Conn grew to {size} bytes");
+        assert!(size <= 160, "Conn grew to {size} bytes");
+        let slots = std::mem::size_of::<Slots>();
+        assert!(slots <= 16, "an index entry's slots grew to {slots} bytes");
     }
 }

@@ -765,7 +765,9 @@ mod tests {
         assert_eq!(calls, 12, "heartbeats started in 10 s");
     }
 
-    /// Every idle connection holds one task whose future is this big: keep it small.
+    /// Every idle connection holds one task whose future is this big: two words, so that the
+    /// task, with tokio's own fields and the task tracker's handle, fits 128 bytes (tokio aligns
+    /// a task to 128: one word more and it takes 256).
     #[tokio::test]
     async fn connection_task_stays_small() {
         let cfg = EdgeConfig {
@@ -792,6 +794,6 @@ mod tests {
         let fut = session::ConnTask::new(edge.shared.clone(), bound.clone(), tcp, remote);
         let size = std::mem::size_of_val(&fut);
         println!("connection future: {size} bytes");
-        assert!(size <= 64, "connection future grew to {size} bytes");
+        assert!(size <= 16, "connection future grew to {size} bytes");
     }
 }

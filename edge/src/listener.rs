@@ -200,6 +200,17 @@ pub(crate) enum Stream {
     Tls(Box<crate::tls_stream::TlsStream>),
 }
 
+impl Stream {
+    /// Ready once a read may give something (bytes, the end, an error); a read may still find
+    /// nothing, and registers the waker as usual.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -257,6 +257,15 @@ impl TlsStream {
         &self.conn
     }
 
+    /// Ready once a read may give something: plaintext kept from an earlier read, the end, or
+    /// bytes on the socket.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.plain_at < self.plain.len() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp.poll_read_ready(cx)
+    }
+
     /// Writes what `out` holds; `Ready` once it is all written (and freed).
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_at < self.out.len() {

@@ -46,6 +46,7 @@ use bytes::{Buf, Bytes};
 use herald_core::codes::CloseCode;
 use tokio::io::AsyncWrite;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::Shared;
 use crate::admission::Refused;
@@ -105,10 +106,9 @@ impl Framing {
 }
 
 /// A session's transport: the stream (or the requests) and what reading and writing it needs.
-// It lives inside the boxed session, one allocation per connection: boxing the WebSocket state
-// would add a second allocation to every WebSocket connection; the rare SockJS HTTP link, which
-// outlives its requests, is boxed.
-#[allow(clippy::large_enum_variant)]
+// It lives inside the boxed session, one allocation per connection (a WebSocket's frame reader
+// is boxed only while it reads); the rare SockJS HTTP link, which outlives its requests, is
+// boxed.
 pub(crate) enum Link {
     /// A WebSocket: every protocol, and SockJS's `websocket` transport.
     Ws(WsLink),
@@ -158,7 +158,7 @@ impl Link {
     /// Moves what the transport itself must write (WebSocket pongs, close answers) to `q`.
     pub(crate) fn take_ctl(&mut self, q: &mut WriteQueue) {
         if let Link::Ws(l) = self {
-            q.take_ctl(&mut l.ctl);
+            l.take_ctl(q);
         }
     }
 
@@ -201,7 +201,7 @@ impl Link {
     ) -> Poll<Inbound> {
         match self {
             Link::Ws(l) => {
-                let read = ready!(l.poll_read(cx, shared));
+                let read = ready!(l.poll_read(cx, &shared.ws_config));
                 Poll::Ready(match read {
                     Inbound::Message(m) if framing.sockjs().is_some() => match sockjs_message(m) {
                         Ok(Some(m)) => Inbound::Message(m),
@@ -222,22 +222,20 @@ impl Link {
 
     /// Reads the client's next data message before the session is live (the protocol's connect
     /// frame), writing what `q` holds first; the close code when the client cannot go on.
-    pub(crate) async fn read_first(&mut self, q: &mut WriteQueue) -> Result<Message, CloseCode> {
+    pub(crate) async fn read_first(
+        &mut self,
+        q: &mut WriteQueue,
+        ws_config: &WebSocketConfig,
+    ) -> Result<Message, CloseCode> {
         match self {
             Link::Ws(l) => loop {
+                let (tcp, reader, inflate) = l.parts(ws_config);
                 if !q.frames.is_empty() {
-                    q.flush(&mut l.tcp)
-                        .await
-                        .map_err(|_| CloseCode::AuthRequired)?;
+                    q.flush(tcp).await.map_err(|_| CloseCode::AuthRequired)?;
                 }
-                let m = ws::read_first(
-                    &mut l.tcp,
-                    &mut l.ctx,
-                    &mut l.track,
-                    l.inflate.as_deref_mut(),
-                )
-                .await
-                .map_err(|e| ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))?;
+                let m = ws::read_first(tcp, &mut reader.ctx, &mut reader.track, inflate)
+                    .await
+                    .map_err(|e| ws::read_error_code(&e).unwrap_or(CloseCode::AuthRequired))?;
                 if q.framing.sockjs().is_none() {
                     return Ok(m);
                 }
@@ -282,10 +280,11 @@ impl Link {
                 if let Some(f) = q.framing.sockjs() {
                     q.push_framed(sjs::framed(f, &sjs::close(code.code(), code.reason())));
                 }
+                let (tcp, reader, inflate) = l.parts(&shared.ws_config);
                 ws::close_and_finish(
-                    &mut l.tcp,
-                    &mut l.ctx,
-                    l.inflate.as_deref_mut(),
+                    tcp,
+                    &mut reader.ctx,
+                    inflate,
                     q,
                     code,
                     close_timeout,

@@ -6,54 +6,124 @@
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use herald_core::codes::CloseCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, Role, WebSocketConfig, WebSocketContext,
+};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::Shared;
 use crate::deflate::{Inflate, InflateError};
 use crate::listener::Stream;
 use crate::transport::{Inbound, WriteQueue};
 
-/// A live WebSocket: the stream, tungstenite's reader, and what tungstenite wrote.
+/// A live WebSocket: the stream, and tungstenite's reader while the client's frames are read.
 pub(crate) struct WsLink {
     pub(crate) tcp: Stream,
-    pub(crate) ctx: WebSocketContext,
-    /// What `ctx` was given, to replace it once its read buffer may have grown.
-    pub(crate) track: FrameTrack,
+    /// tungstenite's reader, only while it holds something or the client's bytes are coming: an
+    /// idle connection holds none ([`Reader`]).
+    reader: Option<Box<Reader>>,
     /// Where the client negotiated `permessage-deflate`: its compressed messages' inflater.
     pub(crate) inflate: Option<Box<Inflate>>,
-    /// Control frames tungstenite wrote (pongs, the close answer).
-    /// (A `Vec`, 8 bytes smaller than a `BytesMut`: the session stays within its size class.)
+}
+
+/// tungstenite's reader of one connection and what it wrote. It is made when the client's bytes
+/// arrive and dropped once it holds nothing ([`FrameTrack`]): with its context (~250 bytes) and
+/// its read buffer (`edge.read_buffer_bytes`, grown by any frame longer than about half of it),
+/// it would be the largest part of an idle connection's state.
+pub(crate) struct Reader {
+    pub(crate) ctx: WebSocketContext,
+    /// Where tungstenite holds nothing (then the reader may go).
+    pub(crate) track: FrameTrack,
+    /// Control frames tungstenite wrote (pongs, the close answer), to be queued.
     pub(crate) ctl: Vec<u8>,
 }
 
+impl Reader {
+    /// A reader that holds nothing.
+    pub(crate) fn new(config: WebSocketConfig) -> Box<Self> {
+        Self::with_read(Vec::new(), config)
+    }
+
+    /// A reader holding `read`, bytes of the client's first frames read with its request.
+    pub(crate) fn with_read(read: Vec<u8>, config: WebSocketConfig) -> Box<Self> {
+        let mut track = FrameTrack::default();
+        track.handed(&read);
+        Box::new(Self {
+            ctx: WebSocketContext::from_partially_read(read, Role::Server, Some(config)),
+            track,
+            ctl: Vec::new(),
+        })
+    }
+}
+
 impl WsLink {
+    /// A WebSocket over `tcp` whose reader is `reader` (`None`: made when bytes arrive).
+    pub(crate) fn new(
+        tcp: Stream,
+        reader: Option<Box<Reader>>,
+        inflate: Option<Box<Inflate>>,
+    ) -> Self {
+        Self {
+            tcp,
+            reader,
+            inflate,
+        }
+    }
+
+    /// The stream, the reader (made now if the connection had none) and the inflater.
+    pub(crate) fn parts(
+        &mut self,
+        config: &WebSocketConfig,
+    ) -> (&mut Stream, &mut Reader, Option<&mut Inflate>) {
+        let reader = self.reader.get_or_insert_with(|| Reader::new(*config));
+        (&mut self.tcp, reader, self.inflate.as_deref_mut())
+    }
+
+    /// Moves the control frames tungstenite wrote (pongs, close answers) to `q`.
+    pub(crate) fn take_ctl(&mut self, q: &mut WriteQueue) {
+        if let Some(r) = &mut self.reader {
+            q.take_ctl(&mut r.ctl);
+        }
+    }
+
     /// Reads the next client message.
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Inbound> {
-        match self.ctx.read(&mut Io {
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        config: &WebSocketConfig,
+    ) -> Poll<Inbound> {
+        if self.reader.is_none() {
+            // Nothing is held: a reader is made once the client's bytes are there.
+            let ready = self.inflate.as_ref().is_some_and(|f| f.has_output());
+            if !ready && let Err(_) = ready!(self.tcp.poll_read_ready(cx)) {
+                return Poll::Ready(Inbound::Failed(None));
+            }
+        }
+        let reader = self.reader.get_or_insert_with(|| Reader::new(*config));
+        let read = reader.ctx.read(&mut Io {
             stream: &mut self.tcp,
             cx,
-            out: &mut self.ctl,
-            track: Some(&mut self.track),
+            out: &mut reader.ctl,
+            track: Some(&mut reader.track),
             inflate: self.inflate.as_deref_mut(),
-        }) {
+        });
+        match read {
             Ok(m) => Poll::Ready(Inbound::Message(m)),
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                // tungstenite holds nothing now: a buffer grown by a large frame goes.
-                if self.track.may_renew(shared.cfg.read_buffer_bytes) {
-                    self.ctx = WebSocketContext::new(Role::Server, Some(shared.ws_config));
-                    self.track.renewed();
-                }
                 // The stream registered the waker; control frames to write first, if any.
-                if !self.ctl.is_empty() {
+                if !reader.ctl.is_empty() {
                     return Poll::Ready(Inbound::Again);
+                }
+                // tungstenite holds nothing now: the reader (and any buffer a large frame
+                // grew) goes until the client sends again.
+                if reader.track.at_rest() && reader.ctx.can_write() {
+                    self.reader = None;
                 }
                 Poll::Pending
             }
@@ -121,25 +191,19 @@ impl Read for Io<'_, '_> {
 }
 
 /// Follows the client's frames through the bytes handed to tungstenite, so that a connection can
-/// drop its context's read buffer once that buffer may have grown.
+/// drop its [`Reader`] whenever tungstenite holds nothing.
 ///
-/// tungstenite reads into a buffer of `edge.read_buffer_bytes` (128) and, to take a frame, reserves
-/// the frame's whole length on top of what it already holds: a frame of more than about half the
-/// buffer (a `CONNECT` carrying its token, a STOMP `SUBSCRIBE`, a native `refresh`) doubles the
-/// buffer, and it never shrinks; an idle connection would keep it for its whole life. Once more
-/// than half the buffer's size was handed over, the buffer may have grown; when tungstenite then
-/// asks for bytes and none are there ([`io::ErrorKind::WouldBlock`]) while the bytes handed over
-/// end at the end of a frame that is not part of a fragmented message, it holds nothing (it asks
-/// only when it has no whole frame, and the bytes end at a frame's end), so the connection
-/// replaces it with a fresh context ([`FrameTrack::may_renew`]). Eight bytes: the session stays
-/// within its allocation size.
+/// tungstenite asks for bytes only when it has no whole frame: when it asks and none are there
+/// ([`io::ErrorKind::WouldBlock`]) while the bytes handed over end at the end of a frame that is
+/// not part of a fragmented message, it holds nothing ([`FrameTrack::at_rest`]), and a fresh
+/// context would read what comes next the same way. (tungstenite's read buffer also never
+/// shrinks: any frame of more than about half of it, a `CONNECT` carrying its token, a STOMP
+/// `SUBSCRIBE`, a native `refresh`, doubles it; dropping the reader drops that too.)
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct FrameTrack {
     /// Payload bytes of the current frame still to come (saturating: tungstenite refuses frames
     /// anywhere near 4 GiB before their payload).
     left: u32,
-    /// Bytes handed over since the context was made (saturating).
-    count: u16,
     /// Header bytes of the current frame seen so far.
     seen: u8,
     /// The current header's length once its second byte is seen ([`HEAD_LEN`]), and
@@ -155,9 +219,6 @@ const FRAGMENTED: u8 = 0x80;
 impl FrameTrack {
     /// Follows bytes handed to tungstenite.
     pub(crate) fn handed(&mut self, mut b: &[u8]) {
-        self.count = self
-            .count
-            .saturating_add(u16::try_from(b.len()).unwrap_or(u16::MAX));
         while !b.is_empty() {
             if self.seen == 0 && self.left > 0 {
                 let n = b.len().min(self.left as usize);
@@ -212,19 +273,10 @@ impl FrameTrack {
         }
     }
 
-    /// Whether the context may be replaced now that tungstenite asked for bytes and none were
-    /// there: it may have grown its buffer (more than half of `read_buffer_bytes` handed over)
-    /// and holds nothing (the bytes end at a frame's end, no message is half read).
-    pub(crate) fn may_renew(&self, read_buffer_bytes: usize) -> bool {
-        usize::from(self.count) * 2 > read_buffer_bytes
-            && self.seen == 0
-            && self.left == 0
-            && self.head & FRAGMENTED == 0
-    }
-
-    /// The context was replaced.
-    pub(crate) fn renewed(&mut self) {
-        *self = Self::default();
+    /// Whether tungstenite holds nothing, now that it asked for bytes and none were there: the
+    /// bytes handed over end at a frame's end and no message is half read.
+    pub(crate) fn at_rest(&self) -> bool {
+        self.seen == 0 && self.left == 0 && self.head & FRAGMENTED == 0
     }
 }
 
@@ -461,7 +513,7 @@ mod tests {
                 for (i, piece) in f.chunks(chunk).enumerate() {
                     let end = (i + 1) * chunk >= f.len();
                     t.handed(piece);
-                    let at_rest = t.may_renew(0);
+                    let at_rest = t.at_rest();
                     assert_eq!(
                         at_rest,
                         end && !fragmented,
@@ -473,23 +525,76 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frame_track_renews_only_once_half_the_buffer_came() {
-        let mut t = FrameTrack::default();
-        t.handed(&client_frame(true, 2, 50));
-        assert!(
-            !t.may_renew(128),
-            "56 bytes cannot have grown a 128-byte buffer"
-        );
-        t.handed(&client_frame(true, 2, 10));
-        assert!(t.may_renew(128));
-        t.renewed();
-        assert!(!t.may_renew(128));
-        // A frame still coming is never renewed under.
-        let f = client_frame(true, 1, 250);
-        t.handed(&f[..200]);
-        assert!(!t.may_renew(128));
-        t.handed(&f[200..]);
-        assert!(t.may_renew(128));
+    /// A connection holds tungstenite's reader only while a frame is coming: made when bytes
+    /// arrive, dropped once they end at a frame's end; a frame split over reads is read whole.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_reader() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let config = WebSocketConfig::default().read_buffer_size(128);
+        let mut link = WsLink::new(Stream::Plain(tcp), None, None);
+        let poll = |link: &mut WsLink| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            link.poll_read(&mut cx, &config)
+        };
+        assert!(poll(&mut link).is_pending());
+        assert!(link.reader.is_none(), "nothing came: no reader");
+        // A 300-byte text frame (it would grow a 128-byte buffer) in two writes.
+        let mut f = client_frame(true, 1, 300);
+        for (b, m) in f[8..].iter_mut().zip([1u8, 2, 3, 4].iter().cycle()) {
+            *b = b'a' ^ m;
+        }
+        client.write_all(&f[..100]).await.expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while link.reader.is_none() {
+            assert!(poll(&mut link).is_pending(), "half a frame is no message");
+            assert!(std::time::Instant::now() < deadline, "the bytes never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Half a frame is held: the reader stays however often it is polled.
+        for _ in 0..3 {
+            assert!(poll(&mut link).is_pending());
+            assert!(link.reader.is_some(), "the reader holds half a frame");
+        }
+        client.write_all(&f[100..]).await.expect("write");
+        let m = loop {
+            match poll(&mut link) {
+                Poll::Ready(Inbound::Message(m)) => break m,
+                Poll::Ready(_) => panic!("not a message"),
+                Poll::Pending => {}
+            }
+            assert!(std::time::Instant::now() < deadline, "the frame never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(m, Message::Text("a".repeat(300).into()));
+        assert!(poll(&mut link).is_pending());
+        assert!(link.reader.is_none(), "at rest: the reader went");
+        // A ping after that is answered by a new reader, which goes again.
+        client
+            .write_all(&client_frame(true, 9, 0))
+            .await
+            .expect("write");
+        let m = loop {
+            match poll(&mut link) {
+                Poll::Ready(Inbound::Message(m)) => break m,
+                Poll::Ready(_) => panic!("not a message"),
+                Poll::Pending => {}
+            }
+            assert!(std::time::Instant::now() < deadline, "the ping never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(matches!(m, Message::Ping(_)));
+        let mut q = WriteQueue::new(crate::transport::Framing::WebSocket);
+        assert!(matches!(poll(&mut link), Poll::Ready(Inbound::Again)));
+        link.take_ctl(&mut q);
+        assert_eq!(q.queued_bytes(), 2, "the pong is queued");
+        assert!(poll(&mut link).is_pending());
+        assert!(link.reader.is_none());
     }
 }
