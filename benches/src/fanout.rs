@@ -50,6 +50,10 @@ pub struct FanoutOpts {
     /// `wss` for Herald's subscribers (the peers stay on plain ws).
     #[command(flatten)]
     tls: TlsOpts,
+    /// More `[edge]` settings for Herald, one TOML line each, repeatable
+    /// (`--edge 'write_window_ms = 5'`).
+    #[arg(long = "edge")]
+    edge: Vec<String>,
     /// Directory for the JSON, Markdown and SVG results.
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
@@ -135,13 +139,11 @@ async fn run_one(
     rate: u64,
 ) -> anyhow::Result<FanoutResult> {
     let load_avg = proc_stats::load_avg();
-    let mut srv = servers::start(
-        o.herald_bin.clone(),
-        "max_queued_bytes = 4194304",
-        tls,
-        kind,
-    )
-    .await?;
+    let edge_toml = std::iter::once("max_queued_bytes = 4194304")
+        .chain(o.edge.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut srv = servers::start(o.herald_bin.clone(), &edge_toml, tls, kind).await?;
     let mut client = srv.client().clone();
     client.topic_per_client = o.unicast;
     let mut plan = Plan::new(subs, client);

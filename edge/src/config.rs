@@ -68,6 +68,10 @@ pub struct EdgeConfig {
     /// after a quiet spell is written at once. 0: a write as soon as the previous one is done.
     /// Default 15.
     pub registry_batch_ms: u64,
+    /// The write window, in ms: a delivery to a connection with nothing queued wakes its task
+    /// at the end of the window (begun by the first such delivery on the edge), so the
+    /// messages of the window leave in one write; 0: written at once. At most 100. Default 5.
+    pub write_window_ms: u64,
     /// Most QoS 1 messages sent to one MQTT client and not yet acknowledged; a smaller receive
     /// maximum of the client (5.0) lowers it. Further QoS 1 messages wait (counted against
     /// `max_queued_bytes`). Default 32.
@@ -107,6 +111,7 @@ impl Default for EdgeConfig {
             history_check_secs: 5,
             max_pending_interest: 100_000,
             registry_batch_ms: 15,
+            write_window_ms: 5,
             mqtt_max_inflight: 32,
             sockjs_disconnect_delay_ms: 5_000,
             sockjs_response_limit_bytes: 128 * 1024,
@@ -169,6 +174,9 @@ impl EdgeConfig {
         }
         if self.registry_batch_ms > 1_000 {
             p.push("edge.registry_batch_ms: must be at most 1000".into());
+        }
+        if self.write_window_ms > 100 {
+            p.push("edge.write_window_ms: must be at most 100".into());
         }
         if self.max_queued_bytes < 1024 {
             p.push("edge.max_queued_bytes: must be at least 1024".into());

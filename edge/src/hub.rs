@@ -2,8 +2,9 @@
 //!
 //! A connection lives in one shard, chosen by its number. Its outbound queue is a list of shared
 //! [`Bytes`] frames in the shard; delivering a message appends the same encoded frame to every
-//! recipient's queue and wakes its task only when the queue was empty. The task takes the whole
-//! queue at once and writes it in one vectored write. Queues are bounded in bytes: overflow closes
+//! recipient's queue and wakes its task only when the queue was empty, at the end of the edge's
+//! write window ([`HubConfig::write_window`]). The task takes the whole queue at once and writes
+//! it in one vectored write. Queues are bounded in bytes: overflow closes
 //! the connection as a slow consumer. One ticker per hub sends pings, closes dead peers and
 //! expired tokens, so a connection needs no timer of its own.
 //!
@@ -15,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,11 @@ pub struct HubConfig {
     /// How long a connect or a join waits for the registry to hold its interest before it is
     /// answered anyway (the write goes on in the background).
     pub registration_timeout: Duration,
+    /// The write window: a delivery to a connection whose queue was empty wakes its task at
+    /// the end of the window (started by the first such delivery on the edge) rather than at
+    /// once, so the messages of the window leave in one write ([`Hub::run_write_window`]).
+    /// Zero: woken at once.
+    pub write_window: Duration,
 }
 
 impl Default for HubConfig {
@@ -73,6 +79,7 @@ impl Default for HubConfig {
             max_pending_interest: 100_000,
             registry_batch: Duration::from_millis(15),
             registration_timeout: Duration::from_secs(5),
+            write_window: Duration::ZERO,
         }
     }
 }
@@ -154,6 +161,9 @@ struct Shard {
     projects: HashMap<ProjectId, Vec<u32>>,
     groups: Index<GroupId>,
     users: Index<UserId>,
+    /// The tasks of connections whose queue a delivery began, to wake at the end of the write
+    /// window ([`HubConfig::write_window`]; each waker moved here from its connection).
+    deferred: Vec<Waker>,
     /// Connections resuming streams, by slot: empty unless a client resumes (see [`Recovery`]).
     recovering: HashMap<u32, Vec<Recovery>>,
     /// Each project's messages and deliveries through this shard (the console's figures,
@@ -388,6 +398,10 @@ pub struct Hub {
     /// Set once by [`Hub::set_presence`]; unset, no presence transition is looked for.
     presence: Arc<OnceLock<PresenceGate>>,
     metrics: DeliveryMetrics,
+    /// Set while wakes are deferred and the window's end is due ([`Hub::run_write_window`]).
+    window_armed: AtomicBool,
+    /// Tells the write window's task that wakes were deferred.
+    window_started: tokio::sync::Notify,
 }
 
 /// The metric handles every delivery updates, each registered with the recorder on its first
@@ -504,6 +518,8 @@ impl Hub {
             interest,
             presence,
             metrics: DeliveryMetrics::default(),
+            window_armed: AtomicBool::new(false),
+            window_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -981,7 +997,7 @@ impl Hub {
             let conn = &mut shard.conns[slot as usize];
             conn.groups = groups.into_boxed_slice();
             if conn.takes.wire() == Wire::Native {
-                push(conn, &frame, self.cfg.max_queued_bytes, &mut wake);
+                push(conn, frame.clone(), self.cfg.max_queued_bytes, &mut wake);
             }
             out.changed += 1;
         };
@@ -1141,6 +1157,8 @@ impl Hub {
         let max = self.cfg.max_queued_bytes;
         let mut delivered = [0u64; PROTOCOL_LABELS.len()];
         let mut wake = Vec::new();
+        let defer = !self.cfg.write_window.is_zero();
+        let mut deferred = false;
         let mut first = true;
         for i in shards {
             {
@@ -1157,7 +1175,7 @@ impl Hub {
                                     passes(&mut shard.recovering, slot as u32, c, &mut frames)
                             {
                                 delivered[c.takes.form().label_index()] +=
-                                    push(c, &frame, max, &mut wake) as u64;
+                                    push(c, frame, max, &mut wake) as u64;
                             }
                         }
                     } else {
@@ -1167,7 +1185,7 @@ impl Hub {
                                     passes(&mut shard.recovering, *slot, c, &mut frames)
                             {
                                 delivered[c.takes.form().label_index()] +=
-                                    push(c, &frame, max, &mut wake) as u64;
+                                    push(c, frame, max, &mut wake) as u64;
                             }
                         }
                     }
@@ -1185,7 +1203,7 @@ impl Hub {
                                 passes(&mut shard.recovering, *slot, c, &mut frames)
                         {
                             delivered[c.takes.form().label_index()] +=
-                                push(c, &frame, max, &mut wake) as u64;
+                                push(c, frame, max, &mut wake) as u64;
                         }
                     }
                 }
@@ -1199,10 +1217,17 @@ impl Hub {
                     t.deliveries += here;
                 }
                 first = false;
+                if defer && !wake.is_empty() {
+                    shard.deferred.append(&mut wake);
+                    deferred = true;
+                }
             }
             for w in wake.drain(..) {
                 w.wake();
             }
+        }
+        if deferred {
+            self.window_begun();
         }
         for (i, n) in delivered.into_iter().enumerate() {
             if n > 0 {
@@ -1210,6 +1235,47 @@ impl Hub {
             }
         }
         self.metrics.messages().increment(1);
+    }
+
+    /// Makes sure the write window that deferred wakes wait in ends ([`Hub::run_write_window`]).
+    fn window_begun(&self) {
+        if !self.window_armed.swap(true, Ordering::SeqCst) {
+            self.window_started.notify_one();
+        }
+    }
+
+    /// Ends write windows ([`HubConfig::write_window`]) for the edge's life: once a delivery
+    /// deferred a wake, waits the window and wakes every task deferred meanwhile, each of which
+    /// then writes all its connection's queue at once. Returns at once when there is no window.
+    pub async fn run_write_window(&self) {
+        let window = self.cfg.write_window;
+        if window.is_zero() {
+            return;
+        }
+        let mut wake = Vec::new();
+        loop {
+            self.window_started.notified().await;
+            tokio::time::sleep(window).await;
+            // Cleared before the shards are emptied: a wake deferred into a shard already
+            // emptied begins the next window.
+            self.window_armed.store(false, Ordering::SeqCst);
+            for shard in self.shards.iter() {
+                {
+                    let mut shard = shard.lock();
+                    if shard.deferred.is_empty() {
+                        continue;
+                    }
+                    std::mem::swap(&mut shard.deferred, &mut wake);
+                }
+                for w in wake.drain(..) {
+                    w.wake();
+                }
+                // What a broadcast to every connection needed is not kept.
+                if wake.capacity() > MAX_KEPT_WAKERS {
+                    wake = Vec::new();
+                }
+            }
+        }
     }
 
     /// Starts resuming a stream (`kind`, `name`) on a connection: from now on its live messages
@@ -1875,13 +1941,16 @@ fn enqueue(c: &mut Conn, frames: impl IntoIterator<Item = Bytes>) -> Option<Wake
     }
 }
 
+/// The most deferred wakers whose room the write window keeps between windows.
+const MAX_KEPT_WAKERS: usize = 1024;
+
 /// The most bytes of live messages held for one resuming stream of one connection.
 const MAX_HELD_BYTES: usize = 1 << 20;
 
 /// Appends a frame to a connection's queue; closes it as a slow consumer on overflow. The task
 /// to wake (its queue was empty) goes to `wake`, woken once the shard lock is released so it
 /// does not run into the lock still held by the delivery.
-fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool {
+fn push(c: &mut Conn, frame: Bytes, max: usize, wake: &mut Vec<Waker>) -> bool {
     if c.closing.is_some() {
         return false;
     }
@@ -1898,7 +1967,7 @@ fn push(c: &mut Conn, frame: &Bytes, max: usize, wake: &mut Vec<Waker>) -> bool 
     }
     let was_empty = c.outbox.is_empty();
     c.queued = c.queued.saturating_add(frame.len() as u32);
-    c.outbox.push(frame.clone());
+    c.outbox.push(frame);
     if was_empty && let Some(w) = c.waker.take() {
         wake.push(w);
     }
@@ -1960,6 +2029,7 @@ mod tests {
             max_pending_interest: 1000,
             registry_batch: Duration::ZERO,
             registration_timeout: Duration::from_secs(5),
+            write_window: Duration::ZERO,
         }
     }
 
@@ -2374,6 +2444,82 @@ mod tests {
             hub.poll_outgoing(h, &mut cx, &mut VecDeque::new(), false),
             Poll::Ready(Outgoing::Close(_))
         )
+    }
+
+    /// A waker that counts its wakes.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Registers a counting waker as the connection's task would, with nothing queued.
+    fn wait_for_frames(hub: &Hub, h: ConnHandle) -> Arc<Counting> {
+        let count = Arc::new(Counting(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut into = VecDeque::new();
+        assert!(hub.poll_outgoing(h, &mut cx, &mut into, true).is_pending());
+        count
+    }
+
+    #[tokio::test]
+    async fn without_a_write_window_a_delivery_wakes_the_task_at_once() {
+        let hub = hub_with(cfg(), None);
+        let h = add(&hub, "a", "alice", &["news"]).await;
+        let wakes = wait_for_frames(&hub, h);
+        hub.deliver(&env("a", TargetKind::Group, "news", "1"));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn deliveries_within_a_write_window_wake_the_task_once_at_its_end() {
+        // A window long enough that the test's own steps fit in it on a loaded machine.
+        let window = Duration::from_secs(2);
+        let hub = hub_with(
+            HubConfig {
+                write_window: window,
+                ..cfg()
+            },
+            None,
+        );
+        let ending = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.run_write_window().await }
+        });
+        let h = add(&hub, "a", "alice", &["news"]).await;
+        let other = add(&hub, "a", "bob", &["news"]).await;
+        let wakes = wait_for_frames(&hub, h);
+        let started = Instant::now();
+        hub.deliver(&env("a", TargetKind::Group, "news", "1"));
+        hub.deliver(&env("a", TargetKind::Group, "news", "2"));
+        let woken_early = wakes.0.load(Ordering::SeqCst);
+        let early_at = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while wakes.0.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if early_at < window {
+            assert_eq!(woken_early, 0, "woken before the window ended");
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken once");
+        assert!(started.elapsed() >= window);
+        // Both messages, in order, in one batch; the other member got them too.
+        assert_eq!(msgs(&hub, h), ["1", "2"]);
+        assert_eq!(msgs(&hub, other), ["1", "2"]);
+        // A close is not deferred: the task learns it on its next poll, and closes wake at once.
+        let wakes = wait_for_frames(&hub, h);
+        assert!(hub.close(
+            h,
+            Closing {
+                code: CloseCode::DisconnectedByOperator,
+                reconnect_after_ms: 0
+            }
+        ));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        ending.abort();
     }
 
     #[tokio::test]

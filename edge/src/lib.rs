@@ -343,6 +343,7 @@ impl Edge {
                 max_pending_interest: cfg.max_pending_interest,
                 registry_batch: Duration::from_millis(cfg.registry_batch_ms),
                 registration_timeout: Duration::from_millis(cfg.registration_timeout_ms),
+                write_window: Duration::from_millis(cfg.write_window_ms),
             },
             registry.clone(),
         );
@@ -465,6 +466,10 @@ impl Edge {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
         let ticker = tokio::spawn(tick_loop(shared.clone(), cancel.clone()));
+        let window = {
+            let hub = shared.hub.clone();
+            tokio::spawn(async move { hub.run_write_window().await })
+        };
         let liveness = tokio::spawn(liveness_loop(
             shared.hub.clone(),
             self.registry.clone(),
@@ -499,6 +504,7 @@ impl Edge {
             tracing::warn!(left = shared.hub.len(), "drain deadline passed");
         }
         ticker.abort();
+        window.abort();
         liveness.abort();
         // Routing to this edge stops now rather than at the liveness expiry.
         let edge = shared.hub.edge();

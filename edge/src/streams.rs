@@ -386,6 +386,7 @@ mod tests {
                 max_pending_interest: 1000,
                 registry_batch: Duration::ZERO,
                 registration_timeout: Duration::from_secs(5),
+                write_window: Duration::ZERO,
             },
             None,
         )
