@@ -4,32 +4,55 @@
 
 use std::process::Command;
 
-#[test]
-fn million_reduced_connects_everyone_and_delivers_everything() {
+/// A finished run: its JSON result, its error output and the directory holding its files.
+struct Finished {
+    r: serde_json::Value,
+    stderr: String,
+    dir: tempfile::TempDir,
+}
+
+/// Runs `herald-bench million` with `args` (each a group of arguments; `--out` is added),
+/// asserts it succeeded and reads its JSON result.
+fn million(args: &[&[&str]]) -> Finished {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().to_str().expect("utf8 path");
     let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["million", "--connections", "50000", "--edges", "3"])
-        .args(["--rate", "4000", "--user-sample", "500"])
+        .arg("million")
+        .args(args.iter().flat_map(|a| a.iter()))
+        .args(["--out", out])
+        .output()
+        .expect("run herald-bench million");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        run.status.success(),
+        "herald-bench million {args:?} failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let n = args
+        .iter()
+        .flat_map(|a| a.iter())
+        .skip_while(|a| **a != "--connections")
+        .nth(1)
+        .expect("--connections");
+    let r = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("million-{n}.json"))).expect("json result"),
+    )
+    .expect("json");
+    Finished { r, stderr, dir }
+}
+
+#[test]
+fn million_reduced_connects_everyone_and_delivers_everything() {
+    let Finished { r, stderr, dir } = million(&[
+        &["--connections", "50000", "--edges", "3"],
+        &["--rate", "4000", "--user-sample", "500"],
         // Deadlines for a hung run, not for speed: under CPU load a debug build connects a few
         // hundred per second (352/s beside stress-ng --cpu 2, where --max-secs 150 failed), and
         // 2,000 handshakes in flight overflow the edges' backlogs into SYN retries past 30 s
         // (37 of 50,000 failed so). 500 in flight keep up with what the edges accept.
-        .args(["--max-secs", "600", "--deliver-timeout-secs", "120"])
-        .args(["--inflight", "500", "--connect-timeout-secs", "120"])
-        .args(["--out", out])
-        .output()
-        .expect("run herald-bench million");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "herald-bench million failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&run.stdout)
-    );
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("million-50000.json")).expect("json result"),
-    )
-    .expect("json");
+        &["--max-secs", "600", "--deliver-timeout-secs", "120"],
+        &["--inflight", "500", "--connect-timeout-secs", "120"],
+    ]);
     assert_eq!(r["connected"], 50_000, "{stderr}");
     assert_eq!(r["not_connected"], 0);
     assert_eq!(r["workers"], 3);
@@ -129,30 +152,16 @@ fn million_reduced_connects_everyone_and_delivers_everything() {
 /// memory per member is reported.
 #[test]
 fn million_presence_reports_a_whole_group() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().to_str().expect("utf8 path");
-    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["million", "--connections", "3000", "--edges", "2"])
-        .args(["--groups", "1", "--second-devices-percent", "0"])
-        .args(["--rate", "2000", "--user-sample", "10", "--no-sysctl"])
-        .args(["--presence", "--presence-repeats", "2"])
+    let Finished { r, stderr, dir } = million(&[
+        &["--connections", "3000", "--edges", "2"],
+        &["--groups", "1", "--second-devices-percent", "0"],
+        &["--rate", "2000", "--user-sample", "10", "--no-sysctl"],
+        &["--presence", "--presence-repeats", "2"],
         // Held idle 4 s with a ping every second: the keepalive's cost is reported.
-        .args(["--hold-secs", "4", "--ping-interval-secs", "1"])
-        .args(["--max-secs", "300", "--deliver-timeout-secs", "60"])
-        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
-        .args(["--out", out])
-        .output()
-        .expect("run herald-bench million");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "herald-bench million --presence failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&run.stdout)
-    );
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("million-3000.json")).expect("json result"),
-    )
-    .expect("json");
+        &["--hold-secs", "4", "--ping-interval-secs", "1"],
+        &["--max-secs", "300", "--deliver-timeout-secs", "60"],
+        &["--inflight", "200", "--connect-timeout-secs", "60"],
+    ]);
     assert_eq!(r["connected"], 3_000, "{stderr}");
     let p = &r["presence"];
     assert_eq!(p["members"], 3_000, "{p}");
@@ -221,29 +230,16 @@ fn million_presence_reports_a_whole_group() {
 /// sized for the run; everything connects and arrives, and the namespace is gone afterwards.
 #[test]
 fn million_in_a_network_namespace_of_its_own() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().to_str().expect("utf8 path");
-    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args([
-            "million",
-            "--netns",
-            "--connections",
-            "2000",
-            "--edges",
-            "2",
-        ])
-        .args(["--rate", "2000", "--user-sample", "10"])
-        .args(["--max-secs", "300", "--deliver-timeout-secs", "60"])
-        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
-        .args(["--out", out])
-        .output()
-        .expect("run herald-bench million --netns");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "herald-bench million --netns failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&run.stdout)
-    );
+    let Finished {
+        r,
+        stderr,
+        dir: _dir,
+    } = million(&[
+        &["--netns", "--connections", "2000", "--edges", "2"],
+        &["--rate", "2000", "--user-sample", "10"],
+        &["--max-secs", "300", "--deliver-timeout-secs", "60"],
+        &["--inflight", "200", "--connect-timeout-secs", "60"],
+    ]);
     // 2,000 connections: 4,000 sockets, a table of 4,096 buckets at least (65,536: the floor).
     let ns = stderr
         .lines()
@@ -255,10 +251,6 @@ fn million_in_a_network_namespace_of_its_own() {
         stderr.contains("TCP hash table of 65536 buckets"),
         "{stderr}"
     );
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("million-2000.json")).expect("json result"),
-    )
-    .expect("json");
     assert_eq!(r["connected"], 2_000, "{stderr}");
     for kind in ["broadcast", "group", "user"] {
         assert_eq!(r[kind]["missing"], 0, "{kind}: {}", r[kind]);
@@ -278,32 +270,22 @@ fn million_in_a_network_namespace_of_its_own() {
 /// with its public key; everyone connects and every message arrives.
 #[test]
 fn million_with_es256_tokens() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().to_str().expect("utf8 path");
-    let run = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["million", "--alg", "es256", "--connections", "2000"])
-        .args(["--edges", "2", "--rate", "2000", "--user-sample", "10"])
-        .args([
+    let Finished {
+        r,
+        stderr,
+        dir: _dir,
+    } = million(&[
+        &["--alg", "es256", "--connections", "2000"],
+        &["--edges", "2", "--rate", "2000", "--user-sample", "10"],
+        &[
             "--no-sysctl",
             "--max-secs",
             "300",
             "--deliver-timeout-secs",
             "60",
-        ])
-        .args(["--inflight", "200", "--connect-timeout-secs", "60"])
-        .args(["--out", out])
-        .output()
-        .expect("run herald-bench million --alg es256");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "herald-bench million --alg es256 failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&run.stdout)
-    );
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("million-2000.json")).expect("json result"),
-    )
-    .expect("json");
+        ],
+        &["--inflight", "200", "--connect-timeout-secs", "60"],
+    ]);
     assert_eq!(r["connected"], 2_000, "{stderr}");
     assert!(r["command"].as_str().expect("command").contains("es256"));
     for kind in ["broadcast", "group", "user"] {
