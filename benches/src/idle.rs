@@ -28,6 +28,11 @@ pub struct IdleOpts {
     /// own in the server (Herald, nats-server, mosquitto).
     #[arg(long)]
     group_per_connection: bool,
+    /// Seconds to wait after the last pong before the server's RSS is read (memory freed by
+    /// the connects and the deliveries goes back to the system over jemalloc's decay time, 10 s
+    /// by default).
+    #[arg(long, default_value_t = 1)]
+    settle_secs: u64,
     /// `herald`, `herald-mqtt` / `herald-stomp` / `herald-sse` (Herald with MQTT 3.1.1 / STOMP
     /// 1.2 / Server-Sent Events clients),
     /// `baseline` (bare
@@ -165,7 +170,7 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
             .await?;
     }
     // Let the pongs arrive and be read.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(o.settle_secs.max(1))).await;
     let rss_after = proc_stats::rss_kib(pid)?;
     let totals = workers.finish().await?;
     let counts = totals.counts;
@@ -177,6 +182,7 @@ async fn run_one(o: &IdleOpts, server: &str) -> anyhow::Result<serde_json::Value
         "tls": tls.is_some(),
         "connections": n,
         "group_per_connection": o.group_per_connection,
+        "settle_secs": o.settle_secs.max(1),
         "connected": counts.connected,
         "failed": counts.failed,
         "dropped": counts.dropped,
