@@ -501,8 +501,17 @@ impl Inner {
                 c.arg(&index).arg(removes);
                 second.push(c);
             }
-            self.phase(first).await?;
-            self.phase(second).await?;
+            if self.cluster {
+                // The index and the entries may live on different nodes: one phase each, in
+                // order.
+                self.phase(first).await?;
+                self.phase(second).await?;
+            } else {
+                // One Redis runs a pipeline's commands in order: the index still learns of an
+                // entry before it exists, in one round trip instead of two.
+                first.extend(second);
+                self.phase(first).await?;
+            }
         }
         Ok(())
     }
