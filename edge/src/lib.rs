@@ -697,6 +697,27 @@ mod tests {
     use herald_core::ids::ProjectId;
     use herald_core::registry::{InterestChange, InterestKey, MemoryRegistry, RegistryError};
 
+    /// An edge on loopback with in-process bus, history and sessions, no keys, and `registry`.
+    async fn in_memory_edge(registry: Arc<dyn Registry>) -> Edge {
+        let cfg = EdgeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        let keys = Arc::new(ArcSwap::from_pointee(
+            AuthKeys::load(&[], 0).expect("no keys"),
+        ));
+        Edge::bind(
+            cfg,
+            keys,
+            registry,
+            Arc::new(MemoryBus::new()),
+            Arc::new(herald_core::history::MemoryHistory::new()),
+            Arc::new(herald_core::sessions::MemorySessions::new()),
+        )
+        .await
+        .expect("bind")
+    }
+
     /// A registry whose heartbeat answers after 600 ms, with a 1 s interval; counts the calls.
     struct SlowHeartbeats {
         inner: MemoryRegistry,
@@ -754,23 +775,7 @@ mod tests {
             inner: MemoryRegistry::new(),
             calls: Default::default(),
         });
-        let cfg = EdgeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            ..Default::default()
-        };
-        let keys = Arc::new(ArcSwap::from_pointee(
-            AuthKeys::load(&[], 0).expect("no keys"),
-        ));
-        let edge = Edge::bind(
-            cfg,
-            keys,
-            registry.clone(),
-            Arc::new(MemoryBus::new()),
-            Arc::new(herald_core::history::MemoryHistory::new()),
-            Arc::new(herald_core::sessions::MemorySessions::new()),
-        )
-        .await
-        .expect("bind");
+        let edge = in_memory_edge(registry.clone()).await;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(liveness_loop(
             edge.shared.hub.clone(),
@@ -791,23 +796,7 @@ mod tests {
     /// a task to 128: one word more and it takes 256).
     #[tokio::test]
     async fn connection_task_stays_small() {
-        let cfg = EdgeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            ..Default::default()
-        };
-        let keys = Arc::new(ArcSwap::from_pointee(
-            AuthKeys::load(&[], 0).expect("no keys"),
-        ));
-        let edge = Edge::bind(
-            cfg,
-            keys,
-            Arc::new(MemoryRegistry::new()),
-            Arc::new(MemoryBus::new()),
-            Arc::new(herald_core::history::MemoryHistory::new()),
-            Arc::new(herald_core::sessions::MemorySessions::new()),
-        )
-        .await
-        .expect("bind");
+        let edge = in_memory_edge(Arc::new(MemoryRegistry::new())).await;
         let addr = edge.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (listener, bound) = &edge.listeners[0];

@@ -599,6 +599,21 @@ async fn listing_pages_gather_both_edges_in_order_and_cover_each_connection_once
     }
 }
 
+/// `n` nodes on `b` (the first with every role, the rest edges `e1`...), with an edge TTL of
+/// `ttl_secs` and Redis calls timing out after `redis_timeout_ms`.
+async fn edges_on(b: &Backends, n: usize, ttl_secs: i64, redis_timeout_ms: i64) -> Vec<Herald> {
+    let starts = (0..n).map(|i| {
+        herald()
+            .clustered(b)
+            .role(if i == 0 { "all" } else { "edge" })
+            .edge("id", format!("e{i}"))
+            .cluster("edge_ttl_secs", ttl_secs)
+            .cluster("redis_timeout_ms", redis_timeout_ms)
+            .start()
+    });
+    futures_util::future::join_all(starts).await
+}
+
 /// A Redis that answers, but later than `redis_timeout_ms`, for several edge TTLs (every client
 /// paused 400 of each 450 ms) gets no live edge cleaned up as dead: each edge keeps sending its
 /// liveness renewal at least once per heartbeat interval, past the breaker that fails its other
@@ -609,16 +624,7 @@ async fn listing_pages_gather_both_edges_in_order_and_cover_each_connection_once
 async fn a_slow_redis_gets_no_live_edge_reaped() {
     const EDGES: usize = 4;
     let b = Backends::start_with(false, 1).await;
-    let starts = (0..EDGES).map(|i| {
-        herald()
-            .clustered(&b)
-            .role(if i == 0 { "all" } else { "edge" })
-            .edge("id", format!("e{i}"))
-            .cluster("edge_ttl_secs", 3)
-            .cluster("redis_timeout_ms", 150)
-            .start()
-    });
-    let nodes = futures_util::future::join_all(starts).await;
+    let nodes = edges_on(&b, EDGES, 3, 150).await;
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         clients.push(
@@ -706,16 +712,7 @@ async fn a_stalled_redis_makes_no_edge_rewrite_its_interest() {
     const EDGES: usize = 20;
     const PER_EDGE: usize = 10;
     let b = Backends::start_with(false, 1).await;
-    let starts = (0..EDGES).map(|i| {
-        herald()
-            .clustered(&b)
-            .role(if i == 0 { "all" } else { "edge" })
-            .edge("id", format!("e{i}"))
-            .cluster("edge_ttl_secs", 30)
-            .cluster("redis_timeout_ms", 300)
-            .start()
-    });
-    let nodes = futures_util::future::join_all(starts).await;
+    let nodes = edges_on(&b, EDGES, 30, 300).await;
     // PER_EDGE users per edge, each in a group of its own and one shared group.
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
